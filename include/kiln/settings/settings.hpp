@@ -1,0 +1,63 @@
+// kiln's settings: each has a command-line flag, a KILN_* environment
+// variable and a key in the YAML config file. Flags win over the
+// environment, which wins over the file, which wins over the defaults.
+//
+// Config file: --config FILE, else $KILN_CONFIG, else
+// $XDG_CONFIG_HOME/kiln/config.yaml (~/.config/kiln/config.yaml) if present.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+struct SettingInfo
+{
+  const char* key;   // config-file key, and the flag is --<key>
+  const char* env;   // environment variable
+  const char* help;
+};
+
+struct Settings
+{
+  std::filesystem::path store;             // where the store lives on disk
+  std::string store_dir = "/kiln/store";   // the logical store directory
+  std::vector<std::string> substituters;
+  std::vector<std::string> trusted_public_keys;
+  unsigned require_sigs = 1;
+  std::string secret_key_file;
+  std::string token;
+  unsigned jobs = 1;
+
+  // Where each setting's value came from ("default", "KILN_STORE", a file:line, "--store").
+  std::map<std::string, std::string> origins;
+
+  // Every setting kiln knows.
+  static const std::vector<SettingInfo>& table();
+
+  // Set `key` from text, validating it; errors name `origin`.
+  void set(const std::string& key, const std::string& value, const std::string& origin);
+};
+
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+
+// The process environment.
+std::optional<std::string> get_env(const std::string& name);
+
+// Load settings: defaults, then the config file, then the environment, then
+// `flags` (key → value as given on the command line). `config_file` is an
+// explicit --config (which must exist).
+Settings load_settings(const std::map<std::string, std::string>& flags,
+                       const std::optional<std::filesystem::path>& config_file,
+                       const EnvLookup& env = get_env);
+
+// The config file that would be read, if any.
+std::optional<std::filesystem::path>
+default_config_file(const EnvLookup& env = get_env);
+
+} // namespace kiln

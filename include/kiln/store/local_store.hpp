@@ -1,0 +1,150 @@
+// The local store: immutable objects on disk plus a SQLite database of which
+// of them are valid, what they reference and how they hash.
+//
+// On disk, below the store root (see store/README.md):
+//   store/<hash>-<name>   the objects, read-only
+//   db/db.sqlite          valid paths and references (WAL mode)
+//   gcroots/              symlinks to objects (or to links elsewhere: auto/)
+//   locks/                gc.lock and per-path locks
+//   tmp/                  objects being added
+//
+// Invariants, kept across crashes and concurrent kiln processes:
+//  - a path is valid only once its content is complete, synced, and every
+//    path it references is valid;
+//  - adding is atomic: build under tmp/, sync, rename into store/, register;
+//  - two processes adding the same path do the work once (per-path lock);
+//  - garbage collection runs exclusively; additions hold a shared lock.
+#pragma once
+
+#include <kiln/hash/hash.hpp>
+#include <kiln/store/store_path.hpp>
+#include <kiln/util/io.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+struct PathInfo
+{
+  explicit PathInfo(StorePath p) : path(std::move(p))
+  {
+  }
+
+  StorePath path;
+  Hash nar_hash{HashAlgo::sha256};
+  uint64_t nar_size = 0;
+  std::set<StorePath> references;
+  std::optional<StorePath> deriver;
+  std::set<std::string> signatures;
+  int64_t registration_time = 0;
+  std::optional<ContentAddress> ca;
+};
+
+struct LocalStoreConfig
+{
+  std::filesystem::path root;                       // where the store lives on disk
+  std::string store_dir{k_default_store_dir};       // the logical store directory
+};
+
+struct AddOptions
+{
+  std::optional<std::string> name;                  // default: base name of the source
+  std::optional<std::filesystem::path> root_link;   // make this symlink a GC root
+};
+
+struct GcOptions
+{
+  std::vector<std::filesystem::path> extra_roots;   // symlinks, or files listing paths
+  std::optional<uint64_t> max_freed;                // stop once this much is freed
+  bool dry_run = false;
+};
+
+struct GcResult
+{
+  std::vector<StorePath> deleted;                   // or would be, with dry_run
+  uint64_t bytes_freed = 0;
+  size_t roots = 0;
+  size_t live = 0;
+  size_t strays_removed = 0;
+};
+
+struct VerifyOptions
+{
+  bool check_contents = true;   // re-hash every valid path
+  bool repair = false;          // fix permissions and timestamps of intact paths
+  bool remove_corrupt = false;  // invalidate and delete corrupt paths and their referrers
+};
+
+struct VerifyProblem
+{
+  enum class Kind { missing, corrupt, wrong_metadata, bad_content_address, stray };
+  Kind kind;
+  std::string path;     // logical path, or the on-disk name for strays
+  std::string detail;
+  bool fixed = false;
+};
+
+struct VerifyResult
+{
+  size_t checked = 0;
+  std::vector<VerifyProblem> problems;
+  // True when nothing is wrong with valid paths (strays are harmless: GC
+  // removes them).
+  bool ok() const;
+};
+
+class LocalStore
+{
+public:
+  explicit LocalStore(LocalStoreConfig config);
+  ~LocalStore();
+  LocalStore(const LocalStore&) = delete;
+  LocalStore& operator=(const LocalStore&) = delete;
+
+  const StoreDir& store_dir() const;
+  const std::filesystem::path& root() const;
+  std::filesystem::path physical_path(const StorePath& path) const;
+  std::string print(const StorePath& path) const;
+
+  // Resolve user input to a store path: a logical path (possibly with a
+  // sub-path), a base name, a physical path into the store, or a symlink to
+  // any of those. Throws UsageError naming the input.
+  StorePath resolve(const std::string& text) const;
+
+  // Copy `source` into the store, content-addressed as `nix-store --add`
+  // does (NAR sha256, no references). Returns its path.
+  StorePath add_path(const std::filesystem::path& source, const AddOptions& options = {});
+
+  // Import an object from a NAR stream. Its NAR hash and size must match
+  // `info`, its references must be valid, a content address must match the
+  // path. Nothing is left behind on failure.
+  void add_nar(const PathInfo& info, Source& nar);
+
+  std::optional<PathInfo> query_path_info(const StorePath& path) const;
+  bool is_valid(const StorePath& path) const;
+  std::vector<StorePath> valid_paths() const;
+  // The paths and everything they reference, transitively.
+  std::set<StorePath> closure(const std::set<StorePath>& paths) const;
+  // Paths that reference `path`.
+  std::set<StorePath> referrers(const StorePath& path) const;
+
+  // Make `link` a symlink to `path` and register it as an indirect GC root.
+  void add_root(const std::filesystem::path& link, const StorePath& path);
+  // All GC roots: the link and what it keeps alive.
+  std::vector<std::pair<std::filesystem::path, StorePath>> find_roots() const;
+
+  GcResult collect_garbage(const GcOptions& options);
+  VerifyResult verify(const VerifyOptions& options);
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> m;
+};
+
+} // namespace kiln

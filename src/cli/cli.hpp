@@ -1,0 +1,46 @@
+// Shared plumbing of the kiln command line: settings and the store, opened
+// on first use, and the registration functions of each command group.
+#pragma once
+
+#include <kiln/settings/settings.hpp>
+#include <kiln/store/local_store.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace kiln::cli {
+
+class Context
+{
+public:
+  // Values of the global setting flags, by setting key.
+  std::map<std::string, std::string> flag_values;
+  std::map<std::string, CLI::Option*> flag_options;
+  std::string config_file;
+  bool quiet = false;
+
+  const Settings& settings();
+  LocalStore& store();
+
+  // The command to run once parsing succeeded.
+  std::function<int()> action;
+
+private:
+  std::optional<Settings> m_settings;
+  std::unique_ptr<LocalStore> m_store;
+};
+
+void register_hash_commands(CLI::App& app, Context& ctx);
+void register_nar_commands(CLI::App& app, Context& ctx);
+void register_store_commands(CLI::App& app, Context& ctx);
+void register_config_commands(CLI::App& app, Context& ctx);
+
+// Print a warning or note to stderr, prefixed "kiln: ".
+void note(const std::string& message);
+
+} // namespace kiln::cli

@@ -1,0 +1,100 @@
+// kiln's command line: a thin layer over libkiln. Exit status 0 on success,
+// 1 on failure, 2 on bad usage; errors are one line on stderr.
+#include "cli.hpp"
+
+#include <kiln/util/error.hpp>
+
+#include <iostream>
+
+namespace kiln::cli {
+
+const Settings&
+Context::settings()
+{
+  if (!m_settings) {
+    std::map<std::string, std::string> given;
+    for (const auto& [key, option] : flag_options) {
+      if (option->count() > 0) {
+        given[key] = flag_values[key];
+      }
+    }
+    std::optional<std::filesystem::path> file;
+    if (!config_file.empty()) {
+      file = config_file;
+    }
+    m_settings = load_settings(given, file);
+  }
+  return *m_settings;
+}
+
+LocalStore&
+Context::store()
+{
+  if (!m_store) {
+    const auto& s = settings();
+    m_store = std::make_unique<LocalStore>(LocalStoreConfig{s.store, s.store_dir});
+  }
+  return *m_store;
+}
+
+void
+note(const std::string& message)
+{
+  std::cerr << "kiln: " << message << "\n";
+}
+
+} // namespace kiln::cli
+
+int
+main(int argc, char** argv)
+{
+  using namespace kiln;
+  cli::Context ctx;
+  CLI::App app{"kiln: a build cache for Rust. Crate builds become hermetic derivations whose\n"
+               "outputs live in a content-addressed store and move between machines through\n"
+               "signed Nix-compatible binary caches.",
+               "kiln"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.set_version_flag("--version", std::string("kiln ") + KILN_VERSION);
+  app.add_option("--config", ctx.config_file, "Read settings from this YAML file")
+    ->envname("KILN_CONFIG")
+    ->type_name("FILE");
+  app.add_flag("-q,--quiet", ctx.quiet, "Print only results and errors");
+  for (const auto& info : Settings::table()) {
+    std::string flag = std::string("--") + info.key;
+    if (std::string(info.key) == "jobs") {
+      flag = "-j," + flag;
+    }
+    ctx.flag_options[info.key] =
+      app.add_option(flag, ctx.flag_values[info.key],
+                     std::string(info.help) + " [env: " + info.env + "]")
+        ->group("Settings");
+  }
+
+  cli::register_hash_commands(app, ctx);
+  cli::register_nar_commands(app, ctx);
+  cli::register_store_commands(app, ctx);
+  cli::register_config_commands(app, ctx);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) {
+      return app.exit(e); // --help, --version
+    }
+    std::cerr << "kiln: error: " << e.what() << "\n"
+              << "Run 'kiln --help' (or 'kiln COMMAND --help') for usage.\n";
+    return 2;
+  }
+
+  try {
+    return ctx.action ? ctx.action() : 0;
+  } catch (const UsageError& e) {
+    std::cerr << "kiln: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "kiln: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,945 @@
+#include "database.hpp"
+
+#include <kiln/nar/nar.hpp>
+#include <kiln/store/local_store.hpp>
+#include <kiln/util/error.hpp>
+#include <kiln/util/lock.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <ctime>
+#include <map>
+#include <mutex>
+#include <random>
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+using detail::Database;
+using detail::Statement;
+using detail::Transaction;
+
+namespace {
+
+constexpr int k_schema_version = 1;
+
+const char* const k_schema = R"sql(
+CREATE TABLE IF NOT EXISTS Meta (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ValidPaths (
+  id                INTEGER PRIMARY KEY AUTOINCREMENT,
+  path              TEXT UNIQUE NOT NULL,  -- base name <hash>-<name>
+  nar_hash          TEXT NOT NULL,         -- sha256:<nix32>
+  nar_size          INTEGER NOT NULL,
+  deriver           TEXT,                  -- base name of a .drv
+  registration_time INTEGER NOT NULL,
+  ca                TEXT,                  -- content address, if any
+  sigs              TEXT NOT NULL DEFAULT '' -- space-separated name:base64
+);
+CREATE TABLE IF NOT EXISTS Refs (
+  referrer  INTEGER NOT NULL REFERENCES ValidPaths(id) ON DELETE CASCADE,
+  reference INTEGER NOT NULL REFERENCES ValidPaths(id) ON DELETE RESTRICT,
+  PRIMARY KEY (referrer, reference)
+);
+CREATE INDEX IF NOT EXISTS RefsByReference ON Refs(reference);
+)sql";
+
+// Hashes the bytes a consumer reads through it.
+class HashingSource : public Source
+{
+public:
+  HashingSource(Source& in, HashSink& hash) : m_in(in), m_hash(hash)
+  {
+  }
+  size_t
+  read(char* buf, size_t len) override
+  {
+    size_t n = m_in.read(buf, len);
+    m_hash.write(std::string_view(buf, n));
+    return n;
+  }
+
+private:
+  Source& m_in;
+  HashSink& m_hash;
+};
+
+std::string
+join_signatures(const std::set<std::string>& sigs)
+{
+  std::string out;
+  for (const auto& s : sigs) {
+    out += (out.empty() ? "" : " ") + s;
+  }
+  return out;
+}
+
+std::set<std::string>
+split_words(const std::string& text)
+{
+  std::set<std::string> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find(' ', pos);
+    if (end == std::string::npos) {
+      end = text.size();
+    }
+    if (end > pos) {
+      out.insert(text.substr(pos, end - pos));
+    }
+    pos = end + 1;
+  }
+  return out;
+}
+
+void
+sync_filesystem_of(const fs::path& path)
+{
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_DIRECTORY));
+  if (!fd) {
+    fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  }
+  if (!fd) {
+    // A symlink at the top: its folder is synced by the caller.
+    return;
+  }
+  if (::syncfs(fd.get()) != 0) {
+    throw_errno("syncing '" + path.string() + "'");
+  }
+}
+
+// Check (and with `repair` restore) the canonical store metadata below `path`.
+// Returns a description of the first problem found, or "".
+std::string
+check_metadata(const fs::path& path, bool repair)
+{
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    return "cannot examine '" + path.string() + "'";
+  }
+  std::string problem;
+  if (!S_ISLNK(st.st_mode)) {
+    mode_t expected = S_ISDIR(st.st_mode) || (st.st_mode & 0111) ? 0555 : 0444;
+    if ((st.st_mode & 07777) != expected) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "mode %04o instead of %04o", st.st_mode & 07777, expected);
+      problem = "'" + path.string() + "' has " + buf;
+      if (repair) {
+        ::chmod(path.c_str(), expected);
+      }
+    }
+  }
+  if (S_ISDIR(st.st_mode)) {
+    for (const auto& entry : fs::directory_iterator(path)) {
+      std::string inner = check_metadata(entry.path(), repair);
+      if (problem.empty()) {
+        problem = inner;
+      }
+    }
+  }
+  if (st.st_mtime != 1) {
+    if (problem.empty()) {
+      problem = "'" + path.string() + "' has a modification time other than 1";
+    }
+    if (repair) {
+      const struct timespec times[2] = {{1, 0}, {1, 0}};
+      ::utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW);
+    }
+  }
+  return problem;
+}
+
+} // namespace
+
+bool
+VerifyResult::ok() const
+{
+  for (const auto& p : problems) {
+    if (p.kind != VerifyProblem::Kind::stray && !p.fixed) {
+      return false;
+    }
+  }
+  return true;
+}
+
+struct LocalStore::Impl
+{
+  StoreDir store_dir;
+  fs::path root;
+  fs::path objects;
+  fs::path tmp;
+  fs::path locks;
+  fs::path gcroots;
+  std::unique_ptr<Database> db;
+  mutable std::mutex db_mutex; // one connection, shared by this object's threads
+
+  Impl(const LocalStoreConfig& config)
+    : store_dir(config.store_dir),
+      root(fs::absolute(config.root).lexically_normal())
+  {
+    if (root.has_filename() == false && root.has_parent_path() && root != root.root_path()) {
+      root = root.parent_path();
+    }
+    objects = root / "store";
+    tmp = root / "tmp";
+    locks = root / "locks";
+    gcroots = root / "gcroots";
+    for (const auto& dir : {root, objects, tmp, locks, gcroots, gcroots / "auto", root / "db"}) {
+      std::error_code ec;
+      fs::create_directories(dir, ec);
+      if (ec) {
+        throw Error("creating store folder '" + dir.string() + "': " + ec.message());
+      }
+    }
+    db = std::make_unique<Database>(root / "db" / "db.sqlite");
+    {
+      Transaction txn(*db);
+      db->exec(k_schema);
+      Statement get(*db, "SELECT value FROM Meta WHERE key = ?");
+      get.bind(1, "store_dir");
+      if (get.step()) {
+        std::string recorded = get.column_text(0);
+        if (recorded != store_dir.path()) {
+          throw UsageError("the store at '" + root.string() + "' was made for store directory '" +
+                           recorded + "', not '" + store_dir.path() +
+                           "' (set --store-dir or KILN_STORE_DIR to match)");
+        }
+      } else {
+        Statement put(*db, "INSERT INTO Meta (key, value) VALUES (?, ?)");
+        put.bind(1, "store_dir").bind(2, store_dir.path()).run();
+        put.bind(1, "schema_version").bind(2, std::to_string(k_schema_version)).run();
+      }
+      txn.commit();
+    }
+  }
+
+  FileLock
+  gc_lock(LockMode mode) const
+  {
+    return FileLock(locks / "gc.lock", mode);
+  }
+
+  FileLock
+  path_lock(const StorePath& path) const
+  {
+    return FileLock(locks / (std::string(path.hash_part()) + ".lock"), LockMode::exclusive);
+  }
+
+  fs::path
+  new_temp_path(const std::string& purpose) const
+  {
+    static std::atomic<unsigned> counter{0};
+    std::random_device rd;
+    return tmp / (purpose + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) +
+                  "-" + std::to_string(rd() % 1000000));
+  }
+
+  std::optional<int64_t>
+  path_id(const StorePath& path) const
+  {
+    Statement q(*db, "SELECT id FROM ValidPaths WHERE path = ?");
+    q.bind(1, path.base());
+    if (q.step()) {
+      return q.column_int(0);
+    }
+    return std::nullopt;
+  }
+
+  std::optional<PathInfo>
+  query(const StorePath& path) const
+  {
+    Statement q(*db, "SELECT id, nar_hash, nar_size, deriver, registration_time, ca, sigs "
+                     "FROM ValidPaths WHERE path = ?");
+    q.bind(1, path.base());
+    if (!q.step()) {
+      return std::nullopt;
+    }
+    PathInfo info(path);
+    int64_t id = q.column_int(0);
+    info.nar_hash = Hash::parse_prefixed(q.column_text(1));
+    info.nar_size = static_cast<uint64_t>(q.column_int(2));
+    if (auto d = q.column_optional_text(3)) {
+      info.deriver = StorePath(*d);
+    }
+    info.registration_time = q.column_int(4);
+    if (auto ca = q.column_optional_text(5)) {
+      info.ca = ContentAddress::parse(*ca);
+    }
+    info.signatures = split_words(q.column_text(6));
+    Statement refs(*db, "SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference "
+                        "WHERE r.referrer = ?");
+    refs.bind(1, id);
+    while (refs.step()) {
+      info.references.insert(StorePath(refs.column_text(0)));
+    }
+    return info;
+  }
+
+  // Record `info` as valid. Its references must be valid already (or be the
+  // path itself).
+  void
+  register_path(const PathInfo& info)
+  {
+    Transaction txn(*db);
+    Statement insert(*db, "INSERT INTO ValidPaths (path, nar_hash, nar_size, deriver, "
+                          "registration_time, ca, sigs) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    insert.bind(1, info.path.base())
+      .bind(2, info.nar_hash.to_string(HashFormat::nix32, true))
+      .bind(3, static_cast<int64_t>(info.nar_size))
+      .bind_optional(4, info.deriver ? std::optional<std::string>(info.deriver->base()) : std::nullopt)
+      .bind(5, static_cast<int64_t>(std::time(nullptr)))
+      .bind_optional(6, info.ca ? std::optional<std::string>(info.ca->to_string()) : std::nullopt)
+      .bind(7, join_signatures(info.signatures));
+    insert.run();
+    int64_t id = db->last_insert_id();
+    Statement add_ref(*db, "INSERT INTO Refs (referrer, reference) VALUES (?, ?)");
+    for (const auto& ref : info.references) {
+      auto ref_id = ref == info.path ? std::optional<int64_t>(id) : path_id(ref);
+      if (!ref_id) {
+        throw Error("cannot register '" + store_dir.print(info.path) + "': its reference '" +
+                    store_dir.print(ref) + "' is not valid");
+      }
+      add_ref.bind(1, id).bind(2, *ref_id).run();
+    }
+    txn.commit();
+  }
+
+  // Move a finished temporary object into place and register it. The caller
+  // holds the shared GC lock.
+  void
+  commit_temp(const fs::path& temp, const PathInfo& info)
+  {
+    fs::path final_path = objects / info.path.base();
+    sync_filesystem_of(temp);
+    if (::access(final_path.c_str(), F_OK) == 0 || errno != ENOENT) {
+      // Left over by a killed process: it was never registered.
+      delete_path(final_path);
+    }
+    if (::rename(temp.c_str(), final_path.c_str()) != 0) {
+      throw_errno("moving '" + temp.string() + "' to '" + final_path.string() + "'");
+    }
+    fsync_directory(objects);
+    register_path(info);
+  }
+
+  std::optional<StorePath>
+  store_path_of_target(const std::string& target) const
+  {
+    std::string objects_prefix = objects.string() + "/";
+    if (target.starts_with(objects_prefix)) {
+      return store_dir.try_parse_prefix(store_dir.path() + "/" +
+                                        target.substr(objects_prefix.size()));
+    }
+    if (target.starts_with(store_dir.path() + "/")) {
+      return store_dir.try_parse_prefix(target);
+    }
+    return std::nullopt;
+  }
+
+  void
+  collect_roots(const fs::path& dir, bool is_auto,
+                std::vector<std::pair<fs::path, StorePath>>& out) const
+  {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      auto status = entry.symlink_status();
+      if (fs::is_directory(status)) {
+        collect_roots(entry.path(), is_auto || entry.path().filename() == "auto", out);
+        continue;
+      }
+      if (!fs::is_symlink(status)) {
+        continue;
+      }
+      std::string target = fs::read_symlink(entry.path(), ec).string();
+      if (ec) {
+        continue;
+      }
+      if (auto path = store_path_of_target(target)) {
+        out.emplace_back(entry.path(), *path);
+        continue;
+      }
+      // An indirect root: a link elsewhere (e.g. a `result` symlink) that
+      // points into the store. It stops being a root when removed.
+      fs::path indirect = target;
+      auto indirect_status = fs::symlink_status(indirect, ec);
+      if (fs::is_symlink(indirect_status)) {
+        std::string final_target = fs::read_symlink(indirect, ec).string();
+        if (!ec) {
+          if (auto path = store_path_of_target(final_target)) {
+            out.emplace_back(indirect, *path);
+          }
+        }
+      } else if (is_auto && !fs::exists(indirect_status)) {
+        fs::remove(entry.path(), ec);
+      }
+    }
+  }
+
+  void
+  invalidate(const std::vector<StorePath>& paths)
+  {
+    Transaction txn(*db);
+    Statement id_of(*db, "SELECT id FROM ValidPaths WHERE path = ?");
+    Statement drop_refs(*db, "DELETE FROM Refs WHERE referrer = ?");
+    Statement drop(*db, "DELETE FROM ValidPaths WHERE id = ?");
+    for (const auto& path : paths) {
+      id_of.bind(1, path.base());
+      if (!id_of.step()) {
+        id_of.reset();
+        continue;
+      }
+      int64_t id = id_of.column_int(0);
+      id_of.reset();
+      drop_refs.bind(1, id).run();
+      drop.bind(1, id).run();
+    }
+    txn.commit();
+  }
+
+  // Remove an invalid object from disk: rename it away first so that a
+  // half-deleted tree never sits under its store name.
+  uint64_t
+  remove_from_disk(const fs::path& object)
+  {
+    uint64_t size = tree_size(object);
+    fs::path trash = new_temp_path("trash");
+    if (::rename(object.c_str(), trash.c_str()) != 0) {
+      if (errno == ENOENT) {
+        return 0;
+      }
+      throw_errno("moving '" + object.string() + "' out of the store");
+    }
+    delete_path(trash);
+    return size;
+  }
+};
+
+LocalStore::LocalStore(LocalStoreConfig config) : m(std::make_unique<Impl>(config))
+{
+}
+
+LocalStore::~LocalStore() = default;
+
+const StoreDir&
+LocalStore::store_dir() const
+{
+  return m->store_dir;
+}
+
+const fs::path&
+LocalStore::root() const
+{
+  return m->root;
+}
+
+fs::path
+LocalStore::physical_path(const StorePath& path) const
+{
+  return m->objects / path.base();
+}
+
+std::string
+LocalStore::print(const StorePath& path) const
+{
+  return m->store_dir.print(path);
+}
+
+StorePath
+LocalStore::resolve(const std::string& text) const
+{
+  if (auto path = m->store_path_of_target(text)) {
+    return *path;
+  }
+  std::error_code ec;
+  fs::path p(text);
+  if (fs::is_symlink(fs::symlink_status(p, ec))) {
+    auto target = fs::read_symlink(p, ec);
+    if (!ec) {
+      if (target.is_relative()) {
+        target = p.parent_path() / target;
+      }
+      auto absolute = fs::absolute(target, ec).lexically_normal();
+      if (auto path = m->store_path_of_target(absolute.string())) {
+        return *path;
+      }
+      if (auto path = m->store_path_of_target(target.string())) {
+        return *path;
+      }
+    }
+  }
+  auto absolute = fs::absolute(p, ec).lexically_normal();
+  if (!ec) {
+    if (auto path = m->store_path_of_target(absolute.string())) {
+      return *path;
+    }
+  }
+  if (text.find('/') == std::string::npos) {
+    try {
+      return StorePath(text);
+    } catch (const FormatError&) {
+    }
+  }
+  throw UsageError("'" + text + "' is not a store path (expected " + m->store_dir.path() +
+                   "/<hash>-<name>, a base name, or a path into " + m->objects.string() + ")");
+}
+
+StorePath
+LocalStore::add_path(const fs::path& source, const AddOptions& options)
+{
+  std::string name = options.name ? *options.name : source.filename().string();
+  if (name.empty()) {
+    name = fs::absolute(source).lexically_normal().parent_path().filename().string();
+  }
+  try {
+    check_store_path_name(name);
+  } catch (const FormatError& e) {
+    throw UsageError(std::string(e.what()) + " (choose another with --name)");
+  }
+  struct stat st;
+  if (::lstat(source.c_str(), &st) != 0) {
+    throw_errno("cannot add '" + source.string() + "'");
+  }
+
+  auto gc = m->gc_lock(LockMode::shared);
+  fs::path temp = m->new_temp_path("add");
+  try {
+    // Hash the NAR while copying, so that what is stored is exactly what
+    // was hashed even if the source changes meanwhile.
+    HashSink hash;
+    NarWriter nar(hash);
+    Restorer copy(temp);
+    TeeFsObjectSink both(nar, copy);
+    walk_path(source, both);
+    nar.finish();
+    uint64_t nar_size = hash.bytes_written();
+    ContentAddress ca{ContentAddress::Method::recursive, hash.finish()};
+    StorePath path = m->store_dir.make_fixed_output_path(name, ca);
+
+    if (!is_valid(path)) {
+      auto lock = m->path_lock(path);
+      if (!is_valid(path)) {
+        PathInfo info(path);
+        info.nar_hash = ca.hash;
+        info.nar_size = nar_size;
+        info.ca = ca;
+        std::lock_guard guard(m->db_mutex);
+        m->commit_temp(temp, info);
+      }
+    }
+    delete_path(temp);
+    if (options.root_link) {
+      add_root(*options.root_link, path);
+    }
+    return path;
+  } catch (...) {
+    delete_path(temp);
+    throw;
+  }
+}
+
+void
+LocalStore::add_nar(const PathInfo& info, Source& nar)
+{
+  if (info.ca && info.ca->method == ContentAddress::Method::recursive) {
+    auto expected = m->store_dir.make_fixed_output_path(
+      info.path.name(), *info.ca,
+      [&] {
+        auto refs = info.references;
+        refs.erase(info.path);
+        return refs;
+      }(),
+      info.references.count(info.path) > 0);
+    if (expected != info.path) {
+      throw Error("'" + print(info.path) + "' does not match its content address " +
+                  info.ca->to_string() + " (that would be '" + print(expected) + "')");
+    }
+  }
+  auto gc = m->gc_lock(LockMode::shared);
+  for (const auto& ref : info.references) {
+    if (ref != info.path && !is_valid(ref)) {
+      throw Error("cannot add '" + print(info.path) + "': its reference '" + print(ref) +
+                  "' is not valid");
+    }
+  }
+  if (is_valid(info.path)) {
+    return;
+  }
+  auto lock = m->path_lock(info.path);
+  if (is_valid(info.path)) {
+    return;
+  }
+  fs::path temp = m->new_temp_path("import");
+  try {
+    HashSink hash(info.nar_hash.algo());
+    HashingSource hashing(nar, hash);
+    restore_nar(hashing, temp);
+    uint64_t size = hash.bytes_written();
+    Hash got = hash.finish();
+    if (size != info.nar_size) {
+      throw Error("NAR size mismatch importing '" + print(info.path) + "': expected " +
+                  std::to_string(info.nar_size) + " bytes, got " + std::to_string(size));
+    }
+    if (!(got == info.nar_hash)) {
+      throw Error("NAR hash mismatch importing '" + print(info.path) +
+                  "': expected " + info.nar_hash.to_string(HashFormat::nix32, true) +
+                  ", got " + got.to_string(HashFormat::nix32, true));
+    }
+    std::lock_guard guard(m->db_mutex);
+    m->commit_temp(temp, info);
+  } catch (...) {
+    delete_path(temp);
+    throw;
+  }
+}
+
+std::optional<PathInfo>
+LocalStore::query_path_info(const StorePath& path) const
+{
+  std::lock_guard guard(m->db_mutex);
+  return m->query(path);
+}
+
+bool
+LocalStore::is_valid(const StorePath& path) const
+{
+  std::lock_guard guard(m->db_mutex);
+  return m->path_id(path).has_value();
+}
+
+std::vector<StorePath>
+LocalStore::valid_paths() const
+{
+  std::lock_guard guard(m->db_mutex);
+  Statement q(*m->db, "SELECT path FROM ValidPaths ORDER BY path");
+  std::vector<StorePath> out;
+  while (q.step()) {
+    out.emplace_back(q.column_text(0));
+  }
+  return out;
+}
+
+std::set<StorePath>
+LocalStore::closure(const std::set<StorePath>& paths) const
+{
+  std::set<StorePath> done;
+  std::vector<StorePath> todo(paths.begin(), paths.end());
+  while (!todo.empty()) {
+    StorePath path = todo.back();
+    todo.pop_back();
+    if (done.count(path)) {
+      continue;
+    }
+    auto info = query_path_info(path);
+    if (!info) {
+      throw Error("path '" + print(path) + "' is not valid");
+    }
+    done.insert(path);
+    for (const auto& ref : info->references) {
+      if (!done.count(ref)) {
+        todo.push_back(ref);
+      }
+    }
+  }
+  return done;
+}
+
+std::set<StorePath>
+LocalStore::referrers(const StorePath& path) const
+{
+  std::lock_guard guard(m->db_mutex);
+  Statement q(*m->db, "SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.referrer "
+                      "JOIN ValidPaths t ON t.id = r.reference WHERE t.path = ?");
+  q.bind(1, path.base());
+  std::set<StorePath> out;
+  while (q.step()) {
+    out.emplace(q.column_text(0));
+  }
+  return out;
+}
+
+void
+LocalStore::add_root(const fs::path& link, const StorePath& path)
+{
+  std::error_code ec;
+  fs::path absolute_link = fs::absolute(link, ec).lexically_normal();
+  fs::path target = physical_path(path);
+  fs::path temp_link = absolute_link;
+  temp_link += ".tmp-kiln-" + std::to_string(::getpid());
+  fs::remove(temp_link, ec);
+  fs::create_symlink(target, temp_link);
+  if (::rename(temp_link.c_str(), absolute_link.c_str()) != 0) {
+    fs::remove(temp_link, ec);
+    throw_errno("creating GC root '" + absolute_link.string() + "'");
+  }
+  // Links inside gcroots/ are roots themselves; others are registered by an
+  // indirection, named by a hash of their location.
+  std::string gcroots_prefix = m->gcroots.string() + "/";
+  if (!absolute_link.string().starts_with(gcroots_prefix)) {
+    std::string id =
+      nix32_encode(compress_hash(hash_string(HashAlgo::sha256, absolute_link.string()).bytes(), 20));
+    fs::path indirect = m->gcroots / "auto" / id;
+    fs::path temp_indirect = indirect;
+    temp_indirect += ".tmp-" + std::to_string(::getpid());
+    fs::remove(temp_indirect, ec);
+    fs::create_symlink(absolute_link, temp_indirect);
+    if (::rename(temp_indirect.c_str(), indirect.c_str()) != 0) {
+      fs::remove(temp_indirect, ec);
+      throw_errno("registering GC root '" + absolute_link.string() + "'");
+    }
+  }
+}
+
+std::vector<std::pair<fs::path, StorePath>>
+LocalStore::find_roots() const
+{
+  std::vector<std::pair<fs::path, StorePath>> out;
+  m->collect_roots(m->gcroots, false, out);
+  return out;
+}
+
+GcResult
+LocalStore::collect_garbage(const GcOptions& options)
+{
+  GcResult result;
+  auto gc = m->gc_lock(LockMode::exclusive);
+
+  std::set<StorePath> roots;
+  for (const auto& [link, path] : find_roots()) {
+    roots.insert(path);
+  }
+  for (const auto& extra : options.extra_roots) {
+    std::error_code ec;
+    if (fs::is_symlink(fs::symlink_status(extra, ec))) {
+      roots.insert(resolve(extra.string()));
+      continue;
+    }
+    if (!fs::exists(extra, ec)) {
+      throw UsageError("root file '" + extra.string() + "' does not exist");
+    }
+    // A file listing store paths, one per line.
+    std::string text = read_file(extra);
+    size_t line_no = 0;
+    size_t pos = 0;
+    while (pos <= text.size()) {
+      size_t end = text.find('\n', pos);
+      if (end == std::string::npos) {
+        end = text.size();
+      }
+      std::string line = text.substr(pos, end - pos);
+      ++line_no;
+      pos = end + 1;
+      if (line.empty() || line[0] == '#') {
+        continue;
+      }
+      try {
+        roots.insert(resolve(line));
+      } catch (const UsageError& e) {
+        throw UsageError(extra.string() + ":" + std::to_string(line_no) + ": " + e.what());
+      }
+    }
+  }
+  std::set<StorePath> live_roots;
+  for (const auto& root : roots) {
+    if (is_valid(root)) {
+      live_roots.insert(root);
+    }
+  }
+  result.roots = live_roots.size();
+  std::set<StorePath> live = closure(live_roots);
+  result.live = live.size();
+
+  // Dead paths, deleted referrers first so that the closure invariant holds
+  // after every step, even if GC is interrupted or stopped by --max-freed.
+  std::map<StorePath, std::set<StorePath>> dead_referrers;
+  for (const auto& path : valid_paths()) {
+    if (!live.count(path)) {
+      auto refs = referrers(path);
+      refs.erase(path);
+      dead_referrers[path] = refs;
+    }
+  }
+  std::vector<StorePath> order;
+  std::set<StorePath> placed;
+  std::vector<StorePath> ready;
+  for (const auto& [path, refs] : dead_referrers) {
+    if (refs.empty()) {
+      ready.push_back(path);
+    }
+  }
+  std::map<StorePath, size_t> pending;
+  for (const auto& [path, refs] : dead_referrers) {
+    pending[path] = refs.size();
+  }
+  while (!ready.empty()) {
+    StorePath path = ready.back();
+    ready.pop_back();
+    order.push_back(path);
+    auto info = query_path_info(path);
+    for (const auto& ref : info->references) {
+      if (ref != path && pending.count(ref) && --pending[ref] == 0) {
+        ready.push_back(ref);
+      }
+    }
+  }
+
+  for (const auto& path : order) {
+    if (options.max_freed && result.bytes_freed >= *options.max_freed) {
+      break;
+    }
+    result.deleted.push_back(path);
+    if (options.dry_run) {
+      result.bytes_freed += tree_size(physical_path(path));
+      continue;
+    }
+    {
+      std::lock_guard guard(m->db_mutex);
+      m->invalidate({path});
+    }
+    result.bytes_freed += m->remove_from_disk(physical_path(path));
+  }
+
+  if (!options.dry_run) {
+    // Nothing is being added (we hold the GC lock exclusively): whatever is
+    // on disk but not valid, and every temporary, is debris of a crash.
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(m->objects, ec)) {
+      auto name = entry.path().filename().string();
+      bool valid = false;
+      try {
+        valid = is_valid(StorePath(name));
+      } catch (const FormatError&) {
+      }
+      if (!valid) {
+        result.bytes_freed += m->remove_from_disk(entry.path());
+        ++result.strays_removed;
+      }
+    }
+    for (const auto& entry : fs::directory_iterator(m->tmp, ec)) {
+      result.bytes_freed += tree_size(entry.path());
+      delete_path(entry.path());
+    }
+    for (const auto& entry : fs::directory_iterator(m->locks, ec)) {
+      if (entry.path().filename() != "gc.lock") {
+        fs::remove(entry.path(), ec);
+      }
+    }
+  }
+  return result;
+}
+
+VerifyResult
+LocalStore::verify(const VerifyOptions& options)
+{
+  VerifyResult result;
+  // Shared: additions may go on, but nothing valid disappears under us.
+  auto gc = m->gc_lock(LockMode::shared);
+  std::vector<StorePath> corrupt;
+  for (const auto& path : valid_paths()) {
+    ++result.checked;
+    auto info = query_path_info(path);
+    if (!info) {
+      continue;
+    }
+    fs::path physical = physical_path(path);
+    std::error_code ec;
+    if (!fs::exists(fs::symlink_status(physical, ec))) {
+      result.problems.push_back({VerifyProblem::Kind::missing, print(path),
+                                 "registered as valid but missing from " + m->objects.string()});
+      corrupt.push_back(path);
+      continue;
+    }
+    if (info->ca && info->ca->method == ContentAddress::Method::recursive) {
+      auto refs = info->references;
+      refs.erase(path);
+      auto expected = m->store_dir.make_fixed_output_path(path.name(), *info->ca, refs,
+                                                          info->references.count(path) > 0);
+      if (expected != path || !(info->ca->hash == info->nar_hash)) {
+        result.problems.push_back({VerifyProblem::Kind::bad_content_address, print(path),
+                                   "its content address " + info->ca->to_string() +
+                                     " does not match the path"});
+      }
+    }
+    if (options.check_contents) {
+      HashSink hash(info->nar_hash.algo());
+      try {
+        dump_path(physical, hash);
+      } catch (const Error& e) {
+        result.problems.push_back({VerifyProblem::Kind::corrupt, print(path), e.what()});
+        corrupt.push_back(path);
+        continue;
+      }
+      uint64_t size = hash.bytes_written();
+      Hash got = hash.finish();
+      if (!(got == info->nar_hash) || size != info->nar_size) {
+        result.problems.push_back(
+          {VerifyProblem::Kind::corrupt, print(path),
+           "contents changed: NAR hash " + got.to_string(HashFormat::nix32, true) + " (" +
+             std::to_string(size) + " bytes), expected " +
+             info->nar_hash.to_string(HashFormat::nix32, true) + " (" +
+             std::to_string(info->nar_size) + " bytes)"});
+        corrupt.push_back(path);
+        continue;
+      }
+    }
+    std::string metadata = check_metadata(physical, options.repair);
+    if (!metadata.empty()) {
+      result.problems.push_back(
+        {VerifyProblem::Kind::wrong_metadata, print(path), metadata, options.repair});
+    }
+  }
+
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(m->objects, ec)) {
+    auto name = entry.path().filename().string();
+    bool valid = false;
+    try {
+      valid = is_valid(StorePath(name));
+    } catch (const FormatError&) {
+    }
+    if (!valid) {
+      result.problems.push_back({VerifyProblem::Kind::stray, entry.path().string(),
+                                 "on disk but not valid (left by an interrupted addition or "
+                                 "removal; `kiln gc` deletes it)"});
+    }
+  }
+
+  if (options.remove_corrupt && !corrupt.empty()) {
+    // Removing a path breaks every closure containing it: remove those too.
+    std::set<StorePath> doomed;
+    std::vector<StorePath> todo = corrupt;
+    while (!todo.empty()) {
+      StorePath path = todo.back();
+      todo.pop_back();
+      if (!doomed.insert(path).second) {
+        continue;
+      }
+      for (const auto& referrer : referrers(path)) {
+        todo.push_back(referrer);
+      }
+    }
+    std::vector<StorePath> list(doomed.begin(), doomed.end());
+    {
+      std::lock_guard guard(m->db_mutex);
+      m->invalidate(list);
+    }
+    for (const auto& path : list) {
+      m->remove_from_disk(physical_path(path));
+    }
+    for (auto& problem : result.problems) {
+      if (problem.kind == VerifyProblem::Kind::missing ||
+          problem.kind == VerifyProblem::Kind::corrupt) {
+        problem.fixed = true;
+        problem.detail += " (removed, with " + std::to_string(list.size() - 1) +
+                          " paths that depended on it or others)";
+      }
+    }
+  }
+  return result;
+}
+
+} // namespace kiln
