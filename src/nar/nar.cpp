@@ -249,7 +249,7 @@ public:
       target.resize(static_cast<size_t>(n));
       m_sink.create_symlink(rel, target);
     } else if (S_ISDIR(st.st_mode)) {
-      if (depth > NarLimits{}.max_depth) {
+      if (depth >= NarLimits{}.max_depth) {
         throw Error("'" + display(rel) + "' is nested more than " +
                     std::to_string(NarLimits{}.max_depth) + " folders deep");
       }

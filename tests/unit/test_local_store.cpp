@@ -1,1 +1,310 @@
+#include "support/test_support.hpp"
+
+#include <kiln/nar/nar.hpp>
+#include <kiln/store/local_store.hpp>
+#include <kiln/util/error.hpp>
+
 #include <catch2/catch.hpp>
+
+#include <sys/stat.h>
+
+using namespace kiln;
+using test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string
+nar_of(const fs::path& path)
+{
+  StringSink sink;
+  dump_path(path, sink);
+  return sink.s;
+}
+
+// Import a small object with the given references via add_nar.
+StorePath
+import(LocalStore& store, const std::string& name, const std::string& contents,
+       const std::set<StorePath>& refs)
+{
+  TempDir dir;
+  std::string body = contents;
+  for (const auto& r : refs) {
+    body += "\n" + store.print(r);
+  }
+  test::write_file(dir / "f", body);
+  std::string nar = nar_of(dir / "f");
+  // An input-addressed-style path: name it by a hash of what it is.
+  StorePath path = store.store_dir().make_store_path(
+    "output:out", hash_string(HashAlgo::sha256, name + body), name);
+  PathInfo info(path);
+  info.nar_hash = hash_string(HashAlgo::sha256, nar);
+  info.nar_size = nar.size();
+  info.references = refs;
+  StringSource in(nar);
+  store.add_nar(info, in);
+  return path;
+}
+
+} // namespace
+
+TEST_CASE("store add is content-addressed exactly as nix-store --add", "[store]")
+{
+  TempDir dir;
+  test::write_file(dir / "hello.txt", "hello\n");
+  LocalStore store({dir / "store", "/nix/store"});
+  auto path = store.add_path(dir / "hello.txt");
+  CHECK(store.print(path) == "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt");
+
+  auto info = store.query_path_info(path);
+  REQUIRE(info);
+  CHECK(info->nar_size == 120);
+  CHECK(info->nar_hash.to_string(HashFormat::nix32, false) ==
+        "04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw");
+  REQUIRE(info->ca);
+  CHECK(info->ca->to_string() == "fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw");
+  CHECK(info->references.empty());
+  CHECK(info->registration_time > 0);
+
+  // The object on disk: read-only, at <root>/store/<base>.
+  auto physical = store.physical_path(path);
+  CHECK(physical == fs::absolute(dir / "store" / "store" / path.base()));
+  CHECK(test::run({"cat", physical.string()}).out == "hello\n");
+  struct stat st;
+  REQUIRE(::lstat(physical.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0444);
+
+  SECTION("adding again is a no-op giving the same path")
+  {
+    CHECK(store.add_path(dir / "hello.txt") == path);
+    CHECK(store.valid_paths().size() == 1);
+  }
+  SECTION("--name changes the name and the hash")
+  {
+    AddOptions options;
+    options.name = "greeting";
+    auto named = store.add_path(dir / "hello.txt", options);
+    CHECK(named.name() == "greeting");
+    CHECK(named.hash_part() != path.hash_part());
+  }
+  SECTION("a name a store path cannot have is refused, suggesting --name")
+  {
+    test::write_file(dir / "has space", "x");
+    CHECK_THROWS_WITH(store.add_path(dir / "has space"), Catch::Contains("--name"));
+  }
+}
+
+TEST_CASE("a store opened with another store directory is refused", "[store]")
+{
+  TempDir dir;
+  {
+    LocalStore store({dir.path(), "/kiln/store"});
+  }
+  CHECK_THROWS_WITH((LocalStore({dir.path(), "/other/store"})),
+                    Catch::Contains("made for store directory '/kiln/store'"));
+}
+
+TEST_CASE("add_nar verifies hash, size and references and leaves nothing on failure", "[store]")
+{
+  TempDir dir;
+  LocalStore store({dir / "s"});
+  auto a = import(store, "a", "A", {});
+  auto b = import(store, "b", "B", {a});
+  CHECK(store.query_path_info(b)->references == std::set<StorePath>{a});
+  CHECK(store.referrers(a) == std::set<StorePath>{b});
+  CHECK(store.closure({b}) == std::set<StorePath>{a, b});
+
+  test::write_file(dir / "f", "payload");
+  std::string nar = nar_of(dir / "f");
+  StorePath path("00000000000000000000000000000000-bad");
+  PathInfo info(path);
+  info.nar_hash = hash_string(HashAlgo::sha256, nar);
+  info.nar_size = nar.size();
+
+  SECTION("wrong hash")
+  {
+    info.nar_hash = hash_string(HashAlgo::sha256, "something else");
+    StringSource in(nar);
+    CHECK_THROWS_WITH(store.add_nar(info, in), Catch::Contains("NAR hash mismatch"));
+  }
+  SECTION("wrong size")
+  {
+    info.nar_size += 8;
+    StringSource in(nar);
+    CHECK_THROWS_WITH(store.add_nar(info, in), Catch::Contains("NAR size mismatch"));
+  }
+  SECTION("a corrupt archive")
+  {
+    std::string broken = nar;
+    broken[broken.size() - 17] = 1; // the padding after the contents
+    info.nar_hash = hash_string(HashAlgo::sha256, broken);
+    StringSource in(broken);
+    CHECK_THROWS_AS(store.add_nar(info, in), Error);
+  }
+  SECTION("a reference that is not valid")
+  {
+    info.references = {StorePath("11111111111111111111111111111111-missing")};
+    StringSource in(nar);
+    CHECK_THROWS_WITH(store.add_nar(info, in), Catch::Contains("is not valid"));
+  }
+  SECTION("a content address that does not match the path")
+  {
+    info.ca = ContentAddress{ContentAddress::Method::recursive, info.nar_hash};
+    StringSource in(nar);
+    CHECK_THROWS_WITH(store.add_nar(info, in), Catch::Contains("does not match its content address"));
+  }
+  CHECK_FALSE(store.is_valid(path));
+  CHECK_FALSE(fs::exists(store.physical_path(path)));
+  CHECK(fs::is_empty(dir / "s" / "tmp"));
+  CHECK(store.verify({}).ok());
+}
+
+TEST_CASE("garbage collection keeps closures of roots and nothing else", "[store][gc]")
+{
+  TempDir dir;
+  LocalStore store({dir / "s"});
+  auto lib = import(store, "lib", "L", {});
+  auto app = import(store, "app", "P", {lib});
+  auto junk = import(store, "junk", "J", {});
+  auto junk_user = import(store, "junk-user", "U", {junk});
+  test::write_file(dir / "src", "rooted source");
+  auto rooted = store.add_path(dir / "src", {std::nullopt, dir / "result"});
+  store.add_root(store.root() / "gcroots" / "app", app);
+
+  SECTION("roots are found: direct links and indirect ones")
+  {
+    auto roots = store.find_roots();
+    std::set<StorePath> kept;
+    for (const auto& [link, path] : roots) {
+      kept.insert(path);
+    }
+    CHECK(kept == std::set<StorePath>{app, rooted});
+  }
+  SECTION("a dry run deletes nothing")
+  {
+    GcOptions options;
+    options.dry_run = true;
+    auto result = store.collect_garbage(options);
+    CHECK(result.deleted.size() == 2);
+    CHECK(store.is_valid(junk));
+  }
+  SECTION("a real run deletes the unreachable paths, referrers first")
+  {
+    auto result = store.collect_garbage({});
+    REQUIRE(result.deleted.size() == 2);
+    CHECK(result.deleted[0] == junk_user);
+    CHECK(result.deleted[1] == junk);
+    CHECK(result.bytes_freed > 0);
+    CHECK(store.is_valid(app));
+    CHECK(store.is_valid(lib));
+    CHECK(store.is_valid(rooted));
+    CHECK_FALSE(store.is_valid(junk));
+    CHECK_FALSE(fs::exists(store.physical_path(junk)));
+    CHECK(store.verify({}).ok());
+  }
+  SECTION("removing an indirect root's link lets its path go")
+  {
+    fs::remove(dir / "result");
+    store.collect_garbage({});
+    CHECK_FALSE(store.is_valid(rooted));
+    CHECK(store.is_valid(app));
+  }
+  SECTION("--root files and links keep paths alive for one run")
+  {
+    test::write_file(dir / "roots.txt", "# kept\n" + store.print(junk_user) + "\n");
+    GcOptions options;
+    options.extra_roots = {dir / "roots.txt"};
+    auto result = store.collect_garbage(options);
+    CHECK(result.deleted.empty());
+    test::write_file(dir / "bad-roots.txt", "/not/a/store/path\n");
+    options.extra_roots = {dir / "bad-roots.txt"};
+    CHECK_THROWS_WITH(store.collect_garbage(options), Catch::Contains("bad-roots.txt:1"));
+  }
+  SECTION("--max-freed stops early, without breaking a closure")
+  {
+    GcOptions options;
+    options.max_freed = 1;
+    auto result = store.collect_garbage(options);
+    REQUIRE(result.deleted.size() == 1);
+    CHECK(result.deleted[0] == junk_user);
+    CHECK(store.is_valid(junk));
+    CHECK(store.verify({}).ok());
+  }
+  SECTION("debris of crashed additions is removed")
+  {
+    fs::create_directories(store.root() / "store" / "22222222222222222222222222222222-stray");
+    fs::create_directories(store.root() / "tmp" / "add-1-2-3");
+    auto before = store.verify({});
+    CHECK(before.ok());
+    REQUIRE(before.problems.size() == 1);
+    CHECK(before.problems[0].kind == VerifyProblem::Kind::stray);
+    auto result = store.collect_garbage({});
+    CHECK(result.strays_removed == 1);
+    CHECK(fs::is_empty(store.root() / "tmp"));
+    CHECK(store.verify({}).problems.empty());
+  }
+}
+
+TEST_CASE("verify finds corruption, missing paths and bad permissions", "[store][verify]")
+{
+  TempDir dir;
+  LocalStore store({dir / "s"});
+  test::write_file(dir / "tree" / "file", "original");
+  test::write_file(dir / "tree" / "tool", "#!/bin/sh\n", true);
+  auto path = store.add_path(dir / "tree");
+  auto user = import(store, "user", "U", {path});
+  auto file = store.physical_path(path) / "file";
+  CHECK(store.verify({}).ok());
+
+  SECTION("changed contents")
+  {
+    fs::permissions(store.physical_path(path), fs::perms::owner_write, fs::perm_options::add);
+    fs::permissions(file, fs::perms::owner_write, fs::perm_options::add);
+    test::write_file(file, "tampered");
+    auto result = store.verify({});
+    CHECK_FALSE(result.ok());
+    REQUIRE_FALSE(result.problems.empty());
+    CHECK(result.problems[0].kind == VerifyProblem::Kind::corrupt);
+    CHECK_THAT(result.problems[0].detail, Catch::Contains("contents changed"));
+
+    VerifyOptions remove;
+    remove.remove_corrupt = true;
+    auto removed = store.verify(remove);
+    CHECK(removed.ok());
+    CHECK_FALSE(store.is_valid(path));
+    CHECK_FALSE(store.is_valid(user)); // it referenced the corrupt path
+    CHECK(store.verify({}).problems.empty());
+  }
+  SECTION("a missing path")
+  {
+    delete_path(store.physical_path(path));
+    auto result = store.verify({});
+    CHECK_FALSE(result.ok());
+    CHECK(result.problems[0].kind == VerifyProblem::Kind::missing);
+  }
+  SECTION("writable files are reported and repaired")
+  {
+    fs::permissions(file, fs::perms::owner_write, fs::perm_options::add);
+    auto result = store.verify({});
+    CHECK_FALSE(result.ok());
+    CHECK(result.problems[0].kind == VerifyProblem::Kind::wrong_metadata);
+    VerifyOptions repair;
+    repair.repair = true;
+    CHECK(store.verify(repair).ok());
+    CHECK(store.verify({}).problems.empty());
+  }
+}
+
+TEST_CASE("resolve accepts logical paths, base names, physical paths and links", "[store]")
+{
+  TempDir dir;
+  LocalStore store({dir / "s"});
+  test::write_file(dir / "x" / "bin" / "tool", "t", true);
+  auto path = store.add_path(dir / "x", {std::nullopt, dir / "link"});
+  CHECK(store.resolve(store.print(path)) == path);
+  CHECK(store.resolve(store.print(path) + "/bin/tool") == path);
+  CHECK(store.resolve(path.base()) == path);
+  CHECK(store.resolve(store.physical_path(path).string()) == path);
+  CHECK(store.resolve((dir / "link").string()) == path);
+  CHECK_THROWS_WITH(store.resolve("/usr/bin"), Catch::Contains("is not a store path"));
+}
