@@ -737,7 +737,11 @@ Restorer::begin_regular_file(const std::string& path, bool executable, uint64_t 
 void
 Restorer::file_data(std::string_view chunk)
 {
-  write_all(m_file.get(), chunk, "writing '" + (m_target / m_file_path).string() + "'");
+  try {
+    write_all(m_file.get(), chunk, "writing");
+  } catch (const SystemError& e) {
+    throw SystemError("writing '" + (m_target / m_file_path).string() + "'", e.error_number());
+  }
 }
 
 void

@@ -106,7 +106,7 @@ StringSource::read(char* buf, size_t len)
 }
 
 void
-write_all(int fd, std::string_view data, const std::string& what)
+write_all(int fd, std::string_view data, std::string_view what)
 {
   while (!data.empty()) {
     ssize_t n = ::write(fd, data.data(), data.size());
@@ -114,7 +114,7 @@ write_all(int fd, std::string_view data, const std::string& what)
       if (errno == EINTR) {
         continue;
       }
-      throw_errno(what);
+      throw_errno(std::string(what));
     }
     data.remove_prefix(static_cast<size_t>(n));
   }

@@ -139,7 +139,7 @@ private:
 };
 
 // Write all of `data` to `fd`, retrying on short writes and EINTR.
-void write_all(int fd, std::string_view data, const std::string& what);
+void write_all(int fd, std::string_view data, std::string_view what);
 
 // Read a whole (small) file.
 std::string read_file(const std::filesystem::path& path);
