@@ -2,6 +2,7 @@
 // on first use, and the registration functions of each command group.
 #pragma once
 
+#include <kiln/cache/cache_client.hpp>
 #include <kiln/settings/settings.hpp>
 #include <kiln/store/local_store.hpp>
 
@@ -26,6 +27,11 @@ public:
 
   const Settings& settings();
   LocalStore& store();
+  // A client for the binary cache at `url`, with the configured token,
+  // connection count and negative cache.
+  std::unique_ptr<CacheClient> open_cache(const std::string& url);
+  // Trusted keys: trusted-public-keys plus the public half of secret-key-file.
+  TrustPolicy trust_policy();
 
   // The command to run once parsing succeeded.
   std::function<int()> action;
@@ -33,12 +39,14 @@ public:
 private:
   std::optional<Settings> m_settings;
   std::unique_ptr<LocalStore> m_store;
+  std::unique_ptr<NegativeCache> m_negative;
 };
 
 void register_hash_commands(CLI::App& app, Context& ctx);
 void register_nar_commands(CLI::App& app, Context& ctx);
 void register_store_commands(CLI::App& app, Context& ctx);
 void register_config_commands(CLI::App& app, Context& ctx);
+void register_cache_commands(CLI::App& app, Context& ctx);
 
 // Print a warning or note to stderr, prefixed "kiln: ".
 void note(const std::string& message);

@@ -4,6 +4,7 @@
 
 #include <kiln/util/error.hpp>
 
+#include <csignal>
 #include <iostream>
 
 namespace kiln::cli {
@@ -37,6 +38,37 @@ Context::store()
   return *m_store;
 }
 
+std::unique_ptr<CacheClient>
+Context::open_cache(const std::string& url)
+{
+  const auto& s = settings();
+  CacheOptions options;
+  options.token = s.token_for(url);
+  options.connections = s.connections;
+  if (!m_negative) {
+    m_negative = std::make_unique<NegativeCache>(store().root() / "var" / "narinfo-negative",
+                                                 std::chrono::seconds(s.negative_ttl));
+  }
+  return std::make_unique<CacheClient>(open_binary_cache(url, options), store().store_dir(),
+                                       m_negative.get());
+}
+
+TrustPolicy
+Context::trust_policy()
+{
+  const auto& s = settings();
+  auto keys = s.trusted_public_keys;
+  if (!s.secret_key_file.empty()) {
+    keys.push_back(SecretKey::read_file(s.secret_key_file).public_key().to_string());
+  }
+  try {
+    return TrustPolicy(keys, s.require_sigs);
+  } catch (const FormatError& e) {
+    throw UsageError(std::string("trusted-public-keys (") + s.origins.at("trusted-public-keys") +
+                     "): " + e.what());
+  }
+}
+
 void
 note(const std::string& message)
 {
@@ -49,6 +81,8 @@ int
 main(int argc, char** argv)
 {
   using namespace kiln;
+  // A peer closing a connection must be an error, not a silent death.
+  std::signal(SIGPIPE, SIG_IGN);
   cli::Context ctx;
   CLI::App app{"kiln: a build cache for Rust. Crate builds become hermetic derivations whose\n"
                "outputs live in a content-addressed store and move between machines through\n"
@@ -76,6 +110,7 @@ main(int argc, char** argv)
   cli::register_nar_commands(app, ctx);
   cli::register_store_commands(app, ctx);
   cli::register_config_commands(app, ctx);
+  cli::register_cache_commands(app, ctx);
 
   try {
     app.parse(argc, argv);

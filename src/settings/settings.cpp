@@ -90,6 +90,9 @@ Settings::table()
     {"secret-key-file", "KILN_SECRET_KEY_FILE", "key to sign uploaded paths with"},
     {"token", "KILN_TOKEN", "bearer token for binary caches"},
     {"jobs", "KILN_JOBS", "builds to run at once (default: number of cores)"},
+    {"connections", "KILN_CONNECTIONS", "parallel requests to binary caches (default 16)"},
+    {"negative-ttl", "KILN_NEGATIVE_TTL",
+     "seconds to remember that a cache lacks a path (default 300; 0: never)"},
   };
   return settings;
 }
@@ -121,10 +124,32 @@ Settings::set(const std::string& key, const std::string& value, const std::strin
     token = value;
   } else if (key == "jobs") {
     jobs = parse_count(value, what, 1);
+  } else if (key == "connections") {
+    connections = parse_count(value, what, 1);
+  } else if (key == "negative-ttl") {
+    negative_ttl = parse_count(value, what, 0);
   } else {
     throw UsageError(origin + ": unknown setting '" + key + "'");
   }
   origins[key] = origin;
+}
+
+std::string
+Settings::token_for(const std::string& cache_url) const
+{
+  std::string best_prefix;
+  std::string best = token;
+  for (const auto& [prefix, value] : cache_tokens) {
+    std::string p = prefix;
+    while (p.size() > 1 && p.back() == '/') {
+      p.pop_back();
+    }
+    if (cache_url.starts_with(p) && p.size() > best_prefix.size()) {
+      best_prefix = p;
+      best = value;
+    }
+  }
+  return best;
 }
 
 std::optional<fs::path>
@@ -176,6 +201,16 @@ load_settings(const std::map<std::string, std::string>& flags,
         std::string key = entry.first.as<std::string>();
         std::string origin = file->string() + ":" + std::to_string(entry.first.Mark().line + 1);
         const YAML::Node& value = entry.second;
+        if (key == "cache-tokens") {
+          if (!value.IsMap()) {
+            throw UsageError(origin + ": 'cache-tokens' must map cache URLs to tokens");
+          }
+          for (const auto& item : value) {
+            settings.cache_tokens[item.first.as<std::string>()] = item.second.as<std::string>();
+          }
+          settings.origins[key] = origin;
+          continue;
+        }
         std::string text;
         if (value.IsSequence()) {
           for (const auto& item : value) {

@@ -156,6 +156,21 @@ check_metadata(const fs::path& path, bool repair)
 
 } // namespace
 
+std::string
+path_fingerprint(const StoreDir& store_dir, const PathInfo& info)
+{
+  if (info.nar_size == 0) {
+    throw Error("cannot make the fingerprint of '" + store_dir.print(info.path) +
+                "': its NAR size is unknown");
+  }
+  std::string refs;
+  for (const auto& ref : info.references) { // std::set: sorted
+    refs += (refs.empty() ? "" : ",") + store_dir.print(ref);
+  }
+  return "1;" + store_dir.print(info.path) + ";" + info.nar_hash.to_string(HashFormat::nix32, true) +
+         ";" + std::to_string(info.nar_size) + ";" + refs;
+}
+
 bool
 VerifyResult::ok() const
 {
@@ -621,6 +636,22 @@ LocalStore::valid_paths() const
     out.emplace_back(q.column_text(0));
   }
   return out;
+}
+
+void
+LocalStore::add_signatures(const StorePath& path, const std::set<std::string>& signatures)
+{
+  std::lock_guard guard(m->db_mutex);
+  Transaction txn(*m->db);
+  auto info = m->query(path);
+  if (!info) {
+    throw Error("cannot sign '" + print(path) + "': it is not valid");
+  }
+  auto all = info->signatures;
+  all.insert(signatures.begin(), signatures.end());
+  Statement update(*m->db, "UPDATE ValidPaths SET sigs = ? WHERE path = ?");
+  update.bind(1, join_signatures(all)).bind(2, path.base()).run();
+  txn.commit();
 }
 
 std::set<StorePath>

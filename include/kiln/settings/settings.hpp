@@ -33,6 +33,13 @@ struct Settings
   std::string secret_key_file;
   std::string token;
   unsigned jobs = 1;
+  unsigned connections = 16;             // parallel requests to binary caches
+  unsigned negative_ttl = 300;           // seconds a "not in this cache" answer is remembered
+  // Bearer tokens per cache URL prefix (config file key `cache-tokens`).
+  std::map<std::string, std::string> cache_tokens;
+
+  // The token for `cache_url`: its `cache-tokens` entry, else `token`.
+  std::string token_for(const std::string& cache_url) const;
 
   // Where each setting's value came from ("default", "KILN_STORE", a file:line, "--store").
   std::map<std::string, std::string> origins;

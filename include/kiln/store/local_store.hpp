@@ -46,6 +46,10 @@ struct PathInfo
   std::optional<ContentAddress> ca;
 };
 
+// The text a signature covers (Nix's ValidPathInfo::fingerprint):
+//   1;<store path>;sha256:<nix32 NAR hash>;<NAR size>;<sorted, comma-joined reference paths>
+std::string path_fingerprint(const StoreDir& store_dir, const PathInfo& info);
+
 struct LocalStoreConfig
 {
   std::filesystem::path root;                       // where the store lives on disk
@@ -129,6 +133,8 @@ public:
   std::optional<PathInfo> query_path_info(const StorePath& path) const;
   bool is_valid(const StorePath& path) const;
   std::vector<StorePath> valid_paths() const;
+  // Add signatures to a valid path's metadata.
+  void add_signatures(const StorePath& path, const std::set<std::string>& signatures);
   // The paths and everything they reference, transitively.
   std::set<StorePath> closure(const std::set<StorePath>& paths) const;
   // Paths that reference `path`.

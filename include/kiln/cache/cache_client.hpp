@@ -1,0 +1,123 @@
+// Talking to one binary cache as a store: its nix-cache-info, narinfo
+// look-ups (remembering "not there" briefly), NAR downloads into the local
+// store, and uploads. And the two operations on top: substitute (pull the
+// closures of paths from several caches at once) and push.
+#pragma once
+
+#include <kiln/cache/binary_cache.hpp>
+#include <kiln/cache/narinfo.hpp>
+#include <kiln/signing/signing.hpp>
+#include <kiln/store/local_store.hpp>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+
+namespace kiln {
+
+// "Not in this cache" answers, remembered on disk for a while so that a
+// build does not ask again for every path; never consulted with --refresh.
+class NegativeCache
+{
+public:
+  NegativeCache(std::filesystem::path dir, std::chrono::seconds ttl);
+  bool is_missing(const std::string& cache_url, const StorePath& path) const;
+  void record_missing(const std::string& cache_url, const StorePath& path);
+  void forget(const std::string& cache_url, const StorePath& path);
+
+private:
+  std::filesystem::path file_for(const std::string& cache_url, const StorePath& path) const;
+  std::filesystem::path m_dir;
+  std::chrono::seconds m_ttl;
+};
+
+class CacheClient
+{
+public:
+  CacheClient(std::unique_ptr<BinaryCache> backend, StoreDir store_dir,
+              NegativeCache* negative_cache = nullptr);
+
+  const std::string&
+  url() const
+  {
+    return m_backend->url();
+  }
+  BinaryCache&
+  backend()
+  {
+    return *m_backend;
+  }
+  // nix-cache-info; a cache without one is treated as empty defaults. A
+  // cache for another store directory is an error.
+  const CacheInfo& cache_info();
+  // Create nix-cache-info if the cache has none (before the first upload).
+  void ensure_cache_info();
+
+  std::optional<NarInfo> query(const StorePath& path, bool refresh = false);
+  // Download the NAR `narinfo` describes and add it to `store`, checking
+  // NAR hash and size while streaming. Returns the bytes transferred.
+  uint64_t fetch_into(LocalStore& store, const NarInfo& narinfo);
+
+private:
+  std::unique_ptr<BinaryCache> m_backend;
+  StoreDir m_store_dir;
+  NegativeCache* m_negative;
+  std::mutex m_mutex;
+  std::optional<CacheInfo> m_info;
+};
+
+using ProgressFn = std::function<void(const std::string&)>;
+
+struct SubstituteOptions
+{
+  unsigned connections = 16;
+  bool refresh = false;
+  ProgressFn progress;   // one line per event ("fetched …", "skipping …")
+};
+
+struct SubstituteResult
+{
+  std::vector<StorePath> fetched;
+  std::vector<StorePath> already_valid;
+  std::map<StorePath, std::string> failed;   // path → why
+  uint64_t bytes_downloaded = 0;
+};
+
+// Make the closures of `paths` valid in `store`, downloading from `caches`.
+// Every cache is asked about every path at once; among answers trusted by
+// `policy` (or content-addressed, which vouches for itself), the cache with
+// the best (lowest) priority is used, the others being fallbacks if a
+// download fails. Nothing unverified is ever registered.
+SubstituteResult substitute(LocalStore& store, const std::vector<CacheClient*>& caches,
+                            const TrustPolicy& policy, const std::vector<StorePath>& paths,
+                            const SubstituteOptions& options = {});
+
+struct PushOptions
+{
+  std::string compression = "zstd";
+  const SecretKey* key = nullptr;   // sign narinfos (and the local paths) with this
+  unsigned connections = 16;
+  bool closure = true;
+  ProgressFn progress;
+};
+
+struct PushResult
+{
+  std::vector<StorePath> uploaded;
+  std::vector<StorePath> already_present;
+  uint64_t bytes_uploaded = 0;
+};
+
+// Upload what `cache` lacks of (the closures of) `paths`: ask about all of
+// them first, in parallel; upload NARs, largest first; then narinfos, each
+// only after those of its references (the cache never holds an incomplete
+// closure).
+PushResult push(LocalStore& store, CacheClient& cache, const std::vector<StorePath>& paths,
+                const PushOptions& options = {});
+
+// Run `work(i)` for i in [0, count) on up to `threads` threads; rethrows the
+// first exception after all have finished.
+void parallel_for(size_t count, unsigned threads, const std::function<void(size_t)>& work);
+
+} // namespace kiln

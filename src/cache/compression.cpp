@@ -1,0 +1,240 @@
+#include <kiln/cache/compression.hpp>
+#include <kiln/util/error.hpp>
+
+#include <archive.h>
+#include <archive_entry.h>
+
+#include <vector>
+
+namespace kiln {
+
+namespace {
+
+class PassthroughSink : public CompressionSink
+{
+public:
+  explicit PassthroughSink(Sink& out) : m_out(out)
+  {
+  }
+  void
+  write(std::string_view data) override
+  {
+    m_out.write(data);
+  }
+  void
+  finish() override
+  {
+  }
+
+private:
+  Sink& m_out;
+};
+
+class ArchiveCompressionSink : public CompressionSink
+{
+public:
+  ArchiveCompressionSink(std::string_view method, Sink& out, int level)
+    : m_out(out), m_archive(archive_write_new())
+  {
+    if (!m_archive) {
+      throw Error("libarchive: out of memory");
+    }
+    std::string name(method);
+    check(archive_write_set_format_raw(m_archive), "selecting the raw format");
+    if (archive_write_add_filter_by_name(m_archive, name.c_str()) != ARCHIVE_OK) {
+      std::string why = archive_error_string(m_archive) ? archive_error_string(m_archive) : "";
+      archive_write_free(m_archive);
+      m_archive = nullptr;
+      throw UsageError("unsupported compression '" + name + "': " + why);
+    }
+    if (level >= 0) {
+      archive_write_set_filter_option(m_archive, nullptr, "compression-level",
+                                      std::to_string(level).c_str());
+    }
+    if (name == "zstd" || name == "xz") {
+      // Use every core; ignored by libarchive versions without the option.
+      archive_write_set_filter_option(m_archive, nullptr, "threads", "0");
+    }
+    check(archive_write_set_bytes_per_block(m_archive, 0), "setting the block size");
+    check(archive_write_set_bytes_in_last_block(m_archive, 1), "setting the block size");
+    check(archive_write_open(m_archive, this, nullptr, &ArchiveCompressionSink::on_write, nullptr),
+          "starting compression");
+    archive_entry* entry = archive_entry_new();
+    archive_entry_set_filetype(entry, AE_IFREG);
+    int rc = archive_write_header(m_archive, entry);
+    archive_entry_free(entry);
+    check(rc, "starting compression");
+  }
+
+  ~ArchiveCompressionSink() override
+  {
+    if (m_archive) {
+      archive_write_free(m_archive);
+    }
+  }
+
+  void
+  write(std::string_view data) override
+  {
+    while (!data.empty()) {
+      la_ssize_t n = archive_write_data(m_archive, data.data(), data.size());
+      if (n <= 0) {
+        check(ARCHIVE_FATAL, "compressing");
+      }
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+  }
+
+  void
+  finish() override
+  {
+    check(archive_write_close(m_archive), "finishing compression");
+  }
+
+private:
+  static la_ssize_t
+  on_write(struct archive*, void* self, const void* buffer, size_t length)
+  {
+    auto* sink = static_cast<ArchiveCompressionSink*>(self);
+    try {
+      sink->m_out.write(std::string_view(static_cast<const char*>(buffer), length));
+    } catch (...) {
+      sink->m_error = std::current_exception();
+      return -1;
+    }
+    return static_cast<la_ssize_t>(length);
+  }
+
+  void
+  check(int rc, const char* what)
+  {
+    if (m_error) {
+      std::rethrow_exception(m_error);
+    }
+    if (rc < ARCHIVE_WARN) {
+      const char* why = m_archive ? archive_error_string(m_archive) : nullptr;
+      throw Error(std::string("libarchive: ") + what + ": " + (why ? why : "unknown error"));
+    }
+  }
+
+  Sink& m_out;
+  struct archive* m_archive;
+  std::exception_ptr m_error;
+};
+
+class ArchiveDecompressionSource : public Source
+{
+public:
+  ArchiveDecompressionSource(std::string_view method, Source& in)
+    : m_method(method), m_in(in), m_buffer(256 * 1024), m_archive(archive_read_new())
+  {
+    archive_read_support_filter_all(m_archive);
+    archive_read_support_format_raw(m_archive);
+    archive_read_support_format_empty(m_archive);
+    if (archive_read_open(m_archive, this, nullptr, &ArchiveDecompressionSource::on_read,
+                          nullptr) != ARCHIVE_OK) {
+      fail("opening");
+    }
+    archive_entry* entry = nullptr;
+    int rc = archive_read_next_header(m_archive, &entry);
+    if (rc == ARCHIVE_EOF) {
+      m_eof = true;
+    } else if (rc < ARCHIVE_WARN) {
+      fail("reading the header");
+    }
+  }
+
+  ~ArchiveDecompressionSource() override
+  {
+    archive_read_free(m_archive);
+  }
+
+  size_t
+  read(char* buf, size_t len) override
+  {
+    if (m_eof) {
+      return 0;
+    }
+    la_ssize_t n = archive_read_data(m_archive, buf, len);
+    if (n < 0) {
+      fail("decompressing");
+    }
+    if (n == 0) {
+      m_eof = true;
+    }
+    return static_cast<size_t>(n);
+  }
+
+private:
+  static la_ssize_t
+  on_read(struct archive*, void* self, const void** buffer)
+  {
+    auto* source = static_cast<ArchiveDecompressionSource*>(self);
+    try {
+      *buffer = source->m_buffer.data();
+      return static_cast<la_ssize_t>(
+        source->m_in.read(source->m_buffer.data(), source->m_buffer.size()));
+    } catch (...) {
+      source->m_error = std::current_exception();
+      return -1;
+    }
+  }
+
+  [[noreturn]] void
+  fail(const char* what)
+  {
+    if (m_error) {
+      std::rethrow_exception(m_error);
+    }
+    const char* why = archive_error_string(m_archive);
+    throw FormatError("corrupt " + m_method + " data (" + what + "): " + (why ? why : "unknown error"));
+  }
+
+  std::string m_method;
+  Source& m_in;
+  std::vector<char> m_buffer;
+  struct archive* m_archive;
+  std::exception_ptr m_error;
+  bool m_eof = false;
+};
+
+class PassthroughSource : public Source
+{
+public:
+  explicit PassthroughSource(Source& in) : m_in(in)
+  {
+  }
+  size_t
+  read(char* buf, size_t len) override
+  {
+    return m_in.read(buf, len);
+  }
+
+private:
+  Source& m_in;
+};
+
+} // namespace
+
+std::unique_ptr<CompressionSink>
+make_compression_sink(std::string_view method, Sink& out, int level)
+{
+  if (method == "none") {
+    return std::make_unique<PassthroughSink>(out);
+  }
+  return std::make_unique<ArchiveCompressionSink>(method == "br" ? "brotli" : method, out, level);
+}
+
+std::unique_ptr<Source>
+make_decompression_source(std::string_view method, Source& in)
+{
+  if (method == "none") {
+    return std::make_unique<PassthroughSource>(in);
+  }
+  if (method == "br") {
+    throw Error("brotli-compressed NARs are not supported (libarchive cannot read brotli)");
+  }
+  return std::make_unique<ArchiveDecompressionSource>(method, in);
+}
+
+} // namespace kiln

@@ -1,0 +1,266 @@
+#include <kiln/cache/narinfo.hpp>
+#include <kiln/signing/signing.hpp>
+#include <kiln/util/error.hpp>
+
+#include <map>
+
+namespace kiln {
+
+namespace {
+
+const std::map<std::string, std::string, std::less<>> k_extensions = {
+  {"none", ""},     {"xz", ".xz"},     {"zstd", ".zst"}, {"bzip2", ".bz2"}, {"gzip", ".gz"},
+  {"br", ".br"},    {"lzip", ".lzip"}, {"lz4", ".lz4"},  {"lzma", ".lzma"}, {"compress", ""},
+  {"grzip", ""},    {"lrzip", ""},     {"lzop", ""},
+};
+
+uint64_t
+parse_u64(const std::string& value, const std::string& where)
+{
+  if (value.empty() || value.size() > 20 ||
+      value.find_first_not_of("0123456789") != std::string::npos) {
+    throw FormatError(where + ": '" + value + "' is not a whole number");
+  }
+  try {
+    return std::stoull(value);
+  } catch (...) {
+    throw FormatError(where + ": '" + value + "' is too large");
+  }
+}
+
+// Calls `field(key, value, line_number)` for each "Key: value" line.
+template <typename F>
+void
+for_each_line(std::string_view text, const std::string& where, F field)
+{
+  size_t pos = 0;
+  size_t line_no = 0;
+  while (pos < text.size()) {
+    ++line_no;
+    size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) {
+      throw FormatError(where + ":" + std::to_string(line_no) + ": the last line lacks a newline");
+    }
+    std::string_view line = text.substr(pos, end - pos);
+    pos = end + 1;
+    auto colon = line.find(':');
+    if (colon == std::string_view::npos) {
+      throw FormatError(where + ":" + std::to_string(line_no) + ": expected 'Key: value', got '" +
+                        std::string(line.substr(0, 80)) + "'");
+    }
+    std::string key(line.substr(0, colon));
+    std::string_view value = line.substr(colon + 1);
+    if (!value.empty() && value[0] == ' ') {
+      value.remove_prefix(1);
+    }
+    field(key, std::string(value), line_no);
+  }
+}
+
+} // namespace
+
+bool
+is_known_compression(std::string_view method)
+{
+  return k_extensions.find(method) != k_extensions.end();
+}
+
+std::string
+nar_extension(std::string_view method)
+{
+  auto it = k_extensions.find(method);
+  return ".nar" + (it == k_extensions.end() ? std::string() : it->second);
+}
+
+NarInfo
+NarInfo::parse(std::string_view text, const StoreDir& store_dir, const std::string& where)
+{
+  std::optional<StorePath> path;
+  std::optional<Hash> nar_hash;
+  std::optional<uint64_t> nar_size;
+  std::optional<std::string> url;
+  std::optional<std::string> compression;
+  std::optional<Hash> file_hash;
+  std::optional<uint64_t> file_size;
+  std::optional<std::set<StorePath>> references;
+  std::optional<StorePath> deriver;
+  std::set<std::string> sigs;
+  std::optional<ContentAddress> ca;
+  std::set<std::string> seen;
+
+  for_each_line(text, where, [&](const std::string& key, const std::string& value, size_t line) {
+    std::string at = where + ":" + std::to_string(line);
+    static const std::set<std::string> singletons = {"StorePath", "URL",        "Compression",
+                                                     "FileHash",  "FileSize",   "NarHash",
+                                                     "NarSize",   "References", "Deriver",
+                                                     "CA"};
+    if (singletons.count(key) && !seen.insert(key).second) {
+      throw FormatError(at + ": '" + key + "' appears twice");
+    }
+    try {
+      if (key == "StorePath") {
+        path = store_dir.parse(value);
+      } else if (key == "URL") {
+        if (value.empty()) {
+          throw FormatError("URL is empty");
+        }
+        url = value;
+      } else if (key == "Compression") {
+        std::string method = value.empty() ? "bzip2" : value;
+        if (!is_known_compression(method)) {
+          throw FormatError("unknown compression '" + method + "'");
+        }
+        compression = method;
+      } else if (key == "FileHash") {
+        file_hash = Hash::parse_prefixed(value);
+      } else if (key == "FileSize") {
+        file_size = parse_u64(value, "FileSize");
+      } else if (key == "NarHash") {
+        nar_hash = Hash::parse_prefixed(value);
+        if (nar_hash->algo() != HashAlgo::sha256) {
+          throw FormatError("NarHash must be sha256");
+        }
+      } else if (key == "NarSize") {
+        nar_size = parse_u64(value, "NarSize");
+        if (*nar_size == 0) {
+          throw FormatError("NarSize is 0");
+        }
+      } else if (key == "References") {
+        references.emplace();
+        size_t p = 0;
+        while (p < value.size()) {
+          size_t e = value.find(' ', p);
+          if (e == std::string::npos) {
+            e = value.size();
+          }
+          if (e > p) {
+            references->insert(StorePath(value.substr(p, e - p)));
+          }
+          p = e + 1;
+        }
+      } else if (key == "Deriver") {
+        if (value != "unknown-deriver" && !value.empty()) {
+          deriver = StorePath(value);
+        }
+      } else if (key == "Sig") {
+        Signature::parse(value); // reject malformed signatures outright
+        sigs.insert(value);
+      } else if (key == "CA") {
+        if (!value.empty()) {
+          ca = ContentAddress::parse(value);
+        }
+      }
+      // Anything else (System, future keys) is ignored, as Nix does.
+    } catch (const FormatError& e) {
+      throw FormatError(at + ": " + key + ": " + e.what());
+    }
+  });
+
+  if (!path) {
+    throw FormatError(where + ": StorePath is missing");
+  }
+  if (!url) {
+    throw FormatError(where + ": URL is missing");
+  }
+  if (!nar_hash) {
+    throw FormatError(where + ": NarHash is missing");
+  }
+  if (!nar_size) {
+    throw FormatError(where + ": NarSize is missing");
+  }
+  PathInfo info(*path);
+  info.nar_hash = *nar_hash;
+  info.nar_size = *nar_size;
+  if (references) {
+    info.references = *references;
+  }
+  info.deriver = deriver;
+  info.signatures = sigs;
+  info.ca = ca;
+  NarInfo result(info);
+  result.url = *url;
+  result.compression = compression.value_or("bzip2");
+  result.file_hash = file_hash;
+  result.file_size = file_size;
+  return result;
+}
+
+std::string
+NarInfo::to_string(const StoreDir& store_dir) const
+{
+  std::string out;
+  out += "StorePath: " + store_dir.print(info.path) + "\n";
+  out += "URL: " + url + "\n";
+  out += "Compression: " + compression + "\n";
+  if (file_hash) {
+    out += "FileHash: " + file_hash->to_string(HashFormat::nix32, true) + "\n";
+  }
+  if (file_size) {
+    out += "FileSize: " + std::to_string(*file_size) + "\n";
+  }
+  out += "NarHash: " + info.nar_hash.to_string(HashFormat::nix32, true) + "\n";
+  out += "NarSize: " + std::to_string(info.nar_size) + "\n";
+  std::string refs;
+  for (const auto& r : info.references) {
+    refs += (refs.empty() ? "" : " ") + r.base();
+  }
+  out += "References: " + refs + "\n";
+  if (info.deriver) {
+    out += "Deriver: " + info.deriver->base() + "\n";
+  }
+  for (const auto& sig : info.signatures) {
+    out += "Sig: " + sig + "\n";
+  }
+  if (info.ca) {
+    out += "CA: " + info.ca->to_string() + "\n";
+  }
+  return out;
+}
+
+CacheInfo
+CacheInfo::parse(std::string_view text, const std::string& where)
+{
+  CacheInfo info;
+  // Nix's own parser is lenient here: lines without ':' are skipped.
+  size_t pos = 0;
+  size_t line_no = 0;
+  while (pos < text.size()) {
+    ++line_no;
+    size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) {
+      end = text.size();
+    }
+    std::string line(text.substr(pos, end - pos));
+    pos = end + 1;
+    auto colon = line.find(':');
+    if (colon == std::string::npos) {
+      continue;
+    }
+    std::string key = line.substr(0, colon);
+    std::string value = line.substr(colon + 1);
+    value.erase(0, value.find_first_not_of(" \t"));
+    value.erase(value.find_last_not_of(" \t\r") + 1);
+    if (key == "StoreDir") {
+      info.store_dir = value;
+    } else if (key == "WantMassQuery") {
+      info.want_mass_query = value == "1";
+    } else if (key == "Priority") {
+      try {
+        info.priority = std::stoi(value);
+      } catch (...) {
+        throw FormatError(where + ":" + std::to_string(line_no) + ": Priority '" + value +
+                          "' is not a number");
+      }
+    }
+  }
+  return info;
+}
+
+std::string
+CacheInfo::to_string() const
+{
+  return "StoreDir: " + store_dir + "\nWantMassQuery: " + (want_mass_query ? "1" : "0") +
+         "\nPriority: " + std::to_string(priority) + "\n";
+}
+
+} // namespace kiln
