@@ -1,11 +1,16 @@
 #include "support/test_support.hpp"
 
+#include <kiln/nar/nar.hpp>
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
 
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -15,7 +20,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <random>
+#include <thread>
 
 extern char** environ;
 
@@ -202,6 +209,170 @@ random_bytes(size_t size, uint64_t seed)
     out[i] = static_cast<char>(rng());
   }
   return out;
+}
+
+std::string
+nar_of(const fs::path& path)
+{
+  StringSink sink;
+  dump_path(path, sink);
+  return sink.s;
+}
+
+StorePath
+add_test_object(LocalStore& store, const std::string& name, const std::string& contents,
+                const std::set<StorePath>& refs)
+{
+  TempDir dir;
+  std::string body = contents;
+  for (const auto& r : refs) {
+    body += "\n" + store.print(r);
+  }
+  write_file(dir / "f", body);
+  std::string nar = nar_of(dir / "f");
+  StorePath path = store.store_dir().make_store_path(
+    "output:out", hash_string(HashAlgo::sha256, name + body), name);
+  PathInfo info(path);
+  info.nar_hash = hash_string(HashAlgo::sha256, nar);
+  info.nar_size = nar.size();
+  info.references = refs;
+  StringSource in(nar);
+  store.add_nar(info, in);
+  return path;
+}
+
+int
+free_port()
+{
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in addr {};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+BackgroundProcess::BackgroundProcess(const std::vector<std::string>& argv, const fs::path& log)
+  : m_log(log)
+{
+  std::vector<std::string> copy = argv;
+  std::vector<char*> args;
+  for (auto& a : copy) {
+    args.push_back(a.data());
+  }
+  args.push_back(nullptr);
+  m_pid = ::fork();
+  if (m_pid == 0) {
+    int null = ::open("/dev/null", O_RDWR);
+    int err = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(null, 0);
+    ::dup2(err, 1);
+    ::dup2(err, 2);
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+}
+
+BackgroundProcess::~BackgroundProcess()
+{
+  if (!m_stopped && m_pid > 0) {
+    stop();
+  }
+}
+
+std::string
+BackgroundProcess::stderr_text() const
+{
+  try {
+    return read_file(m_log);
+  } catch (...) {
+    return {};
+  }
+}
+
+bool
+BackgroundProcess::wait_for_stderr(const std::string& text, int seconds)
+{
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (stderr_text().find(text) != std::string::npos) {
+      return true;
+    }
+    int status = 0;
+    if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
+      m_stopped = true;
+      m_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return stderr_text().find(text) != std::string::npos;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+int
+BackgroundProcess::stop()
+{
+  if (m_stopped) {
+    return m_status;
+  }
+  ::kill(m_pid, SIGTERM);
+  int status = 0;
+  for (int i = 0; i < 500; ++i) {
+    if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
+      m_stopped = true;
+      m_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return m_status;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(m_pid, SIGKILL);
+  ::waitpid(m_pid, &status, 0);
+  m_stopped = true;
+  m_status = 128 + SIGKILL;
+  return m_status;
+}
+
+Nginx::Nginx(const fs::path& root) : m_port(free_port())
+{
+  fs::create_directories(m_dir / "logs");
+  fs::create_directories(m_dir / "tmp");
+  write_file(m_dir / "nginx.conf",
+             "daemon off;\n"
+             "worker_processes 1;\n"
+             "user root;\n"
+             "error_log " + (m_dir / "logs" / "error.log").string() + ";\n"
+             "pid " + (m_dir / "nginx.pid").string() + ";\n"
+             "events { worker_connections 256; }\n"
+             "http {\n"
+             "  access_log off;\n"
+             "  client_body_temp_path " + (m_dir / "tmp").string() + ";\n"
+             "  client_max_body_size 0;\n"
+             "  server {\n"
+             "    listen 127.0.0.1:" + std::to_string(m_port) + ";\n"
+             "    root " + root.string() + ";\n"
+             "    location / {\n"
+             "      dav_methods PUT;\n"
+             "      create_full_put_path on;\n"
+             "      dav_access user:rw group:r all:r;\n"
+             "    }\n"
+             "  }\n"
+             "}\n");
+  m_process = std::make_unique<BackgroundProcess>(
+    std::vector<std::string>{"nginx", "-p", m_dir.path().string(), "-c",
+                             (m_dir / "nginx.conf").string()},
+    m_dir / "stderr.log");
+  // Ready once it accepts connections.
+  for (int i = 0; i < 500; ++i) {
+    if (run({"bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(m_port)}).status == 0) {
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  throw Error("nginx did not start: " + m_process->stderr_text());
 }
 
 } // namespace kiln::test

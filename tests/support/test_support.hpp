@@ -2,8 +2,12 @@
 // (the real kiln binary, nix, ...), and building file trees.
 #pragma once
 
+#include <kiln/store/local_store.hpp>
+
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <set>
 #include <optional>
 #include <string>
 #include <vector>
@@ -73,5 +77,60 @@ std::string output_of(const RunResult& result, const std::string& what);
 
 // Deterministic pseudo-random bytes.
 std::string random_bytes(size_t size, uint64_t seed);
+
+// Add an input-addressed object (a file holding `contents` and the paths of
+// `refs`) with those references, as a build would produce. Its path is
+// named by a hash of name and contents, not of the NAR, so no signature
+// can be skipped for it.
+StorePath add_test_object(LocalStore& store, const std::string& name, const std::string& contents,
+                          const std::set<StorePath>& refs = {});
+
+// The NAR of `path`.
+std::string nar_of(const fs::path& path);
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+int free_port();
+
+// A process started in the background, killed (SIGTERM, then SIGKILL) at
+// scope end. stderr goes to a file that `wait_for_stderr` reads.
+class BackgroundProcess
+{
+public:
+  BackgroundProcess(const std::vector<std::string>& argv, const fs::path& log_file);
+  ~BackgroundProcess();
+  // Wait until stderr contains `text`; false after `seconds`.
+  bool wait_for_stderr(const std::string& text, int seconds = 20);
+  std::string stderr_text() const;
+  // Send SIGTERM and wait; returns the exit status (128+signal if killed).
+  int stop();
+  int
+  pid() const
+  {
+    return m_pid;
+  }
+
+private:
+  int m_pid = -1;
+  fs::path m_log;
+  bool m_stopped = false;
+  int m_status = -1;
+};
+
+// Debian's nginx serving `root` on 127.0.0.1, with WebDAV PUT enabled.
+class Nginx
+{
+public:
+  explicit Nginx(const fs::path& root);
+  std::string
+  url() const
+  {
+    return "http://127.0.0.1:" + std::to_string(m_port);
+  }
+
+private:
+  TempDir m_dir;
+  int m_port;
+  std::unique_ptr<BackgroundProcess> m_process;
+};
 
 } // namespace kiln::test

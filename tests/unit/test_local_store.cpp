@@ -14,36 +14,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string
-nar_of(const fs::path& path)
-{
-  StringSink sink;
-  dump_path(path, sink);
-  return sink.s;
-}
-
-// Import a small object with the given references via add_nar.
+// Import a small input-addressed object.
 StorePath
 import(LocalStore& store, const std::string& name, const std::string& contents,
        const std::set<StorePath>& refs)
 {
-  TempDir dir;
-  std::string body = contents;
-  for (const auto& r : refs) {
-    body += "\n" + store.print(r);
-  }
-  test::write_file(dir / "f", body);
-  std::string nar = nar_of(dir / "f");
-  // An input-addressed-style path: name it by a hash of what it is.
-  StorePath path = store.store_dir().make_store_path(
-    "output:out", hash_string(HashAlgo::sha256, name + body), name);
-  PathInfo info(path);
-  info.nar_hash = hash_string(HashAlgo::sha256, nar);
-  info.nar_size = nar.size();
-  info.references = refs;
-  StringSource in(nar);
-  store.add_nar(info, in);
-  return path;
+  return test::add_test_object(store, name, contents, refs);
 }
 
 } // namespace
@@ -115,7 +91,7 @@ TEST_CASE("add_nar verifies hash, size and references and leaves nothing on fail
   CHECK(store.closure({b}) == std::set<StorePath>{a, b});
 
   test::write_file(dir / "f", "payload");
-  std::string nar = nar_of(dir / "f");
+  std::string nar = test::nar_of(dir / "f");
   StorePath path("00000000000000000000000000000000-bad");
   PathInfo info(path);
   info.nar_hash = hash_string(HashAlgo::sha256, nar);
