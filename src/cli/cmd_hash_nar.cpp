@@ -26,7 +26,7 @@ struct HashOptions
 void
 add_hash_options(CLI::App* cmd, HashOptions& opts)
 {
-  cmd->add_option("PATH", opts.paths, "What to hash")->required()->check(CLI::ExistingPath);
+  cmd->add_option("PATH", opts.paths, "What to hash")->required()->check(existing_path());
   auto* group = cmd->add_option_group("format", "Output format (default: SRI)");
   group->add_flag("--base32,--nix32", opts.base32, "Nix base-32, as nix-hash --base32");
   group->add_flag("--hex,--base16", opts.hex, "Lower-case hexadecimal");

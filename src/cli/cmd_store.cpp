@@ -74,7 +74,7 @@ register_store_commands(CLI::App& app, Context& ctx)
   auto* add = store->add_subcommand(
     "add", "Copy files or folders into the store, content-addressed (as nix-store --add), and "
            "print their store paths");
-  add->add_option("PATH", add_args->paths, "What to add")->required()->check(CLI::ExistingPath);
+  add->add_option("PATH", add_args->paths, "What to add")->required()->check(existing_path());
   add->add_option("--name", add_args->name, "Store path name (default: the base name of PATH)");
   add->add_option("--root", add_args->root,
                   "Create this symlink to the result and keep it from garbage collection");

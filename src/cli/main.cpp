@@ -4,6 +4,8 @@
 
 #include <kiln/util/error.hpp>
 
+#include <sys/stat.h>
+
 #include <csignal>
 #include <iostream>
 
@@ -67,6 +69,19 @@ Context::trust_policy()
     throw UsageError(std::string("trusted-public-keys (") + s.origins.at("trusted-public-keys") +
                      "): " + e.what());
   }
+}
+
+const CLI::Validator&
+existing_path()
+{
+  static const CLI::Validator validator(
+    [](std::string& path) {
+      struct stat st;
+      return ::lstat(path.c_str(), &st) == 0 ? std::string()
+                                             : "'" + path + "' does not exist";
+    },
+    "PATH");
+  return validator;
 }
 
 void

@@ -281,7 +281,8 @@ private:
     }
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     uint64_t size = static_cast<uint64_t>(st.st_size);
-    m_sink.begin_regular_file(rel, (st.st_mode & 0111) != 0, size);
+    // Like Nix: only the owner's execute bit counts.
+    m_sink.begin_regular_file(rel, (st.st_mode & S_IXUSR) != 0, size);
     uint64_t left = size;
     while (left > 0) {
       ssize_t n = ::read(fd.get(), m_buffer.data(), std::min<uint64_t>(left, m_buffer.size()));

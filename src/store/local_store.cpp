@@ -124,7 +124,7 @@ check_metadata(const fs::path& path, bool repair)
   }
   std::string problem;
   if (!S_ISLNK(st.st_mode)) {
-    mode_t expected = S_ISDIR(st.st_mode) || (st.st_mode & 0111) ? 0555 : 0444;
+    mode_t expected = S_ISDIR(st.st_mode) || (st.st_mode & S_IXUSR) ? 0555 : 0444;
     if ((st.st_mode & 07777) != expected) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "mode %04o instead of %04o", st.st_mode & 07777, expected);
