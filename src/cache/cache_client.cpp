@@ -4,6 +4,7 @@
 #include <kiln/util/error.hpp>
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -225,32 +226,121 @@ CacheClient::query(const StorePath& path, bool refresh)
 uint64_t
 CacheClient::fetch_into(LocalStore& store, const NarInfo& narinfo)
 {
+  uint64_t bytes = 0;
+  auto prepared = fetch_prepared(store, narinfo, bytes);
+  store.commit(*prepared);
+  return bytes;
+}
+
+namespace {
+
+// Writes into a socket without raising SIGPIPE when the reader has gone.
+class SocketSink : public Sink
+{
+public:
+  explicit SocketSink(int fd) : m_fd(fd)
+  {
+  }
+  void
+  write(std::string_view data) override
+  {
+    while (!data.empty()) {
+      ssize_t n = ::send(m_fd, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) {
+          continue;
+        }
+        throw_errno("passing on downloaded data");
+      }
+      data.remove_prefix(static_cast<size_t>(n));
+      m_count += static_cast<uint64_t>(n);
+    }
+  }
+  uint64_t
+  count() const
+  {
+    return m_count;
+  }
+
+private:
+  int m_fd;
+  uint64_t m_count = 0;
+};
+
+} // namespace
+
+std::unique_ptr<PreparedPath>
+CacheClient::fetch_prepared(LocalStore& store, const NarInfo& narinfo, uint64_t& bytes)
+{
   std::string what = "'" + m_store_dir.print(narinfo.info.path) + "' from " + url();
   if (narinfo.url.find("://") != std::string::npos) {
     throw CacheError("cannot substitute " + what + ": absolute NAR URL '" + narinfo.url +
                      "' is not supported");
   }
-  TempFile download;
-  {
-    FdSink sink(download.fd(), 256 * 1024);
-    if (!m_backend->get_file(narinfo.url, sink)) {
+  // Download on one thread, decompress, check and restore on this one,
+  // connected by a socket: nothing is held whole, nothing hits the disk twice.
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    throw_errno("creating a socket pair");
+  }
+  UniqueFd reader(fds[0]);
+  UniqueFd writer(fds[1]);
+  bool found = false;
+  std::exception_ptr download_error;
+  std::thread downloader([&] {
+    SocketSink sink(writer.get());
+    try {
+      found = m_backend->get_file(narinfo.url, sink);
+    } catch (...) {
+      download_error = std::current_exception();
+    }
+    bytes = sink.count();
+    writer.reset();
+  });
+  std::unique_ptr<PreparedPath> prepared;
+  std::exception_ptr restore_error;
+  try {
+    FdSource raw(reader.get());
+    auto nar = make_decompression_source(narinfo.compression, raw);
+    prepared = store.prepare_nar(narinfo.info, *nar);
+  } catch (...) {
+    restore_error = std::current_exception();
+  }
+  reader.reset();
+  downloader.join();
+
+  // Report the root cause: a failed download explains a truncated archive,
+  // but a refused archive explains why the download was cut off.
+  auto describe = [&](std::exception_ptr error) -> std::string {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+  };
+  if (download_error && !restore_error) {
+    throw CacheError("cannot substitute " + what + ": " + describe(download_error));
+  }
+  if (restore_error) {
+    if (!found && !download_error) {
       throw CacheError("cannot substitute " + what + ": its NAR '" + narinfo.url +
                        "' is missing from the cache");
     }
-    sink.flush();
+    bool reader_hung_up = false;
+    if (download_error) {
+      try {
+        std::rethrow_exception(download_error);
+      } catch (const SystemError& e) {
+        reader_hung_up = e.error_number() == EPIPE || e.error_number() == ECONNRESET;
+      } catch (...) {
+      }
+    }
+    if (download_error && !reader_hung_up) {
+      throw CacheError("cannot substitute " + what + ": " + describe(download_error));
+    }
+    throw Error("cannot substitute " + what + ": " + describe(restore_error));
   }
-  uint64_t size = static_cast<uint64_t>(::lseek(download.fd(), 0, SEEK_END));
-  ::lseek(download.fd(), 0, SEEK_SET);
-  try {
-    FdSource raw(download.fd());
-    auto nar = make_decompression_source(narinfo.compression, raw);
-    store.add_nar(narinfo.info, *nar);
-  } catch (const CacheError&) {
-    throw;
-  } catch (const Error& e) {
-    throw Error("cannot substitute " + what + ": " + e.what());
-  }
-  return size;
+  return prepared;
 }
 
 SubstituteResult
@@ -358,107 +448,102 @@ substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const Tru
     frontier = std::move(next);
   }
 
-  // Download in dependency order: a path is fetched as soon as everything it
-  // references is valid, by a pool of workers.
+  // Download everything at once, largest first, restoring and checking each
+  // into a temporary folder; make each valid as soon as everything it
+  // references is (so a long chain downloads in parallel, not link by link).
   std::map<StorePath, size_t> waiting_on;
   std::map<StorePath, std::vector<StorePath>> dependents;
-  std::deque<StorePath> ready;
-  std::vector<StorePath> doomed;
   for (const auto& [path, candidates] : plan) {
     size_t count = 0;
     for (const auto& ref : candidates.front().narinfo.info.references) {
-      if (ref == path || store.is_valid(ref)) {
-        continue;
+      if (ref != path && !store.is_valid(ref)) {
+        dependents[ref].push_back(path);
+        ++count;
       }
-      if (result.failed.count(ref) || !plan.count(ref)) {
-        doomed.push_back(path);
-      }
-      dependents[ref].push_back(path);
-      ++count;
     }
     waiting_on[path] = count;
-    if (count == 0) {
-      ready.push_back(path);
-    }
   }
   std::mutex mutex;
-  std::condition_variable wake;
-  size_t unfinished = plan.size();
+  std::map<StorePath, std::unique_ptr<PreparedPath>> prepared;
 
   // Mark `path` failed and, transitively, everything that needs it.
   std::function<void(const StorePath&, const std::string&)> fail_path =
     [&](const StorePath& path, const std::string& why) {
-      if (!plan.count(path) || result.failed.count(path)) {
+      if (result.failed.count(path)) {
         return;
       }
-      result.failed[path] = why;
-      --unfinished;
+      result.failed.emplace(path, why);
+      prepared.erase(path);
       for (const auto& d : dependents[path]) {
         fail_path(d, "its reference '" + store_dir.print(path) + "' could not be substituted");
       }
     };
-  for (const auto& path : doomed) {
-    for (const auto& ref : plan.at(path).front().narinfo.info.references) {
-      if (result.failed.count(ref) && !plan.count(ref)) {
-        fail_path(path, "its reference '" + store_dir.print(ref) + "' could not be substituted: " +
-                          result.failed.at(ref));
-        break;
-      }
+  for (auto failed = result.failed; const auto& [path, why] : failed) {
+    for (const auto& d : dependents[path]) {
+      fail_path(d, "its reference '" + store_dir.print(path) + "' could not be substituted: " + why);
     }
   }
 
-  auto worker = [&] {
-    std::unique_lock lock(mutex);
-    while (true) {
-      wake.wait(lock, [&] { return !ready.empty() || unfinished == 0; });
-      if (ready.empty()) {
-        return;
-      }
-      StorePath path = ready.front();
-      ready.pop_front();
-      if (result.failed.count(path)) {
-        continue;
-      }
-      const auto& candidates = plan.at(path);
-      lock.unlock();
-      std::string errors;
-      uint64_t bytes = 0;
-      bool ok = false;
-      for (const auto& candidate : candidates) {
-        try {
-          bytes = usable[candidate.cache]->fetch_into(store, candidate.narinfo);
-          ok = true;
-          break;
-        } catch (const Error& e) {
-          errors += (errors.empty() ? "" : "; ") + std::string(e.what());
-          say("warning: " + std::string(e.what()));
-        }
-      }
-      lock.lock();
-      if (ok) {
-        say("fetched " + store_dir.print(path) + " (" + human_size(bytes) + ")");
-        result.fetched.push_back(path);
-        result.bytes_downloaded += bytes;
-        --unfinished;
-        for (const auto& d : dependents[path]) {
-          if (--waiting_on[d] == 0 && !result.failed.count(d)) {
-            ready.push_back(d);
-          }
-        }
-      } else {
-        fail_path(path, errors);
-      }
-      wake.notify_all();
+  // Commit `path` and then whatever was only waiting for it. Called with
+  // `mutex` held.
+  std::function<void(const StorePath&)> commit_ready = [&](const StorePath& path) {
+    auto it = prepared.find(path);
+    if (it == prepared.end() || waiting_on[path] != 0 || result.failed.count(path)) {
+      return;
+    }
+    try {
+      store.commit(*it->second);
+    } catch (const Error& e) {
+      fail_path(path, e.what());
+      return;
+    }
+    prepared.erase(it);
+    result.fetched.push_back(path);
+    say("fetched " + store_dir.print(path));
+    for (const auto& d : dependents[path]) {
+      --waiting_on[d];
+      commit_ready(d);
     }
   };
-  std::vector<std::thread> pool;
-  unsigned n = std::max(1u, options.connections);
-  for (unsigned t = 0; t < n && t < plan.size(); ++t) {
-    pool.emplace_back(worker);
+
+  std::vector<StorePath> order;
+  for (const auto& [path, candidates] : plan) {
+    if (!result.failed.count(path)) {
+      order.push_back(path);
+    }
   }
-  for (auto& t : pool) {
-    t.join();
-  }
+  std::sort(order.begin(), order.end(), [&](const StorePath& a, const StorePath& b) {
+    return plan.at(a).front().narinfo.info.nar_size > plan.at(b).front().narinfo.info.nar_size;
+  });
+  parallel_for(order.size(), std::max(1u, options.connections), [&](size_t i) {
+    const StorePath& path = order[i];
+    {
+      std::lock_guard guard(mutex);
+      if (result.failed.count(path)) {
+        return; // a reference already failed
+      }
+    }
+    std::string errors;
+    for (const auto& candidate : plan.at(path)) {
+      try {
+        uint64_t bytes = 0;
+        auto ready = usable[candidate.cache]->fetch_prepared(store, candidate.narinfo, bytes);
+        std::lock_guard guard(mutex);
+        result.bytes_downloaded += bytes;
+        if (result.failed.count(path)) {
+          return;
+        }
+        prepared.emplace(path, std::move(ready));
+        commit_ready(path);
+        return;
+      } catch (const Error& e) {
+        errors += (errors.empty() ? "" : "; ") + std::string(e.what());
+        say("warning: " + std::string(e.what()));
+      }
+    }
+    std::lock_guard guard(mutex);
+    fail_path(path, errors);
+  });
   return result;
 }
 

@@ -192,6 +192,8 @@ struct LocalStore::Impl
   fs::path gcroots;
   std::unique_ptr<Database> db;
   mutable std::mutex db_mutex; // one connection, shared by this object's threads
+  std::mutex lock_mutex;
+  std::weak_ptr<FileLock> shared_gc;
 
   Impl(const LocalStoreConfig& config)
     : store_dir(config.store_dir),
@@ -324,13 +326,27 @@ struct LocalStore::Impl
     txn.commit();
   }
 
-  // Move a finished temporary object into place and register it. The caller
-  // holds the shared GC lock.
+  // The shared GC lock, one per process at a time: every addition holds it
+  // (so GC never removes a temporary being filled), and a process holding
+  // many prepared objects needs only one descriptor for them.
+  std::shared_ptr<FileLock>
+  shared_gc_lock()
+  {
+    std::lock_guard guard(lock_mutex);
+    auto lock = shared_gc.lock();
+    if (!lock) {
+      lock = std::make_shared<FileLock>(gc_lock(LockMode::shared));
+      shared_gc = lock;
+    }
+    return lock;
+  }
+
+  // Move a finished, synced temporary object into place and register it.
+  // The caller holds the shared GC lock.
   void
   commit_temp(const fs::path& temp, const PathInfo& info)
   {
     fs::path final_path = objects / info.path.base();
-    sync_filesystem_of(temp);
     if (::access(final_path.c_str(), F_OK) == 0 || errno != ENOENT) {
       // Left over by a killed process: it was never registered.
       delete_path(final_path);
@@ -520,7 +536,7 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
     throw_errno("cannot add '" + source.string() + "'");
   }
 
-  auto gc = m->gc_lock(LockMode::shared);
+  auto gc = m->shared_gc_lock();
   fs::path temp = m->new_temp_path("add");
   try {
     // Hash the NAR while copying, so that what is stored is exactly what
@@ -542,6 +558,7 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
         info.nar_hash = ca.hash;
         info.nar_size = nar_size;
         info.ca = ca;
+        sync_filesystem_of(temp);
         std::lock_guard guard(m->db_mutex);
         m->commit_temp(temp, info);
       }
@@ -557,24 +574,75 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
   }
 }
 
+PreparedPath::PreparedPath(PathInfo info, fs::path temp, std::shared_ptr<void> gc_lock)
+  : m_info(std::move(info)), m_temp(std::move(temp)), m_gc_lock(std::move(gc_lock))
+{
+}
+
+PreparedPath::~PreparedPath()
+{
+  if (!m_committed) {
+    try {
+      delete_path(m_temp);
+    } catch (...) {
+      // Debris in tmp/ is removed by the next GC.
+    }
+  }
+}
+
 void
 LocalStore::add_nar(const PathInfo& info, Source& nar)
 {
+  for (const auto& ref : info.references) {
+    if (ref != info.path && !is_valid(ref)) {
+      throw Error("cannot add '" + print(info.path) + "': its reference '" + print(ref) +
+                  "' is not valid");
+    }
+  }
+  if (is_valid(info.path)) {
+    return;
+  }
+  auto prepared = prepare_nar(info, nar);
+  commit(*prepared);
+}
+
+std::unique_ptr<PreparedPath>
+LocalStore::prepare_nar(const PathInfo& info, Source& nar)
+{
   if (info.ca && info.ca->method == ContentAddress::Method::recursive) {
-    auto expected = m->store_dir.make_fixed_output_path(
-      info.path.name(), *info.ca,
-      [&] {
-        auto refs = info.references;
-        refs.erase(info.path);
-        return refs;
-      }(),
-      info.references.count(info.path) > 0);
+    auto refs = info.references;
+    bool self = refs.erase(info.path) > 0;
+    auto expected = m->store_dir.make_fixed_output_path(info.path.name(), *info.ca, refs, self);
     if (expected != info.path) {
       throw Error("'" + print(info.path) + "' does not match its content address " +
                   info.ca->to_string() + " (that would be '" + print(expected) + "')");
     }
   }
-  auto gc = m->gc_lock(LockMode::shared);
+  auto gc = m->shared_gc_lock();
+  fs::path temp = m->new_temp_path("import");
+  std::unique_ptr<PreparedPath> prepared(new PreparedPath(info, temp, gc));
+  HashSink hash(info.nar_hash.algo());
+  HashingSource hashing(nar, hash);
+  restore_nar(hashing, temp);
+  uint64_t size = hash.bytes_written();
+  Hash got = hash.finish();
+  if (size != info.nar_size) {
+    throw Error("NAR size mismatch importing '" + print(info.path) + "': expected " +
+                std::to_string(info.nar_size) + " bytes, got " + std::to_string(size));
+  }
+  if (!(got == info.nar_hash)) {
+    throw Error("NAR hash mismatch importing '" + print(info.path) + "': expected " +
+                info.nar_hash.to_string(HashFormat::nix32, true) + ", got " +
+                got.to_string(HashFormat::nix32, true));
+  }
+  sync_filesystem_of(temp);
+  return prepared;
+}
+
+void
+LocalStore::commit(PreparedPath& prepared)
+{
+  const PathInfo& info = prepared.m_info;
   for (const auto& ref : info.references) {
     if (ref != info.path && !is_valid(ref)) {
       throw Error("cannot add '" + print(info.path) + "': its reference '" + print(ref) +
@@ -588,28 +656,9 @@ LocalStore::add_nar(const PathInfo& info, Source& nar)
   if (is_valid(info.path)) {
     return;
   }
-  fs::path temp = m->new_temp_path("import");
-  try {
-    HashSink hash(info.nar_hash.algo());
-    HashingSource hashing(nar, hash);
-    restore_nar(hashing, temp);
-    uint64_t size = hash.bytes_written();
-    Hash got = hash.finish();
-    if (size != info.nar_size) {
-      throw Error("NAR size mismatch importing '" + print(info.path) + "': expected " +
-                  std::to_string(info.nar_size) + " bytes, got " + std::to_string(size));
-    }
-    if (!(got == info.nar_hash)) {
-      throw Error("NAR hash mismatch importing '" + print(info.path) +
-                  "': expected " + info.nar_hash.to_string(HashFormat::nix32, true) +
-                  ", got " + got.to_string(HashFormat::nix32, true));
-    }
-    std::lock_guard guard(m->db_mutex);
-    m->commit_temp(temp, info);
-  } catch (...) {
-    delete_path(temp);
-    throw;
-  }
+  std::lock_guard guard(m->db_mutex);
+  m->commit_temp(prepared.m_temp, info);
+  prepared.m_committed = true;
 }
 
 std::optional<PathInfo>

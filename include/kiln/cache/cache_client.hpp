@@ -58,6 +58,11 @@ public:
   // Download the NAR `narinfo` describes and add it to `store`, checking
   // NAR hash and size while streaming. Returns the bytes transferred.
   uint64_t fetch_into(LocalStore& store, const NarInfo& narinfo);
+  // The same, stopping short of making it valid (see LocalStore::commit):
+  // downloads of a closure can then run in any order. `bytes` receives the
+  // size transferred.
+  std::unique_ptr<PreparedPath> fetch_prepared(LocalStore& store, const NarInfo& narinfo,
+                                               uint64_t& bytes);
 
 private:
   std::unique_ptr<BinaryCache> m_backend;

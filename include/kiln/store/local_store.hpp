@@ -103,6 +103,30 @@ struct VerifyResult
   bool ok() const;
 };
 
+// An object restored from a NAR into the store's temporary folder, checked
+// against its NAR hash and size and synced, but not yet valid. Preparing
+// needs no references; committing does. Dropped uncommitted, it is deleted.
+class PreparedPath
+{
+public:
+  ~PreparedPath();
+  PreparedPath(const PreparedPath&) = delete;
+  PreparedPath& operator=(const PreparedPath&) = delete;
+  const PathInfo&
+  info() const
+  {
+    return m_info;
+  }
+
+private:
+  friend class LocalStore;
+  PreparedPath(PathInfo info, std::filesystem::path temp, std::shared_ptr<void> gc_lock);
+  PathInfo m_info;
+  std::filesystem::path m_temp;
+  std::shared_ptr<void> m_gc_lock; // keeps GC from deleting m_temp
+  bool m_committed = false;
+};
+
 class LocalStore
 {
 public:
@@ -129,6 +153,13 @@ public:
   // `info`, its references must be valid, a content address must match the
   // path. Nothing is left behind on failure.
   void add_nar(const PathInfo& info, Source& nar);
+
+  // The two halves of add_nar, so that many objects can be downloaded and
+  // checked in parallel and then made valid in dependency order.
+  std::unique_ptr<PreparedPath> prepare_nar(const PathInfo& info, Source& nar);
+  // Make a prepared object valid; its references must be valid already.
+  // Committing an object that became valid meanwhile is a no-op.
+  void commit(PreparedPath& prepared);
 
   std::optional<PathInfo> query_path_info(const StorePath& path) const;
   bool is_valid(const StorePath& path) const;
