@@ -536,22 +536,31 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
     throw_errno("cannot add '" + source.string() + "'");
   }
 
-  auto gc = m->shared_gc_lock();
-  fs::path temp = m->new_temp_path("add");
-  try {
-    // Hash the NAR while copying, so that what is stored is exactly what
-    // was hashed even if the source changes meanwhile.
+  // Hash first, reading only: adding what is already there (the common
+  // case for a build tool) then costs one read and no writes.
+  ContentAddress ca{ContentAddress::Method::recursive, Hash()};
+  {
     HashSink hash;
-    NarWriter nar(hash);
-    Restorer copy(temp);
-    TeeFsObjectSink both(nar, copy);
-    walk_path(source, both);
-    nar.finish();
-    uint64_t nar_size = hash.bytes_written();
-    ContentAddress ca{ContentAddress::Method::recursive, hash.finish()};
-    StorePath path = m->store_dir.make_fixed_output_path(name, ca);
-
-    if (!is_valid(path)) {
+    dump_path(source, hash);
+    ca.hash = hash.finish();
+  }
+  StorePath path = m->store_dir.make_fixed_output_path(name, ca);
+  auto gc = m->shared_gc_lock();
+  if (!is_valid(path)) {
+    fs::path temp = m->new_temp_path("add");
+    try {
+      // Copy while hashing again, so that what is stored is exactly what was
+      // hashed, even if the source changes meanwhile.
+      HashSink hash;
+      NarWriter nar(hash);
+      Restorer copy(temp);
+      TeeFsObjectSink both(nar, copy);
+      walk_path(source, both);
+      nar.finish();
+      uint64_t nar_size = hash.bytes_written();
+      if (!(hash.finish() == ca.hash)) {
+        throw Error("'" + source.string() + "' changed while it was being added; try again");
+      }
       auto lock = m->path_lock(path);
       if (!is_valid(path)) {
         PathInfo info(path);
@@ -562,16 +571,16 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
         std::lock_guard guard(m->db_mutex);
         m->commit_temp(temp, info);
       }
+      delete_path(temp);
+    } catch (...) {
+      delete_path(temp);
+      throw;
     }
-    delete_path(temp);
-    if (options.root_link) {
-      add_root(*options.root_link, path);
-    }
-    return path;
-  } catch (...) {
-    delete_path(temp);
-    throw;
   }
+  if (options.root_link) {
+    add_root(*options.root_link, path);
+  }
+  return path;
 }
 
 PreparedPath::PreparedPath(PathInfo info, fs::path temp, std::shared_ptr<void> gc_lock)
