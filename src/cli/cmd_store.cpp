@@ -337,6 +337,8 @@ register_config_commands(CLI::App& app, Context& ctx)
         {"secret-key-file", s.secret_key_file},
         {"token", s.token.empty() ? "" : "(set, hidden)"},
         {"jobs", std::to_string(s.jobs)},
+        {"connections", std::to_string(s.connections)},
+        {"negative-ttl", std::to_string(s.negative_ttl)},
       };
       nlohmann::json j = nlohmann::json::object();
       for (const auto& settingInfo : Settings::table()) {

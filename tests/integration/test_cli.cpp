@@ -1,5 +1,7 @@
 #include "support/test_support.hpp"
 
+#include <kiln/settings/settings.hpp>
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -133,6 +135,12 @@ TEST_CASE("the environment configures the store", "[cli]")
   auto j = nlohmann::json::parse(shown.out);
   CHECK(j["store-dir"]["value"] == "/custom/store");
   CHECK(j["store-dir"]["origin"] == "KILN_STORE_DIR");
+  for (const auto& setting : kiln::Settings::table()) {
+    INFO(setting.key);
+    CHECK(j.contains(setting.key));
+    CHECK(j[setting.key]["value"].get<std::string>() != "?");
+  }
+  CHECK(j["connections"]["value"] == "16");
 }
 
 TEST_CASE("nar dump and restore round-trip through pipes", "[cli]")
