@@ -207,9 +207,10 @@ private:
     Outcome outcome = finish(res, [] {});
     if (outcome == Outcome::not_found) {
       // For a write, 403/404 means we may not write here.
-      return Outcome::fail;
+      outcome = Outcome::fail;
     }
     if (outcome == Outcome::fail && res && !res->body.empty()) {
+      // The server's reason, e.g. which scope a token lacks.
       m_last_error += ": " + res->body.substr(0, 300);
     }
     return outcome;

@@ -1,0 +1,164 @@
+// The http(s):// backend against a scripted cpp-httplib server: status
+// mapping, retries with back-off, bearer tokens, streaming.
+#include "support/test_support.hpp"
+
+#include <kiln/cache/binary_cache.hpp>
+
+#include <catch2/catch.hpp>
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+using namespace kiln;
+
+namespace {
+
+// An HTTP server on a free loopback port, stopped at scope end.
+class ScriptedServer
+{
+public:
+  ScriptedServer()
+  {
+    m_port = m_server.bind_to_any_port("127.0.0.1");
+    m_thread = std::thread([this] { m_server.listen_after_bind(); });
+    while (!m_server.is_running()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  ~ScriptedServer()
+  {
+    m_server.stop();
+    m_thread.join();
+  }
+  httplib::Server&
+  server()
+  {
+    return m_server;
+  }
+  std::string
+  url() const
+  {
+    return "http://127.0.0.1:" + std::to_string(m_port);
+  }
+
+private:
+  httplib::Server m_server;
+  int m_port = 0;
+  std::thread m_thread;
+};
+
+} // namespace
+
+TEST_CASE("404, 410 and 403 mean absent; other 4xx are errors", "[cache][http]")
+{
+  ScriptedServer s;
+  s.server().Get("/gone", [](const httplib::Request&, httplib::Response& res) { res.status = 410; });
+  s.server().Get("/forbidden",
+                 [](const httplib::Request&, httplib::Response& res) { res.status = 403; });
+  s.server().Get("/teapot", [](const httplib::Request&, httplib::Response& res) {
+    res.status = 418;
+    res.set_content("short and stout", "text/plain");
+  });
+  auto cache = open_binary_cache(s.url());
+  CHECK_FALSE(cache->get_file("absent").has_value());
+  CHECK_FALSE(cache->get_file("gone").has_value());
+  CHECK_FALSE(cache->get_file("forbidden").has_value());
+  CHECK_FALSE(cache->file_exists("absent"));
+  CHECK_THROWS_WITH(cache->get_file("teapot"), Catch::Contains("418") && Catch::Contains(s.url()));
+}
+
+TEST_CASE("transient failures are retried with back-off, then reported", "[cache][http]")
+{
+  ScriptedServer s;
+  std::atomic<int> calls{0};
+  s.server().Get("/flaky", [&](const httplib::Request&, httplib::Response& res) {
+    if (++calls <= 2) {
+      res.status = 503;
+      return;
+    }
+    res.set_content("finally", "text/plain");
+  });
+  std::atomic<int> always{0};
+  s.server().Get("/down", [&](const httplib::Request&, httplib::Response& res) {
+    ++always;
+    res.status = 502;
+  });
+  CacheOptions options;
+  options.retries = 3;
+  auto cache = open_binary_cache(s.url(), options);
+  CHECK(cache->get_file("flaky") == "finally");
+  CHECK(calls == 3);
+  CHECK_THROWS_WITH(cache->get_file("down"), Catch::Contains("502") && Catch::Contains("4 attempts"));
+  CHECK(always == 4);
+
+  // Nothing listening: a clear error naming the cache, after the retries.
+  CacheOptions quick;
+  quick.retries = 1;
+  auto nowhere = open_binary_cache("http://127.0.0.1:" + std::to_string(test::free_port()), quick);
+  CHECK_THROWS_AS(nowhere->get_file("nix-cache-info"), CacheError);
+}
+
+TEST_CASE("the bearer token is sent, and writes go out as PUT", "[cache][http]")
+{
+  ScriptedServer s;
+  std::string seen_auth;
+  std::string put_body;
+  s.server().Get("/secret", [&](const httplib::Request& req, httplib::Response& res) {
+    seen_auth = req.get_header_value("Authorization");
+    if (seen_auth != "Bearer t0ken") {
+      res.status = 401;
+      return;
+    }
+    res.set_content("ok", "text/plain");
+  });
+  s.server().Put("/prefix/nar/x.nar", [&](const httplib::Request& req, httplib::Response& res) {
+    put_body = req.body;
+    res.status = 201;
+  });
+  s.server().Put("/prefix/denied", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = 403;
+    res.set_content("no write scope", "text/plain");
+  });
+  CacheOptions options;
+  options.token = "t0ken";
+  CHECK(open_binary_cache(s.url(), options)->get_file("secret") == "ok");
+  CHECK_THROWS_WITH(open_binary_cache(s.url())->get_file("secret"), Catch::Contains("401"));
+
+  auto prefixed = open_binary_cache(s.url() + "/prefix/", options);
+  test::TempDir dir;
+  std::string data = test::random_bytes(2 << 20, 4);
+  test::write_file(dir / "nar", data);
+  prefixed->upsert_file_from("nar/x.nar", dir / "nar", "application/x-nix-nar");
+  CHECK(put_body == data);
+  CHECK_THROWS_WITH(prefixed->upsert_file("denied", "x", "text/plain"),
+                    Catch::Contains("403") && Catch::Contains("no write scope"));
+}
+
+TEST_CASE("large files stream to the sink in pieces", "[cache][http]")
+{
+  ScriptedServer s;
+  std::string data = test::random_bytes(8 << 20, 8);
+  s.server().Get("/nar/big.nar", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content_provider(data.size(), "application/x-nix-nar",
+                             [&](size_t offset, size_t length, httplib::DataSink& sink) {
+                               sink.write(data.data() + offset, std::min<size_t>(length, 65536));
+                               return true;
+                             });
+  });
+  struct CountingSink : Sink
+  {
+    void
+    write(std::string_view chunk) override
+    {
+      ++pieces;
+      s.append(chunk);
+    }
+    size_t pieces = 0;
+    std::string s;
+  } sink;
+  REQUIRE(open_binary_cache(s.url())->get_file("nar/big.nar", sink));
+  CHECK(sink.s == data);
+  CHECK(sink.pieces > 10);
+}
