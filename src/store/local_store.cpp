@@ -583,6 +583,33 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
   return path;
 }
 
+StorePath
+LocalStore::add_text(const std::string& name, std::string_view contents,
+                     const std::set<StorePath>& references)
+{
+  Hash content_hash = hash_string(HashAlgo::sha256, contents);
+  StorePath path = m->store_dir.make_text_path(name, content_hash, references);
+  if (is_valid(path)) {
+    return path;
+  }
+  StringSink nar;
+  {
+    NarWriter writer(nar);
+    writer.begin_regular_file("", false, contents.size());
+    writer.file_data(contents);
+    writer.end_regular_file();
+    writer.finish();
+  }
+  PathInfo info(path);
+  info.nar_hash = hash_string(HashAlgo::sha256, nar.s);
+  info.nar_size = nar.s.size();
+  info.references = references;
+  info.ca = ContentAddress{ContentAddress::Method::text, content_hash};
+  StringSource in(nar.s);
+  add_nar(info, in);
+  return path;
+}
+
 PreparedPath::PreparedPath(PathInfo info, fs::path temp, std::shared_ptr<void> gc_lock)
   : m_info(std::move(info)), m_temp(std::move(temp)), m_gc_lock(std::move(gc_lock))
 {
@@ -618,7 +645,7 @@ LocalStore::add_nar(const PathInfo& info, Source& nar)
 std::unique_ptr<PreparedPath>
 LocalStore::prepare_nar(const PathInfo& info, Source& nar)
 {
-  if (info.ca && info.ca->method == ContentAddress::Method::recursive) {
+  if (info.ca) {
     auto refs = info.references;
     bool self = refs.erase(info.path) > 0;
     auto expected = m->store_dir.make_fixed_output_path(info.path.name(), *info.ca, refs, self);

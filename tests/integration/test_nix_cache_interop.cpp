@@ -16,53 +16,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A private Nix: its store, state and caches under one temporary folder.
-class PrivateNix
-{
-public:
-  PrivateNix()
-  {
-    INFO("these tests need Debian's nix-bin (./setup installs it)");
-    REQUIRE(test::have_program("nix"));
-    for (const char* d : {"home", "cache", "state", "log"}) {
-      fs::create_directories(m_dir / d);
-    }
-  }
-  std::string
-  store() const
-  {
-    return "local?root=" + (m_dir / "root").string() + "&store=/kiln/store";
-  }
-  test::RunResult
-  run(std::vector<std::string> args) const
-  {
-    if (args[0] == "nix") {
-      args.insert(args.begin() + 1, {"--extra-experimental-features", "nix-command"});
-    }
-    test::RunOptions o;
-    o.env = {{"HOME", (m_dir / "home").string()},
-             {"XDG_CACHE_HOME", (m_dir / "cache").string()},
-             {"NIX_STORE_DIR", "/kiln/store"},
-             {"NIX_STATE_DIR", (m_dir / "state").string()},
-             {"NIX_LOG_DIR", (m_dir / "log").string()}};
-    o.unset_env = {"NIX_REMOTE", "NIX_PATH"};
-    o.cwd = m_dir.path();
-    return test::run(args, o);
-  }
-  const TempDir&
-  dir() const
-  {
-    return m_dir;
-  }
-
-private:
-  TempDir m_dir;
-};
-
 // A chain of three derivations built by Nix: pkg-c → pkg-b → pkg-a, with
 // Debian's static busybox as the builder (the chroot store has no /bin/sh).
 std::string
-build_chain(const PrivateNix& nix)
+build_chain(const test::PrivateNix& nix)
 {
   auto bb = nix.dir() / "bb";
   fs::create_directories(bb);
@@ -113,7 +70,7 @@ TEST_CASE("Nix substitutes from a cache kiln pushed to, and checks kiln's signat
   options.compression = compression;
   push(store, cache, {top}, options);
 
-  PrivateNix nix;
+  test::PrivateNix nix;
   auto copied = nix.run({"nix", "copy", "--from", url + "?store=/kiln/store", "--store",
                          nix.store(), "--option", "trusted-public-keys",
                          key.public_key().to_string(), store.print(top)});
@@ -137,7 +94,7 @@ TEST_CASE("Nix substitutes from a cache kiln pushed to, and checks kiln's signat
 
   SECTION("a key Nix does not trust is refused")
   {
-    PrivateNix other;
+    test::PrivateNix other;
     auto stranger = SecretKey::generate("stranger-1");
     auto refused = other.run({"nix", "copy", "--from", url + "?store=/kiln/store", "--store",
                               other.store(), "--option", "trusted-public-keys",
@@ -150,7 +107,7 @@ TEST_CASE("Nix substitutes from a cache kiln pushed to, and checks kiln's signat
 TEST_CASE("kiln substitutes what Nix built, signed and copied to a cache",
           "[nix][interop][cache]")
 {
-  PrivateNix nix;
+  test::PrivateNix nix;
   std::string top = build_chain(nix);
   REQUIRE_THAT(top, Catch::StartsWith("/kiln/store/") && Catch::EndsWith("-pkg-c"));
   REQUIRE(nix.run({"nix-store", "--generate-binary-cache-key", "nix-builder-1", "sk", "pk"}).status ==

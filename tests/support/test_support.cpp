@@ -336,6 +336,46 @@ BackgroundProcess::stop()
   return m_status;
 }
 
+PrivateNix::PrivateNix()
+{
+  INFO("these tests need Debian's nix-bin (./setup installs it)");
+  REQUIRE(have_program("nix"));
+  for (const char* d : {"home", "cache", "state", "log"}) {
+    fs::create_directories(m_dir / d);
+  }
+}
+
+std::string
+PrivateNix::store() const
+{
+  return "local?root=" + (m_dir / "root").string() + "&store=/kiln/store";
+}
+
+fs::path
+PrivateNix::physical(const std::string& store_path) const
+{
+  // Nix 2.8 keeps a chroot store's objects under <root>/nix/store whatever
+  // the logical store directory.
+  return m_dir / "root" / "nix" / "store" / fs::path(store_path).filename();
+}
+
+RunResult
+PrivateNix::run(std::vector<std::string> args) const
+{
+  if (args[0] == "nix") {
+    args.insert(args.begin() + 1, {"--extra-experimental-features", "nix-command"});
+  }
+  RunOptions o;
+  o.env = {{"HOME", (m_dir / "home").string()},
+           {"XDG_CACHE_HOME", (m_dir / "cache").string()},
+           {"NIX_STORE_DIR", "/kiln/store"},
+           {"NIX_STATE_DIR", (m_dir / "state").string()},
+           {"NIX_LOG_DIR", (m_dir / "log").string()}};
+  o.unset_env = {"NIX_REMOTE", "NIX_PATH"};
+  o.cwd = m_dir.path();
+  return test::run(args, o);
+}
+
 Nginx::Nginx(const fs::path& root) : m_port(free_port())
 {
   fs::create_directories(m_dir / "logs");

@@ -116,6 +116,29 @@ private:
   int m_status = -1;
 };
 
+// A private Nix (Debian's nix-bin): its store (logical /kiln/store, on disk
+// under a temporary folder), state and caches, touching nothing outside.
+class PrivateNix
+{
+public:
+  PrivateNix();
+  // The --store argument for this Nix's store.
+  std::string store() const;
+  // Run nix, nix-store, nix-build, ... in this Nix's environment (the new
+  // CLI gets --extra-experimental-features nix-command).
+  RunResult run(std::vector<std::string> args) const;
+  const TempDir&
+  dir() const
+  {
+    return m_dir;
+  }
+  // Where this Nix keeps the object `store_path` on disk.
+  fs::path physical(const std::string& store_path) const;
+
+private:
+  TempDir m_dir;
+};
+
 // Debian's nginx serving `root` on 127.0.0.1, with WebDAV PUT enabled.
 class Nginx
 {

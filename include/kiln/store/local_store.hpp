@@ -149,6 +149,11 @@ public:
   // does (NAR sha256, no references). Returns its path.
   StorePath add_path(const std::filesystem::path& source, const AddOptions& options = {});
 
+  // Add a text object (a single file, such as a .drv) with references,
+  // content-addressed as Nix's text objects are. Returns its path.
+  StorePath add_text(const std::string& name, std::string_view contents,
+                     const std::set<StorePath>& references);
+
   // Import an object from a NAR stream. Its NAR hash and size must match
   // `info`, its references must be valid, a content address must match the
   // path. Nothing is left behind on failure.
