@@ -18,14 +18,9 @@ namespace {
 class FileBinaryCache : public BinaryCache
 {
 public:
+  // Folders are made on the first write: reading a cache must never create one.
   FileBinaryCache(std::string url, fs::path root) : m_url(std::move(url)), m_root(std::move(root))
   {
-    std::error_code ec;
-    fs::create_directories(m_root / "nar", ec);
-    if (ec) {
-      throw CacheError("cannot create binary cache folder '" + m_root.string() +
-                       "': " + ec.message());
-    }
   }
 
   const std::string&
@@ -75,8 +70,11 @@ public:
   {
     check_cache_key(key);
     fs::path target = m_root / key;
-    fs::create_directories(target.parent_path());
+    make_parent(target);
     write_file_atomic(target, data);
+    // The rename must be durable before anything refers to this file (a
+    // narinfo is written only after its NAR).
+    fsync_directory(target.parent_path());
   }
 
   void
@@ -84,7 +82,7 @@ public:
   {
     check_cache_key(key);
     fs::path target = m_root / key;
-    fs::create_directories(target.parent_path());
+    make_parent(target);
     std::random_device rd;
     fs::path tmp = target;
     tmp += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rd());
@@ -102,9 +100,21 @@ public:
       ::unlink(tmp.c_str());
       throw CacheError("publishing '" + target.string() + "': " + std::strerror(saved));
     }
+    fsync_directory(target.parent_path());
   }
 
 private:
+  void
+  make_parent(const fs::path& target)
+  {
+    std::error_code ec;
+    fs::create_directories(target.parent_path(), ec);
+    if (ec) {
+      throw CacheError("cannot create binary cache folder '" + target.parent_path().string() +
+                       "': " + ec.message());
+    }
+  }
+
   std::string m_url;
   fs::path m_root;
 };

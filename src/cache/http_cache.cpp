@@ -209,6 +209,12 @@ private:
       // For a write, 403/404 means we may not write here.
       outcome = Outcome::fail;
     }
+    if (!res && res.error() == httplib::Error::Write) {
+      // The server hung up while we were still sending: most likely it
+      // refused the upload before reading it (token, scope, size limit).
+      m_last_error += " (the server closed the connection during the upload; it may have "
+                      "refused it: check the token's write scope and the server's size limit)";
+    }
     if (outcome == Outcome::fail && res && !res->body.empty()) {
       // The server's reason, e.g. which scope a token lacks.
       m_last_error += ": " + res->body.substr(0, 300);

@@ -102,6 +102,8 @@ register_cache_commands(CLI::App& app, Context& ctx)
                                     "Substitute from this cache (repeatable; default: the "
                                     "configured substituters, all asked at once)");
   auto* to_opt = copy->add_option("--to", copy_args->to, "Upload to this cache");
+  // One URL per --from, so that paths after it are not taken for caches.
+  from_opt->allow_extra_args(false);
   from_opt->excludes(to_opt);
   copy->add_option("--secret-key-file", copy_args->secret_key_file,
                    "With --to: sign what is uploaded with this key [env: KILN_SECRET_KEY_FILE]");

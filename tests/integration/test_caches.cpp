@@ -94,6 +94,15 @@ TEST_CASE("every backend stores, lists and streams files alike", "[cache][confor
   }
 }
 
+TEST_CASE("reading a file cache never creates it", "[cache][conformance]")
+{
+  TempDir dir;
+  auto cache = open_binary_cache("file://" + (dir / "absent" / "cache").string());
+  CHECK_FALSE(cache->get_file("nix-cache-info").has_value());
+  CHECK_FALSE(cache->file_exists("nar/x.nar"));
+  CHECK_FALSE(fs::exists(dir / "absent"));
+}
+
 TEST_CASE("push then substitute moves whole closures, verified", "[cache][substitute]")
 {
   auto kind = GENERATE(as<std::string>{}, "file", "http");
@@ -384,6 +393,20 @@ TEST_CASE("kiln copy and push on the command line", "[cache][cli]")
   INFO(copied.err);
   CHECK(copied.status == 0);
   CHECK(test::kiln({"--store", store_b, "path-info", path}).status == 0);
+
+  // Several paths after one --from: all are copied, none taken for a cache.
+  test::write_file(dir / "more" / "a", "a");
+  test::write_file(dir / "other" / "b", "b");
+  auto p1 = test::output_of(
+    test::kiln({"--store", store_a, "store", "add", (dir / "more").string()}), "add");
+  auto p2 = test::output_of(
+    test::kiln({"--store", store_a, "store", "add", (dir / "other").string()}), "add");
+  REQUIRE(test::kiln({"--store", store_a, "push", cache.url, p1, p2}, with_key).status == 0);
+  auto both = test::kiln(
+    {"--store", store_b, "--trusted-public-keys", pub, "copy", "--from", cache.url, p1, p2});
+  INFO(both.err);
+  CHECK(both.status == 0);
+  CHECK(test::kiln({"--store", store_b, "path-info", p1, p2}).status == 0);
 
   auto missing = test::kiln({"--store", store_b, "--trusted-public-keys", pub, "copy", "--from",
                              cache.url, "/kiln/store/00000000000000000000000000000000-nope"});

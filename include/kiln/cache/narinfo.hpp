@@ -45,7 +45,7 @@ struct CacheInfo
 {
   std::string store_dir{k_default_store_dir};
   bool want_mass_query = false;
-  int priority = 50;
+  int priority = 0;   // Nix's default when a cache does not say
 
   static CacheInfo parse(std::string_view text, const std::string& where);
   std::string to_string() const;
