@@ -818,6 +818,25 @@ LocalStore::find_roots() const
   return out;
 }
 
+std::vector<fs::path>
+LocalStore::stray_entries() const
+{
+  std::vector<fs::path> strays;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(m->objects, ec)) {
+    bool valid = false;
+    try {
+      valid = is_valid(StorePath(entry.path().filename().string()));
+    } catch (const FormatError&) {
+      // Not even a store path name: certainly not valid.
+    }
+    if (!valid) {
+      strays.push_back(entry.path());
+    }
+  }
+  return strays;
+}
+
 GcResult
 LocalStore::collect_garbage(const GcOptions& options)
 {
@@ -923,17 +942,9 @@ LocalStore::collect_garbage(const GcOptions& options)
     // Nothing is being added (we hold the GC lock exclusively): whatever is
     // on disk but not valid, and every temporary, is debris of a crash.
     std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(m->objects, ec)) {
-      auto name = entry.path().filename().string();
-      bool valid = false;
-      try {
-        valid = is_valid(StorePath(name));
-      } catch (const FormatError&) {
-      }
-      if (!valid) {
-        result.bytes_freed += m->remove_from_disk(entry.path());
-        ++result.strays_removed;
-      }
+    for (const auto& stray : stray_entries()) {
+      result.bytes_freed += m->remove_from_disk(stray);
+      ++result.strays_removed;
     }
     for (const auto& entry : fs::directory_iterator(m->tmp, ec)) {
       result.bytes_freed += tree_size(entry.path());
@@ -1010,18 +1021,10 @@ LocalStore::verify(const VerifyOptions& options)
   }
 
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(m->objects, ec)) {
-    auto name = entry.path().filename().string();
-    bool valid = false;
-    try {
-      valid = is_valid(StorePath(name));
-    } catch (const FormatError&) {
-    }
-    if (!valid) {
-      result.problems.push_back({VerifyProblem::Kind::stray, entry.path().string(),
-                                 "on disk but not valid (left by an interrupted addition or "
-                                 "removal; `kiln gc` deletes it)"});
-    }
+  for (const auto& stray : stray_entries()) {
+    result.problems.push_back({VerifyProblem::Kind::stray, stray.string(),
+                               "on disk but not valid (left by an interrupted addition or "
+                               "removal; `kiln gc` deletes it)"});
   }
 
   if (options.remove_corrupt && !corrupt.empty()) {

@@ -182,6 +182,9 @@ public:
   std::vector<std::pair<std::filesystem::path, StorePath>> find_roots() const;
 
   GcResult collect_garbage(const GcOptions& options);
+  // Entries of the objects folder that are not valid paths: debris of
+  // interrupted additions or removals.
+  std::vector<std::filesystem::path> stray_entries() const;
   VerifyResult verify(const VerifyOptions& options);
 
 private:
