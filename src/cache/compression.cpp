@@ -4,6 +4,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 
+#include <memory>
 #include <vector>
 
 namespace kiln {
@@ -34,7 +35,7 @@ class ArchiveCompressionSink : public CompressionSink
 {
 public:
   ArchiveCompressionSink(std::string_view method, Sink& out, int level)
-    : m_out(out), m_archive(archive_write_new())
+    : m_out(out), m_owner(archive_write_new(), &archive_write_free), m_archive(m_owner.get())
   {
     if (!m_archive) {
       throw Error("libarchive: out of memory");
@@ -43,8 +44,6 @@ public:
     check(archive_write_set_format_raw(m_archive), "selecting the raw format");
     if (archive_write_add_filter_by_name(m_archive, name.c_str()) != ARCHIVE_OK) {
       std::string why = archive_error_string(m_archive) ? archive_error_string(m_archive) : "";
-      archive_write_free(m_archive);
-      m_archive = nullptr;
       throw UsageError("unsupported compression '" + name + "': " + why);
     }
     if (level >= 0) {
@@ -64,13 +63,6 @@ public:
     int rc = archive_write_header(m_archive, entry);
     archive_entry_free(entry);
     check(rc, "starting compression");
-  }
-
-  ~ArchiveCompressionSink() override
-  {
-    if (m_archive) {
-      archive_write_free(m_archive);
-    }
   }
 
   void
@@ -118,6 +110,8 @@ private:
   }
 
   Sink& m_out;
+  // Owns the archive, also when a constructor throws half-way.
+  std::unique_ptr<struct archive, int (*)(struct archive*)> m_owner;
   struct archive* m_archive;
   std::exception_ptr m_error;
 };
@@ -126,7 +120,11 @@ class ArchiveDecompressionSource : public Source
 {
 public:
   ArchiveDecompressionSource(std::string_view method, Source& in)
-    : m_method(method), m_in(in), m_buffer(256 * 1024), m_archive(archive_read_new())
+    : m_method(method),
+      m_in(in),
+      m_buffer(256 * 1024),
+      m_owner(archive_read_new(), &archive_read_free),
+      m_archive(m_owner.get())
   {
     archive_read_support_filter_all(m_archive);
     archive_read_support_format_raw(m_archive);
@@ -142,11 +140,6 @@ public:
     } else if (rc < ARCHIVE_WARN) {
       fail("reading the header");
     }
-  }
-
-  ~ArchiveDecompressionSource() override
-  {
-    archive_read_free(m_archive);
   }
 
   size_t
@@ -193,6 +186,7 @@ private:
   std::string m_method;
   Source& m_in;
   std::vector<char> m_buffer;
+  std::unique_ptr<struct archive, int (*)(struct archive*)> m_owner;
   struct archive* m_archive;
   std::exception_ptr m_error;
   bool m_eof = false;

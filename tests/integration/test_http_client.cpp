@@ -51,7 +51,7 @@ private:
 
 } // namespace
 
-TEST_CASE("404, 410 and 403 mean absent; other 4xx are errors", "[cache][http]")
+TEST_CASE("404, 410 and 403 mean absent, other 4xx are errors", "[cache][http]")
 {
   ScriptedServer s;
   s.server().Get("/gone", [](const httplib::Request&, httplib::Response& res) { res.status = 410; });

@@ -140,7 +140,7 @@ TEST_CASE("a folder with an executable and a symlink matches Nix's hash", "[nar]
         "12hc9c68fqvm7wfdx9gzaz6dyxwz7jlrijx4kqhihd8lz98cvkb2");
 }
 
-TEST_CASE("dump, restore and dump again gives the same bytes; restored metadata is canonical",
+TEST_CASE("dump, restore and dump again gives the same bytes, and restored metadata is canonical",
           "[nar]")
 {
   TempDir dir;

@@ -8,6 +8,7 @@
 #include <kiln/cache/narinfo.hpp>
 #include <kiln/signing/signing.hpp>
 #include <kiln/store/local_store.hpp>
+#include <kiln/util/parallel.hpp>
 
 #include <chrono>
 #include <functional>
@@ -120,9 +121,5 @@ struct PushResult
 // closure).
 PushResult push(LocalStore& store, CacheClient& cache, const std::vector<StorePath>& paths,
                 const PushOptions& options = {});
-
-// Run `work(i)` for i in [0, count) on up to `threads` threads; rethrows the
-// first exception after all have finished.
-void parallel_for(size_t count, unsigned threads, const std::function<void(size_t)>& work);
 
 } // namespace kiln

@@ -1,0 +1,428 @@
+#include <kiln/graph/graph.hpp>
+#include <kiln/util/parallel.hpp>
+
+#include <boost/graph/adjacency_list.hpp>
+#include <boost/graph/depth_first_search.hpp>
+#include <boost/graph/topological_sort.hpp>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+namespace kiln {
+
+namespace {
+
+// Edges point from a derivation to its inputs, so a topological sort lists
+// inputs first.
+using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::directedS>;
+using Vertex = boost::graph_traits<Graph>::vertex_descriptor;
+using Edge = boost::graph_traits<Graph>::edge_descriptor;
+
+// Records the first back edge a depth-first search meets, with the tree
+// edges that led to it, to name a cycle.
+class CycleFinder : public boost::default_dfs_visitor
+{
+public:
+  CycleFinder(std::vector<Vertex>& parent, std::vector<Vertex>& cycle)
+    : m_parent(parent), m_cycle(cycle)
+  {
+  }
+  void
+  tree_edge(Edge e, const Graph& g)
+  {
+    m_parent[boost::target(e, g)] = boost::source(e, g);
+  }
+  void
+  back_edge(Edge e, const Graph& g)
+  {
+    if (!m_cycle.empty()) {
+      return;
+    }
+    Vertex from = boost::source(e, g);
+    Vertex to = boost::target(e, g);
+    for (Vertex v = from; v != to; v = m_parent[v]) {
+      m_cycle.push_back(v);
+    }
+    m_cycle.push_back(to);
+  }
+
+private:
+  std::vector<Vertex>& m_parent;
+  std::vector<Vertex>& m_cycle;
+};
+
+} // namespace
+
+const char*
+to_string(StepStatus status)
+{
+  switch (status) {
+  case StepStatus::present:
+    return "present";
+  case StepStatus::substituted:
+    return "substituted";
+  case StepStatus::built:
+    return "built";
+  case StepStatus::failed:
+    return "failed";
+  case StepStatus::skipped:
+    return "skipped";
+  }
+  return "unknown";
+}
+
+struct BuildGraph::Impl
+{
+  std::vector<StorePath> nodes;
+  std::map<StorePath, size_t> index;
+  std::vector<Derivation> drvs;
+  std::vector<std::vector<StorePath>> inputs;
+  Graph graph;
+  StoreDir store_dir;
+};
+
+BuildGraph::BuildGraph() : m(std::make_unique<Impl>())
+{
+}
+BuildGraph::BuildGraph(BuildGraph&&) noexcept = default;
+BuildGraph& BuildGraph::operator=(BuildGraph&&) noexcept = default;
+BuildGraph::~BuildGraph() = default;
+
+BuildGraph
+BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader& read,
+                         const StoreDir& store_dir)
+{
+  BuildGraph result;
+  Impl& g = *result.m;
+  g.store_dir = store_dir;
+  std::deque<StorePath> todo(targets.begin(), targets.end());
+  while (!todo.empty()) {
+    StorePath path = todo.front();
+    todo.pop_front();
+    if (g.index.count(path)) {
+      continue;
+    }
+    g.index.emplace(path, g.nodes.size());
+    g.nodes.push_back(path);
+    g.drvs.push_back(read(path));
+    std::vector<StorePath> ins;
+    for (const auto& [input, outputs] : g.drvs.back().input_drvs) {
+      ins.push_back(input);
+      todo.push_back(input);
+    }
+    g.inputs.push_back(std::move(ins));
+  }
+  g.graph = Graph(g.nodes.size());
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    for (const auto& input : g.inputs[i]) {
+      boost::add_edge(i, g.index.at(input), g.graph);
+    }
+  }
+  return result;
+}
+
+size_t
+BuildGraph::size() const
+{
+  return m->nodes.size();
+}
+
+bool
+BuildGraph::contains(const StorePath& drv) const
+{
+  return m->index.count(drv) > 0;
+}
+
+const Derivation&
+BuildGraph::derivation(const StorePath& drv) const
+{
+  return m->drvs.at(m->index.at(drv));
+}
+
+const std::vector<StorePath>&
+BuildGraph::inputs(const StorePath& drv) const
+{
+  return m->inputs.at(m->index.at(drv));
+}
+
+std::vector<StorePath>
+BuildGraph::topological_order() const
+{
+  std::vector<Vertex> order;
+  try {
+    boost::topological_sort(m->graph, std::back_inserter(order));
+  } catch (const boost::not_a_dag&) {
+    std::vector<Vertex> parent(m->nodes.size());
+    std::vector<Vertex> cycle;
+    CycleFinder finder(parent, cycle);
+    boost::depth_first_search(m->graph, boost::visitor(finder));
+    std::string text;
+    for (auto it = cycle.rbegin(); it != cycle.rend(); ++it) {
+      text += m->store_dir.print(m->nodes[*it]) + " → ";
+    }
+    text += cycle.empty() ? "?" : m->store_dir.print(m->nodes[cycle.back()]);
+    throw CycleError("dependency cycle: " + text);
+  }
+  std::vector<StorePath> out;
+  out.reserve(order.size());
+  for (Vertex v : order) {
+    out.push_back(m->nodes[v]);
+  }
+  return out;
+}
+
+namespace {
+
+enum class Plan { present, substitute, build };
+
+// The state of one realisation, shared by the worker threads.
+class Realisation
+{
+public:
+  Realisation(const BuildGraph& graph, const RealiseHooks& hooks, const RealiseOptions& options)
+    : m_graph(graph), m_hooks(hooks), m_options(options)
+  {
+  }
+
+  std::map<StorePath, StepResult>
+  run(const std::vector<StorePath>& targets)
+  {
+    m_graph.topological_order(); // refuse cycles before anything runs
+    plan(targets);
+    std::vector<std::thread> workers;
+    for (unsigned i = 0; i < std::max(1u, m_options.substitution_jobs); ++i) {
+      workers.emplace_back([this] { work(m_substitute_queue, true); });
+    }
+    for (unsigned i = 0; i < std::max(1u, m_options.jobs); ++i) {
+      workers.emplace_back([this] { work(m_build_queue, false); });
+    }
+    for (auto& w : workers) {
+      w.join();
+    }
+    return m_results;
+  }
+
+private:
+  void
+  event(const StorePath& drv, const std::string& what)
+  {
+    if (m_hooks.progress) {
+      m_hooks.progress(drv, what);
+    }
+  }
+
+  // Decide, level by level, what each needed derivation takes. Look-ups of
+  // one level run in parallel. Called without the lock, before the workers
+  // start, and from a worker when a substitution fails (with the lock not held).
+  void
+  plan(std::vector<StorePath> frontier)
+  {
+    while (!frontier.empty()) {
+      std::vector<char> present(frontier.size(), 0);
+      std::vector<char> substitutable(frontier.size(), 0);
+      parallel_for(frontier.size(), std::max(1u, m_options.substitution_jobs), [&](size_t i) {
+        present[i] = m_hooks.is_present(frontier[i]);
+        if (!present[i] && m_hooks.is_substitutable) {
+          try {
+            substitutable[i] = m_hooks.is_substitutable(frontier[i]);
+          } catch (const std::exception&) {
+            substitutable[i] = 0; // an unreachable cache means "build it"
+          }
+        }
+      });
+      std::vector<StorePath> next;
+      std::lock_guard guard(m_mutex);
+      for (size_t i = 0; i < frontier.size(); ++i) {
+        const StorePath& drv = frontier[i];
+        if (m_plan.count(drv)) {
+          continue;
+        }
+        if (present[i]) {
+          m_plan[drv] = Plan::present;
+          ++m_unfinished; // finish() counts it down and releases its dependents
+          finish(drv, {StepStatus::present, ""});
+          continue;
+        }
+        ++m_unfinished;
+        if (substitutable[i]) {
+          m_plan[drv] = Plan::substitute;
+          m_substitute_queue.push_back(drv);
+          continue;
+        }
+        schedule_build(drv, next);
+      }
+      m_wake.notify_all();
+      frontier = std::move(next);
+    }
+  }
+
+  // With the lock held: make `drv` a build, waiting for its inputs; inputs
+  // not planned yet are added to `unplanned`.
+  void
+  schedule_build(const StorePath& drv, std::vector<StorePath>& unplanned)
+  {
+    m_plan[drv] = Plan::build;
+    size_t waiting = 0;
+    for (const auto& input : m_graph.inputs(drv)) {
+      m_dependents[input].push_back(drv);
+      auto done = m_results.find(input);
+      if (done != m_results.end()) {
+        if (done->second.status == StepStatus::failed ||
+            done->second.status == StepStatus::skipped) {
+          ++waiting; // finish() below marks it skipped
+        }
+        continue;
+      }
+      ++waiting;
+      if (!m_plan.count(input)) {
+        unplanned.push_back(input);
+      }
+    }
+    m_waiting[drv] = waiting;
+    if (waiting == 0) {
+      m_build_queue.push_back(drv);
+    }
+    for (const auto& input : m_graph.inputs(drv)) {
+      auto done = m_results.find(input);
+      if (done != m_results.end() && (done->second.status == StepStatus::failed ||
+                                      done->second.status == StepStatus::skipped)) {
+        skip(drv, input);
+        break;
+      }
+    }
+  }
+
+  void
+  work(std::deque<StorePath>& queue, bool substituting)
+  {
+    std::unique_lock lock(m_mutex);
+    while (true) {
+      m_wake.wait(lock, [&] { return !queue.empty() || m_unfinished == 0 || m_stopping; });
+      if (queue.empty() || (m_stopping && !m_options.keep_going)) {
+        if (m_unfinished == 0 || m_stopping) {
+          m_wake.notify_all();
+          return;
+        }
+        continue;
+      }
+      StorePath drv = queue.front();
+      queue.pop_front();
+      if (m_results.count(drv)) {
+        continue; // skipped meanwhile
+      }
+      lock.unlock();
+      event(drv, substituting ? "substituting" : "building");
+      std::string error;
+      try {
+        (substituting ? m_hooks.substitute : m_hooks.build)(drv);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      if (substituting && !error.empty()) {
+        // A cache failed us: build it instead, which needs its inputs.
+        event(drv, "substitution failed, building instead: " + error);
+        std::vector<StorePath> unplanned;
+        lock.lock();
+        schedule_build(drv, unplanned);
+        m_wake.notify_all();
+        lock.unlock();
+        plan(unplanned);
+        lock.lock();
+        continue;
+      }
+      lock.lock();
+      if (error.empty()) {
+        finish(drv, {substituting ? StepStatus::substituted : StepStatus::built, ""});
+        event(drv, substituting ? "substituted" : "built");
+      } else {
+        finish(drv, {StepStatus::failed, error});
+        event(drv, "failed: " + error);
+        if (!m_options.keep_going) {
+          m_stopping = true;
+          stop_pending("not started after an earlier failure");
+        }
+      }
+      m_wake.notify_all();
+    }
+  }
+
+  // With the lock held.
+  void
+  finish(const StorePath& drv, StepResult result)
+  {
+    bool ok = result.status != StepStatus::failed && result.status != StepStatus::skipped;
+    m_results[drv] = std::move(result);
+    --m_unfinished;
+    for (const auto& dependent : m_dependents[drv]) {
+      auto planned = m_plan.find(dependent);
+      if (m_results.count(dependent) || planned == m_plan.end() || planned->second != Plan::build) {
+        continue;
+      }
+      if (!ok) {
+        skip(dependent, drv);
+      } else if (--m_waiting[dependent] == 0) {
+        m_build_queue.push_back(dependent);
+      }
+    }
+  }
+
+  void
+  skip(const StorePath& drv, const StorePath& because)
+  {
+    if (m_results.count(drv)) {
+      return;
+    }
+    finish(drv, {StepStatus::skipped,
+                 "input " + std::string(because.name()) + " could not be realised"});
+  }
+
+  void
+  stop_pending(const std::string& why)
+  {
+    for (auto* queue : {&m_build_queue, &m_substitute_queue}) {
+      for (const auto& drv : *queue) {
+        if (!m_results.count(drv)) {
+          m_results[drv] = {StepStatus::skipped, why};
+          --m_unfinished;
+        }
+      }
+      queue->clear();
+    }
+    for (const auto& [drv, plan] : m_plan) {
+      auto waiting = m_waiting.find(drv);
+      if (plan == Plan::build && !m_results.count(drv) && waiting != m_waiting.end() &&
+          waiting->second > 0) {
+        m_results[drv] = {StepStatus::skipped, why};
+        --m_unfinished;
+      }
+    }
+  }
+
+  const BuildGraph& m_graph;
+  const RealiseHooks& m_hooks;
+  const RealiseOptions& m_options;
+  std::mutex m_mutex;
+  std::condition_variable m_wake;
+  std::map<StorePath, Plan> m_plan;
+  std::map<StorePath, StepResult> m_results;
+  std::map<StorePath, size_t> m_waiting;
+  std::map<StorePath, std::vector<StorePath>> m_dependents;
+  std::deque<StorePath> m_build_queue;
+  std::deque<StorePath> m_substitute_queue;
+  size_t m_unfinished = 0;
+  bool m_stopping = false;
+};
+
+} // namespace
+
+std::map<StorePath, StepResult>
+realise(const BuildGraph& graph, const std::vector<StorePath>& targets, const RealiseHooks& hooks,
+        const RealiseOptions& options)
+{
+  Realisation realisation(graph, hooks, options);
+  return realisation.run(targets);
+}
+
+} // namespace kiln
