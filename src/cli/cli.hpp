@@ -48,6 +48,7 @@ void register_store_commands(CLI::App& app, Context& ctx);
 void register_config_commands(CLI::App& app, Context& ctx);
 void register_cache_commands(CLI::App& app, Context& ctx);
 void register_derivation_commands(CLI::App& app, Context& ctx);
+void register_build_commands(CLI::App& app, Context& ctx);
 void register_serve_commands(CLI::App& app, Context& ctx);
 
 // A CLI11 check that a path exists, without following a symlink at the end

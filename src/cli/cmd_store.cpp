@@ -34,6 +34,9 @@ path_info_json(const LocalStore& store, const PathInfo& info)
   if (!info.signatures.empty()) {
     j["signatures"] = info.signatures;
   }
+  if (!info.build_mode.empty()) {
+    j["buildMode"] = info.build_mode;
+  }
   return j;
 }
 

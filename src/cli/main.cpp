@@ -127,6 +127,7 @@ main(int argc, char** argv)
   cli::register_config_commands(app, ctx);
   cli::register_cache_commands(app, ctx);
   cli::register_derivation_commands(app, ctx);
+  cli::register_build_commands(app, ctx);
   cli::register_serve_commands(app, ctx);
 
   try {

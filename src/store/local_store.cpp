@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS ValidPaths (
   deriver           TEXT,                  -- base name of a .drv
   registration_time INTEGER NOT NULL,
   ca                TEXT,                  -- content address, if any
-  sigs              TEXT NOT NULL DEFAULT '' -- space-separated name:base64
+  sigs              TEXT NOT NULL DEFAULT '', -- space-separated name:base64
+  build_mode        TEXT                   -- how kiln built it: namespaces, clean-env
 );
 CREATE TABLE IF NOT EXISTS Refs (
   referrer  INTEGER NOT NULL REFERENCES ValidPaths(id) ON DELETE CASCADE,
@@ -154,6 +155,95 @@ check_metadata(const fs::path& path, bool repair)
   return problem;
 }
 
+// Finds which of a set of store path hash parts occur in a byte stream (the
+// way Nix finds an output's references: by scanning for them).
+class ReferenceScanner : public Sink
+{
+public:
+  explicit ReferenceScanner(const std::set<std::string>& hashes) : m_hashes(hashes)
+  {
+  }
+  void
+  write(std::string_view data) override
+  {
+    // Windows that straddle the previous chunk and this one.
+    if (!m_tail.empty()) {
+      std::string joined = m_tail + std::string(data.substr(0, StorePath::k_hash_len - 1));
+      scan(joined, m_tail.size());
+    }
+    scan(data, data.size());
+    size_t keep = std::min(data.size(), StorePath::k_hash_len - 1);
+    m_tail.assign(data.substr(data.size() - keep));
+  }
+  const std::set<std::string>&
+  found() const
+  {
+    return m_found;
+  }
+
+private:
+  // Look at every 32-character window of nix32 characters starting before `limit`.
+  void
+  scan(std::string_view s, size_t limit)
+  {
+    const size_t len = StorePath::k_hash_len;
+    size_t i = 0;
+    while (i < s.size() && i < limit) {
+      if (!is_nix32_char(s[i])) {
+        ++i;
+        continue;
+      }
+      size_t j = i;
+      while (j < s.size() && is_nix32_char(s[j])) {
+        ++j;
+      }
+      for (size_t k = i; k + len <= j && k < limit; ++k) {
+        std::string window(s.substr(k, len));
+        if (m_hashes.count(window)) {
+          m_found.insert(window);
+        }
+      }
+      i = j;
+    }
+  }
+
+  const std::set<std::string>& m_hashes;
+  std::set<std::string> m_found;
+  std::string m_tail;
+};
+
+// Give a build's output the metadata of a store object: owned by root when
+// kiln runs as root, read-only (0444, or 0555 with the owner's x bit,
+// folders 0555), mtime 1.
+void
+canonicalise(const fs::path& path)
+{
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    throw_errno("examining build output '" + path.string() + "'");
+  }
+  if (::geteuid() == 0 && (st.st_uid != 0 || st.st_gid != 0)) {
+    if (::lchown(path.c_str(), 0, 0) != 0) {
+      throw_errno("taking ownership of build output '" + path.string() + "'");
+    }
+  }
+  const struct timespec times[2] = {{1, 0}, {1, 0}};
+  if (S_ISLNK(st.st_mode)) {
+    ::utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW);
+    return;
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::chmod(path.c_str(), 0755);
+    for (const auto& entry : fs::directory_iterator(path)) {
+      canonicalise(entry.path());
+    }
+  }
+  mode_t mode = S_ISDIR(st.st_mode) || (st.st_mode & S_IXUSR) ? 0555 : 0444;
+  if (::chmod(path.c_str(), mode) != 0 || ::utimensat(AT_FDCWD, path.c_str(), times, 0) != 0) {
+    throw_errno("making build output '" + path.string() + "' read-only");
+  }
+}
+
 } // namespace
 
 std::string
@@ -217,6 +307,15 @@ struct LocalStore::Impl
     {
       Transaction txn(*db);
       db->exec(k_schema);
+      // Stores made before build_mode existed get the column.
+      bool has_build_mode = false;
+      Statement columns(*db, "PRAGMA table_info(ValidPaths)");
+      while (columns.step()) {
+        has_build_mode = has_build_mode || columns.column_text(1) == "build_mode";
+      }
+      if (!has_build_mode) {
+        db->exec("ALTER TABLE ValidPaths ADD COLUMN build_mode TEXT");
+      }
       Statement get(*db, "SELECT value FROM Meta WHERE key = ?");
       get.bind(1, "store_dir");
       if (get.step()) {
@@ -270,8 +369,8 @@ struct LocalStore::Impl
   std::optional<PathInfo>
   query(const StorePath& path) const
   {
-    Statement q(*db, "SELECT id, nar_hash, nar_size, deriver, registration_time, ca, sigs "
-                     "FROM ValidPaths WHERE path = ?");
+    Statement q(*db, "SELECT id, nar_hash, nar_size, deriver, registration_time, ca, sigs, "
+                     "build_mode FROM ValidPaths WHERE path = ?");
     q.bind(1, path.base());
     if (!q.step()) {
       return std::nullopt;
@@ -288,6 +387,7 @@ struct LocalStore::Impl
       info.ca = ContentAddress::parse(*ca);
     }
     info.signatures = split_words(q.column_text(6));
+    info.build_mode = q.column_text(7);
     Statement refs(*db, "SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference "
                         "WHERE r.referrer = ?");
     refs.bind(1, id);
@@ -304,14 +404,16 @@ struct LocalStore::Impl
   {
     Transaction txn(*db);
     Statement insert(*db, "INSERT INTO ValidPaths (path, nar_hash, nar_size, deriver, "
-                          "registration_time, ca, sigs) VALUES (?, ?, ?, ?, ?, ?, ?)");
+                          "registration_time, ca, sigs, build_mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     insert.bind(1, info.path.base())
       .bind(2, info.nar_hash.to_string(HashFormat::nix32, true))
       .bind(3, static_cast<int64_t>(info.nar_size))
       .bind_optional(4, info.deriver ? std::optional<std::string>(info.deriver->base()) : std::nullopt)
       .bind(5, static_cast<int64_t>(std::time(nullptr)))
       .bind_optional(6, info.ca ? std::optional<std::string>(info.ca->to_string()) : std::nullopt)
-      .bind(7, join_signatures(info.signatures));
+      .bind(7, join_signatures(info.signatures))
+      .bind_optional(8, info.build_mode.empty() ? std::nullopt
+                                                : std::optional<std::string>(info.build_mode));
     insert.run();
     int64_t id = db->last_insert_id();
     Statement add_ref(*db, "INSERT INTO Refs (referrer, reference) VALUES (?, ?)");
@@ -695,6 +797,51 @@ LocalStore::commit(PreparedPath& prepared)
   std::lock_guard guard(m->db_mutex);
   m->commit_temp(prepared.m_temp, info);
   prepared.m_committed = true;
+}
+
+PathInfo
+LocalStore::register_output(const StorePath& path, const fs::path& built,
+                            const std::set<StorePath>& candidates,
+                            const std::optional<StorePath>& deriver, const std::string& build_mode)
+{
+  auto gc = m->shared_gc_lock();
+  canonicalise(built);
+  std::set<std::string> hashes = {std::string(path.hash_part())};
+  for (const auto& c : candidates) {
+    hashes.insert(std::string(c.hash_part()));
+  }
+  HashSink hash;
+  ReferenceScanner scanner(hashes);
+  TeeSink both(hash, scanner);
+  dump_path(built, both);
+  PathInfo info(path);
+  info.nar_size = hash.bytes_written();
+  info.nar_hash = hash.finish();
+  for (const auto& c : candidates) {
+    if (scanner.found().count(std::string(c.hash_part()))) {
+      info.references.insert(c);
+    }
+  }
+  if (scanner.found().count(std::string(path.hash_part()))) {
+    info.references.insert(path);
+  }
+  info.deriver = deriver;
+  info.build_mode = build_mode;
+  for (const auto& ref : info.references) {
+    if (ref != path && !is_valid(ref)) {
+      throw Error("output '" + print(path) + "' refers to '" + print(ref) +
+                  "', which is not valid");
+    }
+  }
+  auto lock = m->path_lock(path);
+  if (is_valid(path)) {
+    delete_path(built);
+    return *query_path_info(path);
+  }
+  sync_filesystem_of(built);
+  std::lock_guard guard(m->db_mutex);
+  m->commit_temp(built, info);
+  return info;
 }
 
 std::optional<PathInfo>

@@ -44,6 +44,7 @@ struct PathInfo
   std::set<std::string> signatures;
   int64_t registration_time = 0;
   std::optional<ContentAddress> ca;
+  std::string build_mode; // kiln-built outputs: "namespaces" or "clean-env"
 };
 
 // The text a signature covers (Nix's ValidPathInfo::fingerprint):
@@ -165,6 +166,15 @@ public:
   // Make a prepared object valid; its references must be valid already.
   // Committing an object that became valid meanwhile is a no-op.
   void commit(PreparedPath& prepared);
+
+  // Register what a build wrote at `built` (a folder under the store's
+  // tmp/) as the output `path`: its metadata is made canonical in place, its
+  // references are those of `candidates` (and `path` itself) whose hash part
+  // occurs in it, and it is moved into the store. Returns its info.
+  PathInfo register_output(const StorePath& path, const std::filesystem::path& built,
+                           const std::set<StorePath>& candidates,
+                           const std::optional<StorePath>& deriver,
+                           const std::string& build_mode);
 
   std::optional<PathInfo> query_path_info(const StorePath& path) const;
   bool is_valid(const StorePath& path) const;

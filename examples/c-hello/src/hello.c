@@ -1,0 +1,3 @@
+#include "greeting.h"
+int puts(const char *s);
+int main(void) { puts(GREETING); return 0; }

@@ -1,0 +1,53 @@
+// Building derivations: from a kiln.yaml to .drv files in the store, and
+// from .drv files to valid outputs — present, substituted from a trusted
+// cache, or built in the sandbox and registered with their references.
+#pragma once
+
+#include <kiln/buildfile/buildfile.hpp>
+#include <kiln/cache/cache_client.hpp>
+#include <kiln/derivation/derivation.hpp>
+#include <kiln/graph/graph.hpp>
+#include <kiln/store/local_store.hpp>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+// The environment variable through which a derivation declares the host
+// tools it uses ("path=sha256:…" lines): it is part of the derivation, so a
+// tool's identity enters the hash; the sandbox makes them visible.
+inline constexpr const char* k_tools_env = "__kiln_tools";
+
+// Add a build file's sources to the store and its derivations, as .drv
+// files; returns each entry's .drv path. Tools are hashed by content.
+std::map<std::string, StorePath> instantiate(LocalStore& store, const BuildFile& file,
+                                             const std::string& platform);
+
+// The platform kiln builds for here ("x86_64-linux").
+std::string host_platform();
+
+struct BuildOptions
+{
+  unsigned jobs = 1;
+  bool keep_going = false;
+  std::chrono::seconds timeout{0};
+  std::chrono::seconds max_silent_time{0};
+  std::vector<CacheClient*> caches;   // substituters
+  TrustPolicy policy;
+  unsigned connections = 16;
+  ProgressFn progress;                // human-readable lines
+  std::function<void(std::string_view)> on_build_output;
+};
+
+// Realise the outputs of `drvs`; returns what happened to each derivation.
+std::map<StorePath, StepResult> build_derivations(LocalStore& store,
+                                                  const std::vector<StorePath>& drvs,
+                                                  const BuildOptions& options);
+
+// Where the log of building `drv` is kept.
+std::filesystem::path log_path(const LocalStore& store, const StorePath& drv);
+
+} // namespace kiln

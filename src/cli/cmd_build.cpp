@@ -1,0 +1,178 @@
+// kiln build, kiln log
+#include "cli.hpp"
+
+#include <kiln/build/build.hpp>
+#include <kiln/util/error.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+#include <mutex>
+
+namespace kiln::cli {
+
+namespace {
+
+struct BuildArgs
+{
+  std::string file = "kiln.yaml";
+  std::vector<std::string> targets;
+  bool json = false;
+  bool keep_going = false;
+  bool no_link = false;
+  unsigned timeout = 0;
+  unsigned max_silent_time = 0;
+};
+
+} // namespace
+
+void
+register_build_commands(CLI::App& app, Context& ctx)
+{
+  auto args = std::make_shared<BuildArgs>();
+  auto* build = app.add_subcommand(
+    "build", "Build the derivations of a kiln.yaml (or .drv paths): present outputs are kept, "
+             "trusted caches are used, the rest is built in the sandbox");
+  build->add_option("-f,--file", args->file, "The build file")->capture_default_str();
+  build->add_option("TARGET", args->targets,
+                    "Entries of the build file, or .drv store paths (default: every entry)");
+  build->add_flag("--json", args->json,
+                  "One JSON object a line per derivation: name, drv, path, status");
+  build->add_flag("-k,--keep-going", args->keep_going,
+                  "After a failure, build everything that does not depend on it");
+  build->add_flag("--no-link", args->no_link, "Do not create result links");
+  build->add_option("--timeout", args->timeout, "Kill a build step after this many seconds");
+  build->add_option("--max-silent-time", args->max_silent_time,
+                    "Kill a build step silent for this many seconds");
+  build->callback([&ctx, args] {
+    ctx.action = [&ctx, args] {
+      auto& store = ctx.store();
+      const StoreDir& dir = store.store_dir();
+      Settings settings = ctx.settings();
+      std::vector<StorePath> drvs;
+      std::map<StorePath, std::string> label;
+      bool from_file = args->targets.empty() ||
+                       !std::any_of(args->targets.begin(), args->targets.end(),
+                                    [](const std::string& t) { return t.ends_with(".drv"); });
+      if (from_file) {
+        BuildFile file = load_build_file(args->file);
+        // Project settings: above the user's config file, below KILN_* and flags.
+        for (const auto& [key, value] : file.settings) {
+          const std::string& origin = settings.origins[key];
+          if (origin == "default" || origin.find(".yaml:") != std::string::npos) {
+            settings.set(key, value, file.setting_origins.at(key));
+          }
+        }
+        auto drv_of = instantiate(store, file, host_platform());
+        std::vector<std::string> names = args->targets;
+        if (names.empty()) {
+          for (const auto& [name, path] : drv_of) {
+            names.push_back(name);
+          }
+        }
+        for (const auto& name : names) {
+          auto it = drv_of.find(name);
+          if (it == drv_of.end()) {
+            throw UsageError("'" + name + "' is not an entry of " + args->file);
+          }
+          drvs.push_back(it->second);
+          label[it->second] = name;
+        }
+      } else {
+        for (const auto& t : args->targets) {
+          auto path = store.resolve(t);
+          drvs.push_back(path);
+          std::string n(path.name());
+          label[path] = n.substr(0, n.size() - 4);
+        }
+      }
+
+      std::vector<std::unique_ptr<CacheClient>> clients;
+      BuildOptions options;
+      for (const auto& url : settings.substituters) {
+        clients.push_back(ctx.open_cache(url));
+        options.caches.push_back(clients.back().get());
+      }
+      auto keys = settings.trusted_public_keys;
+      options.policy = TrustPolicy(keys, settings.require_sigs);
+      options.jobs = settings.jobs;
+      options.connections = settings.connections;
+      options.keep_going = args->keep_going;
+      options.timeout = std::chrono::seconds(args->timeout);
+      options.max_silent_time = std::chrono::seconds(args->max_silent_time);
+      auto mutex = std::make_shared<std::mutex>();
+      if (!ctx.quiet && !args->json) {
+        options.progress = [mutex](const std::string& line) {
+          std::lock_guard guard(*mutex);
+          std::cerr << line << "\n";
+        };
+      }
+      auto results = build_derivations(store, drvs, options);
+
+      int status = 0;
+      for (const auto& [drv, result] : results) {
+        const Derivation d = read_derivation(store, drv);
+        if (result.status == StepStatus::failed) {
+          status = 1;
+          std::cerr << "kiln: error: " << result.error << "\n";
+        }
+        if (args->json) {
+          std::string n(drv.name());
+          nlohmann::json j = {{"name", label.count(drv) ? label[drv] : n.substr(0, n.size() - 4)},
+                              {"drv", dir.print(drv)},
+                              {"path", d.outputs.at("out").path},
+                              {"status", to_string(result.status)}};
+          if (!result.error.empty()) {
+            j["error"] = result.error;
+          }
+          std::cout << j.dump() << std::endl;
+        }
+      }
+      for (const auto& drv : drvs) {
+        auto it = results.find(drv);
+        if (it == results.end() || (it->second.status != StepStatus::present &&
+                                    it->second.status != StepStatus::built &&
+                                    it->second.status != StepStatus::substituted)) {
+          status = 1;
+          continue;
+        }
+        auto out = dir.parse(read_derivation(store, drv).outputs.at("out").path);
+        if (!args->no_link) {
+          std::string link = drvs.size() == 1 ? "result" : "result-" + label[drv];
+          store.add_root(link, out);
+        }
+        if (!args->json) {
+          std::cout << dir.print(out) << "\n";
+        }
+      }
+      return status;
+    };
+  });
+
+  auto log_target = std::make_shared<std::string>();
+  auto* log = app.add_subcommand("log", "Print the build log of a derivation or of an output");
+  log->add_option("PATH", *log_target, "A .drv path or an output path")->required();
+  log->callback([&ctx, log_target] {
+    ctx.action = [&ctx, log_target] {
+      auto& store = ctx.store();
+      auto path = store.resolve(*log_target);
+      StorePath drv = path;
+      if (!std::string(path.name()).ends_with(".drv")) {
+        auto info = store.query_path_info(path);
+        if (!info || !info->deriver) {
+          throw Error("'" + store.print(path) + "' has no known deriver, so no build log");
+        }
+        drv = *info->deriver;
+      }
+      auto file = log_path(store, drv);
+      std::error_code ec;
+      if (!std::filesystem::exists(file, ec)) {
+        throw Error("no build log for '" + store.print(drv) + "' in this store");
+      }
+      std::cout << read_file(file);
+      return 0;
+    };
+  });
+}
+
+} // namespace kiln::cli

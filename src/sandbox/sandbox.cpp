@@ -1,0 +1,930 @@
+// run_build: from a BuildSpec to outputs on disk.
+//
+//   <store>/tmp/build-<name>-XXXXXX/     the work folder (WorkDir)
+//     build/        the build folder (/build inside the namespaces)
+//     store/        the store folder as the build sees it: outputs are
+//                   written here; inputs are mounted over empty stand-ins
+//     root/         where the new root is mounted (namespaces mode)
+//     build.log     stdout and stderr of the build
+//
+// The work folder lives in the store's tmp/, whose contents garbage
+// collection deletes as debris: a build therefore holds the store's GC lock
+// shared (the on-disk protocol of store/README.md), which also keeps its
+// inputs from being collected while it runs.
+#include "sandbox_impl.hpp"
+
+#include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
+#include <kiln/util/lock.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <mutex>
+#include <optional>
+
+namespace kiln {
+
+using namespace sandbox_impl;
+
+std::string_view
+to_string(SandboxMode mode)
+{
+  return mode == SandboxMode::namespaces ? "namespaces" : "clean-env";
+}
+
+SandboxMode
+detect_sandbox_support()
+{
+  return support().namespaces ? SandboxMode::namespaces : SandboxMode::clean_env;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// 1980-01-01: what nixpkgs sets, the earliest time a zip file can hold.
+constexpr const char* k_source_date_epoch = "315532800";
+constexpr const char* k_home = "/homeless";
+
+// The build's private folder under the store's tmp/, and a shared hold on
+// the GC lock for as long as it exists. Deleted (before the lock goes) when
+// the last owner lets go.
+class WorkDir
+{
+public:
+  WorkDir(const LocalStore& store, const std::string& name)
+    : m_gc_lock(store.root() / "locks" / "gc.lock", LockMode::shared)
+  {
+    std::string safe;
+    for (char ch : name.substr(0, 40)) {
+      safe += std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-'
+                ? ch
+                : '_';
+    }
+    std::string pattern = (store.root() / "tmp" / ("build-" + safe + "-XXXXXX")).string();
+    if (!::mkdtemp(pattern.data())) {
+      throw_errno("creating a work folder for build '" + name + "' in '" +
+                  (store.root() / "tmp").string() + "'");
+    }
+    m_path = pattern;
+  }
+  ~WorkDir()
+  {
+    try {
+      delete_path(m_path);
+    } catch (...) {
+      // Left behind, it is debris for the next GC.
+    }
+  }
+  WorkDir(const WorkDir&) = delete;
+  WorkDir& operator=(const WorkDir&) = delete;
+
+  const fs::path&
+  path() const
+  {
+    return m_path;
+  }
+
+private:
+  FileLock m_gc_lock;
+  fs::path m_path;
+};
+
+SandboxMode
+choose_mode(const SandboxOptions& options)
+{
+  if (options.force_mode) {
+    if (*options.force_mode == SandboxMode::namespaces && !support().namespaces) {
+      throw SandboxError("namespaces were asked for, but are unavailable: " + support().reason);
+    }
+    return *options.force_mode;
+  }
+  const char* env = std::getenv("KILN_SANDBOX");
+  std::string setting = env ? env : "auto";
+  if (setting == "off" || setting == "false" || setting == "0") {
+    return SandboxMode::clean_env;
+  }
+  if (setting == "on" || setting == "true" || setting == "1") {
+    if (!support().namespaces) {
+      throw SandboxError("KILN_SANDBOX=" + setting +
+                         " asks for namespaces, but they are unavailable: " + support().reason);
+    }
+    return SandboxMode::namespaces;
+  }
+  if (setting != "auto" && !setting.empty()) {
+    throw UsageError("KILN_SANDBOX must be 'on', 'off' or 'auto', not '" + setting + "'");
+  }
+  if (support().namespaces) {
+    return SandboxMode::namespaces;
+  }
+  static std::once_flag warned;
+  std::call_once(warned, [] {
+    std::cerr << "kiln: warning: namespaces unavailable (" << support().reason
+              << "); building without isolation\n";
+  });
+  return SandboxMode::clean_env;
+}
+
+bool
+has_nul(const std::string& text)
+{
+  return text.find('\0') != std::string::npos;
+}
+
+void
+check_spec(const BuildSpec& spec, const std::string& store_dir, const SandboxOptions& options)
+{
+  auto bad = [&](const std::string& why) {
+    throw SandboxError("build '" + spec.name + "': " + why);
+  };
+  if (spec.builder.empty() || spec.builder[0] != '/' || has_nul(spec.builder)) {
+    bad("the builder must be an absolute path, not '" + spec.builder + "'");
+  }
+  if (spec.outputs.empty()) {
+    bad("it declares no outputs");
+  }
+  for (const auto& [name, path] : spec.outputs) {
+    if (name.empty() || name.find('=') != std::string::npos || has_nul(name)) {
+      bad("'" + name + "' is not a valid output name");
+    }
+    if (spec.inputs.count(path)) {
+      bad("output '" + name + "' is also an input");
+    }
+  }
+  for (const auto& [key, value] : spec.env) {
+    if (key.empty() || key.find('=') != std::string::npos || has_nul(key) || has_nul(value)) {
+      bad("environment variable '" + key + "' cannot be passed to a program");
+    }
+  }
+  for (const auto& arg : spec.args) {
+    if (has_nul(arg)) {
+      bad("an argument contains a NUL byte");
+    }
+  }
+  const std::string& build_dir = options.build_dir;
+  if (build_dir.size() < 2 || build_dir[0] != '/' || build_dir.back() == '/' ||
+      fs::path(build_dir).lexically_normal().string() != build_dir) {
+    throw SandboxError("the sandbox's build folder must be an absolute, normal path other than "
+                       "'/', not '" +
+                       build_dir + "'");
+  }
+  for (const std::string& reserved : {store_dir, std::string("/proc"), std::string("/dev"),
+                                      std::string("/tmp"), std::string("/etc")}) {
+    if (is_within(build_dir, reserved) || is_within(reserved, build_dir)) {
+      throw SandboxError("the sandbox's build folder '" + build_dir + "' overlaps '" + reserved +
+                         "'");
+    }
+  }
+}
+
+// Replace the logical store folder by physical locations in `text`: an
+// output's logical path by where it is being built, any other store path
+// (or the bare store folder) by the store's physical folder.
+std::string
+rewrite_store_paths(std::string_view text, const std::string& store_dir,
+                    const std::string& physical_store,
+                    const std::map<std::string, std::string>& output_locations)
+{
+  std::string out;
+  size_t pos = 0;
+  while (true) {
+    size_t hit = text.find(store_dir, pos);
+    if (hit == std::string_view::npos) {
+      out.append(text.substr(pos));
+      return out;
+    }
+    size_t after = hit + store_dir.size();
+    out.append(text.substr(pos, hit - pos));
+    if (after < text.size() && text[after] != '/' &&
+        (std::isalnum(static_cast<unsigned char>(text[after])) ||
+         std::strchr("+-._?=", text[after]))) {
+      // "/kiln/storefoo" is not in the store.
+      out.append(store_dir);
+      pos = after;
+      continue;
+    }
+    if (after < text.size() && text[after] == '/') {
+      size_t end = after + 1;
+      while (end < text.size() && (std::isalnum(static_cast<unsigned char>(text[end])) ||
+                                   std::strchr("+-._?=", text[end]))) {
+        ++end;
+      }
+      auto it = output_locations.find(std::string(text.substr(after + 1, end - after - 1)));
+      if (it != output_locations.end()) {
+        out.append(it->second);
+        pos = end;
+        continue;
+      }
+    }
+    out.append(physical_store);
+    pos = after;
+  }
+}
+
+// The last `lines` lines of a log file (reading at most its last 64 KiB).
+std::string
+read_tail(const fs::path& path, size_t lines)
+{
+  if (lines == 0) {
+    return {};
+  }
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    return {};
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) {
+    return {};
+  }
+  off_t size = st.st_size;
+  off_t start = size > 65536 ? size - 65536 : 0;
+  std::string data(static_cast<size_t>(size - start), '\0');
+  ssize_t n = ::pread(fd.get(), data.data(), data.size(), start);
+  if (n < 0) {
+    return {};
+  }
+  data.resize(static_cast<size_t>(n));
+  if (!data.empty() && data.back() == '\n') {
+    data.pop_back();
+  }
+  size_t cut = data.size();
+  for (size_t i = 0; i < lines; ++i) {
+    size_t newline = cut == 0 ? std::string::npos : data.rfind('\n', cut - 1);
+    if (newline == std::string::npos) {
+      return data;
+    }
+    cut = newline;
+  }
+  return data.substr(cut + 1);
+}
+
+std::string
+describe_status(int status)
+{
+  if (WIFEXITED(status)) {
+    return "failed with exit status " + std::to_string(WEXITSTATUS(status));
+  }
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    const char* abbrev = ::sigabbrev_np(sig);
+    return "was killed by signal " + std::to_string(sig) +
+           (abbrev ? " (SIG" + std::string(abbrev) + ")" : "");
+  }
+  return "ended with wait status " + std::to_string(status);
+}
+
+std::string
+describe_phase(int32_t phase, const RootPlan* plan)
+{
+  if (phase >= 0) {
+    return plan && static_cast<size_t>(phase) < plan->steps().size()
+             ? plan->steps()[static_cast<size_t>(phase)].what
+             : "step " + std::to_string(phase);
+  }
+  switch (phase) {
+  case phase_private: return "making mounts private";
+  case phase_hostname: return "setting the host name";
+  case phase_loopback: return "bringing up the loopback interface";
+  case phase_pivot: return "changing into the new root";
+  case phase_remount_root: return "making the new root read-only";
+  case phase_drop_ids: return "becoming the build user";
+  case phase_user_ns: return "entering a user namespace";
+  case phase_wait: return "waiting for the parent";
+  case phase_chdir: return "changing into the build folder";
+  case phase_fds: return "setting up stdin, stdout and stderr";
+  case phase_fork: return "starting the builder";
+  case phase_caps: return "dropping capabilities";
+  case phase_session: return "starting a new session";
+  default: return "phase " + std::to_string(phase);
+  }
+}
+
+// A running sandbox process: killed (the whole build with it) and reaped
+// if we leave before it ends.
+class Child
+{
+public:
+  Child(pid_t pid, SandboxMode mode) : m_pid(pid), m_mode(mode)
+  {
+  }
+  ~Child()
+  {
+    if (!m_reaped) {
+      kill_hard();
+      int status;
+      while (::waitpid(m_pid, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  pid_t
+  pid() const
+  {
+    return m_pid;
+  }
+  // Ask the build to end now. PID 1 of the namespace takes everything with
+  // it; the clean-env supervisor kills its descendants on SIGTERM.
+  void
+  stop()
+  {
+    if (m_mode == SandboxMode::namespaces) {
+      ::kill(m_pid, SIGKILL);
+    } else {
+      ::kill(m_pid, SIGTERM);
+    }
+  }
+  // Everything in the build's session (clean-env), or its namespace.
+  void
+  kill_hard()
+  {
+    if (m_reaped) {
+      return;
+    }
+    if (m_mode == SandboxMode::clean_env) {
+      ::kill(-m_pid, SIGKILL);
+    }
+    ::kill(m_pid, SIGKILL);
+  }
+  // Reap without blocking; true once it has ended.
+  bool
+  poll_exit()
+  {
+    if (!m_reaped) {
+      int status;
+      pid_t r = ::waitpid(m_pid, &status, WNOHANG);
+      if (r == m_pid) {
+        m_reaped = true;
+        m_status = status;
+      }
+    }
+    return m_reaped;
+  }
+  void
+  wait()
+  {
+    while (!m_reaped) {
+      int status;
+      pid_t r = ::waitpid(m_pid, &status, 0);
+      if (r == m_pid) {
+        m_reaped = true;
+        m_status = status;
+      } else if (r < 0 && errno != EINTR) {
+        throw_errno("waiting for the build process");
+      }
+    }
+  }
+  int
+  status() const
+  {
+    return m_status;
+  }
+
+private:
+  pid_t m_pid;
+  SandboxMode m_mode;
+  bool m_reaped = false;
+  int m_status = 0;
+};
+
+struct Pipe
+{
+  UniqueFd read_end;
+  UniqueFd write_end;
+};
+
+Pipe
+make_pipe(const char* what)
+{
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    throw_errno(std::string("creating the ") + what + " pipe");
+  }
+  return {UniqueFd(fds[0]), UniqueFd(fds[1])};
+}
+
+enum class Killed { no, timeout, silence };
+
+struct Supervised
+{
+  std::optional<ChildMessage> setup_failure;
+  std::optional<ChildMessage> exec_failure;
+  std::optional<ChildMessage> exit;
+  Killed killed = Killed::no;
+};
+
+// Copy the build's output into the log until it ends, enforcing timeouts
+// and answering the child's request for id maps.
+Supervised
+supervise(Child& child, SandboxMode mode, int log_read, int status_read, int log_fd,
+          const BuildSpec& spec, const SandboxOptions& options,
+          const std::function<void()>& on_need_map)
+{
+  Supervised result;
+  auto start = Clock::now();
+  auto last_output = start;
+  // Clean-env mode: when to kill the whole session if SIGTERM was not enough.
+  bool hard_kill_pending = false;
+  Clock::time_point hard_kill_at{};
+  bool log_open = true;
+  bool status_open = true;
+  std::string status_bytes;
+  char buf[65536];
+
+  auto read_log = [&]() {
+    ssize_t n = ::read(log_read, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) {
+        return;
+      }
+      throw_errno("reading the build's output");
+    }
+    if (n == 0) {
+      log_open = false;
+      return;
+    }
+    std::string_view chunk(buf, static_cast<size_t>(n));
+    write_all(log_fd, chunk, "the build log");
+    if (options.on_output) {
+      options.on_output(chunk);
+    }
+    last_output = Clock::now();
+  };
+  auto read_status = [&]() {
+    char bytes[256];
+    ssize_t n = ::read(status_read, bytes, sizeof bytes);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) {
+        return;
+      }
+      throw_errno("reading the sandbox's status");
+    }
+    if (n == 0) {
+      status_open = false;
+      return;
+    }
+    status_bytes.append(bytes, static_cast<size_t>(n));
+    while (status_bytes.size() >= sizeof(ChildMessage)) {
+      ChildMessage message;
+      std::memcpy(&message, status_bytes.data(), sizeof message);
+      status_bytes.erase(0, sizeof message);
+      switch (message.kind) {
+      case ChildMessage::need_map: on_need_map(); break;
+      case ChildMessage::setup_failed: result.setup_failure = message; break;
+      case ChildMessage::exec_failed: result.exec_failure = message; break;
+      case ChildMessage::exited: result.exit = message; break;
+      default: break;
+      }
+    }
+  };
+  auto kill_for = [&](Killed why) {
+    result.killed = why;
+    child.stop();
+    if (mode == SandboxMode::clean_env) {
+      hard_kill_pending = true;
+      hard_kill_at = Clock::now() + std::chrono::seconds(5);
+    }
+  };
+
+  while (log_open || status_open) {
+    auto now = Clock::now();
+    // Wake at least every 200 ms: if the sandbox process is gone while
+    // something it could not kill still holds a pipe, stop waiting for it.
+    auto wake = now + std::chrono::milliseconds(200);
+    std::optional<Clock::time_point> deadline;
+    std::optional<Clock::time_point> silent_deadline;
+    if (result.killed == Killed::no) {
+      if (spec.timeout.count() > 0) {
+        deadline = start + spec.timeout;
+        wake = std::min(wake, *deadline);
+      }
+      if (spec.max_silent_time.count() > 0) {
+        silent_deadline = last_output + spec.max_silent_time;
+        wake = std::min(wake, *silent_deadline);
+      }
+    }
+    int wait_ms = static_cast<int>(std::max<int64_t>(
+      0, std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() + 1));
+    struct pollfd fds[2];
+    nfds_t count = 0;
+    int log_index = -1;
+    int status_index = -1;
+    if (log_open) {
+      log_index = static_cast<int>(count);
+      fds[count++] = {log_read, POLLIN, 0};
+    }
+    if (status_open) {
+      status_index = static_cast<int>(count);
+      fds[count++] = {status_read, POLLIN, 0};
+    }
+    int ready = ::poll(fds, count, wait_ms);
+    if (ready < 0 && errno != EINTR) {
+      throw_errno("waiting for the build");
+    }
+    if (ready > 0) {
+      if (log_index >= 0 && fds[log_index].revents) {
+        read_log();
+      }
+      if (status_index >= 0 && fds[status_index].revents) {
+        read_status();
+      }
+    }
+    now = Clock::now();
+    if (result.killed == Killed::no) {
+      if (deadline && now >= *deadline) {
+        kill_for(Killed::timeout);
+      } else if (silent_deadline && now >= *silent_deadline) {
+        kill_for(Killed::silence);
+      }
+    }
+    if (hard_kill_pending && now >= hard_kill_at) {
+      child.kill_hard();
+      hard_kill_pending = false;
+    }
+    if (child.poll_exit() && (log_open || status_open)) {
+      // Take what is already in the pipes, but do not wait for more.
+      for (int round = 0; round < 1024 && (log_open || status_open); ++round) {
+        struct pollfd left[2];
+        nfds_t n = 0;
+        if (log_open) {
+          left[n++] = {log_read, POLLIN, 0};
+        }
+        if (status_open) {
+          left[n++] = {status_read, POLLIN, 0};
+        }
+        if (::poll(left, n, 0) <= 0) {
+          break;
+        }
+        bool any = false;
+        for (nfds_t i = 0; i < n; ++i) {
+          if (left[i].revents) {
+            any = true;
+            left[i].fd == log_read ? read_log() : read_status();
+          }
+        }
+        if (!any) {
+          break;
+        }
+      }
+      break;
+    }
+  }
+  child.wait();
+  return result;
+}
+
+// The environment a build gets: the fixed allowlist, then what the
+// derivation declares, then what describes the sandbox itself.
+std::map<std::string, std::string>
+make_env(const BuildSpec& spec, const std::string& store_dir, const std::string& build_top,
+         const SandboxOptions& options)
+{
+  std::map<std::string, std::string> env;
+  std::string path;
+  for (const auto& dir : tool_path_dirs(spec.tools)) {
+    path += (path.empty() ? "" : ":") + dir;
+  }
+  // Nix's value for "no PATH": a path that cannot exist.
+  env["PATH"] = path.empty() ? "/path-not-set" : path;
+  env["HOME"] = k_home;
+  env["TZ"] = "UTC";
+  env["LANG"] = "C.UTF-8";
+  env["SOURCE_DATE_EPOCH"] = k_source_date_epoch;
+  env["NIX_BUILD_CORES"] = std::to_string(options.build_cores);
+  for (const auto& [key, value] : spec.env) {
+    env[key] = value;
+  }
+  env["NIX_STORE"] = store_dir;
+  for (const char* name : {"NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"}) {
+    env[name] = build_top;
+  }
+  std::string outputs;
+  for (const auto& [name, path_of] : spec.outputs) {
+    env[name] = store_dir + "/" + path_of.base();
+    outputs += (outputs.empty() ? "" : " ") + name;
+  }
+  env["outputs"] = outputs;
+  return env;
+}
+
+// Strings for exec, and the pointer arrays that point into them.
+struct ExecArgs
+{
+  std::vector<std::string> argv;
+  std::vector<std::string> envp;
+  std::vector<char*> argv_ptrs;
+  std::vector<char*> envp_ptrs;
+
+  void
+  seal()
+  {
+    for (auto& arg : argv) {
+      argv_ptrs.push_back(arg.data());
+    }
+    argv_ptrs.push_back(nullptr);
+    for (auto& entry : envp) {
+      envp_ptrs.push_back(entry.data());
+    }
+    envp_ptrs.push_back(nullptr);
+  }
+};
+
+void
+make_owned_dir(const fs::path& path, bool chown_to_builder, const SandboxOptions& options)
+{
+  if (::mkdir(path.c_str(), 0755) != 0) {
+    throw_errno("creating '" + path.string() + "'");
+  }
+  if (chown_to_builder && ::chown(path.c_str(), options.build_uid, options.build_gid) != 0) {
+    throw_errno("giving '" + path.string() + "' to the build user");
+  }
+}
+
+} // namespace
+
+BuildOutcome
+run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& options)
+{
+  const std::string& store_dir = store.store_dir().path();
+  check_spec(spec, store_dir, options);
+  SandboxMode mode = choose_mode(options);
+  bool root = ::geteuid() == 0;
+
+  // Inputs are made visible with everything they reference, or the build
+  // would find dangling paths inside its inputs.
+  std::set<StorePath> inputs;
+  try {
+    inputs = store.closure(spec.inputs);
+  } catch (const Error& e) {
+    throw SandboxError("build '" + spec.name + "': its inputs: " + e.what());
+  }
+
+  auto work = std::make_shared<WorkDir>(store, spec.name);
+  BuildOutcome outcome;
+  outcome.mode = mode;
+  outcome.work_dir = work->path();
+  outcome.lease = work;
+  fs::path build_folder = work->path() / "build";
+  fs::path store_folder = work->path() / "store";
+  bool give_away = mode == SandboxMode::namespaces && root;
+  make_owned_dir(build_folder, give_away, options);
+  make_owned_dir(store_folder, give_away, options);
+
+  outcome.log_file = options.log_file.value_or(work->path() / "build.log");
+  if (outcome.log_file.has_parent_path()) {
+    fs::create_directories(outcome.log_file.parent_path());
+  }
+  UniqueFd log_fd(::open(outcome.log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!log_fd) {
+    throw_errno("opening the build log '" + outcome.log_file.string() + "'");
+  }
+  auto note = [&](const std::string& text) {
+    write_all(log_fd.get(), "kiln: " + text + "\n", "the build log");
+  };
+
+  ExecArgs exec;
+  std::string builder = spec.builder;
+  std::optional<RootPlan> plan;
+  ChildConfig config;
+  std::string cwd;
+  std::string new_root;
+  const Support& host = support();
+
+  if (mode == SandboxMode::namespaces) {
+    const std::string& build_top = options.build_dir;
+    auto env = make_env(spec, store_dir, build_top, options);
+    exec.argv.push_back(fs::path(spec.builder).filename().string());
+    exec.argv.insert(exec.argv.end(), spec.args.begin(), spec.args.end());
+    for (const auto& [key, value] : env) {
+      exec.envp.push_back(key + "=" + value);
+    }
+    bool inside_is_1000 = !root || host.user_ns;
+    unsigned inside_uid = inside_is_1000 ? k_inside_uid : options.build_uid;
+    unsigned inside_gid = inside_is_1000 ? k_inside_gid : options.build_gid;
+
+    new_root = (work->path() / "root").string();
+    if (::mkdir(new_root.c_str(), 0755) != 0) {
+      throw_errno("creating '" + new_root + "'");
+    }
+    plan.emplace(new_root);
+    plan->add_bind(store_folder, store_dir, false);
+    for (const auto& input : inputs) {
+      fs::path physical = store.physical_path(input);
+      std::string inside = store_dir + "/" + input.base();
+      struct stat st;
+      if (::lstat(physical.c_str(), &st) != 0) {
+        throw SandboxError("build '" + spec.name + "': input '" + inside + "' is missing from '" +
+                           physical.string() + "': " + std::strerror(errno));
+      }
+      if (S_ISLNK(st.st_mode)) {
+        plan->add_symlink(inside, fs::read_symlink(physical).string());
+      } else {
+        plan->add_bind(physical, inside, true);
+      }
+    }
+    plan->add_bind(build_folder, build_top, false);
+    for (const char* device : {"null", "zero", "full", "random", "urandom"}) {
+      std::string path = std::string("/dev/") + device;
+      plan->add_bind(path, path, false, false);
+    }
+    plan->add_mount("tmpfs", "/dev/shm", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777");
+    plan->add_symlink("/dev/fd", "/proc/self/fd");
+    plan->add_symlink("/dev/stdin", "/proc/self/fd/0");
+    plan->add_symlink("/dev/stdout", "/proc/self/fd/1");
+    plan->add_symlink("/dev/stderr", "/proc/self/fd/2");
+    plan->add_mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+    plan->add_mount("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "mode=1777");
+    for (const auto& tool : tool_closure(spec.tools)) {
+      std::string text = tool.lexically_normal().string();
+      for (const std::string& reserved : {store_dir, build_top, std::string("/proc"),
+                                         std::string("/dev")}) {
+        if (is_within(text, reserved)) {
+          throw SandboxError("build '" + spec.name + "': tool '" + text + "' lies in '" +
+                             reserved + "', which the sandbox has its own of" +
+                             (reserved == store_dir ? " (declare store paths as inputs)" : ""));
+        }
+      }
+      plan->expose(tool);
+    }
+    plan->add_file("/etc/passwd", "root:x:0:0:root:" + std::string(k_home) +
+                                    ":/noshell\nkiln:x:" + std::to_string(inside_uid) + ":" +
+                                    std::to_string(inside_gid) + ":kiln build user:" + k_home +
+                                    ":/noshell\nnobody:x:65534:65534:nobody:/:/noshell\n");
+    plan->add_file("/etc/group", "root:x:0:\nkiln:!:" + std::to_string(inside_gid) +
+                                   ":\nnogroup:x:65534:\n");
+    plan->add_file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
+
+    cwd = build_top;
+    config.steps = &plan->steps();
+    config.new_root = new_root.c_str();
+    config.wait_go_first = !root;
+    config.drop_ids = root;
+    config.uid = options.build_uid;
+    config.gid = options.build_gid;
+    config.user_ns_after_drop = root && host.user_ns;
+  } else {
+    // Tools are not mounted here, but a missing one is still a malformed step.
+    for (const auto& tool : spec.tools) {
+      struct stat st;
+      if (!tool.is_absolute() || ::stat(tool.c_str(), &st) != 0) {
+        throw SandboxError("build '" + spec.name + "': tool '" + tool.string() + "': " +
+                           (tool.is_absolute() ? std::strerror(errno) : "not an absolute path"));
+      }
+    }
+    std::map<std::string, std::string> output_locations;
+    for (const auto& [name, path] : spec.outputs) {
+      output_locations[path.base()] = (store_folder / path.base()).string();
+    }
+    std::string physical_store = store.physical_path(spec.outputs.begin()->second)
+                                   .parent_path()
+                                   .string();
+    auto rewrite = [&](const std::string& text) {
+      return rewrite_store_paths(text, store_dir, physical_store, output_locations);
+    };
+    auto env = make_env(spec, store_dir, build_folder.string(), options);
+    builder = rewrite(spec.builder);
+    exec.argv.push_back(fs::path(builder).filename().string());
+    for (const auto& arg : spec.args) {
+      exec.argv.push_back(rewrite(arg));
+    }
+    for (const auto& [key, value] : env) {
+      exec.envp.push_back(key + "=" + rewrite(value));
+    }
+    cwd = build_folder.string();
+  }
+  exec.seal();
+
+  Pipe log_pipe = make_pipe("log");
+  Pipe status_pipe = make_pipe("status");
+  Pipe go_pipe = make_pipe("go");
+  config.builder = builder.c_str();
+  config.argv = exec.argv_ptrs.data();
+  config.envp = exec.envp_ptrs.data();
+  config.cwd = cwd.c_str();
+  config.log_fd = log_pipe.write_end.get();
+  config.status_fd = status_pipe.write_end.get();
+  config.go_fd = go_pipe.read_end.get();
+
+  pid_t pid = mode == SandboxMode::namespaces ? spawn_in_namespaces(config, !root)
+                                              : spawn_clean(config);
+  Child child(pid, mode);
+  log_pipe.write_end.reset();
+  status_pipe.write_end.reset();
+  go_pipe.read_end.reset();
+
+  auto go = [&]() {
+    if (::write(go_pipe.write_end.get(), "g", 1) != 1) {
+      throw_errno("starting the sandbox");
+    }
+  };
+  if (mode == SandboxMode::namespaces && !root) {
+    write_id_maps(pid, k_inside_uid, ::geteuid(), k_inside_gid, ::getegid());
+    go();
+  }
+  auto on_need_map = [&]() {
+    write_id_maps(pid, k_inside_uid, options.build_uid, k_inside_gid, options.build_gid);
+    go();
+  };
+
+  Supervised result = supervise(child, mode, log_pipe.read_end.get(), status_pipe.read_end.get(),
+                                log_fd.get(), spec, options, on_need_map);
+
+  if (result.setup_failure) {
+    throw SandboxError("setting up the sandbox for build '" + spec.name + "': " +
+                       describe_phase(result.setup_failure->step, plan ? &*plan : nullptr) +
+                       ": " + std::strerror(result.setup_failure->error));
+  }
+  auto fail = [&](const std::string& why) {
+    note(why);
+    outcome.success = false;
+    outcome.error = why;
+    outcome.log_tail = read_tail(outcome.log_file, options.log_tail_lines);
+    delete_path(build_folder);
+    delete_path(store_folder);
+    return outcome;
+  };
+  if (result.exit && result.exit->leftovers) {
+    note("the builder left processes running; they were killed");
+  }
+  if (result.killed == Killed::timeout) {
+    return fail("build '" + spec.name + "' timed out after " +
+                std::to_string(spec.timeout.count()) + " s");
+  }
+  if (result.killed == Killed::silence) {
+    return fail("build '" + spec.name + "' produced no output for " +
+                std::to_string(spec.max_silent_time.count()) + " s");
+  }
+  if (result.exec_failure) {
+    int error = result.exec_failure->error;
+    bool hint = mode == SandboxMode::namespaces && (error == ENOENT || error == EACCES);
+    return fail("build '" + spec.name + "': cannot run builder '" + spec.builder +
+                "': " + std::strerror(error) +
+                (hint ? " (only its inputs and tools are visible in the sandbox)" : ""));
+  }
+  if (!result.exit) {
+    return fail("the sandbox of build '" + spec.name + "' " + describe_status(child.status()) +
+                " before the builder ended");
+  }
+  int status = result.exit->status;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return fail("builder for '" + spec.name + "' " + describe_status(status));
+  }
+
+  // Exit status 0: every declared output must exist, and nothing else may
+  // have been written into the store folder.
+  std::set<std::string> known;
+  for (const auto& input : inputs) {
+    known.insert(input.base());
+  }
+  for (const auto& [name, path] : spec.outputs) {
+    known.insert(path.base());
+    fs::path location = store_folder / path.base();
+    struct stat st;
+    if (::lstat(location.c_str(), &st) != 0) {
+      return fail("builder for '" + spec.name + "' did not produce output '" + name + "' (" +
+                  store_dir + "/" + path.base() + ")");
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
+      return fail("builder for '" + spec.name + "' made output '" + name + "' (" + store_dir +
+                  "/" + path.base() + ") something other than a file, folder or symlink");
+    }
+  }
+  std::vector<std::string> strays;
+  for (const auto& entry : fs::directory_iterator(store_folder)) {
+    std::string name = entry.path().filename().string();
+    if (!known.count(name)) {
+      strays.push_back(store_dir + "/" + name);
+    }
+  }
+  if (!strays.empty()) {
+    std::sort(strays.begin(), strays.end());
+    std::string list;
+    for (const auto& stray : strays) {
+      list += (list.empty() ? "'" : ", '") + stray + "'";
+    }
+    return fail("builder for '" + spec.name + "' wrote " + list + " in the store, which " +
+                (strays.size() == 1 ? "is not one of its outputs" : "are not its outputs"));
+  }
+
+  delete_path(build_folder);
+  for (const auto& [name, path] : spec.outputs) {
+    outcome.output_dirs[name] = store_folder / path.base();
+  }
+  outcome.success = true;
+  outcome.log_tail = read_tail(outcome.log_file, options.log_tail_lines);
+  return outcome;
+}
+
+} // namespace kiln

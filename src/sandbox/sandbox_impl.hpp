@@ -1,0 +1,188 @@
+// Private parts of the sandbox module, shared by its .cpp files.
+//
+//   sandbox.cpp     run_build: the work folder, environment, path rewriting,
+//                   supervising the build (log, timeouts) and judging it
+//   tools.cpp       what a tool needs to run: interpreters and libraries
+//   root_plan.cpp   the new root, planned as a list of steps
+//   process.cpp     the processes that run a build, probing for namespaces
+#pragma once
+
+#include <kiln/sandbox/sandbox.hpp>
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace kiln::sandbox_impl {
+
+namespace fs = std::filesystem;
+
+// --- tools.cpp ---
+
+// Every host path `tools` need to run, tools first: for a script its "#!"
+// interpreter, for a dynamic ELF program its shared libraries and ELF
+// interpreter (as ldd reports them), transitively. Folders are listed as
+// they are. Throws SandboxError for a tool that is missing or whose
+// libraries cannot be found.
+std::vector<fs::path> tool_closure(const std::vector<fs::path>& tools);
+
+// PATH entries for `tools`: a program's folder, a folder tool's bin/ (or the
+// folder itself when it has none); in order, without repeats.
+std::vector<std::string> tool_path_dirs(const std::vector<fs::path>& tools);
+
+// Whether `path` is `dir` or lies below it (both absolute and normal).
+bool is_within(const std::string& path, const std::string& dir);
+
+// --- root_plan.cpp ---
+
+// One step of building the sandbox's root. Steps are made by the parent and
+// carried out by the child between clone() and exec(), where it must not
+// allocate: the child only reads these strings.
+struct SetupStep
+{
+  enum class Kind { mkdir, touch, symlink, bind, remount, mount, write };
+  Kind kind;
+  std::string target;      // host path below the new root
+  std::string source;      // bind: host path; symlink: link text; mount: source; write: contents
+  std::string fs_type;     // mount
+  std::string data;        // mount options
+  unsigned long flags = 0; // mount flags
+  mode_t mode = 0755;      // mkdir, touch, write
+  std::string what;        // what the step does, for error messages
+};
+
+// The new root, described as inside paths and turned into steps.
+class RootPlan
+{
+public:
+  explicit RootPlan(fs::path new_root);
+
+  // A folder (and its parents) on the root's tmpfs.
+  void add_dir(const std::string& inside, mode_t mode = 0755);
+  // A symlink `inside` -> `text`.
+  void add_symlink(const std::string& inside, const std::string& text);
+  // A generated file.
+  void add_file(const std::string& inside, const std::string& contents, mode_t mode = 0644);
+  // `host` (file or folder) bind-mounted at `inside`; read-only ones also
+  // get nosuid and nodev. `remount` = false keeps a writable bind exactly as
+  // the source is (device nodes).
+  void add_bind(const fs::path& host, const std::string& inside, bool read_only,
+                bool remount = true);
+  // A file system (tmpfs, proc) mounted at `inside`.
+  void add_mount(const std::string& fs_type, const std::string& inside, unsigned long flags,
+                 const std::string& data);
+  // `host` visible read-only at its own path: each symlink on the way is
+  // recreated and followed, and what it finally names is bind-mounted.
+  void expose(const fs::path& host);
+
+  const fs::path&
+  new_root() const
+  {
+    return m_root;
+  }
+  const std::vector<SetupStep>&
+  steps() const
+  {
+    return m_steps;
+  }
+
+private:
+  enum class Entry { dir, symlink, file_mount, dir_mount };
+  void expose(const fs::path& host, int depth);
+  // Record what `inside` will be; false if it is planned already as that,
+  // throws SandboxError if it is planned as something else.
+  bool claim(const std::string& inside, Entry entry);
+  // Whether `inside` lies in a folder that is bind-mounted whole.
+  bool covered(const std::string& inside) const;
+  std::string host_target(const std::string& inside) const;
+
+  fs::path m_root;
+  std::vector<SetupStep> m_steps;
+  std::map<std::string, Entry> m_entries;
+};
+
+// --- process.cpp ---
+
+// Messages from the sandbox's processes to the parent, on the status pipe.
+// Each is written with one write() (well under PIPE_BUF), so never torn.
+struct ChildMessage
+{
+  enum Kind : int32_t { need_map = 1, setup_failed = 2, exec_failed = 3, exited = 4 };
+  int32_t kind = 0;
+  int32_t step = 0;       // setup_failed: index in the steps, or a Phase
+  int32_t error = 0;      // errno
+  int32_t status = 0;     // exited: the builder's wait status
+  int32_t leftovers = 0;  // exited: processes were still running after the builder
+};
+
+// Setup phases outside the plan's steps, as negative step numbers.
+enum Phase : int32_t {
+  phase_private = -1,
+  phase_hostname = -2,
+  phase_loopback = -3,
+  phase_pivot = -4,
+  phase_remount_root = -5,
+  phase_drop_ids = -6,
+  phase_user_ns = -7,
+  phase_wait = -8,
+  phase_chdir = -9,
+  phase_fds = -10,
+  phase_fork = -11,
+  phase_caps = -12,
+  phase_session = -13,
+};
+
+// What the host supports, probed once.
+struct Support
+{
+  bool namespaces = false;
+  // As root: the builder can also get a user namespace after dropping to
+  // the build uid (so that it is uid 1000 inside whatever the host uid).
+  bool user_ns = false;
+  std::string reason; // why namespaces are unavailable
+};
+const Support& support();
+
+// What the child runs. All pointers stay valid (owned by the parent's
+// vectors) until the child has exec'd: the child only reads them.
+struct ChildConfig
+{
+  const std::vector<SetupStep>* steps = nullptr;  // namespaces mode
+  const char* new_root = nullptr;                 // namespaces mode
+  const char* builder = nullptr;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+  const char* cwd = nullptr;
+  int log_fd = -1;        // stdout and stderr of the builder
+  int status_fd = -1;     // ChildMessages
+  int go_fd = -1;         // the parent writes a byte once the id maps are written
+  bool wait_go_first = false;      // unprivileged: the user namespace comes with clone()
+  bool drop_ids = false;           // root: become uid/gid after setting up
+  uid_t uid = 0;
+  gid_t gid = 0;
+  bool user_ns_after_drop = false; // root: then enter a user namespace
+};
+
+// Start a build in new namespaces (namespaces mode): the returned process is
+// PID 1 of the build's PID namespace; killing it kills the build.
+pid_t spawn_in_namespaces(const ChildConfig& config, bool user_ns_first);
+
+// Start a build on the host (clean-env mode): the returned process leads a
+// new session, is the subreaper of everything the builder starts and kills
+// all of it once the builder exits, or on SIGTERM.
+pid_t spawn_clean(const ChildConfig& config);
+
+// Write a user namespace's uid and gid maps (a single id each).
+void write_id_maps(pid_t pid, uid_t inside_uid, uid_t outside_uid, gid_t inside_gid,
+                   gid_t outside_gid);
+
+// The uid and gid a builder has inside the namespaces.
+inline constexpr uid_t k_inside_uid = 1000;
+inline constexpr gid_t k_inside_gid = 100;
+
+} // namespace kiln::sandbox_impl

@@ -1,0 +1,247 @@
+// What a declared tool needs to run inside the sandbox.
+//
+// A tool is a host program (or folder) made visible at its own path. A
+// program alone rarely runs: a script needs its "#!" interpreter, a dynamic
+// ELF program its ELF interpreter and shared libraries. ldd already knows
+// the dynamic loader's search rules (ld.so.cache, RUNPATH, $ORIGIN), so we
+// ask it rather than re-implement them; tools are trusted host programs, so
+// running the loader over them is safe.
+#include "sandbox_impl.hpp"
+
+#include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+extern char** environ;
+
+namespace kiln::sandbox_impl {
+
+namespace {
+
+// The first bytes of a file (fewer if it is shorter).
+std::string
+read_head(const fs::path& path, size_t size)
+{
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    throw SandboxError("tool '" + path.string() + "' cannot be read: " + std::strerror(errno));
+  }
+  std::string head(size, '\0');
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::read(fd.get(), head.data() + got, size - got);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;
+    }
+    got += static_cast<size_t>(n);
+  }
+  head.resize(got);
+  return head;
+}
+
+// The stdout of `ldd path` (its exit status is ignored: ldd fails for
+// static programs, which need nothing).
+std::string
+run_ldd(const fs::path& path)
+{
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    throw_errno("creating a pipe for ldd");
+  }
+  UniqueFd read_end(pipe_fds[0]);
+  UniqueFd write_end(pipe_fds[1]);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 1);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  std::string program = "ldd";
+  std::string arg = path.string();
+  char* argv[] = {program.data(), arg.data(), nullptr};
+  pid_t pid = -1;
+  int rc = ::posix_spawnp(&pid, "ldd", &actions, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    throw SandboxError("running ldd to find the libraries of tool '" + path.string() +
+                       "': " + std::strerror(rc));
+  }
+  write_end.reset();
+  std::string out;
+  char buf[4096];
+  while (true) {
+    ssize_t n = ::read(read_end.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return out;
+}
+
+// The libraries ldd lists for a dynamic ELF program:
+//   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)
+//   \t/lib64/ld-linux-x86-64.so.2 (0x...)
+//   \tlinux-vdso.so.1 (0x...)              (in the kernel: nothing to mount)
+//   \tlibfoo.so => not found
+std::vector<fs::path>
+elf_libraries(const fs::path& program)
+{
+  // Tools are the same few host programs build after build: remember them
+  // (by modification time, so an upgraded program is looked at again).
+  static std::mutex mutex;
+  static std::map<std::string, std::pair<int64_t, std::vector<fs::path>>> cache;
+  struct stat st;
+  if (::stat(program.c_str(), &st) != 0) {
+    throw SandboxError("tool '" + program.string() + "': " + std::strerror(errno));
+  }
+  int64_t mtime = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  {
+    std::lock_guard guard(mutex);
+    auto it = cache.find(program.string());
+    if (it != cache.end() && it->second.first == mtime) {
+      return it->second.second;
+    }
+  }
+  std::vector<fs::path> libraries;
+  std::string out = run_ldd(program);
+  size_t pos = 0;
+  while (pos < out.size()) {
+    size_t end = out.find('\n', pos);
+    if (end == std::string::npos) {
+      end = out.size();
+    }
+    std::string line = out.substr(pos, end - pos);
+    pos = end + 1;
+    size_t start = line.find_first_not_of(" \t");
+    if (start == std::string::npos) {
+      continue;
+    }
+    line = line.substr(start);
+    std::string path;
+    if (auto arrow = line.find(" => "); arrow != std::string::npos) {
+      path = line.substr(arrow + 4);
+      if (path.rfind("not found", 0) == 0) {
+        throw SandboxError("tool '" + program.string() + "' needs " + line.substr(0, arrow) +
+                           ", which the dynamic loader cannot find");
+      }
+    } else {
+      path = line;
+    }
+    if (auto paren = path.find(" ("); paren != std::string::npos) {
+      path.resize(paren);
+    }
+    if (!path.empty() && path[0] == '/') {
+      libraries.emplace_back(path);
+    }
+  }
+  std::lock_guard guard(mutex);
+  cache[program.string()] = {mtime, libraries};
+  return libraries;
+}
+
+// What running `path` needs besides itself.
+std::vector<fs::path>
+needs_of(const fs::path& path)
+{
+  std::string head = read_head(path, 256);
+  if (head.rfind("#!", 0) == 0) {
+    // "#!" interpreter [one argument]; the kernel takes the first word.
+    size_t start = head.find_first_not_of(" \t", 2);
+    if (start == std::string::npos) {
+      return {};
+    }
+    size_t end = head.find_first_of(" \t\n", start);
+    std::string interpreter = head.substr(start, end == std::string::npos ? end : end - start);
+    if (interpreter.empty() || interpreter[0] != '/') {
+      return {};
+    }
+    return {fs::path(interpreter)};
+  }
+  if (head.rfind("\x7f"
+                 "ELF",
+                 0) == 0) {
+    return elf_libraries(path);
+  }
+  return {};
+}
+
+} // namespace
+
+bool
+is_within(const std::string& path, const std::string& dir)
+{
+  if (dir == "/") {
+    return true;
+  }
+  return path == dir || (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+                         path[dir.size()] == '/');
+}
+
+std::vector<fs::path>
+tool_closure(const std::vector<fs::path>& tools)
+{
+  std::vector<fs::path> result;
+  std::set<std::string> seen;
+  std::vector<fs::path> todo(tools.rbegin(), tools.rend());
+  while (!todo.empty()) {
+    fs::path path = todo.back();
+    todo.pop_back();
+    if (!path.is_absolute()) {
+      throw SandboxError("tool '" + path.string() + "' is not an absolute path");
+    }
+    if (!seen.insert(path.string()).second) {
+      continue;
+    }
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) {
+      throw SandboxError("tool '" + path.string() + "': " + std::strerror(errno));
+    }
+    result.push_back(path);
+    if (S_ISREG(st.st_mode)) {
+      auto needs = needs_of(path);
+      todo.insert(todo.end(), needs.rbegin(), needs.rend());
+    }
+  }
+  return result;
+}
+
+std::vector<std::string>
+tool_path_dirs(const std::vector<fs::path>& tools)
+{
+  std::vector<std::string> dirs;
+  for (const auto& tool : tools) {
+    std::error_code ec;
+    fs::path dir = tool.parent_path();
+    if (fs::is_directory(tool, ec)) {
+      dir = fs::is_directory(tool / "bin", ec) ? tool / "bin" : tool;
+    }
+    std::string text = dir.lexically_normal().string();
+    if (text.size() > 1 && text.back() == '/') {
+      text.pop_back();
+    }
+    if (std::find(dirs.begin(), dirs.end(), text) == dirs.end()) {
+      dirs.push_back(text);
+    }
+  }
+  return dirs;
+}
+
+} // namespace kiln::sandbox_impl

@@ -1,0 +1,636 @@
+// The sandbox: real builds with /bin/sh and busybox, in namespaces (where
+// this machine allows them) and in clean-env mode. Each containment promise
+// is tested by a build that tries to break it.
+#include "support/test_support.hpp"
+
+#include <kiln/sandbox/sandbox.hpp>
+#include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <sstream>
+#include <thread>
+
+using namespace kiln;
+using test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+// busybox-static needs no libraries; the rest come with theirs (via ldd).
+const std::vector<fs::path> k_tools = {"/bin/sh",    "/bin/busybox", "/bin/cat",
+                                       "/bin/mkdir", "/bin/ls",      "/usr/bin/env"};
+
+struct Fixture
+{
+  TempDir dir;
+  LocalStore store{LocalStoreConfig{dir / "store", "/kiln/store"}};
+  StorePath input;
+
+  Fixture() : input(make_input())
+  {
+  }
+
+  StorePath
+  make_input()
+  {
+    test::write_file(dir / "src" / "hello.txt", "hello from an input\n");
+    AddOptions options;
+    options.name = "greeting";
+    return store.add_path(dir / "src", options);
+  }
+
+  std::string
+  logical(const StorePath& path) const
+  {
+    return store.store_dir().print(path);
+  }
+
+  StorePath
+  output_path(const std::string& name) const
+  {
+    return store.store_dir().make_store_path("output:out", hash_string(HashAlgo::sha256, name),
+                                             name);
+  }
+
+  // A build running `script` with /bin/sh, the input visible as $in.
+  BuildSpec
+  sh(const std::string& name, const std::string& script) const
+  {
+    BuildSpec spec;
+    spec.name = name;
+    spec.builder = "/bin/sh";
+    spec.args = {"-c", script};
+    spec.env = {{"in", logical(input)}};
+    spec.inputs = {input};
+    spec.tools = k_tools;
+    spec.outputs = {{"out", output_path(name)}};
+    return spec;
+  }
+};
+
+bool
+have_namespaces()
+{
+  if (detect_sandbox_support() == SandboxMode::namespaces) {
+    return true;
+  }
+  WARN("namespaces are unavailable here; skipping the namespaces part of this test");
+  return false;
+}
+
+std::string
+log_of(const BuildOutcome& outcome)
+{
+  return read_file(outcome.log_file);
+}
+
+// Host processes whose command line contains `needle` (NULs read as spaces).
+std::vector<std::string>
+host_processes_with(const std::string& needle)
+{
+  std::vector<std::string> found;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    std::string cmdline;
+    try {
+      cmdline = read_file(entry.path() / "cmdline");
+    } catch (const Error&) {
+      continue;
+    }
+    for (auto& ch : cmdline) {
+      if (ch == '\0') {
+        ch = ' ';
+      }
+    }
+    if (cmdline.find(needle) != std::string::npos) {
+      found.push_back(name + ": " + cmdline);
+    }
+  }
+  return found;
+}
+
+std::map<std::string, std::string>
+parse_env(const std::string& text)
+{
+  std::map<std::string, std::string> env;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto eq = line.find('=');
+    if (eq != std::string::npos) {
+      env[line.substr(0, eq)] = line.substr(eq + 1);
+    }
+  }
+  return env;
+}
+
+double
+seconds_since(std::chrono::steady_clock::time_point start)
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+} // namespace
+
+TEST_CASE("a sandboxed build writes its output from an input", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  auto spec = f.sh("copy", "mkdir $out && cat $in/hello.txt > $out/copy && echo copied");
+  BuildOutcome outcome = run_build(f.store, spec);
+  INFO(outcome.error << "\n" << outcome.log_tail);
+  REQUIRE(outcome.success);
+  CHECK(outcome.mode == SandboxMode::namespaces);
+  CHECK(to_string(outcome.mode) == "namespaces");
+  REQUIRE(outcome.output_dirs.count("out"));
+  CHECK(read_file(outcome.output_dirs.at("out") / "copy") == "hello from an input\n");
+  CHECK(log_of(outcome).find("copied") != std::string::npos);
+  CHECK(outcome.log_tail == "copied");
+  // Nothing is registered: that is the caller's job.
+  CHECK_FALSE(f.store.is_valid(spec.outputs.at("out")));
+
+  // The outcome keeps its work folder (and the outputs in it) alive.
+  fs::path work = outcome.work_dir;
+  CHECK(fs::exists(work));
+  outcome = BuildOutcome{};
+  CHECK_FALSE(fs::exists(work));
+}
+
+TEST_CASE("a sandboxed build sees only its declared environment and the allowlist",
+          "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  ::setenv("KILN_TEST_LEAKED_VARIABLE", "secret", 1);
+  // kiln's own environment and command line must not show through the
+  // sandbox's PID 1 (a copy of kiln) either. The patterns are spelt so that
+  // the script's own command line does not match them.
+  auto spec = f.sh("env", "env > $out; a=KILN_TEST_; b=kiln_; "
+                          "for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do "
+                          "if busybox grep -q -e \"${a}LEAKED\" -e \"${b}tests\" $f 2>/dev/null; "
+                          "then echo \"LEAK in $f\"; fi; done; "
+                          "echo \"PID 1 is $(cat /proc/1/cmdline)\"");
+  spec.env["GREETING"] = "hello world";
+  BuildOutcome outcome = run_build(f.store, spec);
+  ::unsetenv("KILN_TEST_LEAKED_VARIABLE");
+  INFO(outcome.error << "\n" << outcome.log_tail);
+  REQUIRE(outcome.success);
+  auto env = parse_env(read_file(outcome.output_dirs.at("out")));
+  std::set<std::string> names;
+  for (const auto& [key, value] : env) {
+    names.insert(key);
+  }
+  CHECK(names == std::set<std::string>{"GREETING", "HOME", "LANG", "NIX_BUILD_CORES",
+                                       "NIX_BUILD_TOP", "NIX_STORE", "PATH", "PWD",
+                                       "SOURCE_DATE_EPOCH", "TEMP", "TEMPDIR", "TMP", "TMPDIR",
+                                       "TZ", "in", "out", "outputs"});
+  CHECK(env["HOME"] == "/homeless");
+  CHECK(env["TZ"] == "UTC");
+  CHECK(env["LANG"] == "C.UTF-8");
+  CHECK(env["SOURCE_DATE_EPOCH"] == "315532800");
+  CHECK(env["NIX_BUILD_TOP"] == "/build");
+  CHECK(env["TMPDIR"] == "/build");
+  CHECK(env["NIX_STORE"] == "/kiln/store");
+  CHECK(env["PATH"] == "/bin:/usr/bin");
+  CHECK(env["GREETING"] == "hello world");
+  CHECK(env["out"] == f.logical(spec.outputs.at("out")));
+  CHECK(env["outputs"] == "out");
+  std::string log = log_of(outcome);
+  CHECK(log.find("LEAK") == std::string::npos);
+  CHECK(log.find("PID 1 is kiln-sandbox") != std::string::npos);
+}
+
+TEST_CASE("a sandboxed build starts in an empty /build, as uid 1000, on host 'localhost'",
+          "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  auto spec = f.sh("where", "{ pwd; busybox ls -A /build | busybox wc -l; busybox id -u; "
+                            "busybox id -g; busybox hostname; echo $$; } > $out; "
+                            "echo 'scratch' > /build/scratch-file");
+  BuildOutcome outcome = run_build(f.store, spec);
+  INFO(outcome.error << "\n" << outcome.log_tail);
+  REQUIRE(outcome.success);
+  CHECK(read_file(outcome.output_dirs.at("out")) == "/build\n0\n1000\n100\nlocalhost\n2\n");
+  // The build folder does not outlive the build.
+  CHECK_FALSE(fs::exists(outcome.work_dir / "build"));
+}
+
+TEST_CASE("a sandboxed build sees only the store paths it declared", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  test::write_file(f.dir / "other" / "secret.txt", "not for this build\n");
+  StorePath other = f.store.add_path(f.dir / "other");
+  auto spec = f.sh("listing", "busybox ls -A /kiln/store > /build/list; "
+                              "if cat " + f.logical(other) + "/secret.txt; then echo LEAK; fi; "
+                              "if busybox ls " + f.store.root().string() + "; then echo LEAK; fi; "
+                              "cat /build/list > $out");
+  BuildOutcome outcome = run_build(f.store, spec);
+  INFO(outcome.error << "\n" << log_of(outcome));
+  REQUIRE(outcome.success);
+  CHECK(read_file(outcome.output_dirs.at("out")) == f.input.base() + "\n");
+  CHECK(log_of(outcome).find("LEAK") == std::string::npos);
+}
+
+TEST_CASE("a sandboxed build cannot reach the network", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  // A listener on the host's loopback that the build must not reach.
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  REQUIRE(listener >= 0);
+  struct sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener, 8) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  std::string port = std::to_string(ntohs(addr.sin_port));
+
+  auto spec = f.sh("network",
+                   "{ if echo hi | busybox nc -w 2 127.0.0.1 " + port +
+                     "; then echo 'host loopback: reached'; else echo 'host loopback: refused'; "
+                     "fi; "
+                     "if echo hi | busybox nc -w 2 1.1.1.1 80; then echo 'outside: reached'; "
+                     "else echo 'outside: unreachable'; fi; "
+                     "busybox tail -n +3 /proc/net/dev | busybox cut -d: -f1 | busybox tr -d ' '; "
+                     "} > $out");
+  auto start = std::chrono::steady_clock::now();
+  BuildOutcome outcome = run_build(f.store, spec);
+  INFO(outcome.error << "\n" << log_of(outcome));
+  REQUIRE(outcome.success);
+  CHECK(seconds_since(start) < 10);
+  CHECK(read_file(outcome.output_dirs.at("out")) ==
+        "host loopback: refused\noutside: unreachable\nlo\n");
+  int accepted = ::accept(listener, nullptr, nullptr);
+  CHECK(accepted < 0);
+  if (accepted >= 0) {
+    ::close(accepted);
+  }
+  ::close(listener);
+}
+
+TEST_CASE("a sandboxed build cannot write outside its outputs", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  std::string in = f.logical(f.input);
+  fs::path physical_input = f.store.physical_path(f.input);
+  std::string marker = "kiln-sandbox-marker-" + std::to_string(::getpid());
+  std::string host_file = (f.dir / "host-file").string();
+  test::write_file(host_file, "host\n");
+
+  SECTION("the file system outside /build, /tmp and the outputs is read-only")
+  {
+    std::string script = "mkdir $out; for target in /etc/" + marker + " /" + marker + " /usr/bin/" +
+                         marker + " " + in + "/hello.txt " + in + "/" + marker + " " + host_file +
+                         " /proc/sys/kernel/hostname; do "
+                         "if (echo pwned > $target) 2>/dev/null; then echo \"wrote $target\"; "
+                         "else echo \"refused $target\"; fi; done > $out/report; "
+                         "if busybox umount " + in + " 2>/dev/null; then echo unmounted; fi >> $out/report; "
+                         "if busybox mount -o remount,rw " + in + " 2>/dev/null; then echo remounted; fi >> $out/report; "
+                         "if busybox chroot / true 2>/dev/null; then echo chrooted; fi >> $out/report; "
+                         "echo fine > /tmp/" + marker + " && echo 'wrote /tmp' >> $out/report";
+    BuildOutcome outcome = run_build(f.store, f.sh("escape", script));
+    INFO(outcome.error << "\n" << log_of(outcome));
+    REQUIRE(outcome.success);
+    std::string report = read_file(outcome.output_dirs.at("out") / "report");
+    INFO(report);
+    CHECK(report.find("wrote /tmp") != std::string::npos);
+    CHECK(report.find("wrote /") == report.find("wrote /tmp"));
+    CHECK(report.find("unmounted") == std::string::npos);
+    CHECK(report.find("remounted") == std::string::npos);
+    CHECK(report.find("chrooted") == std::string::npos);
+    CHECK(report.find("refused " + in + "/hello.txt") != std::string::npos);
+    // The host is unchanged.
+    CHECK_FALSE(fs::exists("/etc/" + marker));
+    CHECK_FALSE(fs::exists("/" + marker));
+    CHECK_FALSE(fs::exists("/usr/bin/" + marker));
+    CHECK_FALSE(fs::exists("/tmp/" + marker));
+    CHECK(read_file(host_file) == "host\n");
+    CHECK(read_file(physical_input / "hello.txt") == "hello from an input\n");
+    CHECK_FALSE(fs::exists(physical_input / marker));
+    CHECK(f.store.verify({}).ok());
+  }
+
+  SECTION("writing into the store beside its outputs fails the build")
+  {
+    BuildOutcome outcome =
+      run_build(f.store, f.sh("stray", "mkdir $out; echo x > /kiln/store/" + marker));
+    INFO(log_of(outcome));
+    CHECK_FALSE(outcome.success);
+    CHECK(outcome.error.find("'/kiln/store/" + marker + "'") != std::string::npos);
+    CHECK(outcome.error.find("not one of its outputs") != std::string::npos);
+    CHECK(outcome.output_dirs.empty());
+    CHECK_FALSE(fs::exists("/kiln/store/" + marker));
+    CHECK_FALSE(fs::exists(f.store.root() / "store" / marker));
+  }
+}
+
+TEST_CASE("processes a sandboxed build leaves running are killed", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  // Odd durations name the processes; setsid and a subshell escape the
+  // builder's process group and parentage.
+  auto spec = f.sh("daemon", "busybox sleep 9871 & busybox setsid busybox sleep 9872 & "
+                             "( busybox sleep 9873 & ) ; mkdir $out; echo started");
+  BuildOutcome outcome = run_build(f.store, spec);
+  INFO(outcome.error << "\n" << log_of(outcome));
+  REQUIRE(outcome.success);
+  CHECK(log_of(outcome).find("left processes running; they were killed") != std::string::npos);
+  for (const char* needle : {"sleep 9871", "sleep 9872", "sleep 9873"}) {
+    INFO(needle);
+    CHECK(host_processes_with(needle).empty());
+  }
+}
+
+TEST_CASE("a sandboxed build dies with the kiln process running it", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  auto spec = f.sh("orphan", "busybox sleep 9879 & busybox sleep 9880; mkdir $out");
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // A store of its own: an SQLite connection must not cross fork().
+    try {
+      LocalStore store(LocalStoreConfig{f.dir / "store", "/kiln/store"});
+      run_build(store, spec);
+    } catch (...) {
+    }
+    ::_exit(0);
+  }
+  auto start = std::chrono::steady_clock::now();
+  while (host_processes_with("sleep 9880").empty() && seconds_since(start) < 10) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK_FALSE(host_processes_with("sleep 9880").empty());
+  ::kill(pid, SIGKILL);
+  int status;
+  ::waitpid(pid, &status, 0);
+  start = std::chrono::steady_clock::now();
+  while ((!host_processes_with("sleep 9879").empty() ||
+          !host_processes_with("sleep 9880").empty()) &&
+         seconds_since(start) < 5) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(host_processes_with("sleep 9879").empty());
+  CHECK(host_processes_with("sleep 9880").empty());
+}
+
+TEST_CASE("sandboxed builds are killed at their timeout and max-silent-time", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  SECTION("timeout")
+  {
+    auto spec = f.sh("slow", "echo going; busybox sleep 9874; mkdir $out");
+    spec.timeout = std::chrono::seconds(1);
+    auto start = std::chrono::steady_clock::now();
+    BuildOutcome outcome = run_build(f.store, spec);
+    CHECK(seconds_since(start) < 5);
+    CHECK_FALSE(outcome.success);
+    CHECK(outcome.error == "build 'slow' timed out after 1 s");
+    CHECK(outcome.log_tail.find("going") != std::string::npos);
+    CHECK(host_processes_with("sleep 9874").empty());
+  }
+  SECTION("max-silent-time")
+  {
+    auto spec = f.sh("quiet", "echo going; busybox sleep 9875; mkdir $out");
+    spec.max_silent_time = std::chrono::seconds(1);
+    auto start = std::chrono::steady_clock::now();
+    BuildOutcome outcome = run_build(f.store, spec);
+    CHECK(seconds_since(start) < 5);
+    CHECK_FALSE(outcome.success);
+    CHECK(outcome.error == "build 'quiet' produced no output for 1 s");
+    CHECK(host_processes_with("sleep 9875").empty());
+  }
+  SECTION("output keeps a build alive past its max-silent-time")
+  {
+    auto spec = f.sh("chatty", "for i in 1 2 3 4 5 6; do echo tick $i; busybox sleep 0.3; done; "
+                               "mkdir $out");
+    spec.max_silent_time = std::chrono::seconds(1);
+    std::string seen;
+    SandboxOptions options;
+    options.on_output = [&](std::string_view chunk) { seen += chunk; };
+    BuildOutcome outcome = run_build(f.store, spec, options);
+    INFO(outcome.error);
+    CHECK(outcome.success);
+    CHECK(seen.find("tick 6") != std::string::npos);
+  }
+}
+
+TEST_CASE("a failing sandboxed build reports its exit status and log tail", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  SECTION("non-zero exit")
+  {
+    auto spec = f.sh("broken", "mkdir $out; echo first; echo 'the reason it broke' >&2; exit 3");
+    BuildOutcome outcome = run_build(f.store, spec);
+    CHECK_FALSE(outcome.success);
+    CHECK(outcome.error == "builder for 'broken' failed with exit status 3");
+    CHECK(outcome.log_tail.find("first\nthe reason it broke") != std::string::npos);
+    CHECK(outcome.output_dirs.empty());
+    CHECK_FALSE(fs::exists(outcome.work_dir / "store" / spec.outputs.at("out").base()));
+  }
+  SECTION("killed by a signal")
+  {
+    BuildOutcome outcome = run_build(f.store, f.sh("killed", "kill -9 $$"));
+    CHECK_FALSE(outcome.success);
+    CHECK(outcome.error == "builder for 'killed' was killed by signal 9 (SIGKILL)");
+  }
+  SECTION("missing output")
+  {
+    auto spec = f.sh("lazy", "mkdir $out; echo did nothing for dev");
+    spec.outputs.emplace("dev", f.output_path("lazy-dev"));
+    BuildOutcome outcome = run_build(f.store, spec);
+    CHECK_FALSE(outcome.success);
+    CHECK(outcome.error == "builder for 'lazy' did not produce output 'dev' (" +
+                             f.logical(spec.outputs.at("dev")) + ")");
+    CHECK(outcome.output_dirs.empty());
+    CHECK_FALSE(fs::exists(outcome.work_dir / "store" / spec.outputs.at("out").base()));
+  }
+  SECTION("a builder that does not exist")
+  {
+    auto spec = f.sh("nobuilder", "");
+    spec.builder = "/kiln/store/00000000000000000000000000000000-none/bin/sh";
+    BuildOutcome outcome = run_build(f.store, spec);
+    CHECK_FALSE(outcome.success);
+    CHECK(outcome.error.find("cannot run builder '" + spec.builder + "'") != std::string::npos);
+  }
+}
+
+TEST_CASE("sandboxed builds run side by side", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  // Another thread allocating all along: a sandbox process copied from this
+  // one while the allocator's lock is held must still get going.
+  std::atomic<bool> done{false};
+  std::thread churn([&] {
+    while (!done) {
+      std::vector<std::string> junk(64, std::string(1000, 'x'));
+    }
+  });
+  std::vector<BuildOutcome> outcomes(4);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    threads.emplace_back([&, i] {
+      auto spec = f.sh("parallel-" + std::to_string(i),
+                       "busybox sleep 0.2; echo " + std::to_string(i) + " > $out");
+      outcomes[i] = run_build(f.store, spec);
+    });
+  }
+  for (auto& thread : threads) {
+    thread.join();
+  }
+  done = true;
+  churn.join();
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    INFO(outcomes[i].error);
+    REQUIRE(outcomes[i].success);
+    CHECK(read_file(outcomes[i].output_dirs.at("out")) == std::to_string(i) + "\n");
+  }
+}
+
+TEST_CASE("clean-env mode builds with physical paths and says so", "[sandbox]")
+{
+  Fixture f;
+  auto spec = f.sh("clean", "echo \"out is $out\"; echo \"top is $NIX_BUILD_TOP in $PWD\"; "
+                            "cat $in/hello.txt > $out; echo \"$MENTION\"; "
+                            "busybox sleep 9876 &");
+  spec.env["MENTION"] = "see " + f.logical(f.input) + "/hello.txt";
+  BuildOutcome outcome;
+  SECTION("forced by an option")
+  {
+    SandboxOptions options;
+    options.force_mode = SandboxMode::clean_env;
+    outcome = run_build(f.store, spec, options);
+  }
+  SECTION("forced by KILN_SANDBOX=off")
+  {
+    ::setenv("KILN_SANDBOX", "off", 1);
+    try {
+      outcome = run_build(f.store, spec);
+    } catch (...) {
+      ::unsetenv("KILN_SANDBOX");
+      throw;
+    }
+    ::unsetenv("KILN_SANDBOX");
+  }
+  std::string log = log_of(outcome);
+  INFO(outcome.error << "\n" << log);
+  REQUIRE(outcome.success);
+  CHECK(outcome.mode == SandboxMode::clean_env);
+  CHECK(to_string(outcome.mode) == "clean-env");
+  fs::path out = outcome.output_dirs.at("out");
+  CHECK(out == outcome.work_dir / "store" / spec.outputs.at("out").base());
+  CHECK(read_file(out) == "hello from an input\n");
+  CHECK(log.find("out is " + out.string() + "\n") != std::string::npos);
+  CHECK(log.find("top is " + (outcome.work_dir / "build").string() + " in " +
+                 (outcome.work_dir / "build").string()) != std::string::npos);
+  CHECK(log.find("see " + f.store.physical_path(f.input).string() + "/hello.txt") !=
+        std::string::npos);
+  CHECK(host_processes_with("sleep 9876").empty());
+}
+
+TEST_CASE("clean-env mode enforces timeouts and kills what is left", "[sandbox]")
+{
+  Fixture f;
+  SandboxOptions options;
+  options.force_mode = SandboxMode::clean_env;
+  auto spec = f.sh("clean-slow", "busybox setsid busybox sleep 9877 & busybox sleep 9878");
+  spec.timeout = std::chrono::seconds(1);
+  auto start = std::chrono::steady_clock::now();
+  BuildOutcome outcome = run_build(f.store, spec, options);
+  CHECK(seconds_since(start) < 5);
+  CHECK_FALSE(outcome.success);
+  CHECK(outcome.error == "build 'clean-slow' timed out after 1 s");
+  CHECK(host_processes_with("sleep 9877").empty());
+  CHECK(host_processes_with("sleep 9878").empty());
+}
+
+TEST_CASE("malformed build steps are refused before anything runs", "[sandbox]")
+{
+  Fixture f;
+  SandboxOptions options;
+  options.force_mode = detect_sandbox_support();
+  SECTION("a tool that does not exist")
+  {
+    auto spec = f.sh("no-tool", "true");
+    spec.tools.push_back("/usr/bin/kiln-no-such-tool");
+    CHECK_THROWS_WITH(run_build(f.store, spec, options),
+                      Catch::Contains("/usr/bin/kiln-no-such-tool"));
+  }
+  SECTION("an input that is not valid")
+  {
+    auto spec = f.sh("no-input", "true");
+    spec.inputs.insert(f.output_path("never-added"));
+    CHECK_THROWS_AS(run_build(f.store, spec, options), SandboxError);
+  }
+  SECTION("a relative builder")
+  {
+    auto spec = f.sh("relative", "true");
+    spec.builder = "sh";
+    CHECK_THROWS_AS(run_build(f.store, spec, options), SandboxError);
+  }
+  SECTION("no outputs")
+  {
+    auto spec = f.sh("nothing", "true");
+    spec.outputs.clear();
+    CHECK_THROWS_AS(run_build(f.store, spec, options), SandboxError);
+  }
+  // Nothing was left in the store's tmp/.
+  CHECK(fs::is_empty(f.store.root() / "tmp"));
+}
+
+TEST_CASE("explore", "[.explore]")
+{
+  Fixture f;
+  auto spec = f.sh("explore", std::getenv("EXPLORE_SCRIPT"));
+  BuildOutcome outcome = run_build(f.store, spec);
+  fprintf(stdout, "%s\n", ("success=" + std::to_string(outcome.success) + " error=" + outcome.error + "\n" + log_of(outcome)).c_str()); //  << outcome.success << " error=" << outcome.error << "\n" << log_of(outcome) << std::endl;
+}
