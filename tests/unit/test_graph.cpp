@@ -166,7 +166,7 @@ TEST_CASE("a substitutable derivation's inputs are neither fetched nor built", "
   }
 }
 
-TEST_CASE("-j N runs independent builds at once, and no more", "[graph]")
+TEST_CASE("independent builds run at once, up to -j N and no more", "[graph]")
 {
   std::map<std::string, std::vector<std::string>> wide = {{"top", {}}};
   for (int i = 0; i < 8; ++i) {
