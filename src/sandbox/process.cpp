@@ -84,7 +84,8 @@ fail(int status_fd, int32_t step, int error)
   ::_exit(1);
 }
 
-// Decimal digits of `value` into `out` (at least 11 bytes), NUL-terminated.
+// Decimal digits of `value` into `out` (room for 21 bytes), NUL-terminated;
+// returns the end.
 char*
 format_uint(char* out, unsigned long value)
 {

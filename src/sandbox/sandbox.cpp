@@ -652,6 +652,116 @@ make_owned_dir(const fs::path& path, bool chown_to_builder, const SandboxOptions
   }
 }
 
+// The new root of namespaces mode: the store folder with the inputs over
+// it, the build folder, a minimal /dev, /proc, /tmp, the tools, and /etc.
+RootPlan
+plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<StorePath>& inputs,
+              const fs::path& work, const SandboxOptions& options, unsigned inside_uid,
+              unsigned inside_gid)
+{
+  const std::string& store_dir = store.store_dir().path();
+  const std::string& build_top = options.build_dir;
+  fs::path new_root = work / "root";
+  if (::mkdir(new_root.c_str(), 0755) != 0) {
+    throw_errno("creating '" + new_root.string() + "'");
+  }
+  RootPlan plan(new_root);
+  // The store folder is the build's own scratch folder (so that outputs can
+  // be files, folders or symlinks); each input is mounted over a stand-in.
+  plan.add_bind(work / "store", store_dir, false);
+  for (const auto& input : inputs) {
+    fs::path physical = store.physical_path(input);
+    std::string inside = store_dir + "/" + input.base();
+    struct stat st;
+    if (::lstat(physical.c_str(), &st) != 0) {
+      throw SandboxError("build '" + spec.name + "': input '" + inside + "' is missing from '" +
+                         physical.string() + "': " + std::strerror(errno));
+    }
+    if (S_ISLNK(st.st_mode)) {
+      // A mount would follow the link: recreate it instead.
+      plan.add_symlink(inside, fs::read_symlink(physical).string());
+    } else {
+      plan.add_bind(physical, inside, true);
+    }
+  }
+  plan.add_bind(work / "build", build_top, false);
+  for (const char* device : {"null", "zero", "full", "random", "urandom"}) {
+    std::string path = std::string("/dev/") + device;
+    plan.add_bind(path, path, false, false);
+  }
+  plan.add_mount("tmpfs", "/dev/shm", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777");
+  plan.add_symlink("/dev/fd", "/proc/self/fd");
+  plan.add_symlink("/dev/stdin", "/proc/self/fd/0");
+  plan.add_symlink("/dev/stdout", "/proc/self/fd/1");
+  plan.add_symlink("/dev/stderr", "/proc/self/fd/2");
+  plan.add_mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  plan.add_mount("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "mode=1777");
+  for (const auto& tool : tool_closure(spec.tools)) {
+    std::string text = tool.lexically_normal().string();
+    for (const std::string& reserved :
+         {store_dir, build_top, std::string("/proc"), std::string("/dev")}) {
+      if (is_within(text, reserved)) {
+        throw SandboxError("build '" + spec.name + "': tool '" + text + "' lies in '" + reserved +
+                           "', which the sandbox has its own of" +
+                           (reserved == store_dir ? " (declare store paths as inputs)" : ""));
+      }
+    }
+    plan.expose(tool);
+  }
+  // Programs that look up their user (id, ssh, some test suites) need one.
+  plan.add_file("/etc/passwd", "root:x:0:0:root:" + std::string(k_home) +
+                                 ":/noshell\nkiln:x:" + std::to_string(inside_uid) + ":" +
+                                 std::to_string(inside_gid) + ":kiln build user:" + k_home +
+                                 ":/noshell\nnobody:x:65534:65534:nobody:/:/noshell\n");
+  plan.add_file("/etc/group",
+                "root:x:0:\nkiln:!:" + std::to_string(inside_gid) + ":\nnogroup:x:65534:\n");
+  plan.add_file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
+  return plan;
+}
+
+// Why a build that exited 0 still failed: a declared output is missing or
+// not a file, folder or symlink, or something else was written into the
+// store folder. Nothing if all is well.
+std::optional<std::string>
+check_outputs(const BuildSpec& spec, const std::string& store_dir, const fs::path& store_folder,
+              const std::set<StorePath>& inputs)
+{
+  std::set<std::string> known;
+  for (const auto& input : inputs) {
+    known.insert(input.base());
+  }
+  for (const auto& [name, path] : spec.outputs) {
+    known.insert(path.base());
+    fs::path location = store_folder / path.base();
+    struct stat st;
+    if (::lstat(location.c_str(), &st) != 0) {
+      return "builder for '" + spec.name + "' did not produce output '" + name + "' (" +
+             store_dir + "/" + path.base() + ")";
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
+      return "builder for '" + spec.name + "' made output '" + name + "' (" + store_dir + "/" +
+             path.base() + ") something other than a file, folder or symlink";
+    }
+  }
+  std::vector<std::string> strays;
+  for (const auto& entry : fs::directory_iterator(store_folder)) {
+    std::string name = entry.path().filename().string();
+    if (!known.count(name)) {
+      strays.push_back(store_dir + "/" + name);
+    }
+  }
+  if (strays.empty()) {
+    return std::nullopt;
+  }
+  std::sort(strays.begin(), strays.end());
+  std::string list;
+  for (const auto& stray : strays) {
+    list += (list.empty() ? "'" : ", '") + stray + "'";
+  }
+  return "builder for '" + spec.name + "' wrote " + list + " in the store, which " +
+         (strays.size() == 1 ? "is not one of its outputs" : "are not its outputs");
+}
+
 } // namespace
 
 BuildOutcome
@@ -684,7 +794,12 @@ run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& 
 
   outcome.log_file = options.log_file.value_or(work->path() / "build.log");
   if (outcome.log_file.has_parent_path()) {
-    fs::create_directories(outcome.log_file.parent_path());
+    std::error_code ec;
+    fs::create_directories(outcome.log_file.parent_path(), ec);
+    if (ec) {
+      throw Error("creating the folder of build log '" + outcome.log_file.string() +
+                  "': " + ec.message());
+    }
   }
   UniqueFd log_fd(::open(outcome.log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!log_fd) {
@@ -699,10 +814,9 @@ run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& 
   std::optional<RootPlan> plan;
   ChildConfig config;
   std::string cwd;
-  std::string new_root;
-  const Support& host = support();
 
   if (mode == SandboxMode::namespaces) {
+    const Support& host = support();
     const std::string& build_top = options.build_dir;
     auto env = make_env(spec, store_dir, build_top, options);
     exec.argv.push_back(fs::path(spec.builder).filename().string());
@@ -714,61 +828,11 @@ run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& 
     unsigned inside_uid = inside_is_1000 ? k_inside_uid : options.build_uid;
     unsigned inside_gid = inside_is_1000 ? k_inside_gid : options.build_gid;
 
-    new_root = (work->path() / "root").string();
-    if (::mkdir(new_root.c_str(), 0755) != 0) {
-      throw_errno("creating '" + new_root + "'");
-    }
-    plan.emplace(new_root);
-    plan->add_bind(store_folder, store_dir, false);
-    for (const auto& input : inputs) {
-      fs::path physical = store.physical_path(input);
-      std::string inside = store_dir + "/" + input.base();
-      struct stat st;
-      if (::lstat(physical.c_str(), &st) != 0) {
-        throw SandboxError("build '" + spec.name + "': input '" + inside + "' is missing from '" +
-                           physical.string() + "': " + std::strerror(errno));
-      }
-      if (S_ISLNK(st.st_mode)) {
-        plan->add_symlink(inside, fs::read_symlink(physical).string());
-      } else {
-        plan->add_bind(physical, inside, true);
-      }
-    }
-    plan->add_bind(build_folder, build_top, false);
-    for (const char* device : {"null", "zero", "full", "random", "urandom"}) {
-      std::string path = std::string("/dev/") + device;
-      plan->add_bind(path, path, false, false);
-    }
-    plan->add_mount("tmpfs", "/dev/shm", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777");
-    plan->add_symlink("/dev/fd", "/proc/self/fd");
-    plan->add_symlink("/dev/stdin", "/proc/self/fd/0");
-    plan->add_symlink("/dev/stdout", "/proc/self/fd/1");
-    plan->add_symlink("/dev/stderr", "/proc/self/fd/2");
-    plan->add_mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
-    plan->add_mount("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "mode=1777");
-    for (const auto& tool : tool_closure(spec.tools)) {
-      std::string text = tool.lexically_normal().string();
-      for (const std::string& reserved : {store_dir, build_top, std::string("/proc"),
-                                         std::string("/dev")}) {
-        if (is_within(text, reserved)) {
-          throw SandboxError("build '" + spec.name + "': tool '" + text + "' lies in '" +
-                             reserved + "', which the sandbox has its own of" +
-                             (reserved == store_dir ? " (declare store paths as inputs)" : ""));
-        }
-      }
-      plan->expose(tool);
-    }
-    plan->add_file("/etc/passwd", "root:x:0:0:root:" + std::string(k_home) +
-                                    ":/noshell\nkiln:x:" + std::to_string(inside_uid) + ":" +
-                                    std::to_string(inside_gid) + ":kiln build user:" + k_home +
-                                    ":/noshell\nnobody:x:65534:65534:nobody:/:/noshell\n");
-    plan->add_file("/etc/group", "root:x:0:\nkiln:!:" + std::to_string(inside_gid) +
-                                   ":\nnogroup:x:65534:\n");
-    plan->add_file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
+    plan.emplace(plan_new_root(store, spec, inputs, work->path(), options, inside_uid, inside_gid));
 
     cwd = build_top;
     config.steps = &plan->steps();
-    config.new_root = new_root.c_str();
+    config.new_root = plan->new_root().c_str();
     config.wait_go_first = !root;
     config.drop_ids = root;
     config.uid = options.build_uid;
@@ -882,40 +946,8 @@ run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& 
     return fail("builder for '" + spec.name + "' " + describe_status(status));
   }
 
-  // Exit status 0: every declared output must exist, and nothing else may
-  // have been written into the store folder.
-  std::set<std::string> known;
-  for (const auto& input : inputs) {
-    known.insert(input.base());
-  }
-  for (const auto& [name, path] : spec.outputs) {
-    known.insert(path.base());
-    fs::path location = store_folder / path.base();
-    struct stat st;
-    if (::lstat(location.c_str(), &st) != 0) {
-      return fail("builder for '" + spec.name + "' did not produce output '" + name + "' (" +
-                  store_dir + "/" + path.base() + ")");
-    }
-    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
-      return fail("builder for '" + spec.name + "' made output '" + name + "' (" + store_dir +
-                  "/" + path.base() + ") something other than a file, folder or symlink");
-    }
-  }
-  std::vector<std::string> strays;
-  for (const auto& entry : fs::directory_iterator(store_folder)) {
-    std::string name = entry.path().filename().string();
-    if (!known.count(name)) {
-      strays.push_back(store_dir + "/" + name);
-    }
-  }
-  if (!strays.empty()) {
-    std::sort(strays.begin(), strays.end());
-    std::string list;
-    for (const auto& stray : strays) {
-      list += (list.empty() ? "'" : ", '") + stray + "'";
-    }
-    return fail("builder for '" + spec.name + "' wrote " + list + " in the store, which " +
-                (strays.size() == 1 ? "is not one of its outputs" : "are not its outputs"));
+  if (auto why = check_outputs(spec, store_dir, store_folder, inputs)) {
+    return fail(*why);
   }
 
   delete_path(build_folder);

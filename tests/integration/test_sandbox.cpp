@@ -238,6 +238,30 @@ TEST_CASE("a sandboxed build starts in an empty /build, as uid 1000, on host 'lo
   CHECK_FALSE(fs::exists(outcome.work_dir / "build"));
 }
 
+TEST_CASE("a sandboxed build sees its tools with what they need to run", "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  // A script whose interpreter is not declared, and a folder of tools.
+  test::write_file(f.dir / "scripts" / "hello", "#!/bin/busybox sh\necho hello from a script\n",
+                   true);
+  test::write_file(f.dir / "kit" / "bin" / "greet", "#!/bin/sh\necho greetings from a kit\n",
+                   true);
+  test::write_file(f.dir / "kit" / "share" / "data.txt", "kit data\n");
+  auto spec = f.sh("tools", "{ hello; greet; cat " + (f.dir / "kit" / "share" / "data.txt").string() +
+                              "; echo $PATH; busybox ls /usr/bin; } > $out");
+  spec.tools = {"/bin/sh", "/bin/cat", f.dir / "scripts" / "hello", f.dir / "kit"};
+  BuildOutcome outcome = run_build(f.store, spec);
+  INFO(outcome.error << "\n" << log_of(outcome));
+  REQUIRE(outcome.success);
+  CHECK(read_file(outcome.output_dirs.at("out")) ==
+        "hello from a script\ngreetings from a kit\nkit data\n/bin:" +
+          (f.dir / "scripts").string() + ":" + (f.dir / "kit" / "bin").string() +
+          "\nbusybox\ncat\ndash\nsh\n");
+}
+
 TEST_CASE("a sandboxed build sees only the store paths it declared", "[sandbox]")
 {
   if (!have_namespaces()) {
@@ -313,15 +337,25 @@ TEST_CASE("a sandboxed build cannot write outside its outputs", "[sandbox]")
 
   SECTION("the file system outside /build, /tmp and the outputs is read-only")
   {
-    std::string script = "mkdir $out; for target in /etc/" + marker + " /" + marker + " /usr/bin/" +
-                         marker + " " + in + "/hello.txt " + in + "/" + marker + " " + host_file +
-                         " /proc/sys/kernel/hostname; do "
-                         "if (echo pwned > $target) 2>/dev/null; then echo \"wrote $target\"; "
-                         "else echo \"refused $target\"; fi; done > $out/report; "
-                         "if busybox umount " + in + " 2>/dev/null; then echo unmounted; fi >> $out/report; "
-                         "if busybox mount -o remount,rw " + in + " 2>/dev/null; then echo remounted; fi >> $out/report; "
-                         "if busybox chroot / true 2>/dev/null; then echo chrooted; fi >> $out/report; "
-                         "echo fine > /tmp/" + marker + " && echo 'wrote /tmp' >> $out/report";
+    std::string targets;
+    for (const std::string& target :
+         {"/etc/" + marker, "/" + marker, "/usr/bin/" + marker, in + "/hello.txt",
+          in + "/" + marker, host_file, std::string("/proc/sys/kernel/hostname")}) {
+      targets += " " + target;
+    }
+    // Each attempt reports what it achieved; none but /tmp may succeed.
+    std::string script =
+      "mkdir $out; exec > $out/report 2>/dev/null; "
+      "for target in" + targets + "; do "
+      "  if (echo pwned > $target); then echo \"wrote $target\"; "
+      "  else echo \"refused $target\"; fi; "
+      "done; "
+      "if busybox umount " + in + "; then echo unmounted; fi; "
+      "if busybox mount -o remount,rw " + in + "; then echo remounted; fi; "
+      "if busybox mount -t tmpfs none /build; then echo mounted; fi; "
+      "if busybox mknod /build/disk b 254 0; then echo mknod; fi; "
+      "if busybox chroot / true; then echo chrooted; fi; "
+      "echo fine > /tmp/" + marker + " && echo 'wrote /tmp'";
     BuildOutcome outcome = run_build(f.store, f.sh("escape", script));
     INFO(outcome.error << "\n" << log_of(outcome));
     REQUIRE(outcome.success);
@@ -332,7 +366,15 @@ TEST_CASE("a sandboxed build cannot write outside its outputs", "[sandbox]")
     CHECK(report.find("unmounted") == std::string::npos);
     CHECK(report.find("remounted") == std::string::npos);
     CHECK(report.find("chrooted") == std::string::npos);
+    CHECK(report.find("mounted") == std::string::npos);
+    CHECK(report.find("mknod") == std::string::npos);
     CHECK(report.find("refused " + in + "/hello.txt") != std::string::npos);
+    size_t refused = 0;
+    for (size_t at = report.find("refused "); at != std::string::npos;
+         at = report.find("refused ", at + 1)) {
+      ++refused;
+    }
+    CHECK(refused == 7);
     // The host is unchanged.
     CHECK_FALSE(fs::exists("/etc/" + marker));
     CHECK_FALSE(fs::exists("/" + marker));
@@ -625,12 +667,4 @@ TEST_CASE("malformed build steps are refused before anything runs", "[sandbox]")
   }
   // Nothing was left in the store's tmp/.
   CHECK(fs::is_empty(f.store.root() / "tmp"));
-}
-
-TEST_CASE("explore", "[.explore]")
-{
-  Fixture f;
-  auto spec = f.sh("explore", std::getenv("EXPLORE_SCRIPT"));
-  BuildOutcome outcome = run_build(f.store, spec);
-  fprintf(stdout, "%s\n", ("success=" + std::to_string(outcome.success) + " error=" + outcome.error + "\n" + log_of(outcome)).c_str()); //  << outcome.success << " error=" << outcome.error << "\n" << log_of(outcome) << std::endl;
 }

@@ -18,14 +18,16 @@
 // Everything else is read-only (the root is a read-only tmpfs), the network
 // is a loopback interface only, and the builder runs as uid 1000 / gid 100
 // without capabilities. When the builder exits, every process it left behind
-// dies with its PID namespace.
+// dies with its PID namespace; so does the whole build if kiln dies. A build
+// that writes anything but its outputs into the store folder fails.
 //
 // Where namespaces are unavailable the build runs in "clean-env" mode: same
-// environment rules, but on the host file system, with the logical store
-// prefix rewritten to the physical one in the builder, its arguments and its
-// environment. `BuildOutcome::mode` records which mode built the outputs;
-// the caller stores it in their metadata. Output paths (and so hashes) are
-// always the logical ones.
+// environment rules, but on the host file system (no isolation), with the
+// logical store prefix rewritten to the physical one in the builder, its
+// arguments and its environment; processes left behind are still killed
+// (the build runs under a subreaper). `BuildOutcome::mode` records which
+// mode built the outputs; the caller stores it in their metadata. Output
+// paths (and so hashes) are always the logical ones.
 #pragma once
 
 #include <kiln/store/local_store.hpp>
@@ -92,10 +94,11 @@ struct SandboxOptions
   std::optional<std::filesystem::path> log_file;
   size_t log_tail_lines = 25;                // lines kept in BuildOutcome::log_tail
   unsigned build_cores = 1;                  // NIX_BUILD_CORES
-  // Host uid and gid the builder runs as when kiln runs as root (a build
-  // without root runs as the user). Inside, it is always uid 1000, gid 100.
-  // Default: a range no user or container manager hands out (next to Nix's
-  // auto-allocated build uids).
+  // Host uid and gid the builder runs as, in namespaces mode, when kiln runs
+  // as root (without root, a build runs as the user). Inside it is uid 1000,
+  // gid 100 — unless the kernel refuses root a user namespace, when it is
+  // these. Default: ids no user or container manager hands out (beside
+  // Nix's auto-allocated build uids).
   unsigned build_uid = 0x35000000;
   unsigned build_gid = 0x35000000;
   // Called with each chunk of build output as it arrives (e.g. to show it).
@@ -105,7 +108,7 @@ struct SandboxOptions
 struct BuildOutcome
 {
   bool success = false;
-  std::string error;                         // why it failed: exit status, signal, timeout, missing output
+  std::string error;                         // why it failed (exit status, signal, timeout, ...)
   SandboxMode mode = SandboxMode::clean_env; // which mode built it: record it with the outputs
   std::filesystem::path log_file;            // the full log
   std::string log_tail;                      // its last lines
