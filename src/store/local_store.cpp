@@ -453,8 +453,25 @@ struct LocalStore::Impl
       // Left over by a killed process: it was never registered.
       delete_path(final_path);
     }
+    // Moving a folder to another parent rewrites its "..", which needs write
+    // permission on it when we are not root: open it up for the move only.
+    struct stat st;
+    bool read_only_dir = ::lstat(temp.c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
+                         (st.st_mode & S_IWUSR) == 0;
+    if (read_only_dir) {
+      ::chmod(temp.c_str(), 0755);
+    }
     if (::rename(temp.c_str(), final_path.c_str()) != 0) {
-      throw_errno("moving '" + temp.string() + "' to '" + final_path.string() + "'");
+      int saved = errno;
+      if (read_only_dir) {
+        ::chmod(temp.c_str(), st.st_mode & 07777);
+      }
+      throw SystemError("moving '" + temp.string() + "' to '" + final_path.string() + "'", saved);
+    }
+    if (read_only_dir) {
+      ::chmod(final_path.c_str(), st.st_mode & 07777);
+      const struct timespec times[2] = {{1, 0}, {1, 0}};
+      ::utimensat(AT_FDCWD, final_path.c_str(), times, 0);
     }
     fsync_directory(objects);
     register_path(info);
