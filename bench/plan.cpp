@@ -9,6 +9,7 @@
 #include <chrono>
 #include <iostream>
 #include <random>
+#include <unordered_map>
 
 using namespace kiln;
 using Clock = std::chrono::steady_clock;
@@ -28,7 +29,7 @@ main(int argc, char** argv)
   for (size_t n : sizes) {
     std::mt19937 rng(1);
     std::vector<StorePath> paths;
-    std::map<StorePath, Derivation> drvs;
+    std::unordered_map<StorePath, Derivation> drvs;
     for (size_t i = 0; i < n; ++i) {
       std::string hash = nix32_encode(
         compress_hash(hash_string(HashAlgo::sha256, std::to_string(i)).bytes(), 20));

@@ -9,6 +9,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 namespace kiln {
 
@@ -76,7 +77,7 @@ to_string(StepStatus status)
 struct BuildGraph::Impl
 {
   std::vector<StorePath> nodes;
-  std::map<StorePath, size_t> index;
+  std::unordered_map<StorePath, size_t> index;
   std::vector<Derivation> drvs;
   std::vector<std::vector<StorePath>> inputs;
   Graph graph;
@@ -201,7 +202,7 @@ public:
     for (auto& w : workers) {
       w.join();
     }
-    return m_results;
+    return {m_results.begin(), m_results.end()};
   }
 
 private:
@@ -405,10 +406,10 @@ private:
   const RealiseOptions& m_options;
   std::mutex m_mutex;
   std::condition_variable m_wake;
-  std::map<StorePath, Plan> m_plan;
-  std::map<StorePath, StepResult> m_results;
-  std::map<StorePath, size_t> m_waiting;
-  std::map<StorePath, std::vector<StorePath>> m_dependents;
+  std::unordered_map<StorePath, Plan> m_plan;
+  std::unordered_map<StorePath, StepResult> m_results;
+  std::unordered_map<StorePath, size_t> m_waiting;
+  std::unordered_map<StorePath, std::vector<StorePath>> m_dependents;
   std::deque<StorePath> m_build_queue;
   std::deque<StorePath> m_substitute_queue;
   size_t m_unfinished = 0;

@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <functional>
 
 namespace kiln {
 
@@ -101,3 +102,15 @@ private:
 };
 
 } // namespace kiln
+
+// Store paths as keys of unordered containers (the hash part is already a
+// hash, so its first bytes make a fine one).
+template <>
+struct std::hash<kiln::StorePath>
+{
+  size_t
+  operator()(const kiln::StorePath& path) const noexcept
+  {
+    return std::hash<std::string_view>{}(path.hash_part());
+  }
+};
