@@ -153,9 +153,7 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
       bool found = false;
       for (auto* cache : options.caches) {
         auto narinfo = cache->query(out);
-        if (narinfo && (options.policy.required() == 0 ||
-                        options.policy.accepts(path_fingerprint(dir, narinfo->info),
-                                               narinfo->info.signatures))) {
+        if (narinfo && is_trusted(options.policy, dir, narinfo->info)) {
           found = true;
           break;
         }

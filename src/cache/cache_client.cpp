@@ -69,16 +69,22 @@ self_certifying(const StoreDir& store_dir, const PathInfo& info)
   if (!info.ca) {
     return false;
   }
-  auto refs = info.references;
-  bool self = refs.erase(info.path) > 0;
   try {
-    return store_dir.make_fixed_output_path(info.path.name(), *info.ca, refs, self) == info.path;
+    return content_address_path(store_dir, info) == info.path;
   } catch (const Error&) {
     return false;
   }
 }
 
 } // namespace
+
+bool
+is_trusted(const TrustPolicy& policy, const StoreDir& store_dir, const PathInfo& info)
+{
+  return policy.required() == 0 ||
+         policy.accepts(path_fingerprint(store_dir, info), info.signatures) ||
+         self_certifying(store_dir, info);
+}
 
 NegativeCache::NegativeCache(fs::path dir, std::chrono::seconds ttl)
   : m_dir(std::move(dir)), m_ttl(ttl)
@@ -381,12 +387,11 @@ substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const Tru
           continue;
         }
         const PathInfo& info = answers[job]->info;
-        std::string fp = path_fingerprint(store_dir, info);
-        if (policy.required() == 0 || policy.accepts(fp, info.signatures) ||
-            self_certifying(store_dir, info)) {
+        if (is_trusted(policy, store_dir, info)) {
           candidates.push_back({c, *answers[job]});
         } else {
-          why += (why.empty() ? "" : "; ") + usable[c]->url() + " " + policy.explain(fp, info.signatures);
+          why += (why.empty() ? "" : "; ") + usable[c]->url() + " " +
+                 policy.explain(path_fingerprint(store_dir, info), info.signatures);
           say("warning: ignoring '" + store_dir.print(path) + "' from " + usable[c]->url() +
               ": not signed by enough trusted keys");
         }

@@ -72,9 +72,6 @@ public:
     fs::path target = m_root / key;
     make_parent(target);
     write_file_atomic(target, data);
-    // The rename must be durable before anything refers to this file (a
-    // narinfo is written only after its NAR).
-    fsync_directory(target.parent_path());
   }
 
   void

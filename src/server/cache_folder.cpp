@@ -278,7 +278,6 @@ CacheFolder::put_cache_info(std::string_view text)
                       info.store_dir + "'");
   }
   write_file_atomic(m_config.path / "nix-cache-info", text);
-  fsync_directory(m_config.path);
 }
 
 bool
@@ -460,7 +459,6 @@ CacheFolder::publish_narinfo(std::string_view hash_part, std::string_view text)
       }
       write_file_atomic(m_config.path / (std::string(hash_part) + ".narinfo"),
                         existing->to_string(m_store_dir));
-      fsync_directory(m_config.path);
       return {200, "already published; signatures added", sign_here};
     }
   }
@@ -509,7 +507,6 @@ CacheFolder::publish_narinfo(std::string_view hash_part, std::string_view text)
   }
   write_file_atomic(m_config.path / (std::string(hash_part) + ".narinfo"),
                     narinfo.to_string(m_store_dir));
-  fsync_directory(m_config.path);
   return {201, "published " + m_store_dir.print(path) + (sign_here ? " (signed by the server)" : ""),
           sign_here};
 }

@@ -261,6 +261,14 @@ path_fingerprint(const StoreDir& store_dir, const PathInfo& info)
          ";" + std::to_string(info.nar_size) + ";" + refs;
 }
 
+StorePath
+content_address_path(const StoreDir& store_dir, const PathInfo& info)
+{
+  auto refs = info.references;
+  bool self = refs.erase(info.path) > 0;
+  return store_dir.make_fixed_output_path(info.path.name(), *info.ca, refs, self);
+}
+
 bool
 VerifyResult::ok() const
 {
@@ -395,6 +403,18 @@ struct LocalStore::Impl
       info.references.insert(StorePath(refs.column_text(0)));
     }
     return info;
+  }
+
+  // Throw unless every reference of `info` but itself is valid; `context`
+  // starts the message ("cannot add '…'").
+  void
+  require_valid_references(const PathInfo& info, const std::string& context) const
+  {
+    for (const auto& ref : info.references) {
+      if (ref != info.path && !path_id(ref)) {
+        throw Error(context + ": its reference '" + store_dir.print(ref) + "' is not valid");
+      }
+    }
   }
 
   // Record `info` as valid. Its references must be valid already (or be the
@@ -748,11 +768,9 @@ PreparedPath::~PreparedPath()
 void
 LocalStore::add_nar(const PathInfo& info, Source& nar)
 {
-  for (const auto& ref : info.references) {
-    if (ref != info.path && !is_valid(ref)) {
-      throw Error("cannot add '" + print(info.path) + "': its reference '" + print(ref) +
-                  "' is not valid");
-    }
+  {
+    std::lock_guard guard(m->db_mutex);
+    m->require_valid_references(info, "cannot add '" + print(info.path) + "'");
   }
   if (is_valid(info.path)) {
     return;
@@ -765,9 +783,7 @@ std::unique_ptr<PreparedPath>
 LocalStore::prepare_nar(const PathInfo& info, Source& nar)
 {
   if (info.ca) {
-    auto refs = info.references;
-    bool self = refs.erase(info.path) > 0;
-    auto expected = m->store_dir.make_fixed_output_path(info.path.name(), *info.ca, refs, self);
+    auto expected = content_address_path(m->store_dir, info);
     if (expected != info.path) {
       throw Error("'" + print(info.path) + "' does not match its content address " +
                   info.ca->to_string() + " (that would be '" + print(expected) + "')");
@@ -798,11 +814,9 @@ void
 LocalStore::commit(PreparedPath& prepared)
 {
   const PathInfo& info = prepared.m_info;
-  for (const auto& ref : info.references) {
-    if (ref != info.path && !is_valid(ref)) {
-      throw Error("cannot add '" + print(info.path) + "': its reference '" + print(ref) +
-                  "' is not valid");
-    }
+  {
+    std::lock_guard guard(m->db_mutex);
+    m->require_valid_references(info, "cannot add '" + print(info.path) + "'");
   }
   if (is_valid(info.path)) {
     return;
@@ -844,11 +858,9 @@ LocalStore::register_output(const StorePath& path, const fs::path& built,
   }
   info.deriver = deriver;
   info.build_mode = build_mode;
-  for (const auto& ref : info.references) {
-    if (ref != path && !is_valid(ref)) {
-      throw Error("output '" + print(path) + "' refers to '" + print(ref) +
-                  "', which is not valid");
-    }
+  {
+    std::lock_guard guard(m->db_mutex);
+    m->require_valid_references(info, "cannot register output '" + print(path) + "'");
   }
   auto lock = m->path_lock(path);
   if (is_valid(path)) {
@@ -947,30 +959,14 @@ LocalStore::add_root(const fs::path& link, const StorePath& path)
 {
   std::error_code ec;
   fs::path absolute_link = fs::absolute(link, ec).lexically_normal();
-  fs::path target = physical_path(path);
-  fs::path temp_link = absolute_link;
-  temp_link += ".tmp-kiln-" + std::to_string(::getpid());
-  fs::remove(temp_link, ec);
-  fs::create_symlink(target, temp_link);
-  if (::rename(temp_link.c_str(), absolute_link.c_str()) != 0) {
-    fs::remove(temp_link, ec);
-    throw_errno("creating GC root '" + absolute_link.string() + "'");
-  }
+  replace_symlink(physical_path(path), absolute_link);
   // Links inside gcroots/ are roots themselves; others are registered by an
   // indirection, named by a hash of their location.
   std::string gcroots_prefix = m->gcroots.string() + "/";
   if (!absolute_link.string().starts_with(gcroots_prefix)) {
     std::string id =
       nix32_encode(compress_hash(hash_string(HashAlgo::sha256, absolute_link.string()).bytes(), 20));
-    fs::path indirect = m->gcroots / "auto" / id;
-    fs::path temp_indirect = indirect;
-    temp_indirect += ".tmp-" + std::to_string(::getpid());
-    fs::remove(temp_indirect, ec);
-    fs::create_symlink(absolute_link, temp_indirect);
-    if (::rename(temp_indirect.c_str(), indirect.c_str()) != 0) {
-      fs::remove(temp_indirect, ec);
-      throw_errno("registering GC root '" + absolute_link.string() + "'");
-    }
+    replace_symlink(absolute_link, m->gcroots / "auto" / id);
   }
 }
 
@@ -1145,11 +1141,8 @@ LocalStore::verify(const VerifyOptions& options)
       continue;
     }
     if (info->ca && info->ca->method == ContentAddress::Method::recursive) {
-      auto refs = info->references;
-      refs.erase(path);
-      auto expected = m->store_dir.make_fixed_output_path(path.name(), *info->ca, refs,
-                                                          info->references.count(path) > 0);
-      if (expected != path || !(info->ca->hash == info->nar_hash)) {
+      if (content_address_path(m->store_dir, *info) != path ||
+          !(info->ca->hash == info->nar_hash)) {
         result.problems.push_back({VerifyProblem::Kind::bad_content_address, print(path),
                                    "its content address " + info->ca->to_string() +
                                      " does not match the path"});
@@ -1184,7 +1177,6 @@ LocalStore::verify(const VerifyOptions& options)
     }
   }
 
-  std::error_code ec;
   for (const auto& stray : stray_entries()) {
     result.problems.push_back({VerifyProblem::Kind::stray, stray.string(),
                                "on disk but not valid (left by an interrupted addition or "

@@ -159,6 +159,25 @@ write_file_atomic(const fs::path& path, std::string_view data)
     ::unlink(tmp.c_str());
     throw;
   }
+  // The rename itself must survive a crash before anything relies on it
+  // (a narinfo is published only after its NAR).
+  fsync_directory(path.has_parent_path() ? path.parent_path() : fs::path("."));
+}
+
+void
+replace_symlink(const fs::path& target, const fs::path& link)
+{
+  fs::path tmp = link;
+  tmp += ".tmp-kiln-" + std::to_string(::getpid());
+  ::unlink(tmp.c_str());
+  if (::symlink(target.c_str(), tmp.c_str()) != 0) {
+    throw_errno("creating symlink '" + tmp.string() + "'");
+  }
+  if (::rename(tmp.c_str(), link.c_str()) != 0) {
+    int saved = errno;
+    ::unlink(tmp.c_str());
+    throw SystemError("replacing symlink '" + link.string() + "'", saved);
+  }
 }
 
 void

@@ -73,6 +73,11 @@ private:
   std::optional<CacheInfo> m_info;
 };
 
+// May `info`, as a cache describes it, be taken under `policy`? Yes if it is
+// signed by enough distinct trusted keys, if the policy needs no signature,
+// or if it is content-addressed (its path vouches for its content).
+bool is_trusted(const TrustPolicy& policy, const StoreDir& store_dir, const PathInfo& info);
+
 using ProgressFn = std::function<void(const std::string&)>;
 
 struct SubstituteOptions

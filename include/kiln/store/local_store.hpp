@@ -51,6 +51,10 @@ struct PathInfo
 //   1;<store path>;sha256:<nix32 NAR hash>;<NAR size>;<sorted, comma-joined reference paths>
 std::string path_fingerprint(const StoreDir& store_dir, const PathInfo& info);
 
+// The path `info.ca` (which must be set) gives an object of `info`'s name and
+// references; a content-addressed path is valid only if it equals this.
+StorePath content_address_path(const StoreDir& store_dir, const PathInfo& info);
+
 struct LocalStoreConfig
 {
   std::filesystem::path root;                       // where the store lives on disk

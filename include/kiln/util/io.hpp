@@ -145,8 +145,12 @@ void write_all(int fd, std::string_view data, std::string_view what);
 std::string read_file(const std::filesystem::path& path);
 
 // Write `data` to `path` atomically: temporary file in the same folder,
-// fsync, rename over `path`.
+// fsync, rename over `path`, fsync the folder.
 void write_file_atomic(const std::filesystem::path& path, std::string_view data);
+
+// Make `link` a symlink to `target`, replacing whatever link was there in one
+// step (temporary link + rename), so readers never see it missing.
+void replace_symlink(const std::filesystem::path& target, const std::filesystem::path& link);
 
 // Delete `path` and everything below it, making read-only folders writable
 // first (store objects are read-only). Missing paths are not an error.
