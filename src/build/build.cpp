@@ -185,8 +185,8 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     spec.max_silent_time = options.max_silent_time;
     std::set<StorePath> direct = drv.input_srcs;
     for (const auto& [input, names] : drv.input_drvs) {
-      const Derivation& in = graph.contains(input) ? graph.derivation(input)
-                                                   : read_derivation(store, input);
+      // The graph holds every input derivation: it is their closure.
+      const Derivation& in = graph.derivation(input);
       for (const auto& name : names) {
         direct.insert(dir.parse(in.outputs.at(name).path));
       }

@@ -109,9 +109,17 @@ register_build_commands(CLI::App& app, Context& ctx)
       }
       auto results = build_derivations(store, drvs, options);
 
+      // Each derivation's "out" path, read once.
+      std::map<StorePath, std::string> out_of;
+      auto out_path = [&](const StorePath& drv) -> const std::string& {
+        auto it = out_of.find(drv);
+        if (it == out_of.end()) {
+          it = out_of.emplace(drv, read_derivation(store, drv).outputs.at("out").path).first;
+        }
+        return it->second;
+      };
       int status = 0;
       for (const auto& [drv, result] : results) {
-        const Derivation d = read_derivation(store, drv);
         if (result.status == StepStatus::failed) {
           status = 1;
           std::cerr << "kiln: error: " << result.error << "\n";
@@ -120,7 +128,7 @@ register_build_commands(CLI::App& app, Context& ctx)
           std::string n(drv.name());
           nlohmann::json j = {{"name", label.count(drv) ? label[drv] : n.substr(0, n.size() - 4)},
                               {"drv", dir.print(drv)},
-                              {"path", d.outputs.at("out").path},
+                              {"path", out_path(drv)},
                               {"status", to_string(result.status)}};
           if (!result.error.empty()) {
             j["error"] = result.error;
@@ -136,7 +144,7 @@ register_build_commands(CLI::App& app, Context& ctx)
           status = 1;
           continue;
         }
-        auto out = dir.parse(read_derivation(store, drv).outputs.at("out").path);
+        auto out = dir.parse(out_path(drv));
         if (!args->no_link) {
           std::string link = drvs.size() == 1 ? "result" : "result-" + label[drv];
           store.add_root(link, out);
