@@ -181,6 +181,15 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     spec.args = drv.args;
     spec.env = drv.env;
     spec.tools = declared_tools(drv);
+    if (drv.builder.starts_with("builtin:")) {
+      auto builtin = options.builtins.find(drv.builder);
+      if (builtin == options.builtins.end()) {
+        throw Error("'" + dir.print(drv_path) + "' needs the builder '" + drv.builder +
+                    "', which only the command that made it provides (for Cargo units: "
+                    "`kiln build` in the project)");
+      }
+      builtin->second(drv, spec);
+    }
     spec.timeout = options.timeout;
     spec.max_silent_time = options.max_silent_time;
     std::set<StorePath> direct = drv.input_srcs;
@@ -209,12 +218,20 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     for (const auto& [name, out] : spec.outputs) {
       candidates.insert(out);
     }
+    std::vector<StorePath> registered;
     for (const auto& [name, built] : outcome.output_dirs) {
       store.register_output(spec.outputs.at(name), built, candidates, drv_path,
                             std::string(to_string(outcome.mode)));
+      registered.push_back(spec.outputs.at(name));
+    }
+    if (options.on_built) {
+      options.on_built(drv_path, registered);
     }
   };
   hooks.progress = [&](const StorePath& drv, const std::string& event) {
+    if (options.on_step) {
+      options.on_step(drv, event);
+    }
     std::string name(drv.name());
     name = name.substr(0, name.size() - 4);
     // Failures are reported once, in full, by the caller.

@@ -1,7 +1,9 @@
 // kiln build, kiln log
 #include "cli.hpp"
+#include "cmd_cargo.hpp"
 
 #include <kiln/build/build.hpp>
+#include <kiln/cargo/workspace.hpp>
 #include <kiln/util/error.hpp>
 
 #include <nlohmann/json.hpp>
@@ -30,10 +32,13 @@ void
 register_build_commands(CLI::App& app, Context& ctx)
 {
   auto args = std::make_shared<BuildArgs>();
+  auto cargo_args = std::make_shared<CargoArgs>();
   auto* build = app.add_subcommand(
-    "build", "Build the derivations of a kiln.yaml (or .drv paths): present outputs are kept, "
-             "trusted caches are used, the rest is built in the sandbox");
-  build->add_option("-f,--file", args->file, "The build file")->capture_default_str();
+    "build", "Build a Cargo project (in a folder with Cargo.toml and no kiln.yaml), the "
+             "derivations of a kiln.yaml, or .drv paths: present outputs are kept, trusted "
+             "caches are used, the rest is built in the sandbox");
+  auto* file_option =
+    build->add_option("-f,--file", args->file, "The build file")->capture_default_str();
   build->add_option("TARGET", args->targets,
                     "Entries of the build file, or .drv store paths (default: every entry)");
   build->add_flag("--json", args->json,
@@ -44,7 +49,22 @@ register_build_commands(CLI::App& app, Context& ctx)
   build->add_option("--timeout", args->timeout, "Kill a build step after this many seconds");
   build->add_option("--max-silent-time", args->max_silent_time,
                     "Kill a build step silent for this many seconds");
-  build->callback([&ctx, args] {
+  add_cargo_options(*build, *cargo_args);
+  build->callback([&ctx, args, cargo_args, build, file_option] {
+    // A Cargo project unless a build file or .drv paths are asked for.
+    std::error_code ec;
+    bool cargo_project = cargo_options_given(*build) ||
+                         (file_option->count() == 0 && args->targets.empty() &&
+                          !std::filesystem::exists(args->file, ec) &&
+                          cargo::find_manifest(std::filesystem::current_path()).has_value());
+    if (cargo_project) {
+      ctx.action = [&ctx, args, cargo_args] {
+        BuildCommonArgs common{args->json, args->keep_going, args->no_link, args->timeout,
+                               args->max_silent_time};
+        return cargo_build(ctx, *cargo_args, common);
+      };
+      return;
+    }
     ctx.action = [&ctx, args] {
       auto& store = ctx.store();
       const StoreDir& dir = store.store_dir();

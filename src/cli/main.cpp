@@ -2,6 +2,7 @@
 // 1 on failure, 2 on bad usage; errors are one line on stderr.
 #include "cli.hpp"
 
+#include <kiln/cargo/units.hpp>
 #include <kiln/util/error.hpp>
 
 #include <sys/stat.h>
@@ -96,6 +97,10 @@ int
 main(int argc, char** argv)
 {
   using namespace kiln;
+  // The builder of Cargo units, run by kiln itself inside the sandbox.
+  if (argc == 2 && std::string_view(argv[1]) == "__rust-unit") {
+    return cargo::run_rust_unit();
+  }
   // A peer closing a connection must be an error, not a silent death.
   std::signal(SIGPIPE, SIG_IGN);
   cli::Context ctx;

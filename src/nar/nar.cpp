@@ -227,8 +227,8 @@ namespace {
 class Walker
 {
 public:
-  Walker(FsObjectSink& sink, std::string display_root)
-    : m_sink(sink), m_root(std::move(display_root)), m_buffer(k_io_chunk)
+  Walker(FsObjectSink& sink, std::string display_root, const PathFilter& filter)
+    : m_sink(sink), m_root(std::move(display_root)), m_buffer(k_io_chunk), m_filter(filter)
   {
   }
 
@@ -338,8 +338,11 @@ private:
     std::sort(names.begin(), names.end());
     m_sink.create_directory(rel);
     for (const auto& entry_name : names) {
-      walk(fd.get(), entry_name.c_str(), rel.empty() ? entry_name : rel + "/" + entry_name,
-           depth + 1);
+      std::string entry_rel = rel.empty() ? entry_name : rel + "/" + entry_name;
+      if (m_filter && !m_filter(entry_rel)) {
+        continue;
+      }
+      walk(fd.get(), entry_name.c_str(), entry_rel, depth + 1);
     }
     m_sink.end_directory(rel);
   }
@@ -347,22 +350,23 @@ private:
   FsObjectSink& m_sink;
   std::string m_root;
   std::vector<char> m_buffer;
+  const PathFilter& m_filter;
 };
 
 } // namespace
 
 void
-walk_path(const fs::path& path, FsObjectSink& sink)
+walk_path(const fs::path& path, FsObjectSink& sink, const PathFilter& filter)
 {
-  Walker walker(sink, path.string());
+  Walker walker(sink, path.string(), filter);
   walker.walk(AT_FDCWD, path.c_str(), "", 0);
 }
 
 void
-dump_path(const fs::path& path, Sink& out)
+dump_path(const fs::path& path, Sink& out, const PathFilter& filter)
 {
   NarWriter writer(out);
-  walk_path(path, writer);
+  walk_path(path, writer, filter);
   writer.finish();
 }
 

@@ -680,7 +680,7 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
   ContentAddress ca{ContentAddress::Method::recursive, Hash()};
   {
     HashSink hash;
-    dump_path(source, hash);
+    dump_path(source, hash, options.filter);
     ca.hash = hash.finish();
   }
   StorePath path = m->store_dir.make_fixed_output_path(name, ca);
@@ -694,7 +694,7 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
       NarWriter nar(hash);
       Restorer copy(temp);
       TeeFsObjectSink both(nar, copy);
-      walk_path(source, both);
+      walk_path(source, both, options.filter);
       nar.finish();
       uint64_t nar_size = hash.bytes_written();
       if (!(hash.finish() == ca.hash)) {

@@ -7,9 +7,11 @@
 #include <kiln/cache/cache_client.hpp>
 #include <kiln/derivation/derivation.hpp>
 #include <kiln/graph/graph.hpp>
+#include <kiln/sandbox/sandbox.hpp>
 #include <kiln/store/local_store.hpp>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,6 +31,12 @@ std::map<std::string, StorePath> instantiate(LocalStore& store, const BuildFile&
 // The platform kiln builds for here ("x86_64-linux").
 std::string host_platform();
 
+// A builder kiln provides itself ("builtin:<name>" in a derivation): turns
+// the derivation into the sandboxed step that runs it — the program, and
+// what it needs of the host that is not part of the derivation's identity
+// (the path of a toolchain whose identity the derivation records).
+using BuiltinBuilder = std::function<void(const Derivation& drv, BuildSpec& spec)>;
+
 struct BuildOptions
 {
   unsigned jobs = 1;
@@ -39,7 +47,13 @@ struct BuildOptions
   TrustPolicy policy;
   unsigned connections = 16;
   ProgressFn progress;                // human-readable lines
+  // Each step as it starts and ends ("building", "built", "substituting", ...).
+  std::function<void(const StorePath& drv, const std::string& event)> on_step;
   std::function<void(std::string_view)> on_build_output;
+  std::map<std::string, BuiltinBuilder> builtins;   // by builder ("builtin:rust-unit")
+  // Called after each derivation is built (not substituted), with its outputs
+  // valid: e.g. to push them to a cache at once.
+  std::function<void(const StorePath& drv, const std::vector<StorePath>& outputs)> on_built;
 };
 
 // Realise the outputs of `drvs`; returns what happened to each derivation.

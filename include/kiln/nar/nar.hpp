@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -104,12 +105,17 @@ private:
   FsObjectSink& m_b;
 };
 
+// Which entries below the top of a walk to include, by path relative to the
+// top ("src/lib.rs"); an excluded folder is skipped whole. Empty = all.
+using PathFilter = std::function<bool(const std::string& rel)>;
+
 // Walk the file, symlink or directory at `path` (not following a symlink at
 // the top) and emit its events. Other file types are an error naming them.
-void walk_path(const std::filesystem::path& path, FsObjectSink& sink);
+void walk_path(const std::filesystem::path& path, FsObjectSink& sink,
+               const PathFilter& filter = {});
 
 // Write the NAR of `path` to `out`.
-void dump_path(const std::filesystem::path& path, Sink& out);
+void dump_path(const std::filesystem::path& path, Sink& out, const PathFilter& filter = {});
 
 // Read one NAR from `in` and emit its events, checking every rule above.
 // Errors are FormatError with the byte offset of the fault. With

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <kiln/hash/hash.hpp>
+#include <kiln/nar/nar.hpp>
 #include <kiln/store/store_path.hpp>
 #include <kiln/util/io.hpp>
 
@@ -65,6 +66,7 @@ struct AddOptions
 {
   std::optional<std::string> name;                  // default: base name of the source
   std::optional<std::filesystem::path> root_link;   // make this symlink a GC root
+  PathFilter filter;                                 // entries to leave out (default: none)
 };
 
 struct GcOptions

@@ -1,0 +1,340 @@
+// The in-sandbox half of "builtin:rust-unit": `kiln __rust-unit` reads the
+// unit from its environment, fills in the host paths that are not part of
+// its identity (@RUSTC@, @CARGO@, ...), applies the directives of the build
+// scripts it depends on, and runs rustc or the build script.
+#include <kiln/cargo/units.hpp>
+#include <kiln/util/io.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+
+extern char** environ;
+
+namespace kiln::cargo {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+std::string
+parse_build_script_output(const std::string& stdout_text, std::string& error,
+                          std::vector<std::string>& warnings)
+{
+  json d = {{"cfgs", json::array()},        {"check_cfgs", json::array()},
+            {"env", json::array()},         {"link_libs", json::array()},
+            {"link_search", json::array()}, {"link_args", json::array()},
+            {"metadata", json::array()}};
+  std::istringstream lines(stdout_text);
+  for (std::string line; std::getline(lines, line);) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) {
+      line.pop_back();
+    }
+    bool new_syntax = line.starts_with("cargo::");
+    if (!new_syntax && !line.starts_with("cargo:")) {
+      continue;
+    }
+    std::string rest = line.substr(new_syntax ? 7 : 6);
+    auto eq = rest.find('=');
+    if (eq == std::string::npos) {
+      continue;
+    }
+    std::string key = rest.substr(0, eq);
+    std::string value = rest.substr(eq + 1);
+    if (key == "rustc-cfg") {
+      d["cfgs"].push_back(value);
+    } else if (key == "rustc-check-cfg") {
+      d["check_cfgs"].push_back(value);
+    } else if (key == "rustc-env") {
+      auto e = value.find('=');
+      if (e != std::string::npos) {
+        d["env"].push_back({value.substr(0, e), value.substr(e + 1)});
+      }
+    } else if (key == "rustc-link-lib") {
+      d["link_libs"].push_back(value);
+    } else if (key == "rustc-link-search") {
+      d["link_search"].push_back(value);
+    } else if (key == "rustc-flags") {
+      // Only -l and -L are allowed here.
+      std::istringstream words(value);
+      std::vector<std::string> w{std::istream_iterator<std::string>(words), {}};
+      for (size_t i = 0; i < w.size(); ++i) {
+        std::string flag = w[i], arg;
+        if (flag.size() > 2) {
+          arg = flag.substr(2);
+          flag = flag.substr(0, 2);
+        } else if (i + 1 < w.size()) {
+          arg = w[++i];
+        }
+        if (flag == "-l") {
+          d["link_libs"].push_back(arg);
+        } else if (flag == "-L") {
+          d["link_search"].push_back(arg);
+        }
+      }
+    } else if (key.starts_with("rustc-link-arg")) {
+      std::string scope = key.substr(14); // "", "-bins", "-bin", "-cdylib", "-tests", ...
+      if (scope == "-bin") {
+        auto e = value.find('=');
+        d["link_args"].push_back({{"scope", "bin"}, {"bin", value.substr(0, e)},
+                                  {"arg", e == std::string::npos ? "" : value.substr(e + 1)}});
+      } else {
+        d["link_args"].push_back({{"scope", scope.empty() ? "all" : scope.substr(1)}, {"arg", value}});
+      }
+    } else if (key == "rustc-cdylib-link-arg") {
+      d["link_args"].push_back({{"scope", "cdylib"}, {"arg", value}});
+    } else if (key == "warning") {
+      warnings.push_back(value);
+    } else if (key == "error") {
+      if (error.empty()) {
+        error = value;
+      }
+    } else if (key == "rerun-if-changed" || key == "rerun-if-env-changed") {
+      // Freshness only: kiln's keys are content hashes.
+    } else if (key == "metadata") {
+      auto e = value.find('=');
+      if (e != std::string::npos) {
+        d["metadata"].push_back({value.substr(0, e), value.substr(e + 1)});
+      }
+    } else if (!new_syntax) {
+      // Old syntax: any other key is metadata for dependents (DEP_*).
+      d["metadata"].push_back({key, value});
+    }
+  }
+  return d.dump(1);
+}
+
+namespace {
+
+std::string
+substitute(std::string text, const std::map<std::string, std::string>& values)
+{
+  for (const auto& [from, to] : values) {
+    for (size_t pos = text.find(from); pos != std::string::npos; pos = text.find(from, pos + to.size())) {
+      text.replace(pos, from.size(), to);
+    }
+  }
+  return text;
+}
+
+// Run `argv` in `cwd` with the current environment plus `env`; stdout goes
+// to `stdout_file` when given (else it is inherited). Returns the status.
+int
+run(const std::vector<std::string>& argv, const std::string& cwd,
+    const std::map<std::string, std::string>& env, const std::optional<fs::path>& stdout_file)
+{
+  std::map<std::string, std::string> all;
+  for (char** e = environ; *e; ++e) {
+    std::string entry = *e;
+    auto eq = entry.find('=');
+    if (!entry.starts_with("KILN_UNIT_") && entry.substr(0, eq) != k_unit_env) {
+      all[entry.substr(0, eq)] = entry.substr(eq + 1);
+    }
+  }
+  for (const auto& [k, v] : env) {
+    all[k] = v;
+  }
+  std::vector<std::string> env_strings;
+  for (const auto& [k, v] : all) {
+    env_strings.push_back(k + "=" + v);
+  }
+  std::vector<char*> envp, args;
+  for (auto& e : env_strings) {
+    envp.push_back(e.data());
+  }
+  envp.push_back(nullptr);
+  std::vector<std::string> argv_copy = argv;
+  for (auto& a : argv_copy) {
+    args.push_back(a.data());
+  }
+  args.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    throw_errno("fork");
+  }
+  if (pid == 0) {
+    if (stdout_file) {
+      int fd = ::open(stdout_file->c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0 || ::dup2(fd, 1) < 0) {
+        _exit(126);
+      }
+    }
+    if (::chdir(cwd.c_str()) != 0) {
+      std::string msg = "kiln: cannot enter '" + cwd + "': " + std::strerror(errno) + "\n";
+      (void)!::write(2, msg.data(), msg.size());
+      _exit(126);
+    }
+    ::execve(args[0], args.data(), envp.data());
+    std::string msg = std::string("kiln: cannot run ") + args[0] + ": " + std::strerror(errno) + "\n";
+    (void)!::write(2, msg.data(), msg.size());
+    _exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) {
+    return WEXITSTATUS(status);
+  }
+  std::cerr << "kiln: " << argv[0] << " was killed by signal " << WTERMSIG(status) << "\n";
+  return 128 + WTERMSIG(status);
+}
+
+json
+read_directives(const std::string& run_out)
+{
+  return json::parse(read_file(fs::path(run_out) / k_directives_file));
+}
+
+int
+compile(const json& spec, const std::map<std::string, std::string>& values, const std::string& out)
+{
+  std::vector<std::string> argv = {values.at("@RUSTC@")};
+  for (const auto& a : spec.at("args")) {
+    argv.push_back(substitute(a.get<std::string>(), values));
+  }
+  argv.insert(argv.end(), {"--out-dir", out});
+  std::map<std::string, std::string> env;
+  for (const auto& [k, v] : spec.at("env").items()) {
+    env[k] = substitute(v.get<std::string>(), values);
+  }
+  std::string kind = spec.at("kind");
+  // Link-search paths of every build script reached through libraries, then
+  // this package's own directives (cargo puts them last).
+  for (const auto& from : spec.at("link_search_from")) {
+    json d = read_directives(from.get<std::string>());
+    for (const auto& s : d["link_search"]) {
+      argv.insert(argv.end(), {"-L", s.get<std::string>()});
+    }
+  }
+  if (spec.contains("own_script")) {
+    json d = read_directives(spec.at("own_script").get<std::string>());
+    for (const auto& s : d["link_search"]) {
+      argv.insert(argv.end(), {"-L", s.get<std::string>()});
+    }
+    if (spec.at("apply_link_libs").get<bool>()) {
+      for (const auto& l : d["link_libs"]) {
+        argv.insert(argv.end(), {"-l", l.get<std::string>()});
+      }
+    }
+    std::vector<std::string> crate_types = spec.at("crate_types");
+    bool cdylib = std::find(crate_types.begin(), crate_types.end(), "cdylib") != crate_types.end();
+    for (const auto& a : d["link_args"]) {
+      std::string scope = a["scope"];
+      bool applies = scope == "all" || (scope == "bins" && kind == "bin") ||
+                     (scope == "bin" && spec.contains("bin_name") && a["bin"] == spec["bin_name"]) ||
+                     (scope == "cdylib" && cdylib);
+      if (applies && kind != "build-script") {
+        argv.insert(argv.end(), {"-C", "link-arg=" + a["arg"].get<std::string>()});
+      }
+    }
+    for (const auto& c : d["cfgs"]) {
+      argv.insert(argv.end(), {"--cfg", c.get<std::string>()});
+    }
+    for (const auto& c : d["check_cfgs"]) {
+      argv.insert(argv.end(), {"--check-cfg", c.get<std::string>()});
+    }
+    for (const auto& e : d["env"]) {
+      env[e[0].get<std::string>()] = e[1].get<std::string>();
+    }
+  }
+  int status = run(argv, spec.at("cwd"), env, std::nullopt);
+  if (status != 0) {
+    return status;
+  }
+  std::string extra = spec.at("extra_filename");
+  std::string crate = spec.at("crate_name");
+  if (kind == "bin") {
+    fs::create_directories(fs::path(out) / "bin");
+    fs::rename(fs::path(out) / (crate + extra),
+               fs::path(out) / "bin" / spec.at("bin_name").get<std::string>());
+  } else if (kind == "build-script") {
+    fs::rename(fs::path(out) / (crate + extra), fs::path(out) / "build-script-build");
+  }
+  return 0;
+}
+
+int
+run_build_script(const json& spec, const std::map<std::string, std::string>& values,
+                 const std::string& out)
+{
+  std::map<std::string, std::string> env;
+  for (const auto& [k, v] : spec.at("env").items()) {
+    env[k] = substitute(v.get<std::string>(), values);
+  }
+  for (const auto& dep : spec.at("links_deps")) {
+    std::string links = dep.at("links");
+    json d = read_directives(dep.at("from").get<std::string>());
+    for (const auto& kv : d["metadata"]) {
+      auto upper = [](std::string s) {
+        for (auto& c : s) {
+          c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        }
+        return s;
+      };
+      env["DEP_" + upper(links) + "_" + upper(kv[0].get<std::string>())] = kv[1].get<std::string>();
+    }
+  }
+  fs::create_directories(fs::path(out) / "out");
+  fs::path output = fs::path(out) / "output";
+  int status = run({substitute(spec.at("program").get<std::string>(), values)},
+                   spec.at("cwd"), env, output);
+  std::string text = read_file(output);
+  if (status != 0) {
+    std::cerr << "build script of " << spec.at("package").get<std::string>()
+              << " failed; its stdout:\n" << text;
+    return status;
+  }
+  std::string error;
+  std::vector<std::string> warnings;
+  std::string directives = parse_build_script_output(text, error, warnings);
+  for (const auto& w : warnings) {
+    std::cerr << "warning: " << spec.at("package").get<std::string>() << ": " << w << "\n";
+  }
+  if (!error.empty()) {
+    std::cerr << "error: " << spec.at("package").get<std::string>() << ": " << error << "\n";
+    return 1;
+  }
+  write_file_atomic(fs::path(out) / k_directives_file, directives);
+  return 0;
+}
+
+} // namespace
+
+int
+run_rust_unit()
+{
+  try {
+    const char* text = std::getenv(k_unit_env);
+    const char* out = std::getenv("out");
+    if (!text || !out) {
+      std::cerr << "kiln __rust-unit: runs only as the builder of a Cargo unit's derivation\n";
+      return 2;
+    }
+    json spec = json::parse(text);
+    auto get = [](const char* name) {
+      const char* v = std::getenv(name);
+      return std::string(v ? v : "");
+    };
+    std::map<std::string, std::string> values = {{"@RUSTC@", get("KILN_UNIT_RUSTC")},
+                                                 {"@RUSTDOC@", get("KILN_UNIT_RUSTDOC")},
+                                                 {"@CARGO@", get("KILN_UNIT_CARGO")},
+                                                 {"@NUM_JOBS@", get("KILN_UNIT_JOBS")},
+                                                 {"@out@", out}};
+    fs::create_directories(out);
+    if (spec.at("mode") == "run") {
+      return run_build_script(spec, values, out);
+    }
+    return compile(spec, values, out);
+  } catch (const std::exception& e) {
+    std::cerr << "kiln __rust-unit: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+} // namespace kiln::cargo

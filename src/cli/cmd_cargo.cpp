@@ -1,0 +1,359 @@
+// kiln build in a Cargo project: plan the units cargo would build, turn each
+// into a derivation, realise them (present, substituted or built), and link
+// the binaries into target/kiln/<profile>/ like cargo's own layout.
+#include "cmd_cargo.hpp"
+
+#include <kiln/build/build.hpp>
+#include <kiln/cargo/units.hpp>
+#include <kiln/signing/signing.hpp>
+#include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+
+namespace kiln::cli {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+const char* const k_cargo_group = "Cargo projects";
+
+std::vector<std::string>
+rustflags_from_env()
+{
+  std::vector<std::string> flags;
+  if (const char* encoded = std::getenv("CARGO_ENCODED_RUSTFLAGS"); encoded && *encoded) {
+    std::string all = encoded, current;
+    for (char c : all + "\x1f") {
+      if (c == '\x1f') {
+        flags.push_back(current);
+        current.clear();
+      } else {
+        current += c;
+      }
+    }
+    return flags;
+  }
+  if (const char* text = std::getenv("RUSTFLAGS")) {
+    std::istringstream words(text);
+    for (std::string w; words >> w;) {
+      flags.push_back(w);
+    }
+  }
+  return flags;
+}
+
+json
+plan_json(const cargo::Plan& plan)
+{
+  json units = json::array();
+  for (const auto& u : plan.units) {
+    json deps = json::array();
+    for (const auto& d : u.deps) {
+      deps.push_back({{"index", d.unit}, {"extern_crate_name", d.extern_name}});
+    }
+    const auto& p = u.profile;
+    units.push_back(
+      {{"pkg_id", u.package->id},
+       {"name", u.package->name},
+       {"version", u.package->version},
+       {"target",
+        {{"name", u.target->name}, {"kind", u.target->kind}, {"crate_types", u.target->crate_types}}},
+       {"kind", u.kind_name()},
+       {"mode", u.mode == cargo::UnitMode::run_custom_build ? "run-custom-build" : "build"},
+       {"platform", u.triple},
+       {"for_host", u.for_host},
+       {"features", u.features},
+       {"profile",
+        {{"name", p.name},
+         {"opt_level", p.opt_level},
+         {"debuginfo", p.debuginfo},
+         {"debug_assertions", p.debug_assertions},
+         {"overflow_checks", p.overflow_checks},
+         {"lto", p.lto},
+         {"panic", p.panic},
+         {"codegen_units", p.codegen_units ? json(*p.codegen_units) : json(nullptr)},
+         {"strip", p.strip}}},
+       {"dependencies", deps}});
+  }
+  return {{"version", 1}, {"units", units}, {"roots", plan.roots}};
+}
+
+std::string
+describe(const cargo::Unit& u)
+{
+  std::string text = u.package->name + " v" + u.package->version;
+  std::string kind = u.kind_name();
+  if (kind == "bin") {
+    text += " (bin \"" + u.target->name + "\")";
+  } else if (kind != "lib") {
+    text += " (" + kind + ")";
+  }
+  return text;
+}
+
+} // namespace
+
+void
+add_cargo_options(CLI::App& build, CargoArgs& args)
+{
+  build.add_flag("-r,--release", args.release, "Cargo: build with the release profile")
+    ->group(k_cargo_group);
+  build.add_option("--profile", args.profile, "Cargo: build with this profile")->group(k_cargo_group);
+  build.add_option("-F,--features", args.plan.features, "Cargo: features to enable (comma separated)")
+    ->group(k_cargo_group);
+  build.add_flag("--all-features", args.plan.all_features, "Cargo: enable every feature")
+    ->group(k_cargo_group);
+  build.add_flag("--no-default-features", args.plan.no_default_features,
+                 "Cargo: do not enable the default features")
+    ->group(k_cargo_group);
+  build.add_option("-p,--package", args.plan.packages, "Cargo: build only this package")
+    ->group(k_cargo_group);
+  build.add_flag("--workspace", args.plan.workspace, "Cargo: build every workspace member")
+    ->group(k_cargo_group);
+  build.add_option("--bin", args.plan.bins, "Cargo: build only this binary")->group(k_cargo_group);
+  build.add_flag("--lib", args.plan.lib_only, "Cargo: build only the library")->group(k_cargo_group);
+  build.add_option("--target", args.plan.target, "Cargo: build for this target triple")
+    ->group(k_cargo_group);
+  build.add_option("--manifest-path", args.manifest_path, "Cargo: the project's Cargo.toml")
+    ->group(k_cargo_group);
+  build.add_flag("--locked", args.locked, "Cargo: require Cargo.lock to be up to date")
+    ->group(k_cargo_group);
+  build.add_flag("--unit-graph", args.print_plan,
+                 "Cargo: print the planned units as JSON (like cargo's --unit-graph); build nothing")
+    ->group(k_cargo_group);
+  build.add_flag("--link-libs", args.link_libs,
+                 "Cargo: also link the selected packages' libraries into target/kiln/<profile>/")
+    ->group(k_cargo_group);
+  build.add_option("--push-to", args.push_to,
+                   "Push every path built (not substituted) to this cache as soon as it is built, "
+                   "signed with secret-key-file, with the cache's token")
+    ->group(k_cargo_group);
+}
+
+bool
+cargo_options_given(const CLI::App& build)
+{
+  for (const auto* option : build.get_options()) {
+    if (option->get_group() == k_cargo_group && option->count() > 0 &&
+        option->get_name() != "--push-to") {
+      return true;
+    }
+  }
+  return false;
+}
+
+int
+cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
+{
+  auto started = std::chrono::steady_clock::now();
+  auto& store = ctx.store();
+  const StoreDir& dir = store.store_dir();
+  const Settings& settings = ctx.settings();
+  if (args.release && args.profile && *args.profile != "release") {
+    throw UsageError("--release and --profile " + *args.profile + " contradict each other");
+  }
+  args.plan.profile = args.release ? "release" : args.profile.value_or("dev");
+  args.plan.rustflags = rustflags_from_env();
+
+  cargo::Toolchain toolchain = cargo::detect_toolchain(store.root() / "var" / "rust-toolchain.json");
+  fs::path where = args.manifest_path.empty() ? fs::current_path() : fs::path(args.manifest_path).parent_path();
+  cargo::Workspace ws = cargo::load_workspace(where, toolchain.cargo, args.locked);
+  cargo::Plan plan = cargo::plan_build(ws, toolchain, args.plan);
+  if (args.print_plan) {
+    std::cout << plan_json(plan).dump() << std::endl;
+    return 0;
+  }
+  auto units = cargo::instantiate_plan(store, ws, plan, toolchain, args.plan);
+
+  std::map<StorePath, size_t> unit_of;
+  std::vector<StorePath> targets;
+  for (size_t i = 0; i < units.size(); ++i) {
+    unit_of.emplace(units[i].drv, i);
+  }
+  for (size_t r : plan.roots) {
+    targets.push_back(units[r].drv);
+  }
+
+  std::vector<std::unique_ptr<CacheClient>> clients;
+  BuildOptions options;
+  for (const auto& url : settings.substituters) {
+    clients.push_back(ctx.open_cache(url));
+    options.caches.push_back(clients.back().get());
+  }
+  options.policy = ctx.trust_policy();
+  options.jobs = settings.jobs;
+  options.connections = settings.connections;
+  options.keep_going = common.keep_going;
+  options.timeout = std::chrono::seconds(common.timeout);
+  options.max_silent_time = std::chrono::seconds(common.max_silent_time);
+  options.builtins[cargo::k_rust_unit_builder] = cargo::rust_unit_builder(toolchain, settings.jobs);
+
+  auto mutex = std::make_shared<std::mutex>();
+  bool show = !ctx.quiet && !common.json;
+  size_t built = 0, substituted = 0;
+  options.on_step = [&, mutex](const StorePath& drv, const std::string& event) {
+    auto it = unit_of.find(drv);
+    if (it == unit_of.end()) {
+      return;
+    }
+    std::lock_guard guard(*mutex);
+    const auto& unit = plan.units[it->second];
+    if (event == "built") {
+      ++built;
+    } else if (event == "substituted") {
+      ++substituted;
+    }
+    if (!show) {
+      return;
+    }
+    const char* verb = nullptr;
+    if (event == "building") {
+      verb = unit.mode == cargo::UnitMode::run_custom_build ? "Running" : "Compiling";
+    } else if (event == "substituting") {
+      verb = "Substituting";
+    }
+    if (verb) {
+      std::fprintf(stderr, "%12s %s\n", verb, describe(unit).c_str());
+    }
+  };
+
+  // --push-to: each built path goes up as soon as it is built.
+  std::unique_ptr<CacheClient> push_cache;
+  std::optional<SecretKey> secret;
+  std::vector<std::string> push_errors;
+  size_t pushed = 0;
+  if (!args.push_to.empty()) {
+    push_cache = ctx.open_cache(args.push_to);
+    if (!settings.secret_key_file.empty()) {
+      secret = SecretKey::read_file(settings.secret_key_file);
+    } else {
+      note("--push-to without secret-key-file: the pushed paths are not signed");
+    }
+    options.on_built = [&, mutex](const StorePath&, const std::vector<StorePath>& outputs) {
+      PushOptions push_options;
+      push_options.key = secret ? &*secret : nullptr;
+      push_options.connections = settings.connections;
+      try {
+        auto result = push(store, *push_cache, outputs, push_options);
+        std::lock_guard guard(*mutex);
+        pushed += result.uploaded.size();
+      } catch (const std::exception& e) {
+        std::lock_guard guard(*mutex);
+        push_errors.push_back(e.what());
+      }
+    };
+  }
+
+  auto results = build_derivations(store, targets, options);
+
+  int status = 0;
+  for (const auto& [drv, result] : results) {
+    if (result.status != StepStatus::failed) {
+      continue;
+    }
+    status = 1;
+    auto it = unit_of.find(drv);
+    std::string what = it == unit_of.end() ? dir.print(drv) : describe(plan.units[it->second]);
+    // rustc's diagnostics, as cargo shows them: the whole log of the step.
+    std::error_code ec;
+    fs::path log = log_path(store, drv);
+    std::string log_text = fs::exists(log, ec) ? read_file(log) : "";
+    if (!log_text.empty()) {
+      std::cerr << log_text;
+    } else {
+      std::cerr << result.error << "\n";
+    }
+    std::cerr << "kiln: error: could not build " << what << " (log: kiln log " << dir.print(drv)
+              << ")\n";
+  }
+  for (const auto& e : push_errors) {
+    std::cerr << "kiln: error: pushing to " << args.push_to << ": " << e << "\n";
+    status = 1;
+  }
+
+  if (common.json) {
+    for (size_t i = 0; i < plan.units.size(); ++i) {
+      const auto& u = plan.units[i];
+      auto r = results.find(units[i].drv);
+      std::string st = r != results.end() ? to_string(r->second.status)
+                       : store.is_valid(units[i].out) ? "present"
+                                                      : "not-needed";
+      json j = {{"name", u.package->name},
+                {"version", u.package->version},
+                {"kind", u.kind_name()},
+                {"target", u.target->name},
+                {"features", u.features},
+                {"drv", dir.print(units[i].drv)},
+                {"path", dir.print(units[i].out)},
+                {"status", st}};
+      if (r != results.end() && !r->second.error.empty()) {
+        j["error"] = r->second.error;
+      }
+      std::cout << j.dump() << std::endl;
+    }
+  }
+  if (status != 0) {
+    return status;
+  }
+
+  // Link the products: target/kiln/<profile>/<bin>, each a GC root.
+  fs::path out_dir = ws.target_dir / "kiln" / plan.units[plan.roots.front()].profile.dir_name;
+  std::optional<fs::path> first;
+  for (size_t r : plan.roots) {
+    const auto& u = plan.units[r];
+    bool bin = u.target->is_bin();
+    if (!bin && !(args.link_libs && u.target->is_lib())) {
+      continue;
+    }
+    fs::path product = store.physical_path(units[r].out) / units[r].product;
+    std::string name = bin ? u.target->name : fs::path(units[r].product).filename().string();
+    if (!common.no_link) {
+      fs::create_directories(out_dir);
+      fs::path link = out_dir / name;
+      store.add_root(link, units[r].out);
+      // The root keeps the output alive; the link names the product in it.
+      replace_symlink(product, link);
+      if (!first) {
+        first = link;
+      }
+    }
+    if (!common.json) {
+      std::cout << product.string() << "\n";
+    }
+  }
+  if (!common.no_link) {
+    size_t root_index = plan.roots.front();
+    for (size_t r : plan.roots) {
+      if (plan.units[r].target->is_bin()) {
+        root_index = r;
+        break;
+      }
+    }
+    store.add_root(ws.root / "result", units[root_index].out);
+  }
+  if (show) {
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "`%s` profile: %zu units (%zu built, %zu substituted, %zu present) in %.2fs",
+                  args.plan.profile.c_str(), plan.units.size(), built, substituted,
+                  plan.units.size() - built - substituted, secs);
+    std::fprintf(stderr, "%12s %s\n", "Finished", line);
+    if (!args.push_to.empty()) {
+      std::fprintf(stderr, "%12s %zu paths to %s\n", "Pushed", pushed, args.push_to.c_str());
+    }
+  }
+  return 0;
+}
+
+} // namespace kiln::cli
