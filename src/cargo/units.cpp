@@ -34,6 +34,13 @@ source_filter(const fs::path& root, bool local)
     if (rel == "target") {
       return false;
     }
+    if (rel.starts_with("result") && rel.find('/') == std::string::npos) {
+      // kiln's (and nix's) `result` links: GC roots, not sources.
+      std::error_code ec;
+      if (fs::is_symlink(fs::symlink_status(root / rel, ec))) {
+        return false;
+      }
+    }
     if (local) {
       std::error_code ec;
       fs::path p = root / rel;

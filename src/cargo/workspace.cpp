@@ -301,14 +301,14 @@ toml_string_or_number(const toml::node* node)
   if (!node) {
     return std::nullopt;
   }
-  if (auto s = node->value<std::string>()) {
-    return *s;
+  if (node->is_string()) {
+    return *node->value<std::string>();
   }
-  if (auto b = node->value<bool>()) {
-    return *b ? "true" : "false";
+  if (node->is_boolean()) {
+    return *node->value<bool>() ? "true" : "false";
   }
-  if (auto i = node->value<int64_t>()) {
-    return std::to_string(*i);
+  if (node->is_integer()) {
+    return std::to_string(*node->value<int64_t>());
   }
   return std::nullopt;
 }

@@ -50,6 +50,7 @@ void register_cache_commands(CLI::App& app, Context& ctx);
 void register_derivation_commands(CLI::App& app, Context& ctx);
 void register_build_commands(CLI::App& app, Context& ctx);
 void register_serve_commands(CLI::App& app, Context& ctx);
+void register_doctor_commands(CLI::App& app, Context& ctx);
 
 // A CLI11 check that a path exists, without following a symlink at the end
 // (a dangling symlink is a valid thing to hash or add).

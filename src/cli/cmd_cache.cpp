@@ -1,11 +1,15 @@
-// kiln key …, kiln copy, kiln push
+// kiln key …, kiln copy, kiln push, kiln use, kiln cache gc
 #include "cli.hpp"
 
+#include <kiln/cache/cache_gc.hpp>
 #include <kiln/util/error.hpp>
+
+#include <nlohmann/json.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <ctime>
 #include <iostream>
 
 namespace kiln::cli {
@@ -35,11 +39,188 @@ progress_printer(Context& ctx)
   };
 }
 
+// "2024-05-01 12:00 UTC"
+std::string
+format_time(std::chrono::system_clock::time_point t)
+{
+  std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  ::gmtime_r(&tt, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M UTC", &tm);
+  return buf;
+}
+
+// The folder of a cache given as file:///dir or a path.
+std::filesystem::path
+cache_folder_of(const std::string& url)
+{
+  if (url.starts_with("http://") || url.starts_with("https://")) {
+    throw UsageError("kiln cache gc works on the cache's folder, not over HTTP: run it where "
+                     "the folder is (for kiln serve, the path of the cache in its config; for "
+                     "a static server, its root)");
+  }
+  std::string path = url.starts_with("file://") ? url.substr(7) : url;
+  if (path.empty()) {
+    throw UsageError("cache URL '" + url + "' names no folder");
+  }
+  return std::filesystem::absolute(path).lexically_normal();
+}
+
+void
+register_use_command(CLI::App& app, Context& ctx)
+{
+  struct UseArgs
+  {
+    std::string url;
+    std::vector<std::string> keys;
+  };
+  auto args = std::make_shared<UseArgs>();
+  auto* use = app.add_subcommand(
+    "use", "Add a binary cache to the substituters (and its public key to the trusted keys) "
+           "in your config file (--config, $KILN_CONFIG, else ~/.config/kiln/config.yaml)");
+  use->add_option("CACHE", args->url, "The cache's URL (https://…, http://…, file:///dir)")
+    ->required();
+  use->add_option("--key", args->keys, "Trust this public key (NAME:BASE64; repeatable)")
+    ->type_name("PUB");
+  use->callback([&ctx, args] {
+    ctx.action = [&ctx, args] {
+      std::string url = args->url;
+      while (url.size() > 1 && url.back() == '/') {
+        url.pop_back();
+      }
+      open_binary_cache(url);   // a URL kiln can use (no connection is made)
+      std::vector<ConfigAddition> additions = {{"substituters", url}};
+      for (const auto& key : args->keys) {
+        try {
+          PublicKey::parse(key);
+        } catch (const FormatError& e) {
+          throw UsageError("--key '" + key + "': " + e.what());
+        }
+        additions.push_back({"trusted-public-keys", key});
+      }
+      std::filesystem::path file =
+        ctx.config_file.empty() ? user_config_file() : std::filesystem::path(ctx.config_file);
+      bool rewritten = add_to_config(file, additions);
+      for (const auto& a : additions) {
+        std::string what = a.key == "substituters" ? "substituter " : "trusted public key ";
+        std::cout << (a.added ? "added " + what + a.value + " to " + file.string()
+                              : what + a.value + " is already in " + file.string())
+                  << "\n";
+      }
+      if (rewritten) {
+        note("rewrote " + file.string() + " as plain YAML (its comments were not kept)");
+      }
+      // What the file now says, and what still overrides it.
+      Settings now = load_settings({}, file);
+      for (const char* env : {"KILN_SUBSTITUTERS", "KILN_TRUSTED_PUBLIC_KEYS"}) {
+        if (get_env(env)) {
+          note(std::string("warning: $") + env + " is set and overrides the config file");
+        }
+      }
+      if (args->keys.empty() && now.require_sigs > now.trusted_public_keys.size()) {
+        note("warning: no trusted key yet: paths from " + url +
+             " are refused unless signed by one (kiln use " + url + " --key NAME:KEY)");
+      }
+      return 0;
+    };
+  });
+}
+
+void
+register_cache_gc_command(CLI::App& app, Context& ctx)
+{
+  struct GcArgs
+  {
+    std::string url;
+    std::optional<unsigned> keep_days;
+    std::string max_size;
+    bool dry_run = false;
+    bool json = false;
+  };
+  auto args = std::make_shared<GcArgs>();
+  auto* cache = app.add_subcommand("cache", "Maintain binary-cache folders");
+  cache->require_subcommand(1);
+  auto* gc = cache->add_subcommand(
+    "gc", "Drop the least recently used paths of a cache folder (last use: the latest access "
+          "or modification time of a path's narinfo and NAR), never one that a kept path "
+          "references; NAR files with their narinfos");
+  gc->add_option("CACHE", args->url, "The cache folder: file:///dir or a path")->required();
+  gc->add_option("--keep-days", args->keep_days,
+                 "Drop what has not been used for this many days");
+  gc->add_option("--max-size", args->max_size,
+                 "Then drop more, least recently used first, until the cache is no larger "
+                 "(e.g. 50G)");
+  gc->add_flag("-n,--dry-run", args->dry_run, "Only print what would be deleted");
+  gc->add_flag("--json", args->json, "Print the result as JSON");
+  gc->callback([&ctx, args] {
+    ctx.action = [&ctx, args] {
+      CacheGcOptions options;
+      if (!args->keep_days && args->max_size.empty()) {
+        throw UsageError("give --keep-days N, --max-size SIZE, or both");
+      }
+      if (args->keep_days) {
+        options.keep_for = std::chrono::hours(24) * *args->keep_days;
+      }
+      if (!args->max_size.empty()) {
+        options.max_size = parse_size(args->max_size);
+      }
+      options.dry_run = args->dry_run;
+      auto result = collect_cache_garbage(cache_folder_of(args->url), options);
+      StoreDir store_dir(result.store_dir);
+      auto seconds = [](std::chrono::system_clock::time_point t) {
+        return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+      };
+      if (args->json) {
+        nlohmann::json j;
+        j["dryRun"] = options.dry_run;
+        j["deleted"] = nlohmann::json::array();
+        for (const auto& d : result.deleted) {
+          j["deleted"].push_back({{"path", store_dir.print(d.path)},
+                                  {"bytes", d.bytes},
+                                  {"lastUsed", seconds(d.last_used)}});
+        }
+        j["bytesFreed"] = result.bytes_freed;
+        j["kept"] = result.kept.size();
+        j["bytesKept"] = result.bytes_kept;
+        j["orphansRemoved"] = result.orphans_removed;
+        j["warnings"] = result.warnings;
+        std::cout << j.dump(2) << "\n";
+        return 0;
+      }
+      for (const auto& w : result.warnings) {
+        note("warning: " + w);
+      }
+      const char* verb = options.dry_run ? "would delete " : "deleted ";
+      for (const auto& d : result.deleted) {
+        std::cout << verb << store_dir.print(d.path) << " (" << human_size(d.bytes)
+                  << ", last used " << format_time(d.last_used) << ")\n";
+      }
+      for (const auto& o : result.orphans_removed) {
+        std::cout << verb << o << " (no narinfo names it)\n";
+      }
+      if (!ctx.quiet) {
+        note(std::string(verb) + std::to_string(result.deleted.size()) + " paths" +
+             (result.orphans_removed.empty()
+                ? ""
+                : " and " + std::to_string(result.orphans_removed.size()) + " orphaned files") +
+             ", " + (options.dry_run ? "freeing " : "freed ") + human_size(result.bytes_freed) +
+             "; kept " + std::to_string(result.kept.size()) + " paths (" +
+             human_size(result.bytes_kept) + ")");
+      }
+      return 0;
+    };
+  });
+}
+
 } // namespace
 
 void
 register_cache_commands(CLI::App& app, Context& ctx)
 {
+  register_use_command(app, ctx);
+  register_cache_gc_command(app, ctx);
+
   auto* key = app.add_subcommand("key", "Create and inspect signing keys (Ed25519, Nix format)");
   key->require_subcommand(1);
 

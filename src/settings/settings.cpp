@@ -1,9 +1,13 @@
 #include <kiln/settings/settings.hpp>
 #include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
 
 #include <yaml-cpp/yaml.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <cstdlib>
 #include <thread>
@@ -69,7 +73,173 @@ default_store(const EnvLookup& env)
   return base / "kiln";
 }
 
+// The YAML of a config file: null (empty) or a mapping.
+YAML::Node
+parse_config(const std::string& text, const fs::path& file)
+{
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw UsageError(file.string() + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (root && !root.IsNull() && !root.IsMap()) {
+    throw UsageError(file.string() + ": the config file must be a mapping of settings");
+  }
+  return root;
+}
+
+// The items of a list setting, written as a list or as one space-separated string.
+std::vector<std::string>
+list_items(const YAML::Node& node)
+{
+  std::vector<std::string> out;
+  if (node && node.IsSequence()) {
+    for (const auto& item : node) {
+      if (item.IsScalar()) {
+        out.push_back(item.as<std::string>());
+      }
+    }
+  } else if (node && node.IsScalar()) {
+    out = split_spaces(node.as<std::string>());
+  }
+  return out;
+}
+
+// `value` as a YAML scalar, quoted if it needs to be.
+std::string
+yaml_scalar(const std::string& value)
+{
+  YAML::Emitter out;
+  out << value;
+  return out.c_str();
+}
+
+// Add `value` to the list `key` by inserting one line into `text`: a new
+// "key:" block at the end if the key is absent, or an item after the last
+// one of a block list. False if the list is written some other way.
+bool
+insert_list_item(std::string& text, const YAML::Node& root, const std::string& key,
+                 const std::string& value)
+{
+  const YAML::Node& const_root = root;
+  YAML::Node node = const_root[key];
+  if (!node) {
+    if (!text.empty() && text.back() != '\n') {
+      text += '\n';
+    }
+    text += key + ":\n  - " + yaml_scalar(value) + "\n";
+    return true;
+  }
+  if (!node.IsSequence() || node.size() == 0 || node.Style() == YAML::EmitterStyle::Flow) {
+    return false;
+  }
+  YAML::Mark last = node[node.size() - 1].Mark();
+  size_t line_start = 0;
+  for (int line = 0; line < last.line; ++line) {
+    line_start = text.find('\n', line_start);
+    if (line_start == std::string::npos) {
+      return false;
+    }
+    ++line_start;
+  }
+  std::string prefix = text.substr(line_start, static_cast<size_t>(last.column));
+  auto dash = prefix.find_first_not_of(' ');
+  if (dash == std::string::npos || prefix[dash] != '-' ||
+      prefix.find_first_not_of(' ', dash + 1) != std::string::npos) {
+    return false;   // not "  - item" on a line of its own
+  }
+  size_t line_end = text.find('\n', line_start);
+  if (line_end == std::string::npos) {
+    text += '\n';
+    line_end = text.size() - 1;
+  }
+  text.insert(line_end + 1, prefix + yaml_scalar(value) + "\n");
+  return true;
+}
+
+// Whether `after` is `before` with `value` added to `key`, all else equal.
+bool
+is_addition(const YAML::Node& before, const YAML::Node& after, const std::string& key,
+            const std::string& value)
+{
+  if (!after.IsMap()) {
+    return false;
+  }
+  std::vector<std::string> expected = list_items(before[key]);
+  expected.push_back(value);
+  if (list_items(after[key]) != expected) {
+    return false;
+  }
+  size_t before_size = before && before.IsMap() ? before.size() : 0;
+  if (after.size() != before_size + (before[key] ? 0 : 1)) {
+    return false;
+  }
+  for (const auto& entry : after) {
+    std::string k = entry.first.as<std::string>();
+    if (k != key && (!before[k] || YAML::Dump(entry.second) != YAML::Dump(before[k]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
 } // namespace
+
+bool
+add_to_config(const fs::path& file, std::vector<ConfigAddition>& additions)
+{
+  std::string text;
+  unsigned mode = 0644;
+  std::error_code ec;
+  if (fs::exists(file, ec)) {
+    text = read_file(file);
+    struct stat st;
+    if (::stat(file.c_str(), &st) == 0) {
+      mode = st.st_mode & 07777;
+    }
+  }
+  YAML::Node root = parse_config(text, file);
+  bool rewritten = false;
+  bool changed = false;
+  for (auto& addition : additions) {
+    const YAML::Node& const_root = root;
+    auto items = list_items(const_root[addition.key]);
+    addition.added = std::find(items.begin(), items.end(), addition.value) == items.end();
+    if (!addition.added) {
+      continue;
+    }
+    changed = true;
+    std::string edited = text;
+    if (!rewritten && insert_list_item(edited, root, addition.key, addition.value)) {
+      YAML::Node reparsed = YAML::Load(edited);
+      if (is_addition(root, reparsed, addition.key, addition.value)) {
+        text = std::move(edited);
+        root = reparsed;
+        continue;
+      }
+    }
+    // Rewrite the file from the parsed document (comments are lost).
+    if (!root || root.IsNull()) {
+      root = YAML::Node(YAML::NodeType::Map);
+    }
+    YAML::Node list(YAML::NodeType::Sequence);
+    for (const auto& item : items) {
+      list.push_back(item);
+    }
+    list.push_back(addition.value);
+    root[addition.key] = list;
+    YAML::Emitter out;
+    out << root;
+    text = std::string(out.c_str()) + "\n";
+    rewritten = true;
+  }
+  if (changed) {
+    fs::create_directories(file.parent_path().empty() ? fs::path(".") : file.parent_path(), ec);
+    write_file_atomic(file, text, mode);
+  }
+  return rewritten;
+}
 
 std::optional<std::string>
 get_env(const std::string& name)
@@ -152,8 +322,8 @@ Settings::token_for(const std::string& cache_url) const
   return best;
 }
 
-std::optional<fs::path>
-default_config_file(const EnvLookup& env)
+fs::path
+user_config_file(const EnvLookup& env)
 {
   if (auto explicit_file = env("KILN_CONFIG"); explicit_file && !explicit_file->empty()) {
     return fs::path(*explicit_file);
@@ -161,7 +331,16 @@ default_config_file(const EnvLookup& env)
   auto config_home = env("XDG_CONFIG_HOME");
   fs::path base =
     config_home && !config_home->empty() ? fs::path(*config_home) : home_dir(env) / ".config";
-  fs::path file = base / "kiln" / "config.yaml";
+  return base / "kiln" / "config.yaml";
+}
+
+std::optional<fs::path>
+default_config_file(const EnvLookup& env)
+{
+  fs::path file = user_config_file(env);
+  if (auto explicit_file = env("KILN_CONFIG"); explicit_file && !explicit_file->empty()) {
+    return file;
+  }
   std::error_code ec;
   if (fs::exists(file, ec)) {
     return file;
@@ -187,16 +366,8 @@ load_settings(const std::map<std::string, std::string>& flags,
     if (!fs::exists(*file, ec)) {
       throw UsageError("config file '" + file->string() + "' does not exist");
     }
-    YAML::Node root;
-    try {
-      root = YAML::LoadFile(file->string());
-    } catch (const YAML::Exception& e) {
-      throw UsageError(file->string() + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
-    }
+    YAML::Node root = parse_config(read_file(*file), *file);
     if (root && !root.IsNull()) {
-      if (!root.IsMap()) {
-        throw UsageError(file->string() + ": the config file must be a mapping of settings");
-      }
       for (const auto& entry : root) {
         std::string key = entry.first.as<std::string>();
         std::string origin = file->string() + ":" + std::to_string(entry.first.Mark().line + 1);

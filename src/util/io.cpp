@@ -121,9 +121,12 @@ write_all(int fd, std::string_view data, std::string_view what)
 }
 
 std::string
-read_file(const fs::path& path)
+read_file(const fs::path& path, bool keep_atime)
 {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | (keep_atime ? O_NOATIME : 0)));
+  if (!fd && keep_atime && errno == EPERM) {
+    fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  }
   if (!fd) {
     throw_errno("opening '" + path.string() + "'");
   }
@@ -137,12 +140,12 @@ read_file(const fs::path& path)
 }
 
 void
-write_file_atomic(const fs::path& path, std::string_view data)
+write_file_atomic(const fs::path& path, std::string_view data, unsigned mode)
 {
   std::random_device rd;
   fs::path tmp = path;
   tmp += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rd());
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
   if (!fd) {
     throw_errno("creating '" + tmp.string() + "'");
   }

@@ -376,7 +376,22 @@ PrivateNix::run(std::vector<std::string> args) const
   return test::run(args, o);
 }
 
-Nginx::Nginx(const fs::path& root) : m_port(free_port())
+Nginx::Nginx(const fs::path& root)
+  : Nginx([root](int port) {
+      return "server {\n"
+             "  listen 127.0.0.1:" + std::to_string(port) + ";\n"
+             "  root " + root.string() + ";\n"
+             "  location / {\n"
+             "    dav_methods PUT;\n"
+             "    create_full_put_path on;\n"
+             "    dav_access user:rw group:r all:r;\n"
+             "  }\n"
+             "}\n";
+    })
+{
+}
+
+Nginx::Nginx(const std::function<std::string(int port)>& site) : m_port(free_port())
 {
   fs::create_directories(m_dir / "logs");
   fs::create_directories(m_dir / "tmp");
@@ -390,16 +405,8 @@ Nginx::Nginx(const fs::path& root) : m_port(free_port())
              "http {\n"
              "  access_log off;\n"
              "  client_body_temp_path " + (m_dir / "tmp").string() + ";\n"
-             "  client_max_body_size 0;\n"
-             "  server {\n"
-             "    listen 127.0.0.1:" + std::to_string(m_port) + ";\n"
-             "    root " + root.string() + ";\n"
-             "    location / {\n"
-             "      dav_methods PUT;\n"
-             "      create_full_put_path on;\n"
-             "      dav_access user:rw group:r all:r;\n"
-             "    }\n"
-             "  }\n"
+             "  client_max_body_size 0;\n" +
+             site(m_port) +
              "}\n");
   m_process = std::make_unique<BackgroundProcess>(
     std::vector<std::string>{"nginx", "-p", m_dir.path().string(), "-c",
@@ -412,7 +419,17 @@ Nginx::Nginx(const fs::path& root) : m_port(free_port())
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  throw Error("nginx did not start: " + m_process->stderr_text());
+  throw Error("nginx did not start: " + m_process->stderr_text() + error_log());
+}
+
+std::string
+Nginx::error_log() const
+{
+  try {
+    return read_file(m_dir / "logs" / "error.log");
+  } catch (...) {
+    return {};
+  }
 }
 
 } // namespace kiln::test

@@ -5,6 +5,7 @@
 #include <kiln/store/local_store.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -139,11 +140,16 @@ private:
   TempDir m_dir;
 };
 
-// Debian's nginx serving `root` on 127.0.0.1, with WebDAV PUT enabled.
+// Debian's nginx on 127.0.0.1, serving `root` with WebDAV PUT enabled; or
+// running `site` (what a sites-available/ file holds: server blocks, maps),
+// made for the port it is given, inside its http block.
 class Nginx
 {
 public:
   explicit Nginx(const fs::path& root);
+  explicit Nginx(const std::function<std::string(int port)>& site);
+  // nginx's error log, for messages when a test fails.
+  std::string error_log() const;
   std::string
   url() const
   {

@@ -67,4 +67,24 @@ Settings load_settings(const std::map<std::string, std::string>& flags,
 std::optional<std::filesystem::path>
 default_config_file(const EnvLookup& env = get_env);
 
+// The user's config file, whether it exists or not: $KILN_CONFIG, else
+// $XDG_CONFIG_HOME/kiln/config.yaml (~/.config/kiln/config.yaml).
+std::filesystem::path user_config_file(const EnvLookup& env = get_env);
+
+struct ConfigAddition
+{
+  std::string key;     // a list setting: substituters, trusted-public-keys
+  std::string value;
+  bool added = false;  // set by add_to_config: false if it was there already
+};
+
+// Add values to list settings in the YAML config `file`, creating the file
+// (and its folder) if missing, in one atomic write. Everything else in the
+// file stays as it was, comments included, when the list is absent or a
+// block list ("- item" lines); a list written another way (flow style, one
+// space-separated string) is rewritten, and then the file's comments are
+// lost: the return value says so. Values already present are left alone.
+// Returns true if the whole file had to be rewritten.
+bool add_to_config(const std::filesystem::path& file, std::vector<ConfigAddition>& additions);
+
 } // namespace kiln

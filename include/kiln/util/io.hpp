@@ -141,12 +141,15 @@ private:
 // Write all of `data` to `fd`, retrying on short writes and EINTR.
 void write_all(int fd, std::string_view data, std::string_view what);
 
-// Read a whole (small) file.
-std::string read_file(const std::filesystem::path& path);
+// Read a whole (small) file. With `keep_atime`, without marking it as
+// accessed where the kernel lets us (O_NOATIME: the file's owner, or root).
+std::string read_file(const std::filesystem::path& path, bool keep_atime = false);
 
 // Write `data` to `path` atomically: temporary file in the same folder,
-// fsync, rename over `path`, fsync the folder.
-void write_file_atomic(const std::filesystem::path& path, std::string_view data);
+// fsync, rename over `path`, fsync the folder. The file gets `mode` (less
+// the umask) from its creation on.
+void write_file_atomic(const std::filesystem::path& path, std::string_view data,
+                       unsigned mode = 0644);
 
 // Make `link` a symlink to `target`, replacing whatever link was there in one
 // step (temporary link + rename), so readers never see it missing.

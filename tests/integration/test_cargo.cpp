@@ -1,0 +1,448 @@
+// The Cargo frontend against the real cargo: kiln's plan equals cargo's unit
+// graph on every example; what kiln builds behaves as cargo's build; builds
+// are reproducible across folders and stores; a cache makes a fresh store's
+// build compile nothing, and an edit compiles only the edited crate.
+#include "support/test_support.hpp"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <kiln/util/io.hpp>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+using namespace kiln;
+using test::TempDir;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+const fs::path k_examples = fs::path(KILN_SOURCE_DIR) / "examples";
+
+// A copy of an example (its sources only), so that builds leave nothing in
+// the checkout.
+fs::path
+copy_example(const TempDir& dir, const std::string& name, const std::string& as = "")
+{
+  fs::path to = dir / (as.empty() ? name : as);
+  fs::create_directories(to);
+  for (const auto& entry : fs::directory_iterator(k_examples / name)) {
+    std::string n = entry.path().filename().string();
+    if (n == "target" || n == "result" || n.starts_with("result-")) {
+      continue;
+    }
+    fs::copy(entry.path(), to / n, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  }
+  return to;
+}
+
+std::vector<json>
+json_lines(const std::string& text)
+{
+  std::vector<json> out;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty()) {
+      out.push_back(json::parse(line));
+    }
+  }
+  return out;
+}
+
+std::string
+strip_of(const json& s)
+{
+  if (s.is_object() && s.contains("resolved")) {
+    std::string named = s["resolved"]["Named"];
+    std::transform(named.begin(), named.end(), named.begin(), ::tolower);
+    return named;
+  }
+  return "none";
+}
+
+// A unit's identity, in a form both graphs give: package, version, target,
+// mode, features and the profile settings that reach rustc.
+std::string
+cargo_unit_key(const json& u)
+{
+  std::string id = u["pkg_id"];
+  // "path+file:///x/mylib#1.0.0" or "registry+...#name@1.2.3"
+  std::string tail = id.substr(id.rfind('#') + 1);
+  std::string name, version;
+  if (auto at = tail.find('@'); at != std::string::npos) {
+    name = tail.substr(0, at);
+    version = tail.substr(at + 1);
+  } else {
+    std::string path = id.substr(0, id.rfind('#'));
+    name = path.substr(path.rfind('/') + 1);
+    version = tail;
+  }
+  const json& p = u["profile"];
+  bool build = u["mode"] == "build";
+  std::vector<std::string> features = u["features"];
+  std::sort(features.begin(), features.end());
+  json key = {name,
+              version,
+              u["target"]["name"],
+              u["mode"],
+              features,
+              p["opt_level"],
+              build ? std::to_string(p["debuginfo"].get<int>()) : "-",
+              p["debug_assertions"],
+              build ? json(p["overflow_checks"]) : json("-"),
+              build ? strip_of(p["strip"]) : "-",
+              build ? json(p["panic"]) : json("-"),
+              build ? json(p["codegen_units"]) : json("-")};
+  return key.dump();
+}
+
+std::string
+kiln_unit_key(const json& u)
+{
+  const json& p = u["profile"];
+  bool build = u["mode"] == "build";
+  std::vector<std::string> features = u["features"];
+  std::sort(features.begin(), features.end());
+  json key = {u["name"],
+              u["version"],
+              u["target"]["name"],
+              u["mode"],
+              features,
+              p["opt_level"],
+              build ? p["debuginfo"].get<std::string>() : "-",
+              p["debug_assertions"],
+              build ? json(p["overflow_checks"]) : json("-"),
+              build ? p["strip"].get<std::string>() : "-",
+              build ? json(p["panic"]) : json("-"),
+              build ? json(p["codegen_units"]) : json("-")};
+  return key.dump();
+}
+
+// Each unit with the keys of its dependencies (library edges by extern name).
+std::multiset<std::string>
+graph_signature(const json& graph, std::string (*key)(const json&))
+{
+  std::multiset<std::string> out;
+  const json& units = graph["units"];
+  for (const auto& u : units) {
+    std::multiset<std::string> deps;
+    for (const auto& d : u["dependencies"]) {
+      const json& target = units[d["index"].get<size_t>()];
+      bool lib_edge = target["mode"] == "build" && u["mode"] == "build" &&
+                      target["target"]["name"] != "build-script-build";
+      deps.insert(key(target) + (lib_edge ? " as " + d["extern_crate_name"].get<std::string>() : ""));
+    }
+    std::string line = key(u) + " <- ";
+    for (const auto& d : deps) {
+      line += d + "; ";
+    }
+    out.insert(line);
+  }
+  return out;
+}
+
+void
+check_plan_matches_cargo(const fs::path& project, const std::vector<std::string>& flags,
+                         const fs::path& store)
+{
+  std::vector<std::string> cargo_argv = {"cargo", "build", "--offline", "--unit-graph", "-Z",
+                                         "unstable-options"};
+  cargo_argv.insert(cargo_argv.end(), flags.begin(), flags.end());
+  test::RunOptions opts;
+  opts.cwd = project;
+  opts.env["RUSTC_BOOTSTRAP"] = "1";
+  json expected = json::parse(test::output_of(test::run(cargo_argv, opts), "cargo --unit-graph"));
+
+  std::vector<std::string> kiln_argv = {"--store", store.string(), "build", "--unit-graph"};
+  kiln_argv.insert(kiln_argv.end(), flags.begin(), flags.end());
+  test::RunOptions kopts;
+  kopts.cwd = project;
+  json planned = json::parse(test::output_of(test::kiln(kiln_argv, kopts), "kiln --unit-graph"));
+
+  INFO(project.filename().string() << " with flags: " << json(flags).dump());
+  CHECK(planned["units"].size() == expected["units"].size());
+  auto want = graph_signature(expected, cargo_unit_key);
+  auto got = graph_signature(planned, kiln_unit_key);
+  std::vector<std::string> only_cargo, only_kiln;
+  std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
+                      std::back_inserter(only_cargo));
+  std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
+                      std::back_inserter(only_kiln));
+  for (const auto& u : only_cargo) {
+    UNSCOPED_INFO("only cargo has: " << u);
+  }
+  for (const auto& u : only_kiln) {
+    UNSCOPED_INFO("only kiln has: " << u);
+  }
+  CHECK(only_cargo.empty());
+  CHECK(only_kiln.empty());
+}
+
+std::map<std::string, json>
+units_by_path(const std::string& json_text)
+{
+  std::map<std::string, json> out;
+  for (auto& j : json_lines(json_text)) {
+    out[j["path"].get<std::string>()] = j;
+  }
+  return out;
+}
+
+test::RunResult
+kiln_in(const fs::path& cwd, std::vector<std::string> args)
+{
+  test::RunOptions opts;
+  opts.cwd = cwd;
+  return test::kiln(args, opts);
+}
+
+} // namespace
+
+TEST_CASE("cargo frontend: the plan equals cargo's unit graph on every example", "[cargo]")
+{
+  TempDir dir;
+  fs::path store = dir / "store";
+  auto ws = copy_example(dir, "cargo-workspace");
+  auto r1 = copy_example(dir, "cargo-resolver1");
+  auto app = copy_example(dir, "rust-app");
+  // Resolver 2 with every unit kind, under the flags users give.
+  for (const auto& flags : std::vector<std::vector<std::string>>{
+         {},
+         {"--release"},
+         {"-p", "toolkit"},
+         {"-p", "mylib", "--no-default-features"},
+         {"-p", "mylib", "--all-features"},
+         {"-p", "mylib", "--features", "withhelper"},
+         {"--bin", "my-app"},
+         {"--workspace", "--release"}}) {
+    check_plan_matches_cargo(ws, flags, store);
+  }
+  // Resolver 1: one unified feature set, dev- and platform-specific
+  // dependencies included.
+  check_plan_matches_cargo(r1, {}, store);
+  check_plan_matches_cargo(r1, {"--release"}, store);
+  // Real crates from Debian's registry: clap derive, serde, regex, rayon.
+  check_plan_matches_cargo(app, {}, store);
+  check_plan_matches_cargo(app, {"--release"}, store);
+  check_plan_matches_cargo(app, {"--no-default-features"}, store);
+
+  // A custom profile with per-package and build-override settings.
+  auto custom = copy_example(dir, "cargo-workspace", "custom-profile");
+  {
+    std::ofstream manifest(custom / "Cargo.toml", std::ios::app);
+    manifest << "\n[profile.fast]\ninherits = \"release\"\nopt-level = 1\ncodegen-units = 4\n"
+                "debug = 1\n[profile.fast.package.helper]\nopt-level = 2\n"
+                "[profile.fast.build-override]\nopt-level = 1\n"
+                "[profile.dev.package.\"*\"]\nopt-level = \"s\"\n";
+  }
+  check_plan_matches_cargo(custom, {"--profile", "fast"}, store);
+  check_plan_matches_cargo(custom, {}, store);
+}
+
+TEST_CASE("cargo frontend: bad input is a clear error", "[cargo]")
+{
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  std::string store = (dir / "store").string();
+  auto r = kiln_in(ws, {"--store", store, "build", "-p", "nosuchpkg"});
+  CHECK(r.status == 2);
+  CHECK(r.err.find("nosuchpkg") != std::string::npos);
+  r = kiln_in(ws, {"--store", store, "build", "--bin", "nosuchbin"});
+  CHECK(r.status == 2);
+  CHECK(r.err.find("nosuchbin") != std::string::npos);
+  r = kiln_in(ws, {"--store", store, "build", "--profile", "nosuchprofile"});
+  CHECK(r.status == 2);
+  CHECK(r.err.find("nosuchprofile") != std::string::npos);
+
+  // A compile error shows rustc's diagnostics, naming file and line.
+  test::write_file(ws / "helper" / "src" / "lib.rs", "pub fn broken() -> u32 { \"text\" }\n");
+  r = kiln_in(ws, {"--store", store, "build", "-p", "helper"});
+  CHECK(r.status == 1);
+  INFO(r.err);
+  CHECK(r.err.find("error[E0308]") != std::string::npos);
+  CHECK(r.err.find("src/lib.rs:1") != std::string::npos);
+  CHECK(r.err.find("helper v0.3.1") != std::string::npos);
+}
+
+TEST_CASE("cargo frontend: the example workspace builds and behaves as cargo's build",
+          "[cargo]")
+{
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  std::string store = (dir / "store").string();
+  auto r = kiln_in(ws, {"--store", store, "build", "--json"});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  auto units = json_lines(r.out);
+  CHECK(units.size() == 14);
+  for (const auto& u : units) {
+    CHECK(u["status"] == "built");
+    CHECK(u.contains("name"));
+    CHECK(u.contains("version"));
+    CHECK(u.contains("kind"));
+  }
+  // Binaries linked like cargo's layout, and what they print is what the
+  // binaries cargo built printed (expected/ was made with cargo build).
+  for (const std::string bin : {"my-app", "toolkit"}) {
+    fs::path exe = ws / "target" / "kiln" / "debug" / bin;
+    REQUIRE(fs::exists(exe));
+    auto run = test::run({exe.string()});
+    CHECK(run.status == 0);
+    CHECK(run.out == read_file(ws / "expected" / (bin + ".txt")));
+  }
+  CHECK(fs::is_symlink(ws / "result"));
+
+  // Nothing changed: a no-op; everything present.
+  r = kiln_in(ws, {"--store", store, "build", "--json"});
+  REQUIRE(r.status == 0);
+  for (const auto& u : json_lines(r.out)) {
+    CHECK(u["status"] == "present");
+  }
+}
+
+TEST_CASE("cargo frontend: outputs are the same bytes in another folder and store", "[cargo]")
+{
+  TempDir dir;
+  auto a = copy_example(dir, "cargo-workspace", "one/place");
+  auto b = copy_example(dir, "cargo-workspace", "some/other/folder");
+  auto ra = kiln_in(a, {"--store", (dir / "store-a").string(), "build", "--json", "--release"});
+  auto rb = kiln_in(b, {"--store", (dir / "store-b").string(), "build", "--json", "--release"});
+  INFO(ra.err << rb.err);
+  REQUIRE(ra.status == 0);
+  REQUIRE(rb.status == 0);
+  auto ua = units_by_path(ra.out);
+  auto ub = units_by_path(rb.out);
+  REQUIRE(ua.size() == 15);
+  for (const auto& [path, unit] : ua) {
+    INFO(path);
+    REQUIRE(ub.count(path) == 1);
+    std::string base = fs::path(path).filename().string();
+    CHECK(test::nar_of(dir / "store-a" / "store" / base) ==
+          test::nar_of(dir / "store-b" / "store" / base));
+  }
+}
+
+TEST_CASE("cargo frontend: real crates build, behave as cargo's binary, and come back from a "
+          "cache without compiling",
+          "[cargo][slow]")
+{
+  TempDir dir;
+  auto app = copy_example(dir, "rust-app", "app");
+  std::string store_a = (dir / "store-a").string();
+
+  // cargo's own binary, to compare behaviour with.
+  test::RunOptions in_app;
+  in_app.cwd = app;
+  in_app.env["CARGO_TARGET_DIR"] = (dir / "cargo-target").string();
+  auto cargo_build = test::run({"cargo", "build", "--offline", "--locked", "-q"}, in_app);
+  INFO(cargo_build.err);
+  REQUIRE(cargo_build.status == 0);
+  fs::path cargo_bin = dir / "cargo-target" / "debug" / "logsum";
+
+  auto cold = kiln_in(app, {"--store", store_a, "build", "--json", "-j", "2"});
+  INFO(cold.err);
+  REQUIRE(cold.status == 0);
+  auto cold_units = json_lines(cold.out);
+  CHECK(cold_units.size() == 74);
+  fs::path kiln_bin = app / "target" / "kiln" / "debug" / "logsum";
+  REQUIRE(fs::exists(kiln_bin));
+  for (const auto& args : std::vector<std::vector<std::string>>{
+         {"sample.txt"},
+         {"sample.txt", "-n", "3", "--pretty"},
+         {"sample.txt", "--grep", "error", "--min-len", "6"},
+         {"--help"},
+         {"no-such-file.txt"}}) {
+    std::vector<std::string> with_cargo = {cargo_bin.string()}, with_kiln = {kiln_bin.string()};
+    with_cargo.insert(with_cargo.end(), args.begin(), args.end());
+    with_kiln.insert(with_kiln.end(), args.begin(), args.end());
+    auto want = test::run(with_cargo, in_app);
+    auto got = test::run(with_kiln, in_app);
+    INFO(json(args).dump());
+    CHECK(got.status == want.status);
+    CHECK(got.out == want.out);
+    CHECK(got.err == want.err);
+  }
+
+  // Push everything to a kiln serve cache.
+  test::kiln({"key", "generate", "ci-1", "--secret-file", (dir / "ci.sk").string()});
+  std::string pub = test::output_of(
+    test::kiln({"key", "public", (dir / "ci.sk").string()}), "key public");
+  test::write_file(dir / "server.yaml", "caches:\n"
+                                        "  main:\n"
+                                        "    path: main\n"
+                                        "    trusted-keys: [\"" + pub + "\"]\n"
+                                        "tokens:\n"
+                                        "  - token: ci-write-token\n"
+                                        "    caches: [main]\n"
+                                        "    scopes: [read, write]\n");
+  test::BackgroundProcess server({test::kiln_binary(), "serve", "--config",
+                                  (dir / "server.yaml").string(), "--listen", "127.0.0.1:0"},
+                                 dir / "serve.log");
+  REQUIRE(server.wait_for_stderr("listening on http", 20));
+  std::smatch m;
+  std::string log = server.stderr_text();
+  REQUIRE(std::regex_search(log, m, std::regex("listening on http://127\\.0\\.0\\.1:(\\d+)")));
+  std::string cache = "http://127.0.0.1:" + m[1].str() + "/main";
+  std::vector<std::string> push = {"--store", store_a, "--secret-key-file",
+                                   (dir / "ci.sk").string(), "--token", "ci-write-token",
+                                   "push", cache};
+  for (const auto& u : cold_units) {
+    push.push_back(u["path"]);
+  }
+  auto pushed = test::kiln(push);
+  INFO(pushed.err);
+  REQUIRE(pushed.status == 0);
+
+  // A fresh store, as a CI runner has it: nothing is compiled.
+  std::string store_b = (dir / "store-b").string();
+  std::vector<std::string> use_cache = {"--store", store_b, "--substituters", cache,
+                                        "--trusted-public-keys", pub};
+  auto with_cache = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = use_cache;
+    args.insert(args.end(), {"build", "--json", "-j", "2"});
+    args.insert(args.end(), extra.begin(), extra.end());
+    return kiln_in(app, args);
+  };
+  fs::remove_all(app / "target");
+  auto warm = with_cache({});
+  INFO(warm.err);
+  REQUIRE(warm.status == 0);
+  size_t substituted = 0;
+  for (const auto& u : json_lines(warm.out)) {
+    CHECK(u["status"] != "built");
+    substituted += u["status"] == "substituted";
+  }
+  CHECK(substituted >= 1);
+  // The binary is the very one built in store A.
+  std::string bin_path;
+  for (const auto& u : cold_units) {
+    CHECK(u["status"] == "built");
+    if (u["kind"] == "bin") {
+      bin_path = u["path"];
+    }
+  }
+  CHECK(read_file(kiln_bin) ==
+        read_file(dir / "store-a" / "store" / fs::path(bin_path).filename() / "bin" / "logsum"));
+
+  // Edit the top crate only: only it is compiled.
+  {
+    std::ofstream main(app / "src" / "main.rs", std::ios::app);
+    main << "\n// an edit that changes nothing but the source\n";
+  }
+  auto edited = with_cache({});
+  INFO(edited.err);
+  REQUIRE(edited.status == 0);
+  std::vector<std::string> built;
+  for (const auto& u : json_lines(edited.out)) {
+    if (u["status"] == "built") {
+      built.push_back(u["name"].get<std::string>() + " " + u["kind"].get<std::string>());
+    }
+  }
+  CHECK(built == std::vector<std::string>{"rust-app bin"});
+  auto again = test::run({kiln_bin.string(), "sample.txt"}, in_app);
+  CHECK(again.out == read_file(app / "sample.expected.json"));
+}
