@@ -220,6 +220,13 @@ run_capture(const std::vector<std::string>& argv, const std::optional<fs::path>&
 namespace {
 
 std::string
+env_home()
+{
+  const char* home = std::getenv("HOME");
+  return home ? home : "/";
+}
+
+std::string
 string_or(const json& j, const char* key, const std::string& fallback = "")
 {
   auto it = j.find(key);
@@ -408,8 +415,54 @@ find_manifest(const fs::path& dir)
   return std::nullopt;
 }
 
+std::string
+files_fingerprint(const std::vector<fs::path>& files)
+{
+  std::string text;
+  for (const auto& f : files) {
+    struct stat st;
+    if (::stat(f.c_str(), &st) != 0) {
+      text += f.string() + " -\n";
+    } else {
+      text += f.string() + " " + std::to_string(st.st_size) + " " +
+              std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + " " +
+              std::to_string(st.st_ctim.tv_sec) + "." + std::to_string(st.st_ctim.tv_nsec) + " " +
+              std::to_string(st.st_ino) + "\n";
+    }
+  }
+  return hash_string(HashAlgo::sha256, text).to_string(HashFormat::base16, false);
+}
+
+namespace {
+
+// What cargo metadata reads besides the manifests it lists: the lock file,
+// cargo's configuration files from the project up to /, and $CARGO_HOME's.
+std::vector<fs::path>
+metadata_inputs(const fs::path& manifest, const std::vector<std::string>& manifests)
+{
+  std::vector<fs::path> files = {manifest, manifest.parent_path() / "Cargo.lock"};
+  for (fs::path d = manifest.parent_path();; d = d.parent_path()) {
+    files.push_back(d / ".cargo" / "config.toml");
+    files.push_back(d / ".cargo" / "config");
+    if (d == d.root_path() || d.empty()) {
+      break;
+    }
+  }
+  const char* home = std::getenv("CARGO_HOME");
+  fs::path cargo_home = home ? fs::path(home) : fs::path(env_home()) / ".cargo";
+  files.push_back(cargo_home / "config.toml");
+  files.push_back(cargo_home / "config");
+  for (const auto& m : manifests) {
+    files.emplace_back(m);
+  }
+  return files;
+}
+
+} // namespace
+
 Workspace
-load_workspace(const fs::path& dir, const fs::path& cargo, bool locked)
+load_workspace(const fs::path& dir, const fs::path& cargo, bool locked,
+               const std::optional<fs::path>& cache_dir)
 {
   auto manifest = find_manifest(dir);
   if (!manifest) {
@@ -420,11 +473,56 @@ load_workspace(const fs::path& dir, const fs::path& cargo, bool locked)
   if (locked) {
     argv.push_back("--locked");
   }
+  // A remembered answer, if no input changed since.
+  std::optional<fs::path> cache_file;
+  std::string text;
+  if (cache_dir) {
+    std::string id = cargo.string() + "\n" + manifest->string() + (locked ? "\nlocked" : "");
+    cache_file = *cache_dir / ("metadata-" + hash_string(HashAlgo::sha256, id)
+                                               .to_string(HashFormat::base16, false)
+                                               .substr(0, 32) +
+                               ".json");
+    std::error_code ec;
+    if (fs::exists(*cache_file, ec)) {
+      try {
+        json cached = json::parse(read_file(*cache_file));
+        auto manifests = cached.at("manifests").get<std::vector<std::string>>();
+        if (cached.at("key") == files_fingerprint(metadata_inputs(*manifest, manifests)) &&
+            cached.at("cargo") == files_fingerprint({cargo})) {
+          text = cached.at("metadata").get<std::string>();
+        }
+      } catch (const std::exception&) {
+        // Only a cache: ask cargo.
+      }
+    }
+  }
+  bool from_cache = !text.empty();
+  if (!from_cache) {
+    text = run_capture(argv, manifest->parent_path());
+  }
   json meta;
   try {
-    meta = json::parse(run_capture(argv, manifest->parent_path()));
+    meta = json::parse(text);
   } catch (const json::exception& e) {
     throw CargoError(std::string("cannot read the output of cargo metadata: ") + e.what());
+  }
+  if (cache_file && !from_cache) {
+    std::vector<std::string> manifests;
+    for (const auto& p : meta.at("packages")) {
+      if (p.at("source").is_null()) {
+        manifests.push_back(p.at("manifest_path").get<std::string>());
+      }
+    }
+    json cached = {{"key", files_fingerprint(metadata_inputs(*manifest, manifests))},
+                   {"cargo", files_fingerprint({cargo})},
+                   {"manifests", manifests},
+                   {"metadata", text}};
+    try {
+      fs::create_directories(cache_file->parent_path());
+      write_file_atomic(*cache_file, cached.dump());
+    } catch (const std::exception&) {
+      // Only a cache.
+    }
   }
 
   Workspace ws;
@@ -660,9 +758,33 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
   }
   auto it = m_cfg.find(key);
   if (it == m_cfg.end()) {
-    std::vector<std::string> argv = {rustc.string(), "--print", "cfg", "--target", triple};
-    argv.insert(argv.end(), rustflags.begin(), rustflags.end());
-    CfgSet set = parse_cfg_lines(run_capture(argv));
+    // Remembered on disk by the toolchain's identity, triple and flags.
+    fs::path cached;
+    std::string text;
+    if (!cfg_cache_dir.empty()) {
+      cached = cfg_cache_dir / ("cfg-" +
+                                hash_string(HashAlgo::sha256, identity + "\n" + key)
+                                  .to_string(HashFormat::base16, false)
+                                  .substr(0, 32));
+      std::error_code ec;
+      if (fs::exists(cached, ec)) {
+        text = read_file(cached);
+      }
+    }
+    if (text.empty()) {
+      std::vector<std::string> argv = {rustc.string(), "--print", "cfg", "--target", triple};
+      argv.insert(argv.end(), rustflags.begin(), rustflags.end());
+      text = run_capture(argv);
+      if (!cached.empty()) {
+        try {
+          fs::create_directories(cached.parent_path());
+          write_file_atomic(cached, text);
+        } catch (const std::exception&) {
+          // Only a cache.
+        }
+      }
+    }
+    CfgSet set = parse_cfg_lines(text);
     // debug_assertions follows the profile, not this query.
     set.erase("debug_assertions");
     it = m_cfg.emplace(key, std::move(set)).first;

@@ -167,7 +167,9 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
 
   cargo::Toolchain toolchain = cargo::detect_toolchain(store.root() / "var" / "rust-toolchain.json");
   fs::path where = args.manifest_path.empty() ? fs::current_path() : fs::path(args.manifest_path).parent_path();
-  cargo::Workspace ws = cargo::load_workspace(where, toolchain.cargo, args.locked);
+  toolchain.cfg_cache_dir = store.root() / "var" / "cargo";
+  cargo::Workspace ws =
+    cargo::load_workspace(where, toolchain.cargo, args.locked, store.root() / "var" / "cargo");
   cargo::Plan plan = cargo::plan_build(ws, toolchain, args.plan);
   if (args.print_plan) {
     std::cout << plan_json(plan).dump() << std::endl;

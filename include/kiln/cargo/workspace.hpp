@@ -127,9 +127,13 @@ struct Workspace
 };
 
 // Find the workspace containing `dir` and load it with `cargo metadata`
-// (offline; `locked` adds --locked). `cargo` is the cargo to run.
+// (offline; `locked` adds --locked). `cargo` is the cargo to run. With a
+// `cache_dir`, cargo's answer is remembered there, keyed by the metadata of
+// every manifest, the lock file and cargo's configuration files, so that an
+// unchanged project does not run cargo at all.
 Workspace load_workspace(const std::filesystem::path& dir, const std::filesystem::path& cargo,
-                         bool locked);
+                         bool locked,
+                         const std::optional<std::filesystem::path>& cache_dir = std::nullopt);
 
 // Is `dir` (or a folder above it) part of a Cargo project?
 std::optional<std::filesystem::path> find_manifest(const std::filesystem::path& dir);
@@ -166,6 +170,9 @@ struct Toolchain
   // `rustc --print cfg` for a triple (with these flags), remembered.
   const CfgSet& cfg(const std::string& triple, const std::vector<std::string>& rustflags) const;
 
+  // Where `cfg` answers are remembered between runs (empty: not at all).
+  std::filesystem::path cfg_cache_dir;
+
 private:
   mutable std::map<std::string, CfgSet> m_cfg;
 };
@@ -174,6 +181,10 @@ private:
 // cc; run them once to learn their identity. Results are remembered in
 // `cache_file` keyed by the programs' metadata.
 Toolchain detect_toolchain(const std::filesystem::path& cache_file);
+
+// Files whose change would change `cargo metadata`'s answer, and a digest of
+// their metadata (size, modification time, inode; missing files count).
+std::string files_fingerprint(const std::vector<std::filesystem::path>& files);
 
 // Run a program and return its stdout; a failure is a CargoError quoting
 // stderr. `env` entries are added to the environment.
