@@ -169,6 +169,9 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     sub.connections = options.connections;
     auto result = substitute(store, options.caches, options.policy,
                              outputs_of(store, graph.derivation(drv)), sub);
+    if (options.on_downloaded) {
+      options.on_downloaded(result.bytes_downloaded);
+    }
     if (!result.failed.empty()) {
       throw Error(result.failed.begin()->second);
     }

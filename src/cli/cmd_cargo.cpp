@@ -201,8 +201,37 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
   options.builtins[cargo::k_rust_unit_builder] = cargo::rust_unit_builder(toolchain, settings.jobs);
 
   auto mutex = std::make_shared<std::mutex>();
-  bool show = !ctx.quiet && !common.json;
-  size_t built = 0, substituted = 0;
+  // Progress goes to stderr; --json results to stdout.
+  bool show = !ctx.quiet;
+  // On a terminal, one status line kept under the log lines, like cargo's.
+  bool live = show && ::isatty(2) && std::getenv("CI") == nullptr &&
+              std::string(std::getenv("TERM") ? std::getenv("TERM") : "dumb") != "dumb";
+  size_t built = 0, substituted = 0, running = 0, finished = 0;
+  uint64_t downloaded = 0;
+  auto status_bar = [&]() {
+    size_t total = units.size();
+    size_t width = 24, done = total ? finished * width / total : width;
+    std::string bar = "[" + std::string(done, '=') + (done < width ? ">" : "") +
+                      std::string(width - std::min(width, done + 1), ' ') + "]";
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "%12s %s %zu/%zu: %zu built, %zu substituted, %zu running; %.1f MiB downloaded",
+                  "Building", bar.c_str(), finished, total, built, substituted, running,
+                  static_cast<double>(downloaded) / (1024.0 * 1024.0));
+    return std::string(line);
+  };
+  auto print_line = [&](const std::string& text) {
+    if (live) {
+      std::fprintf(stderr, "\r\x1b[K%s\n%s", text.c_str(), status_bar().c_str());
+    } else {
+      std::fprintf(stderr, "%s\n", text.c_str());
+    }
+    std::fflush(stderr);
+  };
+  options.on_downloaded = [&, mutex](uint64_t bytes) {
+    std::lock_guard guard(*mutex);
+    downloaded += bytes;
+  };
   options.on_step = [&, mutex](const StorePath& drv, const std::string& event) {
     auto it = unit_of.find(drv);
     if (it == unit_of.end()) {
@@ -210,22 +239,28 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     }
     std::lock_guard guard(*mutex);
     const auto& unit = plan.units[it->second];
-    if (event == "built") {
-      ++built;
-    } else if (event == "substituted") {
-      ++substituted;
+    const char* verb = nullptr;
+    if (event == "building" || event == "substituting") {
+      ++running;
+      verb = event == "substituting" ? "Substituting"
+             : unit.mode == cargo::UnitMode::run_custom_build ? "Running"
+                                                              : "Compiling";
+    } else {
+      running -= running > 0 ? 1 : 0;
+      ++finished;
+      built += event == "built";
+      substituted += event == "substituted";
     }
     if (!show) {
       return;
     }
-    const char* verb = nullptr;
-    if (event == "building") {
-      verb = unit.mode == cargo::UnitMode::run_custom_build ? "Running" : "Compiling";
-    } else if (event == "substituting") {
-      verb = "Substituting";
-    }
     if (verb) {
-      std::fprintf(stderr, "%12s %s\n", verb, describe(unit).c_str());
+      char line[512];
+      std::snprintf(line, sizeof line, "%12s %s", verb, describe(unit).c_str());
+      print_line(line);
+    } else if (live) {
+      std::fprintf(stderr, "\r\x1b[K%s", status_bar().c_str());
+      std::fflush(stderr);
     }
   };
 
@@ -257,6 +292,9 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
   }
 
   auto results = build_derivations(store, targets, options);
+  if (live) {
+    std::fprintf(stderr, "\r\x1b[K");
+  }
 
   int status = 0;
   for (const auto& [drv, result] : results) {
@@ -347,9 +385,11 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     char line[256];
     std::snprintf(line, sizeof line,
-                  "`%s` profile: %zu units (%zu built, %zu substituted, %zu present) in %.2fs",
+                  "`%s` profile: %zu units (%zu built, %zu substituted, %zu present or not "
+                  "needed; %.1f MiB downloaded) in %.2fs",
                   args.plan.profile.c_str(), plan.units.size(), built, substituted,
-                  plan.units.size() - built - substituted, secs);
+                  plan.units.size() - built - substituted,
+                  static_cast<double>(downloaded) / (1024.0 * 1024.0), secs);
     std::fprintf(stderr, "%12s %s\n", "Finished", line);
     if (!args.push_to.empty()) {
       std::fprintf(stderr, "%12s %zu paths to %s\n", "Pushed", pushed, args.push_to.c_str());

@@ -49,6 +49,8 @@ struct BuildOptions
   ProgressFn progress;                // human-readable lines
   // Each step as it starts and ends ("building", "built", "substituting", ...).
   std::function<void(const StorePath& drv, const std::string& event)> on_step;
+  // Bytes each substitution downloaded (for progress displays).
+  std::function<void(uint64_t bytes)> on_downloaded;
   std::function<void(std::string_view)> on_build_output;
   std::map<std::string, BuiltinBuilder> builtins;   // by builder ("builtin:rust-unit")
   // Called after each derivation is built (not substituted), with its outputs
