@@ -6,10 +6,10 @@ set(CPACK_PACKAGE_VENDOR "kiln")
 set(CPACK_PACKAGE_CONTACT "kiln maintainers <kiln@localhost>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "build cache for Rust with Nix-compatible binary caches")
 set(CPACK_PACKAGE_DESCRIPTION
-  "kiln turns every crate compilation of a Cargo project into a hermetic derivation, keeps\n"
-  "outputs in a content-addressed store, and moves signed outputs between machines through\n"
-  "Nix-compatible binary caches, so CI and teammates download compiled crates instead of\n"
-  "compiling them again.")
+  "kiln turns every crate compilation of a Cargo project into a hermetic derivation, \
+keeps outputs in a content-addressed store, and moves signed outputs between machines \
+through Nix-compatible binary caches, so CI and teammates download compiled crates \
+instead of compiling them again.")
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)

@@ -209,7 +209,8 @@ TEST_CASE("kiln doctor: all is well", "[doctor][cli]")
   auto r = test::kiln({"doctor"}, env);
   INFO(r.out << r.err);
   CHECK(r.status == 0);
-  CHECK_THAT(r.err, Catch::Contains("all is well"));
+  // (A nearly full disk is a warning, not a failure.)
+  CHECK_THAT(r.err, Catch::Contains("all is well") || Catch::Contains("nothing failed"));
   CHECK_THAT(r.out, Catch::Contains("ok    rustc        rustc 9.9.9 (test) (" +
                                     (dir / "toolchain" / "rustc").string() + ")"));
   CHECK_THAT(r.out, Catch::Contains("ok    cargo"));
