@@ -128,8 +128,9 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
                   const BuildOptions& options)
 {
   const StoreDir& dir = store.store_dir();
-  auto graph = BuildGraph::from_targets(
-    drvs, [&](const StorePath& p) { return read_derivation(store, p); }, dir);
+  DrvReader read = options.read ? options.read
+                                 : [&](const StorePath& p) { return read_derivation(store, p); };
+  auto graph = BuildGraph::from_targets(drvs, read, dir);
   auto say = [&](const std::string& line) {
     if (options.progress) {
       options.progress(line);

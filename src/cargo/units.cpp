@@ -110,31 +110,30 @@ public:
     }
   }
 
+  // The store path of the package's sources (hashed, not copied).
   StorePath
-  add(const CargoPackage& pkg)
+  path_of(const CargoPackage& pkg, SourceTree& tree)
   {
     fs::path root = pkg.root();
-    PathFilter filter = source_filter(root, pkg.is_local());
-    std::string fingerprint = tree_fingerprint(root, filter);
-    std::string name = pkg.name + "-" + pkg.version + "-src";
+    tree.root = root;
+    tree.filter = source_filter(root, pkg.is_local());
+    tree.name = pkg.name + "-" + pkg.version + "-src";
+    std::string fingerprint = tree_fingerprint(root, tree.filter);
     auto it = m_entries.find(root.string());
     if (it != m_entries.end() && it->value("fingerprint", "") == fingerprint &&
-        it->value("name", "") == name) {
+        it->value("name", "") == tree.name) {
       try {
-        StorePath path = m_store.store_dir().parse(it->at("path").get<std::string>());
-        if (m_store.is_valid(path)) {
-          return path;
-        }
+        return m_store.store_dir().parse(it->at("path").get<std::string>());
       } catch (const std::exception&) {
-        // Not a usable entry: add again.
+        // Not a usable entry: hash again.
       }
     }
-    AddOptions options;
-    options.name = name;
-    options.filter = filter;
-    StorePath path = m_store.add_path(root, options);
+    HashSink hash;
+    dump_path(root, hash, tree.filter);
+    StorePath path = m_store.store_dir().make_fixed_output_path(
+      tree.name, ContentAddress{ContentAddress::Method::recursive, hash.finish()});
     m_entries[root.string()] = {
-      {"fingerprint", fingerprint}, {"name", name}, {"path", m_store.store_dir().print(path)}};
+      {"fingerprint", fingerprint}, {"name", tree.name}, {"path", m_store.store_dir().print(path)}};
     m_dirty = true;
     return path;
   }
@@ -294,14 +293,55 @@ is_rlib(const CargoTarget& t)
 
 } // namespace
 
-std::vector<UnitDerivation>
+DrvReader
+InstantiatedPlan::reader(const LocalStore& store) const
+{
+  return [this, &store](const StorePath& p) {
+    auto it = derivations.find(p);
+    return it != derivations.end() ? it->second : read_derivation(store, p);
+  };
+}
+
+void
+InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) const
+{
+  if (store.is_valid(drv_path)) {
+    return;
+  }
+  auto it = derivations.find(drv_path);
+  if (it == derivations.end()) {
+    throw Error("'" + store.print(drv_path) + "' is neither in the store nor in the plan");
+  }
+  const Derivation& drv = it->second;
+  for (const auto& [input, outputs] : drv.input_drvs) {
+    materialize(store, input);
+  }
+  for (const auto& src : drv.input_srcs) {
+    if (store.is_valid(src)) {
+      continue;
+    }
+    const SourceTree& tree = sources.at(src);
+    AddOptions add;
+    add.name = tree.name;
+    add.filter = tree.filter;
+    StorePath added = store.add_path(tree.root, add);
+    if (added != src) {
+      throw Error("the sources in '" + tree.root.string() +
+                  "' changed while kiln was building; build again");
+    }
+  }
+  add_derivation(store, drv);
+}
+
+InstantiatedPlan
 instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
                  const Toolchain& toolchain, const PlanOptions& options)
 {
   const StoreDir& dir = store.store_dir();
   SourceCache sources(store);
   std::map<std::string, StorePath> source_of;
-  std::map<StorePath, Derivation> made;
+  InstantiatedPlan instantiated;
+  std::map<StorePath, Derivation>& made = instantiated.derivations;
   DrvHasher hasher(dir, [&](const StorePath& p) {
     auto it = made.find(p);
     return it != made.end() ? it->second : read_derivation(store, p);
@@ -311,7 +351,7 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
     primary.insert(plan.units[r].package->id);
   }
 
-  std::vector<UnitDerivation> result;
+  std::vector<UnitDerivation>& result = instantiated.units;
   std::vector<std::string> metadata(plan.units.size());
   // Per unit: the lib output folders of its transitive lib dependencies, and
   // the build-script runs whose link-search paths it inherits.
@@ -323,7 +363,10 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
     const CargoPackage& pkg = *unit.package;
     auto src_it = source_of.find(pkg.id);
     if (src_it == source_of.end()) {
-      src_it = source_of.emplace(pkg.id, sources.add(pkg)).first;
+      SourceTree tree;
+      StorePath path = sources.path_of(pkg, tree);
+      instantiated.sources.emplace(path, std::move(tree));
+      src_it = source_of.emplace(pkg.id, path).first;
     }
     const StorePath& src_path = src_it->second;
     std::string src = dir.print(src_path);
@@ -548,25 +591,29 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
     drv.outputs["out"] = {};
     compute_output_paths(drv, dir, hasher);
     StorePath drv_path = derivation_path(drv, dir);
-    if (!store.is_valid(drv_path)) {
-      drv_path = add_derivation(store, drv);
-    }
     StorePath out = dir.parse(drv.outputs.at("out").path);
     made.emplace(drv_path, drv);
     result.push_back({drv_path, out, product});
   }
   sources.save();
-  return result;
+  return instantiated;
 }
 
 // --- the builtin builder ---
 
 BuiltinBuilder
-rust_unit_builder(const Toolchain& toolchain, unsigned jobs)
+rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
+                  const InstantiatedPlan& plan)
 {
   std::error_code ec;
   fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  return [toolchain, jobs, self](const Derivation& drv, BuildSpec& spec) {
+  auto mutex = std::make_shared<std::mutex>();
+  return [toolchain, jobs, self, &store, &plan, mutex](const Derivation& drv, BuildSpec& spec) {
+    {
+      // Builds run on several threads; two may share inputs.
+      std::lock_guard guard(*mutex);
+      plan.materialize(store, derivation_path(drv, store.store_dir()));
+    }
     spec.builder = self.string();
     spec.args = {"__rust-unit"};
     spec.env["KILN_UNIT_RUSTC"] = toolchain.rustc.string();
@@ -575,8 +622,10 @@ rust_unit_builder(const Toolchain& toolchain, unsigned jobs)
     spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, jobs));
     // The toolchain and the host's C toolchain (rustc links with cc), read-only.
     // Folders first: what lies inside them (kiln's own libraries) is covered.
+    // kiln itself as its folder: a folder is not run through ldd (its
+    // libraries are in /usr, and asking costs 0.2 s on every build).
     std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
-                                   "/etc/ld.so.cache", toolchain.sysroot, self};
+                                   "/etc/ld.so.cache", toolchain.sysroot, self.parent_path()};
     std::vector<fs::path> declared = std::move(spec.tools);
     spec.tools.clear();
     for (const auto& t : tools) {
@@ -589,7 +638,6 @@ rust_unit_builder(const Toolchain& toolchain, unsigned jobs)
     if (!toolchain.cargo.empty() && !toolchain.cargo.string().starts_with(toolchain.sysroot.string())) {
       spec.tools.push_back(toolchain.cargo);
     }
-    (void)drv;
   };
 }
 

@@ -70,7 +70,8 @@ plan_json(const cargo::Plan& plan)
         {{"name", u.target->name}, {"kind", u.target->kind}, {"crate_types", u.target->crate_types}}},
        {"kind", u.kind_name()},
        {"mode", u.mode == cargo::UnitMode::run_custom_build ? "run-custom-build" : "build"},
-       {"platform", u.triple},
+       // As cargo prints it: null for the host, else the target triple.
+       {"platform", plan.cross && !u.for_host ? json(u.triple) : json(nullptr)},
        {"for_host", u.for_host},
        {"features", u.features},
        {"profile",
@@ -175,7 +176,9 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     std::cout << plan_json(plan).dump() << std::endl;
     return 0;
   }
-  auto units = cargo::instantiate_plan(store, ws, plan, toolchain, args.plan);
+  cargo::InstantiatedPlan instantiated =
+    cargo::instantiate_plan(store, ws, plan, toolchain, args.plan);
+  const auto& units = instantiated.units;
 
   std::map<StorePath, size_t> unit_of;
   std::vector<StorePath> targets;
@@ -198,7 +201,9 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
   options.keep_going = common.keep_going;
   options.timeout = std::chrono::seconds(common.timeout);
   options.max_silent_time = std::chrono::seconds(common.max_silent_time);
-  options.builtins[cargo::k_rust_unit_builder] = cargo::rust_unit_builder(toolchain, settings.jobs);
+  options.builtins[cargo::k_rust_unit_builder] =
+    cargo::rust_unit_builder(toolchain, settings.jobs, store, instantiated);
+  options.read = instantiated.reader(store);
 
   auto mutex = std::make_shared<std::mutex>();
   // Progress goes to stderr; --json results to stdout.

@@ -87,6 +87,7 @@ cargo_unit_key(const json& u)
   std::sort(features.begin(), features.end());
   json key = {name,
               version,
+              u["platform"],
               u["target"]["name"],
               u["mode"],
               features,
@@ -109,6 +110,7 @@ kiln_unit_key(const json& u)
   std::sort(features.begin(), features.end());
   json key = {u["name"],
               u["version"],
+              u["platform"],
               u["target"]["name"],
               u["mode"],
               features,
@@ -218,7 +220,8 @@ TEST_CASE("cargo frontend: the plan equals cargo's unit graph on every example",
          {"-p", "mylib", "--all-features"},
          {"-p", "mylib", "--features", "withhelper"},
          {"--bin", "my-app"},
-         {"--workspace", "--release"}}) {
+         {"--workspace", "--release"},
+         {"--target", "x86_64-unknown-linux-gnu"}}) {
     check_plan_matches_cargo(ws, flags, store);
   }
   // Resolver 1: one unified feature set, dev- and platform-specific
@@ -229,6 +232,7 @@ TEST_CASE("cargo frontend: the plan equals cargo's unit graph on every example",
   check_plan_matches_cargo(app, {}, store);
   check_plan_matches_cargo(app, {"--release"}, store);
   check_plan_matches_cargo(app, {"--no-default-features"}, store);
+  check_plan_matches_cargo(app, {"--target", "x86_64-unknown-linux-gnu"}, store);
 
   // A custom profile with per-package and build-override settings.
   auto custom = copy_example(dir, "cargo-workspace", "custom-profile");

@@ -53,6 +53,9 @@ struct BuildOptions
   std::function<void(uint64_t bytes)> on_downloaded;
   std::function<void(std::string_view)> on_build_output;
   std::map<std::string, BuiltinBuilder> builtins;   // by builder ("builtin:rust-unit")
+  // Where to read derivations that are not (yet) in the store; default:
+  // read_derivation from the store.
+  DrvReader read;
   // Called after each derivation is built (not substituted), with its outputs
   // valid: e.g. to push them to a cache at once.
   std::function<void(const StorePath& drv, const std::vector<StorePath>& outputs)> on_built;

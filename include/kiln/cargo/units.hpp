@@ -12,6 +12,7 @@
 #include <kiln/store/local_store.hpp>
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,16 +33,41 @@ struct UnitDerivation
   std::string product;
 };
 
-// Add every unit's sources and derivation to the store; one entry per
-// Plan::units entry. Source trees are hashed once and then remembered by
-// their files' metadata (in the store's var/ folder) so a no-op stays fast.
-std::vector<UnitDerivation> instantiate_plan(LocalStore& store, const Workspace& ws,
-                                             const Plan& plan, const Toolchain& toolchain,
-                                             const PlanOptions& options);
+// A source tree the derivations name by its content hash, copied into the
+// store only when something is actually built from it.
+struct SourceTree
+{
+  std::filesystem::path root;
+  PathFilter filter;
+  std::string name;
+};
 
-// The builtin builder for the build module: runs this very kiln executable
+// The plan's derivations, computed but not yet written: a unit that is
+// present or substituted never needs its .drv or its sources in the store.
+struct InstantiatedPlan
+{
+  std::vector<UnitDerivation> units;       // one per Plan::units entry
+  std::map<StorePath, Derivation> derivations;
+  std::map<StorePath, SourceTree> sources;
+
+  // A reader for the build graph: these derivations, else the store's.
+  DrvReader reader(const LocalStore& store) const;
+  // Write `drv` (with its input derivations) and the sources they use into
+  // the store, before it is built. Throws if a source changed meanwhile.
+  void materialize(LocalStore& store, const StorePath& drv) const;
+};
+
+// Compute every unit's derivation. Source trees are hashed (not copied) and
+// then remembered by their files' metadata in the store's var/ folder, so a
+// no-op does not read them again.
+InstantiatedPlan instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
+                                  const Toolchain& toolchain, const PlanOptions& options);
+
+// The builtin builder for the build module: writes the unit's derivation and
+// sources into the store, then runs this very kiln executable
 // (`kiln __rust-unit`) in the sandbox with the toolchain visible.
-BuiltinBuilder rust_unit_builder(const Toolchain& toolchain, unsigned jobs);
+BuiltinBuilder rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
+                                 const InstantiatedPlan& plan);
 
 // The in-sandbox half: reads the unit from the environment, runs rustc or
 // the build script, writes the outputs. Returns the exit status.
