@@ -370,7 +370,10 @@ PrivateNix::run(std::vector<std::string> args) const
            {"XDG_CACHE_HOME", (m_dir / "cache").string()},
            {"NIX_STORE_DIR", "/kiln/store"},
            {"NIX_STATE_DIR", (m_dir / "state").string()},
-           {"NIX_LOG_DIR", (m_dir / "log").string()}};
+           {"NIX_LOG_DIR", (m_dir / "log").string()},
+           // Builds run as the caller: Debian's nix-bin creates no nixbld
+           // group unless nix-setup-systemd (a Recommends) is installed.
+           {"NIX_CONFIG", "build-users-group =\n"}};
   o.unset_env = {"NIX_REMOTE", "NIX_PATH"};
   o.cwd = m_dir.path();
   return test::run(args, o);
