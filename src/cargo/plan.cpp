@@ -481,7 +481,8 @@ struct Planner
     d.unit.target = &target;
     d.unit.mode = mode;
     d.unit.for_host = host;
-    d.unit.triple = host ? toolchain.host : target_triple;
+    d.unit.host_platform = host || (target.is_custom_build() && mode == UnitMode::build);
+    d.unit.triple = d.unit.host_platform ? toolchain.host : target_triple;
     d.unit.features = features->features(pkg.id, host);
     d.unit.is_root = is_root;
     d.profile = unit_profile(named, options.profile, pkg, for_host, !host);
@@ -648,7 +649,7 @@ plan_build(const Workspace& ws, const Toolchain& toolchain, const PlanOptions& o
   auto& drafts = planner.drafts;
   // Share host units with identical target units (same package, target,
   // features and profile once the debuginfo is decided), as cargo does when
-  // the host is the target: otherwise a build-only unit drops its debuginfo.
+  // the host is the target.
   auto identity = [&](const Planner::Draft& d, const Profile& profile) {
     return std::make_tuple(d.unit.package->id, d.unit.target, d.unit.mode, d.unit.features, profile,
                            planner.cross ? d.unit.triple : std::string());
@@ -661,7 +662,9 @@ plan_build(const Workspace& ws, const Toolchain& toolchain, const PlanOptions& o
   }
   for (auto& d : drafts) {
     if (d.profile.debuginfo_deferred) {
-      if (planner.cross || !target_units.count(identity(d, d.profile.profile))) {
+      // Cross-compiling, cargo keeps the level (nothing is shared, nothing
+      // weakened); otherwise a build-only unit drops its debuginfo.
+      if (!planner.cross && !target_units.count(identity(d, d.profile.profile))) {
         d.profile.profile.debuginfo = "0";
       }
       d.profile.debuginfo_deferred = false;

@@ -473,7 +473,7 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
       }
       args.insert(args.end(), {"--check-cfg", "cfg(docsrs,test)", "--check-cfg",
                                "cfg(feature, values(" + declared + "))"});
-      if (plan.cross && !unit.for_host) {
+      if (plan.cross && !unit.host_platform) {
         args.insert(args.end(), {"--target", unit.triple});
       }
       // Transitive libraries for -L dependency= and the build-script runs
@@ -520,7 +520,10 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
       if (!pkg.is_local()) {
         args.insert(args.end(), {"--cap-lints", "allow"});
       }
-      args.insert(args.end(), options.rustflags.begin(), options.rustflags.end());
+      // As cargo: with --target, RUSTFLAGS are for the target's units only.
+      if (!plan.cross || !unit.host_platform) {
+        args.insert(args.end(), options.rustflags.begin(), options.rustflags.end());
+      }
       json link_from = json::array();
       for (size_t s : scripts) {
         if (!own_run || s != *own_run) {

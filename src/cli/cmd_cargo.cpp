@@ -71,7 +71,7 @@ plan_json(const cargo::Plan& plan)
        {"kind", u.kind_name()},
        {"mode", u.mode == cargo::UnitMode::run_custom_build ? "run-custom-build" : "build"},
        // As cargo prints it: null for the host, else the target triple.
-       {"platform", plan.cross && !u.for_host ? json(u.triple) : json(nullptr)},
+       {"platform", plan.cross && !u.host_platform ? json(u.triple) : json(nullptr)},
        {"for_host", u.for_host},
        {"features", u.features},
        {"profile",

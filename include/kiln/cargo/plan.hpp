@@ -46,6 +46,9 @@ struct Unit
   // Compiled for the host (proc-macros, build scripts and what they use);
   // only differs from the target platform with --target.
   bool for_host = false;
+  // Runs on the host: for_host units, and every build-script compile (whose
+  // features are still those of the library it serves).
+  bool host_platform = false;
   std::string triple;             // the platform it is compiled for
   std::vector<std::string> features; // sorted
   Profile profile;
