@@ -5,6 +5,8 @@
 #include <kiln/cargo/units.hpp>
 #include <kiln/util/io.hpp>
 
+#include "exec_strings.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
@@ -15,8 +17,6 @@
 #include <iostream>
 #include <iterator>
 #include <sstream>
-
-extern char** environ;
 
 namespace kiln::cargo {
 
@@ -129,31 +129,8 @@ int
 run(const std::vector<std::string>& argv, const std::string& cwd,
     const std::map<std::string, std::string>& env, const std::optional<fs::path>& stdout_file)
 {
-  std::map<std::string, std::string> all;
-  for (char** e = environ; *e; ++e) {
-    std::string entry = *e;
-    auto eq = entry.find('=');
-    if (!entry.starts_with("KILN_UNIT_") && entry.substr(0, eq) != k_unit_env) {
-      all[entry.substr(0, eq)] = entry.substr(eq + 1);
-    }
-  }
-  for (const auto& [k, v] : env) {
-    all[k] = v;
-  }
-  std::vector<std::string> env_strings;
-  for (const auto& [k, v] : all) {
-    env_strings.push_back(k + "=" + v);
-  }
-  std::vector<char*> envp, args;
-  for (auto& e : env_strings) {
-    envp.push_back(e.data());
-  }
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_copy = argv;
-  for (auto& a : argv_copy) {
-    args.push_back(a.data());
-  }
-  args.push_back(nullptr);
+  ExecStrings envp = ExecStrings::environment(env, {"KILN_UNIT_", k_unit_env});
+  ExecStrings args(argv);
   pid_t pid = ::fork();
   if (pid < 0) {
     throw_errno("fork");
@@ -170,8 +147,8 @@ run(const std::vector<std::string>& argv, const std::string& cwd,
       (void)!::write(2, msg.data(), msg.size());
       _exit(126);
     }
-    ::execve(args[0], args.data(), envp.data());
-    std::string msg = std::string("kiln: cannot run ") + args[0] + ": " + std::strerror(errno) + "\n";
+    ::execve(args.get()[0], args.get(), envp.get());
+    std::string msg = "kiln: cannot run " + argv[0] + ": " + std::strerror(errno) + "\n";
     (void)!::write(2, msg.data(), msg.size());
     _exit(127);
   }

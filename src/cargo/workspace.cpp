@@ -2,6 +2,8 @@
 #include <kiln/hash/hash.hpp>
 #include <kiln/util/io.hpp>
 
+#include "exec_strings.hpp"
+
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
@@ -14,8 +16,6 @@
 #include <algorithm>
 #include <cstring>
 #include <sstream>
-
-extern char** environ;
 
 namespace kiln::cargo {
 
@@ -136,26 +136,8 @@ run_capture(const std::vector<std::string>& argv, const std::optional<fs::path>&
   if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
     throw_errno("pipe");
   }
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e; ++e) {
-    std::string entry = *e;
-    if (!env.count(entry.substr(0, entry.find('=')))) {
-      env_strings.push_back(entry);
-    }
-  }
-  for (const auto& [k, v] : env) {
-    env_strings.push_back(k + "=" + v);
-  }
-  std::vector<char*> envp, args;
-  for (auto& e : env_strings) {
-    envp.push_back(e.data());
-  }
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_copy = argv;
-  for (auto& a : argv_copy) {
-    args.push_back(a.data());
-  }
-  args.push_back(nullptr);
+  ExecStrings envp = ExecStrings::environment(env);
+  ExecStrings args(argv);
   pid_t pid = ::fork();
   if (pid < 0) {
     throw_errno("fork");
@@ -168,8 +150,8 @@ run_capture(const std::vector<std::string>& argv, const std::optional<fs::path>&
     if (cwd && ::chdir(cwd->c_str()) != 0) {
       _exit(126);
     }
-    ::execvpe(args[0], args.data(), envp.data());
-    std::string msg = std::string("cannot run ") + args[0] + ": " + std::strerror(errno) + "\n";
+    ::execvpe(args.get()[0], args.get(), envp.get());
+    std::string msg = "cannot run " + argv[0] + ": " + std::strerror(errno) + "\n";
     (void)!::write(2, msg.data(), msg.size());
     _exit(127);
   }

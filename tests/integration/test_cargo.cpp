@@ -10,7 +10,6 @@
 #include <kiln/util/io.hpp>
 
 #include <fstream>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -383,14 +382,8 @@ TEST_CASE("cargo frontend: real crates build, behave as cargo's binary, and come
                                         "  - token: ci-write-token\n"
                                         "    caches: [main]\n"
                                         "    scopes: [read, write]\n");
-  test::BackgroundProcess server({test::kiln_binary(), "serve", "--config",
-                                  (dir / "server.yaml").string(), "--listen", "127.0.0.1:0"},
-                                 dir / "serve.log");
-  REQUIRE(server.wait_for_stderr("listening on http", 20));
-  std::smatch m;
-  std::string log = server.stderr_text();
-  REQUIRE(std::regex_search(log, m, std::regex("listening on http://127\\.0\\.0\\.1:(\\d+)")));
-  std::string cache = "http://127.0.0.1:" + m[1].str() + "/main";
+  test::KilnServe server(dir / "server.yaml", dir / "serve.log");
+  std::string cache = server.url + "/main";
   std::vector<std::string> push = {"--store", store_a, "--secret-key-file",
                                    (dir / "ci.sk").string(), "--token", "ci-write-token",
                                    "push", cache};

@@ -9,7 +9,6 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include <regex>
 
 using namespace kiln;
 using test::TempDir;
@@ -37,14 +36,8 @@ TEST_CASE("CI example: the CI steps push what they build, and a fresh runner com
                                        "  - token: ci-secret-token\n"
                                        "    caches: [main]\n"
                                        "    scopes: [read, write]\n");
-  test::BackgroundProcess server({test::kiln_binary(), "serve", "--config",
-                                  (dir / "serve.yaml").string(), "--listen", "127.0.0.1:0"},
-                                 dir / "serve.log");
-  REQUIRE(server.wait_for_stderr("listening on http", 20));
-  std::smatch m;
-  std::string log = server.stderr_text();
-  REQUIRE(std::regex_search(log, m, std::regex("listening on http://127\\.0\\.0\\.1:(\\d+)")));
-  std::string cache = "http://127.0.0.1:" + m[1].str() + "/main";
+  test::KilnServe server(dir / "serve.yaml", dir / "serve.log");
+  std::string cache = server.url + "/main";
 
   // What a runner has: kiln and cargo-kiln on PATH, a store and a config of
   // its own, the cache's URL and key, and (maybe) a token.

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <chrono>
 #include <random>
+#include <regex>
 #include <thread>
 
 extern char** environ;
@@ -357,6 +358,21 @@ PrivateNix::physical(const std::string& store_path) const
   // Nix 2.8 keeps a chroot store's objects under <root>/nix/store whatever
   // the logical store directory.
   return m_dir / "root" / "nix" / "store" / fs::path(store_path).filename();
+}
+
+KilnServe::KilnServe(const fs::path& config, const fs::path& log_file)
+{
+  m_process = std::make_unique<BackgroundProcess>(
+    std::vector<std::string>{kiln_binary(), "serve", "--config", config.string(), "--listen",
+                             "127.0.0.1:0"},
+    log_file);
+  bool ready = m_process->wait_for_stderr("listening on http", 20);
+  INFO(m_process->stderr_text());
+  REQUIRE(ready);
+  std::smatch m;
+  std::string text = m_process->stderr_text();
+  REQUIRE(std::regex_search(text, m, std::regex("listening on http://127\\.0\\.0\\.1:(\\d+)")));
+  url = "http://127.0.0.1:" + m[1].str();
 }
 
 RunResult

@@ -140,6 +140,17 @@ private:
   TempDir m_dir;
 };
 
+// `kiln serve --config CONFIG` on a free loopback port, stopped at scope end.
+class KilnServe
+{
+public:
+  KilnServe(const fs::path& config, const fs::path& log_file);
+  std::string url;   // http://127.0.0.1:PORT
+
+private:
+  std::unique_ptr<BackgroundProcess> m_process;
+};
+
 // Debian's nginx on 127.0.0.1, serving `root` with WebDAV PUT enabled; or
 // running `site` (what a sites-available/ file holds: server blocks, maps),
 // made for the port it is given, inside its http block.
