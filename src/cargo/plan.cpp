@@ -349,6 +349,26 @@ struct PlannedProfile
   bool strip_deferred = true;
 };
 
+// "release" if `name` is release or bench or inherits from one, else "debug".
+std::string
+profile_root(const Workspace& ws, std::string name)
+{
+  for (int depth = 0; depth < 16; ++depth) {
+    if (name == "release" || name == "bench") {
+      return "release";
+    }
+    if (name == "dev" || name == "test") {
+      return "debug";
+    }
+    auto it = ws.profiles.find(name);
+    if (it == ws.profiles.end() || !it->second.inherits) {
+      break;
+    }
+    name = *it->second.inherits;
+  }
+  return "debug";
+}
+
 PlannedProfile
 unit_profile(const ProfileToml& named, const std::string& name, const CargoPackage& pkg,
              bool for_host, bool abort_safe)
@@ -486,6 +506,7 @@ struct Planner
     d.unit.features = features->features(pkg.id, host);
     d.unit.is_root = is_root;
     d.profile = unit_profile(named, options.profile, pkg, for_host, !host);
+    d.profile.profile.root = profile_root(ws, options.profile);
     size_t self = drafts.size();
     drafts.push_back(std::move(d));
     index.emplace(key, self);

@@ -425,7 +425,7 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
       }
       env["DEBUG"] = unit.profile.debuginfo != "0" ? "true" : "false";
       env["OPT_LEVEL"] = unit.profile.opt_level;
-      env["PROFILE"] = unit.profile.opt_level == "0" ? "debug" : "release";
+      env["PROFILE"] = unit.profile.root;
       env["HOST"] = toolchain.host;
       env["TARGET"] = unit.triple;
       env["NUM_JOBS"] = "@NUM_JOBS@";
@@ -582,9 +582,9 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
 
     drv.env[k_unit_env] = spec.dump();
     drv.env["rustc"] = toolchain.identity;
-    bool links = unit.mode == UnitMode::build &&
-                 (unit.target->is_bin() || unit.target->is_proc_macro() ||
-                  unit.target->is_custom_build());
+    // Units that link, and build-script runs (which may compile C with cc).
+    bool links = unit.mode == UnitMode::run_custom_build || unit.target->is_bin() ||
+                 unit.target->is_proc_macro() || unit.target->is_custom_build();
     if (links) {
       drv.env["linker"] = toolchain.linker_identity;
     }

@@ -16,6 +16,9 @@ struct Profile
 {
   std::string name = "dev";       // "dev", "release", or a custom profile
   std::string dir_name = "debug"; // its folder under target/
+  // The built-in profile it comes down from: "debug" (dev, test) or
+  // "release" (release, bench) — a build script's PROFILE.
+  std::string root = "debug";
   std::string opt_level = "0";
   std::string debuginfo = "2";    // "0" = none
   bool debug_assertions = true;
