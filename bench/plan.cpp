@@ -1,7 +1,7 @@
 // Planning a synthetic graph of N derivations (each with up to 3 inputs
 // among the earlier ones): reading the closure, ordering it, and running
 // the scheduler with builds that do nothing. Prints one line per size, to
-// show the time grows linearly.
+// show the time grows linearly; then one `RESULT plan-N MS ms -` line per size.
 //
 //   kiln-bench-plan [N...]        (default 1000 10000 100000)
 #include <kiln/graph/graph.hpp>
@@ -10,6 +10,8 @@
 #include <iostream>
 #include <random>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 using namespace kiln;
 using Clock = std::chrono::steady_clock;
@@ -24,6 +26,7 @@ main(int argc, char** argv)
   if (sizes.empty()) {
     sizes = {1000, 10000, 100000};
   }
+  std::vector<std::pair<size_t, double>> totals; // for the RESULT lines
   std::cout << "| derivations | read closure | topological order | schedule (no-op builds, -j2) | "
                "total | per derivation |\n|---:|---:|---:|---:|---:|---:|\n";
   for (size_t n : sizes) {
@@ -63,10 +66,16 @@ main(int argc, char** argv)
     std::cout << "| " << graph.size() << " | " << ms(t0, t1) << " ms | " << ms(t1, t2) << " ms | "
               << ms(t2, t3) << " ms | " << ms(t0, t3) << " ms | "
               << ms(t0, t3) * 1000 / static_cast<double>(graph.size()) << " µs |\n";
+    totals.emplace_back(graph.size(), ms(t0, t3));
     if (results.size() != graph.size()) {
       std::cerr << "scheduler realised " << results.size() << " of " << graph.size() << "\n";
       return 1;
     }
+  }
+  // Machine-readable (for bench/run): name, total milliseconds, unit, no peer.
+  std::cout << "\n";
+  for (const auto& [n, total] : totals) {
+    std::cout << "RESULT plan-" << n << " " << total << " ms -\n";
   }
   return 0;
 }
