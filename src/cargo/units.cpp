@@ -454,6 +454,10 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
                               ? rel.string()
                               : target.src_path.string();
       args.insert(args.end(), {"--crate-name", crate_name, "--edition=" + target.edition, src_arg});
+      // The sources' store path must not end up in debuginfo and panic
+      // messages: a binary would keep every crate's sources in its closure
+      // (and its download). cargo's trim-paths names them the same way.
+      args.push_back("--remap-path-prefix=" + src + "=" + pkg.name + "-" + pkg.version);
       for (const auto& t : target.crate_types) {
         args.insert(args.end(), {"--crate-type", t});
       }
@@ -604,6 +608,26 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
 
 // --- the builtin builder ---
 
+namespace {
+
+// Can any user reach `dir`'s files (o+x on it and every folder above)?
+bool
+world_enterable(const fs::path& dir)
+{
+  for (fs::path d = dir; !d.empty(); d = d.parent_path()) {
+    struct stat st;
+    if (::stat(d.c_str(), &st) != 0 || (st.st_mode & S_IXOTH) == 0) {
+      return false;
+    }
+    if (d == d.root_path()) {
+      break;
+    }
+  }
+  return true;
+}
+
+} // namespace
+
 BuiltinBuilder
 rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
                   const InstantiatedPlan& plan)
@@ -625,10 +649,13 @@ rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
     spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, jobs));
     // The toolchain and the host's C toolchain (rustc links with cc), read-only.
     // Folders first: what lies inside them (kiln's own libraries) is covered.
-    // kiln itself as its folder: a folder is not run through ldd (its
-    // libraries are in /usr, and asking costs 0.2 s on every build).
+    // kiln itself as its folder when the builder's user may enter it: a
+    // folder is not run through ldd (its libraries are in /usr, and asking
+    // costs 0.2 s a build). A private folder (mode 0700) hides it; then the
+    // file itself, with its libraries.
     std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
-                                   "/etc/ld.so.cache", toolchain.sysroot, self.parent_path()};
+                                   "/etc/ld.so.cache", toolchain.sysroot,
+                                   world_enterable(self.parent_path()) ? self.parent_path() : self};
     std::vector<fs::path> declared = std::move(spec.tools);
     spec.tools.clear();
     for (const auto& t : tools) {

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <ctime>
 #include <map>
@@ -98,15 +99,60 @@ split_words(const std::string& text)
   return out;
 }
 
+// Make what lies at `path` durable before the database says it is valid.
+// A small tree (a build's or a download's few files) is fsynced file by file:
+// only kiln's own data is waited for. A large one (a source tree) takes one
+// syncfs, cheaper than thousands of fsyncs but a wait for every writer of
+// the file system.
 void
 sync_filesystem_of(const fs::path& path)
 {
+  constexpr size_t k_fsync_limit = 64;
+  std::vector<fs::path> entries;
+  std::error_code ec;
+  auto status = fs::symlink_status(path, ec);
+  if (ec || fs::is_symlink(status)) {
+    // A symlink at the top: its folder is synced by the caller.
+    return;
+  }
+  entries.push_back(path);
+  bool small = true;
+  if (fs::is_directory(status)) {
+    for (auto it = fs::recursive_directory_iterator(path, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (entries.size() > k_fsync_limit) {
+        small = false;
+        break;
+      }
+      if (!it->is_symlink(ec)) {
+        entries.push_back(it->path());
+      }
+    }
+  }
+  if (small && !ec) {
+    // Files first, then the folders that name them, deepest first.
+    std::stable_partition(entries.begin(), entries.end(),
+                          [](const fs::path& p) { return !fs::is_directory(fs::symlink_status(p)); });
+    auto folders = std::find_if(entries.begin(), entries.end(), [](const fs::path& p) {
+      return fs::is_directory(fs::symlink_status(p));
+    });
+    std::reverse(folders, entries.end());
+    for (const auto& entry : entries) {
+      UniqueFd fd(::open(entry.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      if (!fd) {
+        throw_errno("opening '" + entry.string() + "' to sync it");
+      }
+      if (::fsync(fd.get()) != 0) {
+        throw_errno("syncing '" + entry.string() + "'");
+      }
+    }
+    return;
+  }
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_DIRECTORY));
   if (!fd) {
     fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   }
   if (!fd) {
-    // A symlink at the top: its folder is synced by the caller.
     return;
   }
   if (::syncfs(fd.get()) != 0) {
