@@ -238,8 +238,10 @@ check_config(std::vector<Check>& checks, Context& ctx)
       checks.push_back({Status::warn, "trust",
                         "require-sigs is 0: anything a substituter serves is accepted unsigned"});
     } else if (keys < s.require_sigs) {
+      // Without substituters nothing is fetched, so too few keys only
+      // matters once a cache is added: a warning, not a failure.
       checks.push_back(
-        {Status::fail, "trust",
+        {s.substituters.empty() ? Status::warn : Status::fail, "trust",
          "require-sigs is " + std::to_string(s.require_sigs) + " but there " +
            (keys == 1 ? "is 1 trusted key" : "are " + std::to_string(keys) + " trusted keys") +
            ": no signed path can be accepted (add one: kiln use CACHE --key NAME:KEY)"});
