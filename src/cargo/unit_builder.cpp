@@ -248,13 +248,8 @@ run_build_script(const json& spec, const std::map<std::string, std::string>& val
     std::string links = dep.at("links");
     json d = read_directives(dep.at("from").get<std::string>());
     for (const auto& kv : d["metadata"]) {
-      auto upper = [](std::string s) {
-        for (auto& c : s) {
-          c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-        }
-        return s;
-      };
-      env["DEP_" + upper(links) + "_" + upper(kv[0].get<std::string>())] = kv[1].get<std::string>();
+      env["DEP_" + envify(links) + "_" + envify(kv[0].get<std::string>())] =
+        kv[1].get<std::string>();
     }
   }
   fs::create_directories(fs::path(out) / "out");

@@ -184,15 +184,6 @@ split_version(const std::string& v)
   return out;
 }
 
-std::string
-envify(std::string s)
-{
-  for (auto& c : s) {
-    c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  }
-  return s;
-}
-
 void
 package_env(json& env, const CargoPackage& pkg, const std::string& src)
 {
@@ -604,6 +595,15 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
   }
   sources.save();
   return instantiated;
+}
+
+std::string
+envify(std::string s)
+{
+  for (auto& c : s) {
+    c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  }
+  return s;
 }
 
 // --- the builtin builder ---

@@ -73,6 +73,10 @@ BuiltinBuilder rust_unit_builder(const Toolchain& toolchain, unsigned jobs, Loca
 // the build script, writes the outputs. Returns the exit status.
 int run_rust_unit();
 
+// A name as cargo puts it into an environment variable's name: upper case,
+// '-' → '_' (CARGO_FEATURE_*, CARGO_CFG_*, DEP_<links>_<key>).
+std::string envify(std::string name);
+
 // Parse a build script's stdout into the directives file's JSON text;
 // `error` gets the first `cargo::error=` message, if any.
 std::string parse_build_script_output(const std::string& stdout_text, std::string& error,
