@@ -54,7 +54,7 @@ main(int argc, char** argv)
     auto t2 = Clock::now();
     RealiseHooks hooks;
     hooks.is_present = [](const StorePath&) { return false; };
-    hooks.build = [](const StorePath&) {};
+    hooks.build = [](const StorePath&, BuildContext&) {};
     RealiseOptions options;
     options.jobs = 2;
     options.substitution_jobs = 2;

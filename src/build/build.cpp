@@ -2,9 +2,16 @@
 #include <kiln/nar/nar.hpp>
 #include <kiln/sandbox/sandbox.hpp>
 #include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
+#include <kiln/util/jobserver.hpp>
+
+#include <nlohmann/json.hpp>
 
 #include <sys/utsname.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <mutex>
 #include <sstream>
 
 namespace kiln {
@@ -121,6 +128,126 @@ outputs_of(const LocalStore& store, const Derivation& drv)
   return out;
 }
 
+// Where a build's early artifacts are offered to the dependents that start
+// on them: a folder of hard links (they stay whole however the build goes
+// on), deleted when the last dependent using it is done.
+class EarlyFolder
+{
+public:
+  EarlyFolder(const LocalStore& store, const StorePath& output)
+  {
+    std::string pattern = (store.root() / "tmp" / ("early-" + output.base() + "-XXXXXX")).string();
+    if (!::mkdtemp(pattern.data())) {
+      throw_errno("creating a folder for the early artifacts of '" + output.base() + "'");
+    }
+    m_path = pattern;
+    fs::permissions(m_path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                              fs::perms::others_read | fs::perms::others_exec);
+  }
+  ~EarlyFolder()
+  {
+    try {
+      delete_path(m_path);
+    } catch (...) {
+      // Left behind, it is debris for the next GC.
+    }
+  }
+  EarlyFolder(const EarlyFolder&) = delete;
+  EarlyFolder& operator=(const EarlyFolder&) = delete;
+
+  const fs::path& path() const { return m_path; }
+
+  void
+  add(const fs::path& file)
+  {
+    fs::path target = m_path / file.filename();
+    std::error_code ec;
+    fs::create_hard_link(file, target, ec);
+    if (ec) {
+      fs::copy_file(file, target, fs::copy_options::overwrite_existing);
+    }
+  }
+
+private:
+  fs::path m_path;
+};
+
+// The early artifacts announced so far, by output path; an entry goes once
+// its output is valid (dependents starting later read the store).
+class EarlyArtifacts
+{
+public:
+  void
+  offer(const StorePath& output, std::shared_ptr<EarlyFolder> folder)
+  {
+    std::lock_guard guard(m_mutex);
+    m_folders[output] = std::move(folder);
+  }
+  std::shared_ptr<EarlyFolder>
+  find(const StorePath& output) const
+  {
+    std::lock_guard guard(m_mutex);
+    auto it = m_folders.find(output);
+    return it == m_folders.end() ? nullptr : it->second;
+  }
+  void
+  withdraw(const StorePath& output)
+  {
+    std::lock_guard guard(m_mutex);
+    m_folders.erase(output);
+  }
+
+private:
+  mutable std::mutex m_mutex;
+  std::map<StorePath, std::shared_ptr<EarlyFolder>> m_folders;
+};
+
+// Splits build output into lines and picks out the builder's `@kiln {...}`
+// messages; the rest goes on to `forward`.
+class BuilderMessages
+{
+public:
+  BuilderMessages(std::function<void(std::string_view)> forward,
+                  std::function<void(const nlohmann::json&)> handle)
+    : m_forward(std::move(forward)), m_handle(std::move(handle))
+  {
+  }
+  void
+  feed(std::string_view chunk)
+  {
+    m_pending.append(chunk);
+    std::string out;
+    size_t start = 0;
+    for (size_t nl; (nl = m_pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string_view line(m_pending.data() + start, nl - start);
+      if (line.starts_with("@kiln {")) {
+        try {
+          m_handle(nlohmann::json::parse(line.substr(6)));
+        } catch (const nlohmann::json::exception&) {
+          out.append(line).push_back('\n'); // not ours after all
+        }
+      } else {
+        out.append(line).push_back('\n');
+      }
+    }
+    m_pending.erase(0, start);
+    // A partial line is held back only while it may still become a message.
+    if (!m_pending.empty() && !std::string_view("@kiln {").starts_with(
+                                std::string_view(m_pending).substr(0, 7))) {
+      out += m_pending;
+      m_pending.clear();
+    }
+    if (!out.empty() && m_forward) {
+      m_forward(out);
+    }
+  }
+
+private:
+  std::function<void(std::string_view)> m_forward;
+  std::function<void(const nlohmann::json&)> m_handle;
+  std::string m_pending;
+};
+
 } // namespace
 
 std::map<StorePath, StepResult>
@@ -177,7 +304,24 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
       throw Error(result.failed.begin()->second);
     }
   };
-  hooks.build = [&](const StorePath& drv_path) {
+  // Pipelining needs early inputs mounted at their logical paths.
+  bool pipelining = options.may_start_early && sandbox_mode() == SandboxMode::namespaces;
+  if (pipelining) {
+    hooks.may_start_early = options.may_start_early;
+  }
+  hooks.cost = options.cost;
+  EarlyArtifacts early_artifacts;
+  std::unique_ptr<Jobserver> jobserver;
+  if (options.jobserver) {
+    static std::atomic<unsigned> serial{0};
+    fs::create_directories(store.root() / "tmp");
+    jobserver = std::make_unique<Jobserver>(
+      store.root() / "tmp" /
+        ("jobserver-" + std::to_string(::getpid()) + "-" + std::to_string(serial++)),
+      std::max(1u, options.jobs));
+  }
+
+  hooks.build = [&](const StorePath& drv_path, BuildContext& context) {
     const Derivation& drv = graph.derivation(drv_path);
     BuildSpec spec;
     spec.name = drv.name;
@@ -196,38 +340,119 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     }
     spec.timeout = options.timeout;
     spec.max_silent_time = options.max_silent_time;
+    // Inputs: valid ones with their closure; those started on early (not
+    // valid yet) as their early folders, with their own inputs in turn.
     std::set<StorePath> direct = drv.input_srcs;
-    for (const auto& [input, names] : drv.input_drvs) {
-      // The graph holds every input derivation: it is their closure.
-      const Derivation& in = graph.derivation(input);
-      for (const auto& name : names) {
-        direct.insert(dir.parse(in.outputs.at(name).path));
+    std::vector<std::shared_ptr<EarlyFolder>> early_held;
+    std::set<StorePath> seen;
+    std::function<void(const Derivation&)> add_inputs = [&](const Derivation& of) {
+      for (const auto& [input, names] : of.input_drvs) {
+        // The graph holds every input derivation: it is their closure.
+        const Derivation& in = graph.derivation(input);
+        for (const auto& name : names) {
+          StorePath out = dir.parse(in.outputs.at(name).path);
+          if (!seen.insert(out).second) {
+            continue;
+          }
+          auto folder = context.early_inputs().empty() || store.is_valid(out)
+                          ? nullptr
+                          : early_artifacts.find(out);
+          if (!folder) {
+            direct.insert(out); // valid (or made valid since it was looked at)
+            continue;
+          }
+          spec.early_inputs[out] = folder->path();
+          early_held.push_back(folder);
+          direct.insert(in.input_srcs.begin(), in.input_srcs.end());
+          add_inputs(in);
+        }
       }
-    }
+    };
+    add_inputs(drv);
     spec.inputs = store.closure(direct);
     for (const auto& [name, out] : drv.outputs) {
       spec.outputs.emplace(name, dir.parse(out.path));
     }
+    if (jobserver) {
+      spec.jobserver = jobserver->path();
+    }
     SandboxOptions sandbox;
     fs::create_directories(store.root() / "logs");
     sandbox.log_file = log_path(store, drv_path);
-    sandbox.on_output = options.on_build_output;
-    BuildOutcome outcome = run_build(store, spec, sandbox);
+    std::map<std::string, fs::path> output_dirs;
+    sandbox.on_start = [&](const std::map<std::string, fs::path>& dirs) { output_dirs = dirs; };
+    std::set<StorePath> offered;
+    auto withdraw_offers = [&] {
+      for (const auto& out : offered) {
+        early_artifacts.withdraw(out);
+      }
+    };
+    BuilderMessages messages(options.on_build_output, [&](const nlohmann::json& message) {
+      // {"action":"early-output","path":"/kiln/store/<output>/<file>"}
+      if (message.value("action", "") != "early-output" || !pipelining) {
+        return;
+      }
+      std::string path = message.value("path", "");
+      for (const auto& [name, out] : spec.outputs) {
+        std::string prefix = dir.print(out) + "/";
+        if (!path.starts_with(prefix) || !output_dirs.count(name)) {
+          continue;
+        }
+        fs::path file = fs::path(path.substr(prefix.size())).lexically_normal();
+        fs::path host = output_dirs.at(name) / file;
+        if (file.has_parent_path() || file.empty() || !fs::is_regular_file(fs::symlink_status(host))) {
+          return; // only files at the top of an output, and only real ones
+        }
+        auto folder = early_artifacts.find(out);
+        if (!folder) {
+          folder = std::make_shared<EarlyFolder>(store, out);
+        }
+        folder->add(host);
+        early_artifacts.offer(out, folder);
+        offered.insert(out);
+        context.early_ready();
+      }
+    });
+    sandbox.on_output = [&](std::string_view chunk) { messages.feed(chunk); };
+    BuildOutcome outcome;
+    try {
+      outcome = run_build(store, spec, sandbox);
+    } catch (...) {
+      withdraw_offers();
+      throw;
+    }
+    early_held.clear();
+    context.work_done();
     if (!outcome.success) {
+      withdraw_offers();
       throw Error("building '" + dir.print(drv_path) + "' failed: " + outcome.error +
                   "\n--- last lines of the log (full log: " + outcome.log_file.string() +
                   ", or `kiln log " + dir.print(drv_path) + "`) ---\n" + outcome.log_tail);
     }
+    // Started on early artifacts: valid only once what it read is.
+    if (!context.wait_for_inputs()) {
+      withdraw_offers();
+      throw Error("an input of '" + dir.print(drv_path) + "' failed");
+    }
     std::set<StorePath> candidates = spec.inputs;
+    for (const auto& [input, folder] : spec.early_inputs) {
+      candidates.insert(input);
+    }
     for (const auto& [name, out] : spec.outputs) {
       candidates.insert(out);
     }
     std::vector<StorePath> registered;
-    for (const auto& [name, built] : outcome.output_dirs) {
-      store.register_output(spec.outputs.at(name), built, candidates, drv_path,
-                            std::string(to_string(outcome.mode)));
-      registered.push_back(spec.outputs.at(name));
+    try {
+      for (const auto& [name, built] : outcome.output_dirs) {
+        store.register_output(spec.outputs.at(name), built, candidates, drv_path,
+                              std::string(to_string(outcome.mode)));
+        registered.push_back(spec.outputs.at(name));
+      }
+    } catch (...) {
+      withdraw_offers();
+      throw;
     }
+    withdraw_offers();
     if (options.on_built) {
       options.on_built(drv_path, registered);
     }
@@ -245,6 +470,7 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
   realise_options.jobs = options.jobs;
   realise_options.substitution_jobs = options.connections;
   realise_options.keep_going = options.keep_going;
+  realise_options.jobserver = jobserver.get();
   return realise(graph, drvs, hooks, realise_options);
 }
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <sstream>
@@ -124,13 +125,19 @@ substitute(std::string text, const std::map<std::string, std::string>& values)
 }
 
 // Run `argv` in `cwd` with the current environment plus `env`; stdout goes
-// to `stdout_file` when given (else it is inherited). Returns the status.
+// to `stdout_file` when given (else it is inherited), stderr line by line to
+// `on_stderr` when given. Returns the status.
 int
 run(const std::vector<std::string>& argv, const std::string& cwd,
-    const std::map<std::string, std::string>& env, const std::optional<fs::path>& stdout_file)
+    const std::map<std::string, std::string>& env, const std::optional<fs::path>& stdout_file,
+    const std::function<void(const std::string&)>& on_stderr = {})
 {
   ExecStrings envp = ExecStrings::environment(env, {"KILN_UNIT_", k_unit_env});
   ExecStrings args(argv);
+  int err_pipe[2] = {-1, -1};
+  if (on_stderr && ::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    throw_errno("pipe");
+  }
   pid_t pid = ::fork();
   if (pid < 0) {
     throw_errno("fork");
@@ -142,6 +149,9 @@ run(const std::vector<std::string>& argv, const std::string& cwd,
         _exit(126);
       }
     }
+    if (on_stderr && ::dup2(err_pipe[1], 2) < 0) {
+      _exit(126);
+    }
     if (::chdir(cwd.c_str()) != 0) {
       std::string msg = "kiln: cannot enter '" + cwd + "': " + std::strerror(errno) + "\n";
       (void)!::write(2, msg.data(), msg.size());
@@ -152,6 +162,30 @@ run(const std::vector<std::string>& argv, const std::string& cwd,
     (void)!::write(2, msg.data(), msg.size());
     _exit(127);
   }
+  if (on_stderr) {
+    ::close(err_pipe[1]);
+    std::string pending;
+    char buf[65536];
+    while (true) {
+      ssize_t n = ::read(err_pipe[0], buf, sizeof buf);
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        break;
+      }
+      pending.append(buf, static_cast<size_t>(n));
+      size_t start = 0;
+      for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+        on_stderr(pending.substr(start, nl - start));
+      }
+      pending.erase(0, start);
+    }
+    if (!pending.empty()) {
+      on_stderr(pending);
+    }
+    ::close(err_pipe[0]);
+  }
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
@@ -160,6 +194,30 @@ run(const std::vector<std::string>& argv, const std::string& cwd,
   }
   std::cerr << "kiln: " << argv[0] << " was killed by signal " << WTERMSIG(status) << "\n";
   return 128 + WTERMSIG(status);
+}
+
+// One line of rustc's stderr under --error-format=json: diagnostics are
+// shown as rustc would print them, a written .rmeta is announced to kiln.
+void
+rustc_message(const std::string& line)
+{
+  json message = json::parse(line, nullptr, false);
+  if (message.is_discarded() || !message.is_object()) {
+    std::cerr << line << "\n"; // not JSON: an ICE, a crash, the linker
+    return;
+  }
+  std::string type = message.value("$message_type", "");
+  if (type == "artifact") {
+    if (message.value("emit", "") == "metadata") {
+      json note = {{"action", "early-output"}, {"path", message.value("artifact", "")}};
+      std::cerr << "@kiln " << note.dump() << std::endl;
+    }
+  } else if (type == "diagnostic") {
+    auto rendered = message.find("rendered");
+    if (rendered != message.end() && rendered->is_string()) {
+      std::cerr << rendered->get<std::string>() << std::flush;
+    }
+  }
 }
 
 json
@@ -220,7 +278,10 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
       env[e[0].get<std::string>()] = e[1].get<std::string>();
     }
   }
-  int status = run(argv, spec.at("cwd"), env, std::nullopt);
+  // Diagnostics as JSON, to hear when the .rmeta is written: dependents
+  // that read only metadata may start then (see BuildOptions::may_start_early).
+  argv.insert(argv.end(), {"--error-format=json", "--json=artifacts"});
+  int status = run(argv, spec.at("cwd"), env, std::nullopt, rustc_message);
   if (status != 0) {
     return status;
   }

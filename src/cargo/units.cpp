@@ -121,8 +121,9 @@ public:
     std::string fingerprint = tree_fingerprint(root, tree.filter);
     auto it = m_entries.find(root.string());
     if (it != m_entries.end() && it->value("fingerprint", "") == fingerprint &&
-        it->value("name", "") == tree.name) {
+        it->value("name", "") == tree.name && it->contains("size")) {
       try {
+        tree.size = it->at("size").get<uint64_t>();
         return m_store.store_dir().parse(it->at("path").get<std::string>());
       } catch (const std::exception&) {
         // Not a usable entry: hash again.
@@ -130,10 +131,13 @@ public:
     }
     HashSink hash;
     dump_path(root, hash, tree.filter);
+    tree.size = hash.bytes_written();
     StorePath path = m_store.store_dir().make_fixed_output_path(
       tree.name, ContentAddress{ContentAddress::Method::recursive, hash.finish()});
-    m_entries[root.string()] = {
-      {"fingerprint", fingerprint}, {"name", tree.name}, {"path", m_store.store_dir().print(path)}};
+    m_entries[root.string()] = {{"fingerprint", fingerprint},
+                                {"name", tree.name},
+                                {"path", m_store.store_dir().print(path)},
+                                {"size", tree.size}};
     m_dirty = true;
     return path;
   }
@@ -282,7 +286,21 @@ is_rlib(const CargoTarget& t)
          std::find(t.crate_types.begin(), t.crate_types.end(), "rlib") != t.crate_types.end();
 }
 
+// A library that rustc compiles to an rlib (and so to an .rmeta first).
+bool
+compiles_to_rlib(const Unit& unit)
+{
+  return unit.mode == UnitMode::build && unit.target->is_lib() && !unit.target->is_proc_macro() &&
+         is_rlib(*unit.target);
+}
+
 } // namespace
+
+bool
+starts_on_metadata(const Plan& plan, size_t dependent, size_t input)
+{
+  return compiles_to_rlib(plan.units[dependent]) && compiles_to_rlib(plan.units[input]);
+}
 
 DrvReader
 InstantiatedPlan::reader(const LocalStore& store) const
@@ -591,7 +609,19 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
     StorePath drv_path = derivation_path(drv, dir);
     StorePath out = dir.parse(drv.outputs.at("out").path);
     made.emplace(drv_path, drv);
-    result.push_back({drv_path, out, product});
+    // Seconds, roughly, on one core (fitted to cargo's own timings of
+    // examples/rust-app): a build-script run is quick, linking a build
+    // script takes a moment, a crate takes time with its size — up to a
+    // point, much of a big crate may be configured away — and a proc-macro
+    // (a dylib of the syntax crates) more.
+    double mib = std::min(
+      static_cast<double>(instantiated.sources.at(src_path).size) / (1024.0 * 1024.0), 2.0);
+    double cost = unit.mode == UnitMode::run_custom_build ? 0.05
+                  : unit.target->is_custom_build()        ? 0.25
+                  : unit.target->is_proc_macro()          ? 0.5 + 5 * std::min(mib, 1.0)
+                  : unit.target->is_bin()                 ? 0.5 + 2.5 * mib
+                                                          : 0.15 + 2.5 * mib;
+    result.push_back({drv_path, out, product, cost});
   }
   sources.save();
   return instantiated;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <iostream>
 #include <mutex>
 #include <sstream>
@@ -204,6 +205,16 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
   options.builtins[cargo::k_rust_unit_builder] =
     cargo::rust_unit_builder(toolchain, settings.jobs, store, instantiated);
   options.read = instantiated.reader(store);
+  options.jobserver = true;
+  options.cost = [&](const StorePath& drv) {
+    auto it = unit_of.find(drv);
+    return it == unit_of.end() ? 1.0 : units[it->second].cost;
+  };
+  options.may_start_early = [&](const StorePath& dependent, const StorePath& input) {
+    auto d = unit_of.find(dependent), i = unit_of.find(input);
+    return d != unit_of.end() && i != unit_of.end() &&
+           cargo::starts_on_metadata(plan, d->second, i->second);
+  };
 
   auto mutex = std::make_shared<std::mutex>();
   // Progress goes to stderr; --json results to stdout.
@@ -237,6 +248,9 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     std::lock_guard guard(*mutex);
     downloaded += bytes;
   };
+  // When each step started and ended, for --json.
+  std::map<StorePath, std::pair<std::chrono::steady_clock::time_point,
+                                std::chrono::steady_clock::time_point>> step_times;
   options.on_step = [&, mutex](const StorePath& drv, const std::string& event) {
     auto it = unit_of.find(drv);
     if (it == unit_of.end()) {
@@ -245,12 +259,15 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     std::lock_guard guard(*mutex);
     const auto& unit = plan.units[it->second];
     const char* verb = nullptr;
+    auto now = std::chrono::steady_clock::now();
     if (event == "building" || event == "substituting") {
+      step_times[drv] = {now, now};
       ++running;
       verb = event == "substituting" ? "Substituting"
              : unit.mode == cargo::UnitMode::run_custom_build ? "Running"
                                                               : "Compiling";
     } else {
+      step_times[drv].second = now;
       running -= running > 0 ? 1 : 0;
       ++finished;
       built += event == "built";
@@ -312,7 +329,16 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     // rustc's diagnostics, as cargo shows them: the whole log of the step.
     std::error_code ec;
     fs::path log = log_path(store, drv);
-    std::string log_text = fs::exists(log, ec) ? read_file(log) : "";
+    std::string log_text;
+    if (fs::exists(log, ec)) {
+      // Without the builder's messages to kiln.
+      std::istringstream lines(read_file(log));
+      for (std::string line; std::getline(lines, line);) {
+        if (!line.starts_with("@kiln {")) {
+          log_text += line + "\n";
+        }
+      }
+    }
     if (!log_text.empty()) {
       std::cerr << log_text;
     } else {
@@ -343,6 +369,14 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
                 {"status", st}};
       if (r != results.end() && !r->second.error.empty()) {
         j["error"] = r->second.error;
+      }
+      auto times = step_times.find(units[i].drv);
+      if (times != step_times.end()) {
+        // When its build or substitution started (since kiln did) and how long it took.
+        using seconds = std::chrono::duration<double>;
+        auto round = [](double x) { return std::round(x * 1000) / 1000; };
+        j["start"] = round(seconds(times->second.first - started).count());
+        j["seconds"] = round(seconds(times->second.second - times->second.first).count());
       }
       std::cout << j.dump() << std::endl;
     }

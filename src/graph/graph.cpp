@@ -1,15 +1,18 @@
 #include <kiln/graph/graph.hpp>
+#include <kiln/util/jobserver.hpp>
 #include <kiln/util/parallel.hpp>
 
 #include <boost/graph/adjacency_list.hpp>
 #include <boost/graph/depth_first_search.hpp>
 #include <boost/graph/topological_sort.hpp>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace kiln {
 
@@ -178,6 +181,55 @@ namespace {
 
 enum class Plan { present, substitute, build };
 
+// Derivations ready to go, the most urgent first: those that start the
+// longest chain of work (the critical path), then those first made ready.
+class ReadyQueue
+{
+public:
+  explicit ReadyQueue(const std::unordered_map<StorePath, double>& priority) : m_priority(priority) {}
+
+  bool empty() const { return m_items.empty(); }
+  size_t size() const { return m_items.size(); }
+  void
+  push_back(const StorePath& drv)
+  {
+    auto it = m_priority.find(drv);
+    m_items.insert({it == m_priority.end() ? 0 : it->second, m_serial++, drv});
+  }
+  StorePath
+  pop_front()
+  {
+    StorePath drv = m_items.begin()->drv;
+    m_items.erase(m_items.begin());
+    return drv;
+  }
+  template <typename F>
+  void
+  for_each(F f) const
+  {
+    for (const auto& item : m_items) {
+      f(item.drv);
+    }
+  }
+  void clear() { m_items.clear(); }
+
+private:
+  struct Item
+  {
+    double priority;
+    uint64_t serial;
+    StorePath drv;
+    bool
+    operator<(const Item& other) const
+    {
+      return priority != other.priority ? priority > other.priority : serial < other.serial;
+    }
+  };
+  const std::unordered_map<StorePath, double>& m_priority;
+  std::set<Item> m_items;
+  uint64_t m_serial = 0;
+};
+
 // The state of one realisation, shared by the worker threads.
 class Realisation
 {
@@ -190,13 +242,27 @@ public:
   std::map<StorePath, StepResult>
   run(const std::vector<StorePath>& targets)
   {
-    m_graph.topological_order(); // refuse cycles before anything runs
+    // Refuse cycles before anything runs. Dependents first: a derivation's
+    // priority is its cost plus that of its costliest chain of dependents.
+    auto order = m_graph.topological_order();
+    std::unordered_map<StorePath, double> chain; // of the dependents
+    for (auto it = order.rbegin(); it != order.rend(); ++it) {
+      double mine = chain[*it] + (m_hooks.cost ? m_hooks.cost(*it) : 1.0);
+      m_priority[*it] = mine;
+      for (const auto& input : m_graph.inputs(*it)) {
+        double& theirs = chain[input];
+        theirs = std::max(theirs, mine);
+      }
+    }
     plan(targets);
     std::vector<std::thread> workers;
     for (unsigned i = 0; i < std::max(1u, m_options.substitution_jobs); ++i) {
       workers.emplace_back([this] { work(m_substitute_queue, true); });
     }
-    for (unsigned i = 0; i < std::max(1u, m_options.jobs); ++i) {
+    // With a jobserver, tokens bound the builds doing work; more workers let
+    // finished builds register their outputs meanwhile.
+    unsigned builders = std::max(1u, m_options.jobs) * (m_options.jobserver ? 2 : 1);
+    for (unsigned i = 0; i < builders; ++i) {
       workers.emplace_back([this] { work(m_build_queue, false); });
     }
     for (auto& w : workers) {
@@ -276,6 +342,9 @@ private:
         }
         continue;
       }
+      if (starts_early_on(drv, input)) {
+        continue;
+      }
       ++waiting;
       if (!m_plan.count(input)) {
         unplanned.push_back(input);
@@ -295,29 +364,164 @@ private:
     }
   }
 
+  // With the lock held: does `dependent` start on `input`'s early artifact
+  // (announced already), not on `input` being done?
+  bool
+  starts_early_on(const StorePath& dependent, const StorePath& input) const
+  {
+    return m_early.count(input) && m_hooks.may_start_early &&
+           m_hooks.may_start_early(dependent, input);
+  }
+
+  // The context of one running build.
+  class Context : public BuildContext
+  {
+  public:
+    Context(Realisation& r, StorePath drv, std::vector<StorePath> early, bool holds_token)
+      : m_r(r), m_drv(std::move(drv)), m_early_inputs(std::move(early)), m_holds_token(holds_token)
+    {
+    }
+    ~Context() override { give_back_token(); }
+
+    const std::vector<StorePath>& early_inputs() const override { return m_early_inputs; }
+    void early_ready() override { m_r.announce_early(m_drv); }
+    void work_done() override { give_back_token(); }
+    bool
+    wait_for_inputs() override
+    {
+      if (m_early_inputs.empty()) {
+        return true;
+      }
+      give_back_token(); // its work is done; only registering is left
+      return m_r.wait_for_inputs(m_drv);
+    }
+
+  private:
+    void
+    give_back_token()
+    {
+      if (m_holds_token) {
+        m_holds_token = false;
+        m_r.m_options.jobserver->release();
+      }
+    }
+
+    Realisation& m_r;
+    StorePath m_drv;
+    std::vector<StorePath> m_early_inputs;
+    bool m_holds_token;
+  };
+
   void
-  work(std::deque<StorePath>& queue, bool substituting)
+  announce_early(const StorePath& drv)
+  {
+    std::lock_guard guard(m_mutex);
+    if (!m_early.insert(drv).second || !m_hooks.may_start_early) {
+      return;
+    }
+    for (const auto& dependent : m_dependents[drv]) {
+      auto planned = m_plan.find(dependent);
+      if (m_results.count(dependent) || planned == m_plan.end() ||
+          planned->second != Plan::build || !m_hooks.may_start_early(dependent, drv)) {
+        continue;
+      }
+      if (--m_waiting[dependent] == 0) {
+        m_build_queue.push_back(dependent);
+      }
+    }
+    m_wake.notify_all();
+  }
+
+  // Wait until every input of `drv` is done; false if one was not realised.
+  bool
+  wait_for_inputs(const StorePath& drv)
+  {
+    std::unique_lock lock(m_mutex);
+    const auto& inputs = m_graph.inputs(drv);
+    m_wake.wait(lock, [&] {
+      return std::all_of(inputs.begin(), inputs.end(),
+                         [&](const StorePath& in) { return m_results.count(in) > 0; });
+    });
+    return !failed_input(drv);
+  }
+
+  // With the lock held: an input of `drv` that was not realised, if any.
+  const StorePath*
+  failed_input(const StorePath& drv) const
+  {
+    for (const auto& input : m_graph.inputs(drv)) {
+      auto done = m_results.find(input);
+      if (done != m_results.end() && (done->second.status == StepStatus::failed ||
+                                      done->second.status == StepStatus::skipped)) {
+        return &input;
+      }
+    }
+    return nullptr;
+  }
+
+  void
+  work(ReadyQueue& queue, bool substituting)
   {
     std::unique_lock lock(m_mutex);
     while (true) {
-      m_wake.wait(lock, [&] { return !queue.empty() || m_unfinished == 0 || m_stopping; });
-      if (queue.empty() || (m_stopping && !m_options.keep_going)) {
+      // Builds waiting for a token have their pick of the queue already.
+      size_t& seeking = substituting ? m_no_one : m_seeking_token;
+      m_wake.wait(lock, [&] {
+        return queue.size() > seeking || m_unfinished == 0 || m_stopping;
+      });
+      if (queue.size() <= seeking || (m_stopping && !m_options.keep_going)) {
         if (m_unfinished == 0 || m_stopping) {
           m_wake.notify_all();
           return;
         }
         continue;
       }
-      StorePath drv = queue.front();
-      queue.pop_front();
+      bool token = false;
+      if (!substituting && m_options.jobserver) {
+        // The token first, then the most urgent build there is by then.
+        ++m_seeking_token;
+        lock.unlock();
+        try {
+          m_options.jobserver->acquire();
+        } catch (...) {
+          lock.lock();
+          --m_seeking_token;
+          throw;
+        }
+        lock.lock();
+        --m_seeking_token;
+        if (queue.empty() || (m_stopping && !m_options.keep_going)) {
+          m_options.jobserver->release();
+          continue;
+        }
+        token = true;
+      }
+      StorePath drv = queue.pop_front();
       if (m_results.count(drv)) {
+        if (token) {
+          m_options.jobserver->release();
+        }
         continue; // skipped meanwhile
+      }
+      std::vector<StorePath> early;
+      if (!substituting) {
+        m_running.insert(drv);
+        for (const auto& input : m_graph.inputs(drv)) {
+          if (!m_results.count(input)) {
+            early.push_back(input); // started on its early artifact
+          }
+        }
       }
       lock.unlock();
       event(drv, substituting ? "substituting" : "building");
       std::string error;
       try {
-        (substituting ? m_hooks.substitute : m_hooks.build)(drv);
+        if (substituting) {
+          m_hooks.substitute(drv);
+        } else {
+          Context context(*this, drv, std::move(early), token);
+          m_hooks.build(drv, context);
+        }
       } catch (const std::exception& e) {
         error = e.what();
       }
@@ -334,7 +538,13 @@ private:
         continue;
       }
       lock.lock();
-      if (error.empty()) {
+      m_running.erase(drv);
+      if (const StorePath* input = substituting ? nullptr : failed_input(drv)) {
+        // Started early on an input that then failed: whatever it did is void.
+        finish(drv, {StepStatus::skipped,
+                     "input " + std::string(input->name()) + " could not be realised"});
+        event(drv, "skipped");
+      } else if (error.empty()) {
         finish(drv, {substituting ? StepStatus::substituted : StepStatus::built, ""});
         event(drv, substituting ? "substituted" : "built");
       } else {
@@ -363,6 +573,8 @@ private:
       }
       if (!ok) {
         skip(dependent, drv);
+      } else if (starts_early_on(dependent, drv)) {
+        continue; // counted when the early artifact was announced
       } else if (--m_waiting[dependent] == 0) {
         m_build_queue.push_back(dependent);
       }
@@ -372,8 +584,8 @@ private:
   void
   skip(const StorePath& drv, const StorePath& because)
   {
-    if (m_results.count(drv)) {
-      return;
+    if (m_results.count(drv) || m_running.count(drv)) {
+      return; // a running build finds out when it waits for its inputs
     }
     finish(drv, {StepStatus::skipped,
                  "input " + std::string(because.name()) + " could not be realised"});
@@ -383,12 +595,12 @@ private:
   stop_pending(const std::string& why)
   {
     for (auto* queue : {&m_build_queue, &m_substitute_queue}) {
-      for (const auto& drv : *queue) {
+      queue->for_each([&](const StorePath& drv) {
         if (!m_results.count(drv)) {
           m_results[drv] = {StepStatus::skipped, why};
           --m_unfinished;
         }
-      }
+      });
       queue->clear();
     }
     for (const auto& [drv, plan] : m_plan) {
@@ -410,9 +622,14 @@ private:
   std::unordered_map<StorePath, StepResult> m_results;
   std::unordered_map<StorePath, size_t> m_waiting;
   std::unordered_map<StorePath, std::vector<StorePath>> m_dependents;
-  std::deque<StorePath> m_build_queue;
-  std::deque<StorePath> m_substitute_queue;
+  std::unordered_map<StorePath, double> m_priority;
+  ReadyQueue m_build_queue{m_priority};
+  ReadyQueue m_substitute_queue{m_priority};
+  std::unordered_set<StorePath> m_running;  // builds
+  std::unordered_set<StorePath> m_early;    // builds whose early artifact is ready
   size_t m_unfinished = 0;
+  size_t m_seeking_token = 0; // build workers waiting for a jobserver token
+  size_t m_no_one = 0;        // (substitutions take none)
   bool m_stopping = false;
 };
 

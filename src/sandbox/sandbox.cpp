@@ -15,6 +15,7 @@
 
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/jobserver.hpp>
 #include <kiln/util/lock.hpp>
 
 #include <fcntl.h>
@@ -56,6 +57,8 @@ using Clock = std::chrono::steady_clock;
 // 1980-01-01: what nixpkgs sets, the earliest time a zip file can hold.
 constexpr const char* k_source_date_epoch = "315532800";
 constexpr const char* k_home = "/homeless";
+// Where a build sees the jobserver fifo.
+constexpr const char* k_jobserver_inside = "/.kiln/jobserver";
 
 // The build's private folder under the store's tmp/, and a shared hold on
 // the GC lock for as long as it exists. Deleted (before the lock goes) when
@@ -589,7 +592,7 @@ supervise(Child& child, SandboxMode mode, int log_read, int status_read, int log
 // derivation declares, then what describes the sandbox itself.
 std::map<std::string, std::string>
 make_env(const BuildSpec& spec, const std::string& store_dir, const std::string& build_top,
-         const SandboxOptions& options)
+         const std::string& jobserver_inside, const SandboxOptions& options)
 {
   std::map<std::string, std::string> env;
   std::string path;
@@ -607,6 +610,9 @@ make_env(const BuildSpec& spec, const std::string& store_dir, const std::string&
     env[key] = value;
   }
   env["NIX_STORE"] = store_dir;
+  if (spec.jobserver) {
+    env["CARGO_MAKEFLAGS"] = Jobserver::make_flags(jobserver_inside);
+  }
   for (const char* name : {"NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"}) {
     env[name] = build_top;
   }
@@ -684,6 +690,12 @@ plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<Sto
       plan.add_bind(physical, inside, true);
     }
   }
+  for (const auto& [input, folder] : spec.early_inputs) {
+    plan.add_bind(folder, store_dir + "/" + input.base(), true);
+  }
+  if (spec.jobserver) {
+    plan.add_bind(*spec.jobserver, k_jobserver_inside, false);
+  }
   plan.add_bind(work / "build", build_top, false);
   for (const char* device : {"null", "zero", "full", "random", "urandom"}) {
     std::string path = std::string("/dev/") + device;
@@ -730,6 +742,9 @@ check_outputs(const BuildSpec& spec, const std::string& store_dir, const fs::pat
   for (const auto& input : inputs) {
     known.insert(input.base());
   }
+  for (const auto& [input, folder] : spec.early_inputs) {
+    known.insert(input.base());
+  }
   for (const auto& [name, path] : spec.outputs) {
     known.insert(path.base());
     fs::path location = store_folder / path.base();
@@ -764,12 +779,21 @@ check_outputs(const BuildSpec& spec, const std::string& store_dir, const fs::pat
 
 } // namespace
 
+SandboxMode
+sandbox_mode(const SandboxOptions& options)
+{
+  return choose_mode(options);
+}
+
 BuildOutcome
 run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& options)
 {
   const std::string& store_dir = store.store_dir().path();
   check_spec(spec, store_dir, options);
   SandboxMode mode = choose_mode(options);
+  if (!spec.early_inputs.empty() && mode != SandboxMode::namespaces) {
+    throw SandboxError("build '" + spec.name + "': early inputs need the namespaces sandbox");
+  }
   bool root = ::geteuid() == 0;
 
   // Inputs are made visible with everything they reference, or the build
@@ -818,7 +842,7 @@ run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& 
   if (mode == SandboxMode::namespaces) {
     const Support& host = support();
     const std::string& build_top = options.build_dir;
-    auto env = make_env(spec, store_dir, build_top, options);
+    auto env = make_env(spec, store_dir, build_top, k_jobserver_inside, options);
     exec.argv.push_back(fs::path(spec.builder).filename().string());
     exec.argv.insert(exec.argv.end(), spec.args.begin(), spec.args.end());
     for (const auto& [key, value] : env) {
@@ -857,7 +881,8 @@ run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& 
     auto rewrite = [&](const std::string& text) {
       return rewrite_store_paths(text, store_dir, physical_store, output_locations);
     };
-    auto env = make_env(spec, store_dir, build_folder.string(), options);
+    auto env = make_env(spec, store_dir, build_folder.string(),
+                        spec.jobserver ? spec.jobserver->string() : "", options);
     builder = rewrite(spec.builder);
     exec.argv.push_back(fs::path(builder).filename().string());
     for (const auto& arg : spec.args) {
@@ -902,6 +927,13 @@ run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& 
     go();
   };
 
+  if (options.on_start) {
+    std::map<std::string, fs::path> output_dirs;
+    for (const auto& [name, path] : spec.outputs) {
+      output_dirs[name] = store_folder / path.base();
+    }
+    options.on_start(output_dirs);
+  }
   Supervised result = supervise(child, mode, log_pipe.read_end.get(), status_pipe.read_end.get(),
                                 log_fd.get(), spec, options, on_need_map);
 

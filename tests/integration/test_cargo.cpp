@@ -312,8 +312,10 @@ TEST_CASE("cargo frontend: outputs are the same bytes in another folder and stor
   TempDir dir;
   auto a = copy_example(dir, "cargo-workspace", "one/place");
   auto b = copy_example(dir, "cargo-workspace", "some/other/folder");
-  auto ra = kiln_in(a, {"--store", (dir / "store-a").string(), "build", "--json", "--release"});
-  auto rb = kiln_in(b, {"--store", (dir / "store-b").string(), "build", "--json", "--release"});
+  // One build at a time, and two with pipelining: what is built must not
+  // depend on when it started.
+  auto ra = kiln_in(a, {"--store", (dir / "store-a").string(), "build", "--json", "--release", "-j", "1"});
+  auto rb = kiln_in(b, {"--store", (dir / "store-b").string(), "build", "--json", "--release", "-j", "2"});
   INFO(ra.err << rb.err);
   REQUIRE(ra.status == 0);
   REQUIRE(rb.status == 0);
@@ -326,6 +328,113 @@ TEST_CASE("cargo frontend: outputs are the same bytes in another folder and stor
     std::string base = fs::path(path).filename().string();
     CHECK(test::nar_of(dir / "store-a" / "store" / base) ==
           test::nar_of(dir / "store-b" / "store" / base));
+  }
+}
+
+namespace {
+
+// A workspace where a library (`mid`) depends on a library whose code
+// generation takes a while (`slow`), and the binary's build script checks
+// the jobserver it is given.
+fs::path
+write_pipeline_project(const fs::path& root)
+{
+  test::write_file(root / "Cargo.toml", R"([workspace]
+members = ["slow", "mid", "app"]
+resolver = "2"
+
+# One codegen unit: slow's rustc then asks the jobserver for no more threads,
+# and a token is free for mid as soon as slow's metadata is written.
+[profile.dev.package.slow]
+codegen-units = 1
+)");
+  test::write_file(root / "slow" / "Cargo.toml",
+                   "[package]\nname = \"slow\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+  std::string code;
+  for (int i = 0; i < 1500; ++i) {
+    std::string n = std::to_string(i);
+    code += "pub fn f" + n + "(x: u64) -> u64 { let mut y = x; for i in 0.." +
+            std::to_string(i % 50 + 3) + " { y = y.wrapping_mul(31).wrapping_add(i ^ " + n +
+            "); if y % 7 == " + std::to_string(i % 7) + " { y ^= " + n + "; } } y }\n";
+  }
+  code += "pub fn total(x: u64) -> u64 { f0(x) ^ f1499(x) }\n";
+  test::write_file(root / "slow" / "src" / "lib.rs", code);
+  test::write_file(root / "mid" / "Cargo.toml", R"([package]
+name = "mid"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+slow = { path = "../slow" }
+)");
+  test::write_file(root / "app" / "build.rs", R"(// The jobserver must reach build scripts, as cargo's does.
+fn main() {
+    let flags = std::env::var("CARGO_MAKEFLAGS").expect("CARGO_MAKEFLAGS is not set");
+    let auth = flags.split("--jobserver-auth=").nth(1).expect("no jobserver in CARGO_MAKEFLAGS");
+    if let Some(fifo) = auth.strip_prefix("fifo:") {
+        std::fs::OpenOptions::new().read(true).write(true).open(fifo.trim())
+            .expect("cannot open the jobserver fifo");
+    }
+    println!("cargo:rustc-env=APP_JOBSERVER=ok");
+}
+)");
+  test::write_file(root / "mid" / "src" / "lib.rs",
+                   "pub fn mid(x: u64) -> u64 { slow::total(x) + 1 }\n");
+  test::write_file(root / "app" / "Cargo.toml", R"([package]
+name = "app"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+mid = { path = "../mid" }
+)");
+  test::write_file(root / "app" / "src" / "main.rs",
+                   "fn main() { println!(\"{} {}\", mid::mid(42), env!(\"APP_JOBSERVER\")); }\n");
+  return root;
+}
+
+} // namespace
+
+TEST_CASE("cargo frontend: a library starts on its dependency's metadata, with one jobserver",
+          "[cargo]")
+{
+  TempDir dir;
+  fs::path project = write_pipeline_project(dir / "pipe");
+  test::RunOptions in_project;
+  in_project.cwd = project;
+  REQUIRE(test::run({"cargo", "generate-lockfile", "--offline"}, in_project).status == 0);
+
+  auto piped = kiln_in(project, {"--store", (dir / "store-a").string(), "build", "--json", "-j", "2"});
+  INFO(piped.err << piped.out);
+  REQUIRE(piped.status == 0);
+  std::map<std::string, json> unit;
+  for (const auto& u : json_lines(piped.out)) {
+    unit[u["name"].get<std::string>() + " " + u["kind"].get<std::string>()] = u;
+    CHECK(u["status"] == "built");
+  }
+  REQUIRE(unit.count("slow lib"));
+  REQUIRE(unit.count("mid lib"));
+  // mid began while slow was still generating code: on slow's .rmeta.
+  double slow_end = unit["slow lib"]["start"].get<double>() + unit["slow lib"]["seconds"].get<double>();
+  CHECK(unit["mid lib"]["start"].get<double>() < slow_end);
+  // The binary links against the finished libraries; the build script saw
+  // the jobserver, and rustc had no complaint about it.
+  auto ran = test::run({(project / "target" / "kiln" / "debug" / "app").string()});
+  CHECK(ran.out == "7142015112664355051 ok\n");
+  CHECK_THAT(piped.err, !Catch::Contains("jobserver"));
+  for (const auto& entry : fs::directory_iterator(dir / "store-a" / "logs")) {
+    INFO(entry.path());
+    CHECK_THAT(read_file(entry.path()), !Catch::Contains("jobserver"));
+  }
+
+  // Without pipelining (one job): the same outputs, byte for byte.
+  auto serial = kiln_in(project, {"--store", (dir / "store-b").string(), "build", "--json", "-j", "1"});
+  INFO(serial.err);
+  REQUIRE(serial.status == 0);
+  for (const auto& [path, u] : units_by_path(serial.out)) {
+    INFO(path);
+    std::string base = fs::path(path).filename().string();
+    CHECK(test::nar_of(dir / "store-a" / "store" / base) == test::nar_of(dir / "store-b" / "store" / base));
   }
 }
 

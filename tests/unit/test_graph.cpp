@@ -1,9 +1,14 @@
 #include <kiln/graph/graph.hpp>
+#include <kiln/util/jobserver.hpp>
 
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -80,7 +85,7 @@ struct Recorder
       std::lock_guard guard(mutex);
       substituted.push_back(name_of(p));
     };
-    h.build = [this](const StorePath& p) {
+    h.build = [this](const StorePath& p, BuildContext&) {
       int now = ++running;
       int seen = max_running;
       while (now > seen && !max_running.compare_exchange_weak(seen, now)) {
@@ -210,4 +215,249 @@ TEST_CASE("a failure stops new work, unless --keep-going", "[graph]")
   auto stopped = realise(graph, {FakeGraph::path("top")}, s.hooks(), {});
   CHECK(stopped.at(FakeGraph::path("bad")).status == StepStatus::failed);
   CHECK(stopped.at(FakeGraph::path("top")).status != StepStatus::built);
+}
+
+TEST_CASE("the longest chain of work starts first", "[graph]")
+{
+  // app ← x, and app ← c3 ← c2 ← c1: with one job, c1 (three more steps
+  // behind it) goes before x, unless x is known to cost more.
+  FakeGraph fake({{"app", {"x", "c3"}}, {"x", {}}, {"c3", {"c2"}}, {"c2", {"c1"}}, {"c1", {}}});
+  auto graph = fake.graph({"app"});
+  Recorder r;
+  realise(graph, {FakeGraph::path("app")}, r.hooks(), {});
+  CHECK(r.position("c1") < r.position("x"));
+
+  Recorder s;
+  RealiseHooks hooks = s.hooks();
+  hooks.cost = [](const StorePath& p) { return name_of(p) == "x" ? 10.0 : 1.0; };
+  realise(graph, {FakeGraph::path("app")}, hooks, {});
+  CHECK(s.position("x") == 0);
+}
+
+namespace {
+
+// Builds that announce an early artifact, then go on working: a pipelined
+// dependent may start in between.
+struct Pipeline
+{
+  using Clock = std::chrono::steady_clock;
+  std::mutex mutex;
+  std::map<std::string, Clock::time_point> started, early, ended, registered;
+  std::set<std::string> failing;        // fail after announcing
+  std::map<std::string, std::vector<std::string>> early_inputs;
+  bool pipelined = true;
+
+  RealiseHooks
+  hooks()
+  {
+    RealiseHooks h;
+    h.is_present = [](const StorePath&) { return false; };
+    h.build = [this](const StorePath& p, BuildContext& context) {
+      std::string name = name_of(p);
+      {
+        std::lock_guard guard(mutex);
+        started[name] = Clock::now();
+        for (const auto& in : context.early_inputs()) {
+          early_inputs[name].push_back(name_of(in));
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(40));
+      {
+        std::lock_guard guard(mutex);
+        early[name] = Clock::now();
+      }
+      context.early_ready();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      {
+        std::lock_guard guard(mutex);
+        ended[name] = Clock::now();
+      }
+      if (failing.count(name)) {
+        throw Error("codegen failed in " + name);
+      }
+      context.work_done();
+      if (!context.wait_for_inputs()) {
+        throw Error("an input of " + name + " failed");
+      }
+      std::lock_guard guard(mutex);
+      registered[name] = Clock::now();
+    };
+    if (pipelined) {
+      h.may_start_early = [](const StorePath& dependent, const StorePath&) {
+        return name_of(dependent) != "bin"; // a linking step needs the whole input
+      };
+    }
+    return h;
+  }
+};
+
+} // namespace
+
+TEST_CASE("pipelining: a dependent starts on its input's early artifact", "[graph]")
+{
+  // bin ← lib2 ← lib1: lib2 may start once lib1's metadata is there; bin
+  // links, so it waits for lib2 to be done.
+  FakeGraph fake({{"bin", {"lib2"}}, {"lib2", {"lib1"}}, {"lib1", {}}});
+  auto graph = fake.graph({"bin"});
+  RealiseOptions options;
+  options.jobs = 2;
+
+  SECTION("started early, made valid only after its input")
+  {
+    Pipeline p;
+    auto results = realise(graph, {FakeGraph::path("bin")}, p.hooks(), options);
+    for (const char* name : {"lib1", "lib2", "bin"}) {
+      CHECK(results.at(FakeGraph::path(name)).status == StepStatus::built);
+    }
+    CHECK(p.started["lib2"] >= p.early["lib1"]);
+    CHECK(p.started["lib2"] < p.ended["lib1"]);
+    CHECK(p.registered["lib2"] >= p.registered["lib1"]);
+    CHECK(p.early_inputs["lib2"] == std::vector<std::string>{"lib1"});
+    CHECK(p.started["bin"] >= p.registered["lib2"]);
+    CHECK(p.early_inputs["bin"].empty());
+  }
+  SECTION("without may_start_early, a dependent waits for its input to be done")
+  {
+    Pipeline p;
+    p.pipelined = false;
+    realise(graph, {FakeGraph::path("bin")}, p.hooks(), options);
+    CHECK(p.started["lib2"] >= p.registered["lib1"]);
+    CHECK(p.early_inputs["lib2"].empty());
+  }
+  SECTION("an input that fails after its early artifact voids the dependent")
+  {
+    Pipeline p;
+    p.failing = {"lib1"};
+    auto results = realise(graph, {FakeGraph::path("bin")}, p.hooks(), options);
+    CHECK(results.at(FakeGraph::path("lib1")).status == StepStatus::failed);
+    CHECK(p.started.count("lib2") == 1); // it did start, on the metadata
+    CHECK(results.at(FakeGraph::path("lib2")).status == StepStatus::skipped);
+    CHECK_THAT(results.at(FakeGraph::path("lib2")).error, Catch::Contains("lib1"));
+    CHECK(p.registered.count("lib2") == 0);
+    CHECK(results.at(FakeGraph::path("bin")).status == StepStatus::skipped);
+    CHECK(p.started.count("bin") == 0);
+  }
+}
+
+namespace {
+
+// A job's process taking tokens from the jobserver by its path, as rustc
+// does for codegen threads.
+struct TokenTaker
+{
+  explicit TokenTaker(const std::filesystem::path& fifo)
+    : fd(::open(fifo.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC))
+  {
+    REQUIRE(fd >= 0);
+  }
+  ~TokenTaker() { ::close(fd); }
+  // Take up to `n` tokens now; returns how many.
+  int
+  take(int n)
+  {
+    int got = 0;
+    char token;
+    while (got < n && ::read(fd, &token, 1) == 1) {
+      ++got;
+    }
+    return got;
+  }
+  void
+  give(int n)
+  {
+    for (int i = 0; i < n; ++i) {
+      REQUIRE(::write(fd, "+", 1) == 1);
+    }
+  }
+  int fd;
+};
+
+std::filesystem::path
+fresh_path(const std::string& name)
+{
+  auto path = std::filesystem::temp_directory_path() /
+              (name + "-" + std::to_string(::getpid()) + "-" +
+               std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  return path;
+}
+
+} // namespace
+
+TEST_CASE("a jobserver bounds builds and the threads they start together", "[graph][jobserver]")
+{
+  std::map<std::string, std::vector<std::string>> wide = {{"top", {}}};
+  for (int i = 0; i < 6; ++i) {
+    wide["top"].push_back("leaf" + std::to_string(i));
+    wide["leaf" + std::to_string(i)] = {};
+  }
+  FakeGraph fake(wide);
+  auto graph = fake.graph({"top"});
+  Jobserver jobserver(fresh_path("kiln-test-jobserver"), 2);
+  CHECK(Jobserver::make_flags("/x/fifo") == "-j --jobserver-auth=fifo:/x/fifo");
+
+  std::atomic<int> threads{0}, max_threads{0}, top_extra{-1};
+  RealiseHooks hooks;
+  hooks.is_present = [](const StorePath&) { return false; };
+  hooks.build = [&](const StorePath& p, BuildContext&) {
+    TokenTaker taker(jobserver.path());
+    int extra = taker.take(3); // a greedy compiler
+    if (name_of(p) == "top") {
+      // Alone by then: the other token is free, once an idle worker that
+      // took it to look for work has put it back.
+      for (int i = 0; i < 100 && extra == 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        extra = taker.take(1);
+      }
+      top_extra = extra;
+    }
+    int now = threads += 1 + extra;
+    int seen = max_threads;
+    while (now > seen && !max_threads.compare_exchange_weak(seen, now)) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    threads -= 1 + extra;
+    taker.give(extra);
+  };
+  RealiseOptions options;
+  options.jobs = 2;
+  options.jobserver = &jobserver;
+  auto results = realise(graph, {FakeGraph::path("top")}, hooks, options);
+  CHECK(results.size() == 7);
+  for (const auto& [drv, result] : results) {
+    CHECK(result.status == StepStatus::built);
+  }
+  CHECK(max_threads == 2);
+  CHECK(top_extra == 1);
+  CHECK(jobserver.available() == 2);
+}
+
+TEST_CASE("a jobserver gets back tokens a killed process took along", "[graph][jobserver]")
+{
+  FakeGraph fake({{"c", {"b"}}, {"b", {"a"}}, {"a", {}}});
+  auto graph = fake.graph({"c"});
+  Jobserver jobserver(fresh_path("kiln-test-jobserver"), 2);
+  std::map<std::string, int> extra;
+  RealiseHooks hooks;
+  hooks.is_present = [](const StorePath&) { return false; };
+  hooks.build = [&](const StorePath& p, BuildContext&) {
+    TokenTaker taker(jobserver.path());
+    int got = taker.take(1);
+    for (int i = 0; i < 100 && got == 0; ++i) { // as a compiler's helper thread waits
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      got = taker.take(1);
+    }
+    extra[name_of(p)] = got;
+    if (name_of(p) != "a") {
+      taker.give(extra[name_of(p)]); // "a" dies holding its token
+    }
+  };
+  RealiseOptions options;
+  options.jobs = 2;
+  options.jobserver = &jobserver;
+  auto results = realise(graph, {FakeGraph::path("c")}, hooks, options);
+  CHECK(results.at(FakeGraph::path("c")).status == StepStatus::built);
+  CHECK(extra["a"] == 1);
+  CHECK(extra["b"] == 1); // the lost token is back
+  CHECK(extra["c"] == 1);
+  CHECK(jobserver.available() == 2);
 }

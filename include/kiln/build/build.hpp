@@ -59,6 +59,16 @@ struct BuildOptions
   // Called after each derivation is built (not substituted), with its outputs
   // valid: e.g. to push them to a cache at once.
   std::function<void(const StorePath& drv, const std::vector<StorePath>& outputs)> on_built;
+  // Share a jobserver of `jobs` tokens with the builds (CARGO_MAKEFLAGS):
+  // each build holds one, and rustc takes more for its codegen threads.
+  bool jobserver = false;
+  // Pipelining (in the namespaces sandbox): may `dependent` start once
+  // `input` announced an early artifact? A builder announces one with a
+  // line `@kiln {"action":"early-output","path":"<file in an output>"}` in
+  // its output; the file is then visible to such dependents at its path.
+  std::function<bool(const StorePath& dependent, const StorePath& input)> may_start_early;
+  // For the scheduler: see RealiseHooks::cost.
+  std::function<double(const StorePath& drv)> cost;
 };
 
 // Realise the outputs of `drvs`; returns what happened to each derivation.

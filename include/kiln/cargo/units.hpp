@@ -31,6 +31,9 @@ struct UnitDerivation
   // The unit's main product inside `out`: "bin/my-app", "libfoo-<m>.rlib",
   // "libfoo-<m>.so", "build-script-build", or "out" (a run's OUT_DIR).
   std::string product;
+  // A guess at how long building it takes, relative to other units (for
+  // the scheduler: the longest chains of work start first).
+  double cost = 1;
 };
 
 // A source tree the derivations name by its content hash, copied into the
@@ -40,6 +43,7 @@ struct SourceTree
   std::filesystem::path root;
   PathFilter filter;
   std::string name;
+  uint64_t size = 0; // of its NAR
 };
 
 // The plan's derivations, computed but not yet written: a unit that is
@@ -62,6 +66,11 @@ struct InstantiatedPlan
 // no-op does not read them again.
 InstantiatedPlan instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
                                   const Toolchain& toolchain, const PlanOptions& options);
+
+// Pipelining, as cargo does it: may unit `dependent` start as soon as unit
+// `input` has written its .rmeta? Yes when a library compiled to an rlib
+// uses a library that is one: it reads only the other's metadata.
+bool starts_on_metadata(const Plan& plan, size_t dependent, size_t input);
 
 // The builtin builder for the build module: writes the unit's derivation and
 // sources into the store, then runs this very kiln executable

@@ -7,6 +7,14 @@
 // once its inputs are realised. Builds start as soon as their inputs are
 // there (not level by level), at most `jobs` at once; substitutions run on
 // their own pool, overlapping builds.
+//
+// Pipelining: a build may announce, while it runs, that an early artifact
+// is ready (a Rust library's .rmeta); a dependent that may start on that
+// (RealiseHooks::may_start_early) starts then, not when the input is done.
+// It must not make its outputs valid before its inputs are: it waits for
+// them (BuildContext::wait_for_inputs), and if one fails, so does it.
+// Which inputs a build may start early on is fixed by the graph, so what a
+// build produces never depends on timing — only when it runs.
 #pragma once
 
 #include <kiln/derivation/derivation.hpp>
@@ -61,6 +69,28 @@ struct StepResult
   std::string error; // for failed (the error) and skipped (which input failed)
 };
 
+class Jobserver;
+
+// What a running build may ask of, and tell, the scheduler.
+class BuildContext
+{
+public:
+  virtual ~BuildContext() = default;
+  // Input derivations (of the graph's inputs of this build) that had only
+  // their early artifact ready when it started.
+  virtual const std::vector<StorePath>& early_inputs() const = 0;
+  // This build's early artifact is ready: dependents that may start on it
+  // may start now.
+  virtual void early_ready() = 0;
+  // The build's heavy work is done (what is left is registering its
+  // outputs): its job token goes back, so that another build may start.
+  virtual void work_done() = 0;
+  // Wait until every input is done; false if one failed (then this build's
+  // outputs must not become valid). Gives back this build's job token
+  // while it waits.
+  virtual bool wait_for_inputs() = 0;
+};
+
 // What the scheduler asks of the world.
 struct RealiseHooks
 {
@@ -71,8 +101,15 @@ struct RealiseHooks
   std::function<bool(const StorePath& drv)> is_substitutable;
   // Substitute the outputs of `drv`; throws on failure.
   std::function<void(const StorePath& drv)> substitute;
-  // Build `drv` (its inputs are realised); throws on failure.
-  std::function<void(const StorePath& drv)> build;
+  // Build `drv` (its inputs are realised, or — those context.early_inputs()
+  // names — have their early artifact ready); throws on failure.
+  std::function<void(const StorePath& drv, BuildContext& context)> build;
+  // How long building `drv` may take, relative to others (unset: all the
+  // same). Builds on the longest chain of work to come start first.
+  std::function<double(const StorePath& drv)> cost;
+  // May `dependent` start as soon as `input` has its early artifact ready?
+  // Unset: never.
+  std::function<bool(const StorePath& dependent, const StorePath& input)> may_start_early;
   // Progress: called as each step starts ("substituting", "building") and ends.
   std::function<void(const StorePath& drv, const std::string& event)> progress;
 };
@@ -82,6 +119,10 @@ struct RealiseOptions
   unsigned jobs = 1;              // builds at once
   unsigned substitution_jobs = 16;
   bool keep_going = false;        // after a failure, finish everything else that can be
+  // If set, each build holds one of its tokens while it runs (and the jobs
+  // it runs may take more) until work_done(): the jobserver bounds the work,
+  // and `jobs` more builds may be registering their outputs meanwhile.
+  Jobserver* jobserver = nullptr;
 };
 
 // Realise `targets` (and what they need). Returns a result for every

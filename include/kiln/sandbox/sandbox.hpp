@@ -79,6 +79,15 @@ struct BuildSpec
   std::map<std::string, StorePath> outputs;  // output name -> logical path
   std::chrono::seconds timeout{0};           // 0 = none
   std::chrono::seconds max_silent_time{0};   // 0 = none
+  // Pipelining (namespaces mode only): inputs still being built, each a
+  // host folder with the early artifacts it has so far, visible read-only
+  // at the input's logical path. Not valid in the store (yet), so not in
+  // `inputs`; their own inputs are.
+  std::map<StorePath, std::filesystem::path> early_inputs;
+  // A jobserver fifo (see kiln/util/jobserver.hpp) the build may take job
+  // tokens from: visible in the sandbox and named in CARGO_MAKEFLAGS, where
+  // rustc, cargo's build scripts and the cc crate look for it.
+  std::optional<std::filesystem::path> jobserver;
 };
 
 struct SandboxOptions
@@ -103,6 +112,9 @@ struct SandboxOptions
   unsigned build_gid = 0x35000000;
   // Called with each chunk of build output as it arrives (e.g. to show it).
   std::function<void(std::string_view)> on_output;
+  // Called once the build is set up, before the builder runs: where each
+  // output is being written on the host (to read early artifacts from).
+  std::function<void(const std::map<std::string, std::filesystem::path>& output_dirs)> on_start;
 };
 
 struct BuildOutcome
@@ -132,6 +144,10 @@ struct BuildOutcome
 // cannot be set up.
 BuildOutcome run_build(const LocalStore& store, const BuildSpec& spec,
                        const SandboxOptions& options = {});
+
+// The mode run_build will use with `options`; throws SandboxError if the
+// mode asked for is unavailable.
+SandboxMode sandbox_mode(const SandboxOptions& options = {});
 
 // Whether this process can build in namespaces: probed once (by actually
 // unsharing mount, PID, network, IPC and UTS namespaces — with a user
