@@ -692,6 +692,13 @@ struct CacheServer::Impl
     }
     errno = 0;
     int p = -1;
+    // httplib listens with a backlog of 5: a client opening its 16
+    // connections at once has SYNs dropped and retried a second later.
+    int listening = -1;
+    http->set_socket_options([&listening](socket_t sock) {
+      httplib::default_socket_options(sock);
+      listening = sock;
+    });
     if (config.port == 0) {
       p = http->bind_to_any_port(config.host);
     } else if (http->bind_to_port(config.host, config.port)) {
@@ -702,6 +709,10 @@ struct CacheServer::Impl
       throw Error("cannot listen on " + config.host + ":" + std::to_string(config.port) +
                   (saved ? std::string(": ") + std::strerror(saved) : std::string()));
     }
+    if (listening >= 0) {
+      ::listen(listening, SOMAXCONN);
+    }
+    http->set_socket_options(httplib::default_socket_options);
     port = p;
     bound = true;
     return port;

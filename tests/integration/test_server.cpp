@@ -18,6 +18,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <regex>
 #include <span>
 #include <thread>
@@ -787,5 +789,45 @@ TEST_CASE("Nix substitutes from kiln serve and pushes to it (netrc auth)", "[ser
   CHECK(copied.status == 0);
   CHECK_THAT(copied.err, Catch::Contains("fetched 2 paths"));
   CHECK(test::kiln({"--store", store_b, "store", "verify"}).status == 0);
+  CHECK(server.stop() == 0);
+}
+
+TEST_CASE("kiln serve takes many connections at once without dropping any", "[server]")
+{
+  // A client (kiln's own opens 16) connecting all at once must not wait for
+  // the kernel's one-second SYN retry because the listen queue was full.
+  TempDir dir;
+  fs::create_directories(dir / "cache");
+  Server server(dir.path(), {(dir / "cache").string()});
+  constexpr int k_clients = 64;
+  std::vector<double> seconds(k_clients, 0);
+  std::vector<std::string> replies(k_clients);
+  std::atomic<bool> go{false};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < k_clients; ++i) {
+    clients.emplace_back([&, i] {
+      while (!go) {
+        std::this_thread::yield();
+      }
+      auto t0 = std::chrono::steady_clock::now();
+      int fd = connect_to(server.port);
+      if (fd < 0) {
+        return;
+      }
+      send_all(fd, "GET /nix-cache-info HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+      replies[i] = read_to_eof(fd);
+      ::close(fd);
+      seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+  }
+  go = true;
+  for (auto& c : clients) {
+    c.join();
+  }
+  for (int i = 0; i < k_clients; ++i) {
+    INFO("client " << i << " took " << seconds[i] << " s");
+    CHECK(replies[i].starts_with("HTTP/1.1 200"));
+    CHECK(seconds[i] < 0.9);
+  }
   CHECK(server.stop() == 0);
 }
