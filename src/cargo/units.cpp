@@ -322,9 +322,6 @@ InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) cons
     throw Error("'" + store.print(drv_path) + "' is neither in the store nor in the plan");
   }
   const Derivation& drv = it->second;
-  for (const auto& [input, outputs] : drv.input_drvs) {
-    materialize(store, input);
-  }
   for (const auto& src : drv.input_srcs) {
     if (store.is_valid(src)) {
       continue;
@@ -337,6 +334,14 @@ InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) cons
     if (added != src) {
       throw Error("the sources in '" + tree.root.string() +
                   "' changed while kiln was building; build again");
+    }
+  }
+  // The .drv itself only if its inputs' are there (they were built here): a
+  // .drv must come with its closure, and writing the sources of every
+  // substituted crate (a second or so for a real project) is not worth it.
+  for (const auto& [input, outputs] : drv.input_drvs) {
+    if (!store.is_valid(input)) {
+      return;
     }
   }
   add_derivation(store, drv);

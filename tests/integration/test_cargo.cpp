@@ -551,4 +551,17 @@ TEST_CASE("cargo frontend: real crates build, behave as cargo's binary, and come
   CHECK(built == std::vector<std::string>{"rust-app bin"});
   auto again = test::run({kiln_bin.string(), "sample.txt"}, in_app);
   CHECK(again.out == read_file(app / "sample.expected.json"));
+  // Only the compiled crate's sources were copied into the store, and no
+  // .drv: its inputs' .drvs are not there (they were substituted).
+  std::vector<std::string> sources, drvs;
+  for (const auto& entry : fs::directory_iterator(fs::path(store_b) / "store")) {
+    std::string name = entry.path().filename().string();
+    if (name.ends_with("-src")) {
+      sources.push_back(name.substr(33));
+    } else if (name.ends_with(".drv")) {
+      drvs.push_back(name.substr(33));
+    }
+  }
+  CHECK(sources == std::vector<std::string>{"rust-app-0.1.0-src"});
+  CHECK(drvs.empty());
 }

@@ -56,8 +56,9 @@ struct InstantiatedPlan
 
   // A reader for the build graph: these derivations, else the store's.
   DrvReader reader(const LocalStore& store) const;
-  // Write `drv` (with its input derivations) and the sources they use into
-  // the store, before it is built. Throws if a source changed meanwhile.
+  // Before `drv` is built: write the sources it compiles into the store, and
+  // the .drv itself if its input derivations are there (built here, not
+  // substituted). Throws if a source changed meanwhile.
   void materialize(LocalStore& store, const StorePath& drv) const;
 };
 
