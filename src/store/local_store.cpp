@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <ctime>
 #include <map>
@@ -228,28 +229,36 @@ public:
   }
 
 private:
-  // Look at every 32-character window of nix32 characters starting before `limit`.
+  // Look at every 32-character window of nix32 characters starting before
+  // `limit`. As Nix's scanner: test a window from its end, and on a byte
+  // that is not nix32, skip every window that holds it — most of a binary
+  // is passed over without looking at each byte.
   void
   scan(std::string_view s, size_t limit)
   {
+    static const std::array<bool, 256> nix32 = [] {
+      std::array<bool, 256> table{};
+      for (int c = 0; c < 256; ++c) {
+        table[static_cast<size_t>(c)] = is_nix32_char(static_cast<char>(c));
+      }
+      return table;
+    }();
     const size_t len = StorePath::k_hash_len;
     size_t i = 0;
-    while (i < s.size() && i < limit) {
-      if (!is_nix32_char(s[i])) {
-        ++i;
+    while (i < limit && i + len <= s.size()) {
+      size_t j = len;
+      while (j > 0 && nix32[static_cast<unsigned char>(s[i + j - 1])]) {
+        --j;
+      }
+      if (j > 0) {
+        i += j; // the byte at i + j - 1 is in no window before i + j
         continue;
       }
-      size_t j = i;
-      while (j < s.size() && is_nix32_char(s[j])) {
-        ++j;
+      std::string window(s.substr(i, len));
+      if (m_hashes.count(window)) {
+        m_found.insert(std::move(window));
       }
-      for (size_t k = i; k + len <= j && k < limit; ++k) {
-        std::string window(s.substr(k, len));
-        if (m_hashes.count(window)) {
-          m_found.insert(window);
-        }
-      }
-      i = j;
+      ++i;
     }
   }
 

@@ -284,3 +284,35 @@ TEST_CASE("resolve accepts logical paths, base names, physical paths and links",
   CHECK(store.resolve((dir / "link").string()) == path);
   CHECK_THROWS_WITH(store.resolve("/usr/bin"), Catch::Contains("is not a store path"));
 }
+
+TEST_CASE("register_output finds the references a build's files hold, wherever they lie",
+          "[store]")
+{
+  TempDir dir;
+  LocalStore store({dir / "store", "/kiln/store"});
+  std::map<std::string, StorePath> path;
+  for (const char* name : {"inside-a-run", "at-the-end", "in-a-link", "cut-short", "absent"}) {
+    path.emplace(name, import(store, name, name, {}));
+  }
+  auto hash = [&](const char* name) { return std::string(path.at(name).hash_part()); };
+  fs::path built = dir / "store" / "tmp" / "built";
+  fs::create_directories(built / "lib");
+  // Inside a longer run of nix32 characters, as in a mangled symbol.
+  test::write_file(built / "lib" / "a.so", std::string(5000, '\0') + "abc" + hash("inside-a-run") +
+                                              "xyz" + std::string(3, '\x7f'));
+  // The very last bytes of a file bigger than any read buffer, so that the
+  // hash straddles the chunks the NAR is scanned in.
+  std::string big = test::random_bytes(3 * 1024 * 1024 + 17, 3);
+  test::write_file(built / "big.bin", big + hash("at-the-end"));
+  fs::create_symlink("/kiln/store/" + path.at("in-a-link").base() + "/x", built / "link");
+  // 31 characters of a hash are no reference.
+  test::write_file(built / "short.txt", "/kiln/store/" + hash("cut-short").substr(0, 31) + "-");
+  std::set<StorePath> candidates;
+  for (const auto& [name, p] : path) {
+    candidates.insert(p);
+  }
+  StorePath out("0123456789abcdfghijklmnpqrsvwxyz-out");
+  auto info = store.register_output(out, built, candidates, std::nullopt, "namespaces");
+  CHECK(info.references == std::set<StorePath>{path.at("inside-a-run"), path.at("at-the-end"),
+                                                path.at("in-a-link")});
+}
