@@ -1,5 +1,5 @@
-// The in-sandbox half of "builtin:rust-unit": `kiln __rust-unit` reads the
-// unit from its environment, fills in the host paths that are not part of
+// The in-sandbox half of "builtin:rust-unit": `kiln-rust-unit` (or `kiln
+// __rust-unit`) reads the unit from its environment, fills in the host paths that are not part of
 // its identity (@RUSTC@, @CARGO@, ...), applies the directives of the build
 // scripts it depends on, and runs rustc or the build script.
 #include <kiln/cargo/units.hpp>
@@ -23,6 +23,15 @@ namespace kiln::cargo {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+
+std::string
+envify(std::string s)
+{
+  for (auto& c : s) {
+    c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  }
+  return s;
+}
 
 std::string
 parse_build_script_output(const std::string& stdout_text, std::string& error,

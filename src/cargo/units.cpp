@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
@@ -632,14 +633,6 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
   return instantiated;
 }
 
-std::string
-envify(std::string s)
-{
-  for (auto& c : s) {
-    c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  }
-  return s;
-}
 
 // --- the builtin builder ---
 
@@ -669,28 +662,42 @@ rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
 {
   std::error_code ec;
   fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  // kiln-rust-unit beside kiln (a build tree) or in ../libexec/kiln (an
+  // install); without it, kiln itself does the work (`kiln __rust-unit`).
+  fs::path helper;
+  for (const fs::path& candidate :
+       {self.parent_path() / "kiln-rust-unit",
+        self.parent_path().parent_path() / "libexec" / "kiln" / "kiln-rust-unit"}) {
+    if (::access(candidate.c_str(), X_OK) == 0) {
+      helper = candidate;
+      break;
+    }
+  }
   auto mutex = std::make_shared<std::mutex>();
-  return [toolchain, jobs, self, &store, &plan, mutex](const Derivation& drv, BuildSpec& spec) {
+  return [toolchain, jobs, self, helper, &store, &plan, mutex](const Derivation& drv,
+                                                               BuildSpec& spec) {
     {
       // Builds run on several threads; two may share inputs.
       std::lock_guard guard(*mutex);
       plan.materialize(store, derivation_path(drv, store.store_dir()));
     }
-    spec.builder = self.string();
-    spec.args = {"__rust-unit"};
+    spec.builder = helper.empty() ? self.string() : helper.string();
+    spec.args = helper.empty() ? std::vector<std::string>{"__rust-unit"} : std::vector<std::string>{};
     spec.env["KILN_UNIT_RUSTC"] = toolchain.rustc.string();
     spec.env["KILN_UNIT_RUSTDOC"] = toolchain.rustdoc.string();
     spec.env["KILN_UNIT_CARGO"] = toolchain.cargo.string();
     spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, jobs));
     // The toolchain and the host's C toolchain (rustc links with cc), read-only.
     // Folders first: what lies inside them (kiln's own libraries) is covered.
-    // kiln itself as its folder when the builder's user may enter it: a
-    // folder is not run through ldd (its libraries are in /usr, and asking
-    // costs 0.2 s a build). A private folder (mode 0700) hides it; then the
-    // file itself, with its libraries.
+    // The builder program as its folder when the builder's user may enter
+    // it: a folder is not run through ldd (its libraries are in /usr). A
+    // private folder (mode 0700) hides it; then the file itself, with its
+    // libraries.
+    fs::path builder = helper.empty() ? self : helper;
     std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
                                    "/etc/ld.so.cache", toolchain.sysroot,
-                                   world_enterable(self.parent_path()) ? self.parent_path() : self};
+                                   world_enterable(builder.parent_path()) ? builder.parent_path()
+                                                                          : builder};
     std::vector<fs::path> declared = std::move(spec.tools);
     spec.tools.clear();
     for (const auto& t : tools) {

@@ -131,11 +131,34 @@ TEST_CASE("cmake --install and cpack put kiln, cargo-kiln, the man page and comp
                               (dir / "prefix").string()});
   INFO(installed.out << installed.err);
   REQUIRE(installed.status == 0);
-  for (const char* file : {"bin/kiln", "bin/cargo-kiln", "share/man/man1/kiln.1",
-                           "share/bash-completion/completions/kiln"}) {
+  for (const char* file : {"bin/kiln", "bin/cargo-kiln", "libexec/kiln/kiln-rust-unit",
+                           "share/man/man1/kiln.1", "share/bash-completion/completions/kiln"}) {
     INFO(file);
     CHECK(fs::exists(dir / "prefix" / file));
   }
+  // The installed kiln builds a Cargo project, with the installed
+  // kiln-rust-unit and, without it, by itself.
+  test::write_file(dir / "hello" / "Cargo.toml",
+                   "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+  test::write_file(dir / "hello" / "src" / "main.rs", "fn main() { println!(\"hello\"); }\n");
+  test::RunOptions in_hello;
+  in_hello.cwd = dir / "hello";
+  auto built = test::run({(dir / "prefix" / "bin" / "kiln").string(), "--store",
+                          (dir / "store").string(), "build"},
+                         in_hello);
+  INFO(built.err);
+  REQUIRE(built.status == 0);
+  CHECK(test::run({(dir / "hello" / "target" / "kiln" / "debug" / "hello").string()}).out ==
+        "hello\n");
+  fs::remove(dir / "prefix" / "libexec" / "kiln" / "kiln-rust-unit");
+  test::write_file(dir / "hello" / "src" / "main.rs", "fn main() { println!(\"hello again\"); }\n");
+  auto rebuilt = test::run({(dir / "prefix" / "bin" / "kiln").string(), "--store",
+                            (dir / "store").string(), "build"},
+                           in_hello);
+  INFO(rebuilt.err);
+  REQUIRE(rebuilt.status == 0);
+  CHECK(test::run({(dir / "hello" / "target" / "kiln" / "debug" / "hello").string()}).out ==
+        "hello again\n");
   CHECK(test::output_of(test::run({(dir / "prefix" / "bin" / "cargo-kiln").string(), "kiln",
                                    "--version"}),
                         "installed cargo-kiln") == k_version);
@@ -157,7 +180,8 @@ TEST_CASE("cmake --install and cpack put kiln, cargo-kiln, the man page and comp
   }
   REQUIRE_FALSE(deb.empty());
   auto contents = test::output_of(test::run({"dpkg-deb", "-c", deb.string()}), "dpkg-deb -c");
-  for (const char* file : {"./usr/bin/kiln", "./usr/bin/cargo-kiln", "./usr/share/man/man1/kiln.1",
+  for (const char* file : {"./usr/bin/kiln", "./usr/bin/cargo-kiln", "./usr/libexec/kiln/kiln-rust-unit",
+                           "./usr/share/man/man1/kiln.1",
                            "./usr/share/bash-completion/completions/kiln"}) {
     CHECK_THAT(contents, Catch::Contains(file));
   }
