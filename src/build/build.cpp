@@ -310,6 +310,7 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     hooks.may_start_early = options.may_start_early;
   }
   hooks.cost = options.cost;
+  hooks.prepare = options.prepare;
   EarlyArtifacts early_artifacts;
   std::unique_ptr<Jobserver> jobserver;
   if (options.jobserver) {

@@ -315,14 +315,31 @@ InstantiatedPlan::reader(const LocalStore& store) const
 void
 InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) const
 {
-  if (store.is_valid(drv_path)) {
-    return;
-  }
   auto it = derivations.find(drv_path);
   if (it == derivations.end()) {
+    if (store.is_valid(drv_path)) {
+      return;
+    }
     throw Error("'" + store.print(drv_path) + "' is neither in the store nor in the plan");
   }
   const Derivation& drv = it->second;
+  // The .drv itself only if its inputs' are there (they were built here): a
+  // .drv must come with its closure, and writing the sources of every
+  // substituted crate (a second or so for a real project) is not worth it.
+  auto drv_wanted = [&] {
+    return !store.is_valid(drv_path) &&
+           std::all_of(drv.input_drvs.begin(), drv.input_drvs.end(),
+                       [&](const auto& input) { return store.is_valid(input.first); });
+  };
+  auto done = [&] {
+    return std::all_of(drv.input_srcs.begin(), drv.input_srcs.end(),
+                       [&](const StorePath& src) { return store.is_valid(src); }) &&
+           !drv_wanted();
+  };
+  if (done()) {
+    return; // without waiting for another unit's sources
+  }
+  std::lock_guard guard(*m_materializing);
   for (const auto& src : drv.input_srcs) {
     if (store.is_valid(src)) {
       continue;
@@ -337,15 +354,9 @@ InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) cons
                   "' changed while kiln was building; build again");
     }
   }
-  // The .drv itself only if its inputs' are there (they were built here): a
-  // .drv must come with its closure, and writing the sources of every
-  // substituted crate (a second or so for a real project) is not worth it.
-  for (const auto& [input, outputs] : drv.input_drvs) {
-    if (!store.is_valid(input)) {
-      return;
-    }
+  if (drv_wanted()) {
+    add_derivation(store, drv);
   }
-  add_derivation(store, drv);
 }
 
 InstantiatedPlan
@@ -673,14 +684,9 @@ rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
       break;
     }
   }
-  auto mutex = std::make_shared<std::mutex>();
-  return [toolchain, jobs, self, helper, &store, &plan, mutex](const Derivation& drv,
-                                                               BuildSpec& spec) {
-    {
-      // Builds run on several threads; two may share inputs.
-      std::lock_guard guard(*mutex);
-      plan.materialize(store, derivation_path(drv, store.store_dir()));
-    }
+  return [toolchain, jobs, self, helper, &store, &plan](const Derivation& drv, BuildSpec& spec) {
+    // Done already when the scheduler prepared the build (see cmd_cargo).
+    plan.materialize(store, derivation_path(drv, store.store_dir()));
     spec.builder = helper.empty() ? self.string() : helper.string();
     spec.args = helper.empty() ? std::vector<std::string>{"__rust-unit"} : std::vector<std::string>{};
     spec.env["KILN_UNIT_RUSTC"] = toolchain.rustc.string();

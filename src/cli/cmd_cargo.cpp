@@ -206,6 +206,8 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     cargo::rust_unit_builder(toolchain, settings.jobs, store, instantiated);
   options.read = instantiated.reader(store);
   options.jobserver = true;
+  // A unit's sources go into the store before it takes a job token.
+  options.prepare = [&](const StorePath& drv) { instantiated.materialize(store, drv); };
   options.cost = [&](const StorePath& drv) {
     auto it = unit_of.find(drv);
     return it == unit_of.end() ? 1.0 : units[it->second].cost;

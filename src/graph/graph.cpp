@@ -189,7 +189,6 @@ public:
   explicit ReadyQueue(const std::unordered_map<StorePath, double>& priority) : m_priority(priority) {}
 
   bool empty() const { return m_items.empty(); }
-  size_t size() const { return m_items.size(); }
   void
   push_back(const StorePath& drv)
   {
@@ -464,48 +463,49 @@ private:
   {
     std::unique_lock lock(m_mutex);
     while (true) {
-      // Builds waiting for a token have their pick of the queue already.
-      size_t& seeking = substituting ? m_no_one : m_seeking_token;
-      m_wake.wait(lock, [&] {
-        return queue.size() > seeking || m_unfinished == 0 || m_stopping;
-      });
-      if (queue.size() <= seeking || (m_stopping && !m_options.keep_going)) {
+      m_wake.wait(lock, [&] { return !queue.empty() || m_unfinished == 0 || m_stopping; });
+      if (queue.empty() || (m_stopping && !m_options.keep_going)) {
         if (m_unfinished == 0 || m_stopping) {
           m_wake.notify_all();
           return;
         }
         continue;
       }
-      bool token = false;
-      if (!substituting && m_options.jobserver) {
-        // The token first, then the most urgent build there is by then.
-        ++m_seeking_token;
-        lock.unlock();
-        try {
-          m_options.jobserver->acquire();
-        } catch (...) {
-          lock.lock();
-          --m_seeking_token;
-          throw;
-        }
-        lock.lock();
-        --m_seeking_token;
-        if (queue.empty() || (m_stopping && !m_options.keep_going)) {
-          m_options.jobserver->release();
-          continue;
-        }
-        token = true;
-      }
       StorePath drv = queue.pop_front();
       if (m_results.count(drv)) {
-        if (token) {
-          m_options.jobserver->release();
-        }
         continue; // skipped meanwhile
       }
+      std::string error;
+      bool token = false;
       std::vector<StorePath> early;
       if (!substituting) {
-        m_running.insert(drv);
+        m_running.insert(drv); // its worker decides what becomes of it now
+        if (m_hooks.prepare || m_options.jobserver) {
+          // What needs no job token (writing sources) comes before taking
+          // one: while the other builds work, the next are made ready.
+          lock.unlock();
+          try {
+            if (m_hooks.prepare) {
+              m_hooks.prepare(drv);
+            }
+            if (m_options.jobserver) {
+              m_options.jobserver->acquire();
+              token = true;
+            }
+          } catch (const std::exception& e) {
+            error = e.what();
+          }
+          lock.lock();
+          if (m_stopping && !m_options.keep_going) {
+            if (token) {
+              m_options.jobserver->release();
+            }
+            m_running.erase(drv);
+            finish(drv, {StepStatus::skipped, "not started after an earlier failure"});
+            m_wake.notify_all();
+            continue;
+          }
+        }
         for (const auto& input : m_graph.inputs(drv)) {
           if (!m_results.count(input)) {
             early.push_back(input); // started on its early artifact
@@ -514,11 +514,10 @@ private:
       }
       lock.unlock();
       event(drv, substituting ? "substituting" : "building");
-      std::string error;
       try {
         if (substituting) {
           m_hooks.substitute(drv);
-        } else {
+        } else if (error.empty()) {
           Context context(*this, drv, std::move(early), token);
           m_hooks.build(drv, context);
         }
@@ -628,8 +627,6 @@ private:
   std::unordered_set<StorePath> m_running;  // builds
   std::unordered_set<StorePath> m_early;    // builds whose early artifact is ready
   size_t m_unfinished = 0;
-  size_t m_seeking_token = 0; // build workers waiting for a jobserver token
-  size_t m_no_one = 0;        // (substitutions take none)
   bool m_stopping = false;
 };
 

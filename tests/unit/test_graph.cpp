@@ -461,3 +461,48 @@ TEST_CASE("a jobserver gets back tokens a killed process took along", "[graph][j
   CHECK(extra["c"] == 1);
   CHECK(jobserver.available() == 2);
 }
+
+TEST_CASE("a build is prepared before it waits for a job token", "[graph][jobserver]")
+{
+  FakeGraph fake({{"top", {"a", "b"}}, {"a", {}}, {"b", {}}, {"bad", {}}});
+  Jobserver jobserver(fresh_path("kiln-test-jobserver"), 1);
+  using Clock = std::chrono::steady_clock;
+  std::mutex mutex;
+  std::map<std::string, Clock::time_point> prepared, built_start, built_end;
+  std::vector<std::string> built;
+  RealiseHooks hooks;
+  hooks.is_present = [](const StorePath&) { return false; };
+  hooks.prepare = [&](const StorePath& p) {
+    if (name_of(p) == "bad") {
+      throw Error("sources of bad changed");
+    }
+    std::lock_guard guard(mutex);
+    prepared[name_of(p)] = Clock::now();
+  };
+  hooks.build = [&](const StorePath& p, BuildContext&) {
+    {
+      std::lock_guard guard(mutex);
+      built_start[name_of(p)] = Clock::now();
+      built.push_back(name_of(p));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::lock_guard guard(mutex);
+    built_end[name_of(p)] = Clock::now();
+  };
+  RealiseOptions options;
+  options.jobs = 1; // one token; a second worker prepares the next build meanwhile
+  options.jobserver = &jobserver;
+  auto results = realise(fake.graph({"top"}), {FakeGraph::path("top")}, hooks, options);
+  CHECK(results.at(FakeGraph::path("top")).status == StepStatus::built);
+  REQUIRE(built.size() == 3);
+  const std::string& second = built[1];
+  const std::string& first = built[0];
+  CHECK(prepared[second] < built_end[first]); // made ready while the first built
+  CHECK(built_start[second] >= built_end[first]); // but built after it: one token
+
+  auto failed = realise(fake.graph({"bad"}), {FakeGraph::path("bad")}, hooks, options);
+  CHECK(failed.at(FakeGraph::path("bad")).status == StepStatus::failed);
+  CHECK_THAT(failed.at(FakeGraph::path("bad")).error, Catch::Contains("sources of bad changed"));
+  CHECK(std::count(built.begin(), built.end(), "bad") == 0);
+  CHECK(jobserver.available() == 1);
+}

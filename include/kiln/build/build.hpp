@@ -67,8 +67,9 @@ struct BuildOptions
   // line `@kiln {"action":"early-output","path":"<file in an output>"}` in
   // its output; the file is then visible to such dependents at its path.
   std::function<bool(const StorePath& dependent, const StorePath& input)> may_start_early;
-  // For the scheduler: see RealiseHooks::cost.
+  // For the scheduler: see RealiseHooks::cost and RealiseHooks::prepare.
   std::function<double(const StorePath& drv)> cost;
+  std::function<void(const StorePath& drv)> prepare;
 };
 
 // Realise the outputs of `drvs`; returns what happened to each derivation.

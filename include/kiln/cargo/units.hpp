@@ -13,6 +13,8 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -59,7 +61,11 @@ struct InstantiatedPlan
   // Before `drv` is built: write the sources it compiles into the store, and
   // the .drv itself if its input derivations are there (built here, not
   // substituted). Throws if a source changed meanwhile.
+  // Safe to call from several threads (two units may share sources).
   void materialize(LocalStore& store, const StorePath& drv) const;
+
+private:
+  std::shared_ptr<std::mutex> m_materializing = std::make_shared<std::mutex>();
 };
 
 // Compute every unit's derivation. Source trees are hashed (not copied) and

@@ -101,6 +101,9 @@ struct RealiseHooks
   std::function<bool(const StorePath& drv)> is_substitutable;
   // Substitute the outputs of `drv`; throws on failure.
   std::function<void(const StorePath& drv)> substitute;
+  // Before a build takes its job token: what needs none (e.g. writing its
+  // sources into the store). Throws on failure. Unset: nothing.
+  std::function<void(const StorePath& drv)> prepare;
   // Build `drv` (its inputs are realised, or — those context.early_inputs()
   // names — have their early artifact ready); throws on failure.
   std::function<void(const StorePath& drv, BuildContext& context)> build;
