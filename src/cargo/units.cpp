@@ -601,7 +601,17 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
       if (target.is_proc_macro()) {
         product = "lib" + target.crate_name() + "-" + meta + ".so";
       } else if (target.is_lib()) {
-        product = "lib" + target.crate_name() + "-" + meta + ".rlib";
+        // rustc names each crate type's file lib<crate><extra-filename>.<ext>;
+        // the product is what dependents use, an rlib when there is one.
+        auto has = [&](const char* type) {
+          return std::find(target.crate_types.begin(), target.crate_types.end(), type) !=
+                 target.crate_types.end();
+        };
+        const char* ext = is_rlib(target)                   ? ".rlib"
+                          : has("dylib") || has("cdylib") ? ".so"
+                          : has("staticlib")              ? ".a"
+                                                          : ".rlib";
+        product = "lib" + target.crate_name() + "-" + meta + ext;
       } else if (target.is_custom_build()) {
         product = "build-script-build";
       } else {
@@ -613,8 +623,13 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
     drv.env[k_unit_env] = spec.dump();
     drv.env["rustc"] = toolchain.identity;
     // Units that link, and build-script runs (which may compile C with cc).
+    auto shared_lib = [&] {
+      const auto& types = unit.target->crate_types;
+      return std::find(types.begin(), types.end(), "cdylib") != types.end() ||
+             std::find(types.begin(), types.end(), "dylib") != types.end();
+    };
     bool links = unit.mode == UnitMode::run_custom_build || unit.target->is_bin() ||
-                 unit.target->is_proc_macro() || unit.target->is_custom_build();
+                 unit.target->is_proc_macro() || unit.target->is_custom_build() || shared_lib();
     if (links) {
       drv.env["linker"] = toolchain.linker_identity;
     }

@@ -340,7 +340,7 @@ fs::path
 write_pipeline_project(const fs::path& root)
 {
   test::write_file(root / "Cargo.toml", R"([workspace]
-members = ["slow", "mid", "app"]
+members = ["slow", "mid", "app", "ffi"]
 resolver = "2"
 
 # One codegen unit: slow's rustc then asks the jobserver for no more threads,
@@ -388,6 +388,17 @@ edition = "2021"
 [dependencies]
 mid = { path = "../mid" }
 )");
+  // A C library: its product is the .so, not an rlib.
+  test::write_file(root / "ffi" / "Cargo.toml", R"([package]
+name = "ffi"
+version = "0.1.0"
+edition = "2021"
+
+[lib]
+crate-type = ["cdylib"]
+)");
+  test::write_file(root / "ffi" / "src" / "lib.rs",
+                   "#[no_mangle]\npub extern \"C\" fn ffi_answer() -> i32 { 42 }\n");
   test::write_file(root / "app" / "src" / "main.rs",
                    "fn main() { println!(\"{} {}\", mid::mid(42), env!(\"APP_JOBSERVER\")); }\n");
   return root;
@@ -426,6 +437,22 @@ TEST_CASE("cargo frontend: a library starts on its dependency's metadata, with o
     INFO(entry.path());
     CHECK_THAT(read_file(entry.path()), !Catch::Contains("jobserver"));
   }
+
+  // --link-libs links a cdylib's .so, with its C symbol.
+  auto libs = kiln_in(project, {"--store", (dir / "store-a").string(), "build", "-p", "ffi",
+                                "--link-libs"});
+  INFO(libs.err);
+  REQUIRE(libs.status == 0);
+  fs::path so;
+  for (const auto& entry : fs::directory_iterator(project / "target" / "kiln" / "debug")) {
+    if (entry.path().filename().string().starts_with("libffi-") &&
+        entry.path().extension() == ".so") {
+      so = entry.path();
+    }
+  }
+  REQUIRE_FALSE(so.empty());
+  CHECK(read_file(so).starts_with("\x7f" "ELF"));
+  CHECK_THAT(test::run({"nm", "-D", so.string()}).out, Catch::Contains("ffi_answer"));
 
   // Without pipelining (one job): the same outputs, byte for byte.
   auto serial = kiln_in(project, {"--store", (dir / "store-b").string(), "build", "--json", "-j", "1"});
