@@ -135,32 +135,20 @@ class EarlyFolder
 {
 public:
   EarlyFolder(const LocalStore& store, const StorePath& output)
+    : m_folder(store.root() / "tmp", "early-" + output.base() + "-",
+               "a folder for the early artifacts of '" + output.base() + "'")
   {
-    std::string pattern = (store.root() / "tmp" / ("early-" + output.base() + "-XXXXXX")).string();
-    if (!::mkdtemp(pattern.data())) {
-      throw_errno("creating a folder for the early artifacts of '" + output.base() + "'");
-    }
-    m_path = pattern;
-    fs::permissions(m_path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                              fs::perms::others_read | fs::perms::others_exec);
+    fs::permissions(path(), fs::perms::owner_all | fs::perms::group_read |
+                              fs::perms::group_exec | fs::perms::others_read |
+                              fs::perms::others_exec);
   }
-  ~EarlyFolder()
-  {
-    try {
-      delete_path(m_path);
-    } catch (...) {
-      // Left behind, it is debris for the next GC.
-    }
-  }
-  EarlyFolder(const EarlyFolder&) = delete;
-  EarlyFolder& operator=(const EarlyFolder&) = delete;
 
-  const fs::path& path() const { return m_path; }
+  const fs::path& path() const { return m_folder.path(); }
 
   void
   add(const fs::path& file)
   {
-    fs::path target = m_path / file.filename();
+    fs::path target = path() / file.filename();
     std::error_code ec;
     fs::create_hard_link(file, target, ec);
     if (ec) {
@@ -169,7 +157,7 @@ public:
   }
 
 private:
-  fs::path m_path;
+  TempFolder m_folder;
 };
 
 // The early artifacts announced so far, by output path; an entry goes once

@@ -67,7 +67,21 @@ class WorkDir
 {
 public:
   WorkDir(const LocalStore& store, const std::string& name)
-    : m_gc_lock(store.root() / "locks" / "gc.lock", LockMode::shared)
+    : m_gc_lock(store.root() / "locks" / "gc.lock", LockMode::shared),
+      m_folder(store.root() / "tmp", "build-" + safe_name(name) + "-",
+               "a work folder for build '" + name + "'")
+  {
+  }
+
+  const fs::path&
+  path() const
+  {
+    return m_folder.path();
+  }
+
+private:
+  static std::string
+  safe_name(const std::string& name)
   {
     std::string safe;
     for (char ch : name.substr(0, 40)) {
@@ -75,33 +89,11 @@ public:
                 ? ch
                 : '_';
     }
-    std::string pattern = (store.root() / "tmp" / ("build-" + safe + "-XXXXXX")).string();
-    if (!::mkdtemp(pattern.data())) {
-      throw_errno("creating a work folder for build '" + name + "' in '" +
-                  (store.root() / "tmp").string() + "'");
-    }
-    m_path = pattern;
-  }
-  ~WorkDir()
-  {
-    try {
-      delete_path(m_path);
-    } catch (...) {
-      // Left behind, it is debris for the next GC.
-    }
-  }
-  WorkDir(const WorkDir&) = delete;
-  WorkDir& operator=(const WorkDir&) = delete;
-
-  const fs::path&
-  path() const
-  {
-    return m_path;
+    return safe;
   }
 
-private:
   FileLock m_gc_lock;
-  fs::path m_path;
+  TempFolder m_folder; // after the lock: deleted before GC may run
 };
 
 SandboxMode

@@ -183,6 +183,24 @@ replace_symlink(const fs::path& target, const fs::path& link)
   }
 }
 
+TempFolder::TempFolder(const fs::path& parent, const std::string& prefix, const std::string& what)
+{
+  std::string pattern = (parent / (prefix + "XXXXXX")).string();
+  if (!::mkdtemp(pattern.data())) {
+    throw_errno("creating " + what + " in '" + parent.string() + "'");
+  }
+  m_path = pattern;
+}
+
+TempFolder::~TempFolder()
+{
+  try {
+    delete_path(m_path);
+  } catch (...) {
+    // Left behind: debris, never an error while unwinding.
+  }
+}
+
 void
 delete_path(const fs::path& path)
 {

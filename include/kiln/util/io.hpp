@@ -159,6 +159,23 @@ void replace_symlink(const std::filesystem::path& target, const std::filesystem:
 // first (store objects are read-only). Missing paths are not an error.
 void delete_path(const std::filesystem::path& path);
 
+// A new folder `<parent>/<prefix>XXXXXX` (mkdtemp), deleted with all it holds
+// when this goes; if deleting fails, it is left as debris (the store's GC
+// clears its tmp/). `what` names it in the error if it cannot be made.
+class TempFolder
+{
+public:
+  TempFolder(const std::filesystem::path& parent, const std::string& prefix,
+             const std::string& what);
+  ~TempFolder();
+  TempFolder(const TempFolder&) = delete;
+  TempFolder& operator=(const TempFolder&) = delete;
+  const std::filesystem::path& path() const { return m_path; }
+
+private:
+  std::filesystem::path m_path;
+};
+
 // Disk usage in bytes of a tree (apparent sizes of regular files and links).
 uint64_t tree_size(const std::filesystem::path& path);
 
