@@ -283,8 +283,14 @@ short_kind(const Unit& u)
 bool
 is_rlib(const CargoTarget& t)
 {
-  return std::find(t.crate_types.begin(), t.crate_types.end(), "lib") != t.crate_types.end() ||
-         std::find(t.crate_types.begin(), t.crate_types.end(), "rlib") != t.crate_types.end();
+  return t.has_crate_type("lib") || t.has_crate_type("rlib");
+}
+
+// A library that rustc links into a shared object (dylib, cdylib).
+bool
+links_shared(const CargoTarget& t)
+{
+  return t.has_crate_type("dylib") || t.has_crate_type("cdylib");
 }
 
 // A library that rustc compiles to an rlib (and so to an .rmeta first).
@@ -603,14 +609,10 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
       } else if (target.is_lib()) {
         // rustc names each crate type's file lib<crate><extra-filename>.<ext>;
         // the product is what dependents use, an rlib when there is one.
-        auto has = [&](const char* type) {
-          return std::find(target.crate_types.begin(), target.crate_types.end(), type) !=
-                 target.crate_types.end();
-        };
-        const char* ext = is_rlib(target)                   ? ".rlib"
-                          : has("dylib") || has("cdylib") ? ".so"
-                          : has("staticlib")              ? ".a"
-                                                          : ".rlib";
+        const char* ext = is_rlib(target)       ? ".rlib"
+                          : links_shared(target) ? ".so"
+                          : target.has_crate_type("staticlib") ? ".a"
+                                                               : ".rlib";
         product = "lib" + target.crate_name() + "-" + meta + ext;
       } else if (target.is_custom_build()) {
         product = "build-script-build";
@@ -623,13 +625,9 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
     drv.env[k_unit_env] = spec.dump();
     drv.env["rustc"] = toolchain.identity;
     // Units that link, and build-script runs (which may compile C with cc).
-    auto shared_lib = [&] {
-      const auto& types = unit.target->crate_types;
-      return std::find(types.begin(), types.end(), "cdylib") != types.end() ||
-             std::find(types.begin(), types.end(), "dylib") != types.end();
-    };
     bool links = unit.mode == UnitMode::run_custom_build || unit.target->is_bin() ||
-                 unit.target->is_proc_macro() || unit.target->is_custom_build() || shared_lib();
+                 unit.target->is_proc_macro() || unit.target->is_custom_build() ||
+                 links_shared(*unit.target);
     if (links) {
       drv.env["linker"] = toolchain.linker_identity;
     }
@@ -658,7 +656,6 @@ instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
   sources.save();
   return instantiated;
 }
-
 
 // --- the builtin builder ---
 

@@ -31,6 +31,12 @@ CargoTarget::has_kind(const std::string& k) const
 }
 
 bool
+CargoTarget::has_crate_type(const std::string& type) const
+{
+  return std::find(crate_types.begin(), crate_types.end(), type) != crate_types.end();
+}
+
+bool
 CargoTarget::is_lib() const
 {
   for (const char* k : {"lib", "rlib", "dylib", "cdylib", "staticlib", "proc-macro"}) {

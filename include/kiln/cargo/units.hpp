@@ -79,9 +79,10 @@ InstantiatedPlan instantiate_plan(LocalStore& store, const Workspace& ws, const 
 // uses a library that is one: it reads only the other's metadata.
 bool starts_on_metadata(const Plan& plan, size_t dependent, size_t input);
 
-// The builtin builder for the build module: writes the unit's derivation and
-// sources into the store, then runs this very kiln executable
-// (`kiln __rust-unit`) in the sandbox with the toolchain visible.
+// The builtin builder for the build module: materializes the unit (if the
+// scheduler's prepare step has not), then runs kiln-rust-unit (or, without
+// it, this kiln executable as `kiln __rust-unit`) in the sandbox with the
+// toolchain visible.
 BuiltinBuilder rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
                                  const InstantiatedPlan& plan);
 

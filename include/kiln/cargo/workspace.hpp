@@ -34,6 +34,7 @@ struct CargoTarget
   std::vector<std::string> required_features;
 
   bool has_kind(const std::string& k) const;
+  bool has_crate_type(const std::string& type) const;
   bool is_lib() const;             // lib, rlib, dylib, ... or proc-macro
   bool is_proc_macro() const;
   bool is_bin() const;
