@@ -190,8 +190,34 @@ private:
   std::map<StorePath, std::shared_ptr<EarlyFolder>> m_folders;
 };
 
-// Splits build output into lines and picks out the builder's `@kiln {...}`
-// messages; the rest goes on to `forward`.
+// The early artifacts one build offered, withdrawn however the build ends
+// (after its outputs are registered, when it succeeds).
+class Offers
+{
+public:
+  explicit Offers(EarlyArtifacts& artifacts) : m_artifacts(artifacts) {}
+  ~Offers()
+  {
+    for (const auto& out : m_outputs) {
+      m_artifacts.withdraw(out);
+    }
+  }
+  Offers(const Offers&) = delete;
+  Offers& operator=(const Offers&) = delete;
+  void
+  offer(const StorePath& output, std::shared_ptr<EarlyFolder> folder)
+  {
+    m_artifacts.offer(output, std::move(folder));
+    m_outputs.insert(output);
+  }
+
+private:
+  EarlyArtifacts& m_artifacts;
+  std::set<StorePath> m_outputs;
+};
+
+// Splits build output into lines and picks out the builder's messages to
+// kiln (is_builder_message); the rest goes on to `forward`.
 class BuilderMessages
 {
 public:
@@ -208,9 +234,9 @@ public:
     size_t start = 0;
     for (size_t nl; (nl = m_pending.find('\n', start)) != std::string::npos; start = nl + 1) {
       std::string_view line(m_pending.data() + start, nl - start);
-      if (line.starts_with("@kiln {")) {
+      if (is_builder_message(line)) {
         try {
-          m_handle(nlohmann::json::parse(line.substr(6)));
+          m_handle(nlohmann::json::parse(line.substr(k_builder_message_prefix.size())));
         } catch (const nlohmann::json::exception&) {
           out.append(line).push_back('\n'); // not ours after all
         }
@@ -220,8 +246,9 @@ public:
     }
     m_pending.erase(0, start);
     // A partial line is held back only while it may still become a message.
-    if (!m_pending.empty() && !std::string_view("@kiln {").starts_with(
-                                std::string_view(m_pending).substr(0, 7))) {
+    static const std::string opening = std::string(k_builder_message_prefix) + "{";
+    if (!m_pending.empty() && !std::string_view(opening).starts_with(
+                                std::string_view(m_pending).substr(0, opening.size()))) {
       out += m_pending;
       m_pending.clear();
     }
@@ -370,12 +397,7 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     sandbox.log_file = log_path(store, drv_path);
     std::map<std::string, fs::path> output_dirs;
     sandbox.on_start = [&](const std::map<std::string, fs::path>& dirs) { output_dirs = dirs; };
-    std::set<StorePath> offered;
-    auto withdraw_offers = [&] {
-      for (const auto& out : offered) {
-        early_artifacts.withdraw(out);
-      }
-    };
+    Offers offers(early_artifacts);
     BuilderMessages messages(options.on_build_output, [&](const nlohmann::json& message) {
       // {"action":"early-output","path":"/kiln/store/<output>/<file>"}
       if (message.value("action", "") != "early-output" || !pipelining) {
@@ -397,30 +419,21 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
           folder = std::make_shared<EarlyFolder>(store, out);
         }
         folder->add(host);
-        early_artifacts.offer(out, folder);
-        offered.insert(out);
+        offers.offer(out, folder);
         context.early_ready();
       }
     });
     sandbox.on_output = [&](std::string_view chunk) { messages.feed(chunk); };
-    BuildOutcome outcome;
-    try {
-      outcome = run_build(store, spec, sandbox);
-    } catch (...) {
-      withdraw_offers();
-      throw;
-    }
+    BuildOutcome outcome = run_build(store, spec, sandbox);
     early_held.clear();
     context.work_done();
     if (!outcome.success) {
-      withdraw_offers();
       throw Error("building '" + dir.print(drv_path) + "' failed: " + outcome.error +
                   "\n--- last lines of the log (full log: " + outcome.log_file.string() +
                   ", or `kiln log " + dir.print(drv_path) + "`) ---\n" + outcome.log_tail);
     }
     // Started on early artifacts: valid only once what it read is.
     if (!context.wait_for_inputs()) {
-      withdraw_offers();
       throw Error("an input of '" + dir.print(drv_path) + "' failed");
     }
     std::set<StorePath> candidates = spec.inputs;
@@ -431,17 +444,11 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
       candidates.insert(out);
     }
     std::vector<StorePath> registered;
-    try {
-      for (const auto& [name, built] : outcome.output_dirs) {
-        store.register_output(spec.outputs.at(name), built, candidates, drv_path,
-                              std::string(to_string(outcome.mode)));
-        registered.push_back(spec.outputs.at(name));
-      }
-    } catch (...) {
-      withdraw_offers();
-      throw;
+    for (const auto& [name, built] : outcome.output_dirs) {
+      store.register_output(spec.outputs.at(name), built, candidates, drv_path,
+                            std::string(to_string(outcome.mode)));
+      registered.push_back(spec.outputs.at(name));
     }
-    withdraw_offers();
     if (options.on_built) {
       options.on_built(drv_path, registered);
     }

@@ -219,7 +219,7 @@ rustc_message(const std::string& line)
   if (type == "artifact") {
     if (message.value("emit", "") == "metadata") {
       json note = {{"action", "early-output"}, {"path", message.value("artifact", "")}};
-      std::cerr << "@kiln " << note.dump() << std::endl;
+      std::cerr << k_builder_message_prefix << note.dump() << std::endl;
     }
   } else if (type == "diagnostic") {
     auto rendered = message.find("rendered");

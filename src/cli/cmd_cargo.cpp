@@ -336,7 +336,7 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
       // Without the builder's messages to kiln.
       std::istringstream lines(read_file(log));
       for (std::string line; std::getline(lines, line);) {
-        if (!line.starts_with("@kiln {")) {
+        if (!is_builder_message(line)) {
           log_text += line + "\n";
         }
       }

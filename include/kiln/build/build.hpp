@@ -14,9 +14,21 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kiln {
+
+// A builder's message to kiln, not build output: a line of its output made of
+// this prefix and a JSON object (as Nix's `@nix {...}` lines), e.g.
+// `@kiln {"action":"early-output","path":"/kiln/store/<output>/<file>"}`.
+inline constexpr std::string_view k_builder_message_prefix = "@kiln ";
+inline bool
+is_builder_message(std::string_view line)
+{
+  return line.starts_with(k_builder_message_prefix) &&
+         line.substr(k_builder_message_prefix.size()).starts_with('{');
+}
 
 // The environment variable through which a derivation declares the host
 // tools it uses ("path=sha256:…" lines): it is part of the derivation, so a
@@ -63,9 +75,10 @@ struct BuildOptions
   // each build holds one, and rustc takes more for its codegen threads.
   bool jobserver = false;
   // Pipelining (in the namespaces sandbox): may `dependent` start once
-  // `input` announced an early artifact? A builder announces one with a
-  // line `@kiln {"action":"early-output","path":"<file in an output>"}` in
-  // its output; the file is then visible to such dependents at its path.
+  // `input` announced an early artifact? A builder announces one with the
+  // message {"action":"early-output","path":"<file in an output>"} (see
+  // k_builder_message_prefix); the file is then visible to such dependents
+  // at its path.
   std::function<bool(const StorePath& dependent, const StorePath& input)> may_start_early;
   // For the scheduler: see RealiseHooks::cost and RealiseHooks::prepare.
   std::function<double(const StorePath& drv)> cost;
