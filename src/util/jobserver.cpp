@@ -33,21 +33,21 @@ Jobserver::Jobserver(std::filesystem::path path, unsigned tokens)
   if (::mkfifo(m_path.c_str(), 0666) != 0) {
     throw_errno("creating the jobserver fifo '" + m_path.string() + "'");
   }
-  // mkfifo's mode is cut by the umask; builders run as another user.
-  if (::chmod(m_path.c_str(), 0666) != 0) {
+  auto fail = [&](const std::string& doing) {
     int error = errno;
     ::unlink(m_path.c_str());
     errno = error;
-    throw_errno("opening the jobserver fifo '" + m_path.string() + "' to builders");
+    throw_errno(doing + " the jobserver fifo '" + m_path.string() + "'");
+  };
+  // mkfifo's mode is cut by the umask; builders run as another user.
+  if (::chmod(m_path.c_str(), 0666) != 0) {
+    fail("giving builders access to");
   }
   // Read and write: opening never blocks, and reads wait for a token
   // instead of seeing end-of-file when no job has the fifo open.
   m_fd = ::open(m_path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK);
   if (m_fd < 0) {
-    int error = errno;
-    ::unlink(m_path.c_str());
-    errno = error;
-    throw_errno("opening the jobserver fifo '" + m_path.string() + "'");
+    fail("opening");
   }
   for (unsigned i = 0; i < m_tokens; ++i) {
     put_token(m_fd, m_path);
@@ -59,7 +59,6 @@ Jobserver::~Jobserver()
   ::close(m_fd);
   ::unlink(m_path.c_str());
 }
-
 
 void
 Jobserver::acquire()

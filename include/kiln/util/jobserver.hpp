@@ -24,7 +24,6 @@ public:
   Jobserver& operator=(const Jobserver&) = delete;
 
   const std::filesystem::path& path() const { return m_path; }
-  unsigned tokens() const { return m_tokens; }
 
   // Take a token for a job of kiln's own, waiting for one to be free. While
   // kiln holds none, no process it started can hold one either: tokens
