@@ -30,52 +30,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// `kiln serve ARGS --listen 127.0.0.1:0` in the background, stopped with
-// SIGTERM at scope end.
-class Server
+// `kiln serve ARGS` on a free loopback port, each with a log of its own in `dir`.
+class Server : public test::KilnServe
 {
 public:
   Server(const fs::path& dir, std::vector<std::string> args)
+    : KilnServe(std::move(args), dir / ("serve-" + std::to_string(++s_count) + ".log"))
   {
-    std::vector<std::string> argv = {test::kiln_binary(), "serve"};
-    argv.insert(argv.end(), args.begin(), args.end());
-    argv.insert(argv.end(), {"--listen", "127.0.0.1:0"});
-    m_log = dir / ("serve-" + std::to_string(++s_count) + ".log");
-    m_process = std::make_unique<test::BackgroundProcess>(argv, m_log);
-    bool ready = m_process->wait_for_stderr("listening on http", 20);
-    INFO(m_process->stderr_text());
-    REQUIRE(ready);
-    std::smatch m;
-    std::string text = m_process->stderr_text();
-    REQUIRE(std::regex_search(text, m, std::regex("listening on https?://127\\.0\\.0\\.1:(\\d+)")));
-    port = std::stoi(m[1]);
-    url = "http://127.0.0.1:" + std::to_string(port);
   }
-
-  std::string
-  log() const
-  {
-    return m_process->stderr_text();
-  }
-  int
-  pid() const
-  {
-    return m_process->pid();
-  }
-  // SIGTERM, and the exit status.
-  int
-  stop()
-  {
-    return m_process->stop();
-  }
-
-  int port = 0;
-  std::string url;
 
 private:
   static inline int s_count = 0;
-  fs::path m_log;
-  std::unique_ptr<test::BackgroundProcess> m_process;
 };
 
 int

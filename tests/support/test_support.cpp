@@ -360,19 +360,24 @@ PrivateNix::physical(const std::string& store_path) const
   return m_dir / "root" / "nix" / "store" / fs::path(store_path).filename();
 }
 
-KilnServe::KilnServe(const fs::path& config, const fs::path& log_file)
+KilnServe::KilnServe(std::vector<std::string> args, const fs::path& log_file)
 {
-  m_process = std::make_unique<BackgroundProcess>(
-    std::vector<std::string>{kiln_binary(), "serve", "--config", config.string(), "--listen",
-                             "127.0.0.1:0"},
-    log_file);
+  args.insert(args.begin(), {kiln_binary(), "serve"});
+  args.insert(args.end(), {"--listen", "127.0.0.1:0"});
+  m_process = std::make_unique<BackgroundProcess>(args, log_file);
   bool ready = m_process->wait_for_stderr("listening on http", 20);
   INFO(m_process->stderr_text());
   REQUIRE(ready);
   std::smatch m;
   std::string text = m_process->stderr_text();
-  REQUIRE(std::regex_search(text, m, std::regex("listening on http://127\\.0\\.0\\.1:(\\d+)")));
-  url = "http://127.0.0.1:" + m[1].str();
+  REQUIRE(std::regex_search(text, m, std::regex("listening on https?://127\\.0\\.0\\.1:(\\d+)")));
+  port = std::stoi(m[1]);
+  url = "http://127.0.0.1:" + std::to_string(port);
+}
+
+KilnServe::KilnServe(const fs::path& config, const fs::path& log_file)
+  : KilnServe(std::vector<std::string>{"--config", config.string()}, log_file)
+{
 }
 
 RunResult

@@ -140,11 +140,20 @@ private:
   TempDir m_dir;
 };
 
-// `kiln serve --config CONFIG` on a free loopback port, stopped at scope end.
+// `kiln serve ARGS --listen 127.0.0.1:0` in the background, its stderr in
+// `log_file`; stopped with SIGTERM at scope end.
 class KilnServe
 {
 public:
+  KilnServe(std::vector<std::string> args, const fs::path& log_file);
+  // `kiln serve --config CONFIG`.
   KilnServe(const fs::path& config, const fs::path& log_file);
+  std::string log() const { return m_process->stderr_text(); }
+  int pid() const { return m_process->pid(); }
+  // SIGTERM, and the exit status.
+  int stop() { return m_process->stop(); }
+
+  int port = 0;
   std::string url;   // http://127.0.0.1:PORT
 
 private:
