@@ -140,25 +140,23 @@ TEST_CASE("cmake --install and cpack put kiln, cargo-kiln, the man page and comp
   // kiln-rust-unit and, without it, by itself.
   test::write_file(dir / "hello" / "Cargo.toml",
                    "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
-  test::write_file(dir / "hello" / "src" / "main.rs", "fn main() { println!(\"hello\"); }\n");
-  test::RunOptions in_hello;
-  in_hello.cwd = dir / "hello";
-  auto built = test::run({(dir / "prefix" / "bin" / "kiln").string(), "--store",
-                          (dir / "store").string(), "build"},
-                         in_hello);
-  INFO(built.err);
-  REQUIRE(built.status == 0);
-  CHECK(test::run({(dir / "hello" / "target" / "kiln" / "debug" / "hello").string()}).out ==
-        "hello\n");
-  fs::remove(dir / "prefix" / "libexec" / "kiln" / "kiln-rust-unit");
-  test::write_file(dir / "hello" / "src" / "main.rs", "fn main() { println!(\"hello again\"); }\n");
-  auto rebuilt = test::run({(dir / "prefix" / "bin" / "kiln").string(), "--store",
+  // The installed kiln builds a main.rs printing `text`; the binary prints it.
+  auto build_printing = [&](const std::string& text) {
+    test::write_file(dir / "hello" / "src" / "main.rs",
+                     "fn main() { println!(\"" + text + "\"); }\n");
+    test::RunOptions in_hello;
+    in_hello.cwd = dir / "hello";
+    auto built = test::run({(dir / "prefix" / "bin" / "kiln").string(), "--store",
                             (dir / "store").string(), "build"},
                            in_hello);
-  INFO(rebuilt.err);
-  REQUIRE(rebuilt.status == 0);
-  CHECK(test::run({(dir / "hello" / "target" / "kiln" / "debug" / "hello").string()}).out ==
-        "hello again\n");
+    INFO(built.err);
+    REQUIRE(built.status == 0);
+    CHECK(test::run({(dir / "hello" / "target" / "kiln" / "debug" / "hello").string()}).out ==
+          text + "\n");
+  };
+  build_printing("hello");
+  fs::remove(dir / "prefix" / "libexec" / "kiln" / "kiln-rust-unit");
+  build_printing("hello again");
   CHECK(test::output_of(test::run({(dir / "prefix" / "bin" / "cargo-kiln").string(), "kiln",
                                    "--version"}),
                         "installed cargo-kiln") == k_version);
