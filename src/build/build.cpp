@@ -10,6 +10,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <sstream>
@@ -263,40 +264,99 @@ private:
   std::string m_pending;
 };
 
-} // namespace
-
-std::map<StorePath, StepResult>
-build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
-                  const BuildOptions& options)
+// The observer, called by one thread at a time.
+class SerializedObserver
 {
-  const StoreDir& dir = store.store_dir();
-  DrvReader read = options.read ? options.read
-                                 : [&](const StorePath& p) { return read_derivation(store, p); };
-  auto graph = BuildGraph::from_targets(drvs, read, dir);
-  auto say = [&](const std::string& line) {
-    if (options.progress) {
-      options.progress(line);
-    }
-  };
+public:
+  explicit SerializedObserver(BuildObserver& observer) : m_observer(observer) {}
+  template <typename F>
+  void
+  operator()(F&& call)
+  {
+    std::lock_guard guard(m_mutex);
+    call(m_observer);
+  }
 
-  RealiseHooks hooks;
-  hooks.is_present = [&](const StorePath& drv) {
-    for (const auto& out : outputs_of(store, graph.derivation(drv))) {
-      if (!store.is_valid(out)) {
-        return false;
-      }
+private:
+  BuildObserver& m_observer;
+  std::mutex m_mutex;
+};
+
+// One build_derivations call: the scheduler's hooks, over the store, the
+// caches, the sandbox and the frontend.
+class Realiser
+{
+public:
+  Realiser(LocalStore& store, const BuildOptions& options, const Frontend& frontend,
+           BuildObserver& observer, const BuildGraph& graph)
+    : m_store(store), m_dir(store.store_dir()), m_options(options), m_frontend(frontend),
+      m_observer(observer), m_graph(graph),
+      m_pipelining(sandbox_mode() == SandboxMode::namespaces)
+  {
+    if (options.jobserver) {
+      static std::atomic<unsigned> serial{0};
+      fs::create_directories(store.root() / "tmp");
+      m_jobserver = std::make_unique<Jobserver>(
+        store.root() / "tmp" /
+          ("jobserver-" + std::to_string(::getpid()) + "-" + std::to_string(serial++)),
+        std::max(1u, options.jobs));
     }
-    return true;
-  };
-  hooks.is_substitutable = [&](const StorePath& drv) {
-    if (options.caches.empty()) {
+  }
+
+  RealiseHooks
+  hooks()
+  {
+    RealiseHooks hooks;
+    hooks.is_present = [this](const StorePath& drv) { return is_present(drv); };
+    hooks.is_substitutable = [this](const StorePath& drv) { return is_substitutable(drv); };
+    hooks.substitute = [this](const StorePath& drv) { substitute(drv); };
+    hooks.prepare = [this](const StorePath& drv) { m_frontend.prepare(drv); };
+    hooks.build = [this](const StorePath& drv, BuildContext& context) { build(drv, context); };
+    hooks.cost = [this](const StorePath& drv) { return m_frontend.cost(drv); };
+    if (m_pipelining) {
+      hooks.may_start_early = [this](const StorePath& dependent, const StorePath& input) {
+        return m_frontend.may_start_early(dependent, input);
+      };
+    }
+    hooks.started = [this](const StorePath& drv, StepKind kind) {
+      m_observer([&](BuildObserver& o) { o.step_started(drv, kind); });
+    };
+    hooks.finished = [this](const StorePath& drv, const StepResult& result) {
+      m_observer([&](BuildObserver& o) { o.step_finished(drv, result); });
+    };
+    return hooks;
+  }
+
+  Jobserver* jobserver() const { return m_jobserver.get(); }
+
+  void
+  report_pushes(BuildResult& result)
+  {
+    std::lock_guard guard(m_push_mutex);
+    result.pushed = m_pushed;
+    result.push_errors = m_push_errors;
+  }
+
+private:
+  bool
+  is_present(const StorePath& drv) const
+  {
+    auto outputs = outputs_of(m_store, m_graph.derivation(drv));
+    return std::all_of(outputs.begin(), outputs.end(),
+                       [&](const StorePath& out) { return m_store.is_valid(out); });
+  }
+
+  bool
+  is_substitutable(const StorePath& drv) const
+  {
+    if (m_options.caches.empty()) {
       return false;
     }
-    for (const auto& out : outputs_of(store, graph.derivation(drv))) {
+    for (const auto& out : outputs_of(m_store, m_graph.derivation(drv))) {
       bool found = false;
-      for (auto* cache : options.caches) {
+      for (auto* cache : m_options.caches) {
         auto narinfo = cache->query(out);
-        if (narinfo && is_trusted(options.policy, dir, narinfo->info)) {
+        if (narinfo && is_trusted(m_options.policy, m_dir, narinfo->info)) {
           found = true;
           break;
         }
@@ -306,39 +366,26 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
       }
     }
     return true;
-  };
-  hooks.substitute = [&](const StorePath& drv) {
+  }
+
+  void
+  substitute(const StorePath& drv)
+  {
     SubstituteOptions sub;
-    sub.connections = options.connections;
-    auto result = substitute(store, options.caches, options.policy,
-                             outputs_of(store, graph.derivation(drv)), sub);
-    if (options.on_downloaded) {
-      options.on_downloaded(result.bytes_downloaded);
-    }
+    sub.connections = m_options.connections;
+    auto result = kiln::substitute(m_store, m_options.caches, m_options.policy,
+                                   outputs_of(m_store, m_graph.derivation(drv)), sub);
+    m_observer([&](BuildObserver& o) { o.downloaded(result.bytes_downloaded); });
     if (!result.failed.empty()) {
       throw Error(result.failed.begin()->second);
     }
-  };
-  // Pipelining needs early inputs mounted at their logical paths.
-  bool pipelining = options.may_start_early && sandbox_mode() == SandboxMode::namespaces;
-  if (pipelining) {
-    hooks.may_start_early = options.may_start_early;
-  }
-  hooks.cost = options.cost;
-  hooks.prepare = options.prepare;
-  EarlyArtifacts early_artifacts;
-  std::unique_ptr<Jobserver> jobserver;
-  if (options.jobserver) {
-    static std::atomic<unsigned> serial{0};
-    fs::create_directories(store.root() / "tmp");
-    jobserver = std::make_unique<Jobserver>(
-      store.root() / "tmp" /
-        ("jobserver-" + std::to_string(::getpid()) + "-" + std::to_string(serial++)),
-      std::max(1u, options.jobs));
   }
 
-  hooks.build = [&](const StorePath& drv_path, BuildContext& context) {
-    const Derivation& drv = graph.derivation(drv_path);
+  // The sandboxed step of `drv`: its builder (a builtin one from the
+  // frontend), environment, tools and outputs; inputs come separately.
+  BuildSpec
+  step_of(const Derivation& drv) const
+  {
     BuildSpec spec;
     spec.name = drv.name;
     spec.builder = drv.builder;
@@ -346,96 +393,126 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     spec.env = drv.env;
     spec.tools = declared_tools(drv);
     if (drv.builder.starts_with("builtin:")) {
-      auto builtin = options.builtins.find(drv.builder);
-      if (builtin == options.builtins.end()) {
-        throw Error("'" + dir.print(drv_path) + "' needs the builder '" + drv.builder +
-                    "', which only the command that made it provides (for Cargo units: "
-                    "`kiln build` in the project)");
-      }
-      builtin->second(drv, spec);
+      m_frontend.builtin_builder(drv, spec);
     }
-    spec.timeout = options.timeout;
-    spec.max_silent_time = options.max_silent_time;
-    // Inputs: valid ones with their closure; those started on early (not
-    // valid yet) as their early folders, with their own inputs in turn.
+    spec.timeout = m_options.timeout;
+    spec.max_silent_time = m_options.max_silent_time;
+    for (const auto& [name, out] : drv.outputs) {
+      spec.outputs.emplace(name, m_dir.parse(out.path));
+    }
+    if (m_jobserver) {
+      spec.jobserver = m_jobserver->path();
+    }
+    return spec;
+  }
+
+  // Inputs: valid ones with their closure; those started on early (not
+  // valid yet) as their early folders, with their own inputs in turn. The
+  // folders are held in `held` while the build runs.
+  void
+  add_inputs(BuildSpec& spec, const Derivation& drv, const BuildContext& context,
+             std::vector<std::shared_ptr<EarlyFolder>>& held) const
+  {
     std::set<StorePath> direct = drv.input_srcs;
-    std::vector<std::shared_ptr<EarlyFolder>> early_held;
     std::set<StorePath> seen;
-    std::function<void(const Derivation&)> add_inputs = [&](const Derivation& of) {
+    std::function<void(const Derivation&)> add = [&](const Derivation& of) {
       for (const auto& [input, names] : of.input_drvs) {
         // The graph holds every input derivation: it is their closure.
-        const Derivation& in = graph.derivation(input);
+        const Derivation& in = m_graph.derivation(input);
         for (const auto& name : names) {
-          StorePath out = dir.parse(in.outputs.at(name).path);
+          StorePath out = m_dir.parse(in.outputs.at(name).path);
           if (!seen.insert(out).second) {
             continue;
           }
-          auto folder = context.early_inputs().empty() || store.is_valid(out)
+          auto folder = context.early_inputs().empty() || m_store.is_valid(out)
                           ? nullptr
-                          : early_artifacts.find(out);
+                          : m_early.find(out);
           if (!folder) {
             direct.insert(out); // valid (or made valid since it was looked at)
             continue;
           }
           spec.early_inputs[out] = folder->path();
-          early_held.push_back(folder);
+          held.push_back(folder);
           direct.insert(in.input_srcs.begin(), in.input_srcs.end());
-          add_inputs(in);
+          add(in);
         }
       }
     };
-    add_inputs(drv);
-    spec.inputs = store.closure(direct);
-    for (const auto& [name, out] : drv.outputs) {
-      spec.outputs.emplace(name, dir.parse(out.path));
+    add(drv);
+    spec.inputs = m_store.closure(direct);
+  }
+
+  // {"action":"early-output","path":"/kiln/store/<output>/<file>"}: the file
+  // is offered to the dependents that may start on it.
+  void
+  early_output(const nlohmann::json& message, const BuildSpec& spec,
+               const std::map<std::string, fs::path>& output_dirs, Offers& offers,
+               BuildContext& context)
+  {
+    if (message.value("action", "") != "early-output" || !m_pipelining) {
+      return;
     }
-    if (jobserver) {
-      spec.jobserver = jobserver->path();
+    std::string path = message.value("path", "");
+    for (const auto& [name, out] : spec.outputs) {
+      std::string prefix = m_dir.print(out) + "/";
+      if (!path.starts_with(prefix) || !output_dirs.count(name)) {
+        continue;
+      }
+      fs::path file = fs::path(path.substr(prefix.size())).lexically_normal();
+      fs::path host = output_dirs.at(name) / file;
+      if (file.has_parent_path() || file.empty() || !fs::is_regular_file(fs::symlink_status(host))) {
+        return; // only files at the top of an output, and only real ones
+      }
+      auto folder = m_early.find(out);
+      if (!folder) {
+        folder = std::make_shared<EarlyFolder>(m_store, out);
+      }
+      folder->add(host);
+      offers.offer(out, folder);
+      context.early_ready();
     }
+  }
+
+  void
+  build(const StorePath& drv_path, BuildContext& context)
+  {
+    const Derivation& drv = m_graph.derivation(drv_path);
+    BuildSpec spec = step_of(drv);
+    std::vector<std::shared_ptr<EarlyFolder>> early_held;
+    add_inputs(spec, drv, context, early_held);
     SandboxOptions sandbox;
-    fs::create_directories(store.root() / "logs");
-    sandbox.log_file = log_path(store, drv_path);
+    fs::create_directories(m_store.root() / "logs");
+    sandbox.log_file = log_path(m_store, drv_path);
     std::map<std::string, fs::path> output_dirs;
     sandbox.on_start = [&](const std::map<std::string, fs::path>& dirs) { output_dirs = dirs; };
-    Offers offers(early_artifacts);
-    BuilderMessages messages(options.on_build_output, [&](const nlohmann::json& message) {
-      // {"action":"early-output","path":"/kiln/store/<output>/<file>"}
-      if (message.value("action", "") != "early-output" || !pipelining) {
-        return;
-      }
-      std::string path = message.value("path", "");
-      for (const auto& [name, out] : spec.outputs) {
-        std::string prefix = dir.print(out) + "/";
-        if (!path.starts_with(prefix) || !output_dirs.count(name)) {
-          continue;
-        }
-        fs::path file = fs::path(path.substr(prefix.size())).lexically_normal();
-        fs::path host = output_dirs.at(name) / file;
-        if (file.has_parent_path() || file.empty() || !fs::is_regular_file(fs::symlink_status(host))) {
-          return; // only files at the top of an output, and only real ones
-        }
-        auto folder = early_artifacts.find(out);
-        if (!folder) {
-          folder = std::make_shared<EarlyFolder>(store, out);
-        }
-        folder->add(host);
-        offers.offer(out, folder);
-        context.early_ready();
-      }
-    });
+    Offers offers(m_early);
+    BuilderMessages messages(
+      [&](std::string_view chunk) {
+        m_observer([&](BuildObserver& o) { o.build_output(drv_path, chunk); });
+      },
+      [&](const nlohmann::json& message) {
+        early_output(message, spec, output_dirs, offers, context);
+      });
     sandbox.on_output = [&](std::string_view chunk) { messages.feed(chunk); };
-    BuildOutcome outcome = run_build(store, spec, sandbox);
+    BuildOutcome outcome = run_build(m_store, spec, sandbox);
     early_held.clear();
     context.work_done();
     if (!outcome.success) {
-      throw Error("building '" + dir.print(drv_path) + "' failed: " + outcome.error +
+      throw Error("building '" + m_dir.print(drv_path) + "' failed: " + outcome.error +
                   "\n--- last lines of the log (full log: " + outcome.log_file.string() +
-                  ", or `kiln log " + dir.print(drv_path) + "`) ---\n" + outcome.log_tail);
+                  ", or `kiln log " + m_dir.print(drv_path) + "`) ---\n" + outcome.log_tail);
     }
     // Started on early artifacts: valid only once what it read is.
     if (!context.wait_for_inputs()) {
-      throw Error("an input of '" + dir.print(drv_path) + "' failed");
+      throw Error("an input of '" + m_dir.print(drv_path) + "' failed");
     }
+    auto registered = register_outputs(drv_path, spec, outcome);
+    push(drv_path, registered);
+  }
+
+  std::vector<StorePath>
+  register_outputs(const StorePath& drv_path, const BuildSpec& spec, const BuildOutcome& outcome)
+  {
     std::set<StorePath> candidates = spec.inputs;
     for (const auto& [input, folder] : spec.early_inputs) {
       candidates.insert(input);
@@ -445,29 +522,130 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     }
     std::vector<StorePath> registered;
     for (const auto& [name, built] : outcome.output_dirs) {
-      store.register_output(spec.outputs.at(name), built, candidates, drv_path,
-                            std::string(to_string(outcome.mode)));
+      m_store.register_output(spec.outputs.at(name), built, candidates, drv_path,
+                              std::string(to_string(outcome.mode)));
       registered.push_back(spec.outputs.at(name));
     }
-    if (options.on_built) {
-      options.on_built(drv_path, registered);
+    return registered;
+  }
+
+  // --push-to: what was just built goes up at once, with its closure.
+  void
+  push(const StorePath& drv_path, const std::vector<StorePath>& outputs)
+  {
+    if (!m_options.push_to) {
+      return;
     }
-  };
-  hooks.progress = [&](const StorePath& drv, const std::string& event) {
-    if (options.on_step) {
-      options.on_step(drv, event);
+    PushOptions push_options;
+    push_options.key = m_options.push_to->key;
+    push_options.connections = m_options.connections;
+    try {
+      auto result = kiln::push(m_store, *m_options.push_to->cache, outputs, push_options);
+      {
+        std::lock_guard guard(m_push_mutex);
+        m_pushed += result.uploaded.size();
+      }
+      m_observer([&](BuildObserver& o) { o.pushed(drv_path, result.uploaded.size()); });
+    } catch (const std::exception& e) {
+      std::lock_guard guard(m_push_mutex);
+      m_push_errors.push_back(m_frontend.describe(drv_path) + ": " + e.what());
     }
-    std::string name(drv.name());
-    name = name.substr(0, name.size() - 4);
-    // Failures are reported once, in full, by the caller.
-    say(event.starts_with("failed") ? "failed " + name : event + " " + name);
+  }
+
+  LocalStore& m_store;
+  const StoreDir& m_dir;
+  const BuildOptions& m_options;
+  const Frontend& m_frontend;
+  mutable SerializedObserver m_observer;
+  const BuildGraph& m_graph;
+  // Pipelining needs early inputs mounted at their logical paths.
+  bool m_pipelining;
+  std::unique_ptr<Jobserver> m_jobserver;
+  EarlyArtifacts m_early;
+  std::mutex m_push_mutex;
+  size_t m_pushed = 0;
+  std::vector<std::string> m_push_errors;
+};
+
+} // namespace
+
+// --- Frontend and BuildObserver defaults ---
+
+const Derivation*
+Frontend::derivation(const StorePath&) const
+{
+  return nullptr;
+}
+
+void
+Frontend::builtin_builder(const Derivation& drv, BuildSpec&) const
+{
+  throw Error("'" + drv.name + "' needs the builder '" + drv.builder +
+              "', which only the command that made it provides (for Cargo units: "
+              "`kiln build` in the project)");
+}
+
+void
+Frontend::prepare(const StorePath&) const
+{
+}
+
+double
+Frontend::cost(const StorePath&) const
+{
+  return 1;
+}
+
+bool
+Frontend::may_start_early(const StorePath&, const StorePath&) const
+{
+  return false;
+}
+
+std::string
+Frontend::describe(const StorePath& drv) const
+{
+  std::string name(drv.name());
+  return name.ends_with(".drv") ? name.substr(0, name.size() - 4) : name;
+}
+
+void BuildObserver::step_started(const StorePath&, StepKind) {}
+void BuildObserver::step_finished(const StorePath&, const StepResult&) {}
+void BuildObserver::downloaded(uint64_t) {}
+void BuildObserver::build_output(const StorePath&, std::string_view) {}
+void BuildObserver::pushed(const StorePath&, size_t) {}
+
+bool
+BuildResult::succeeded(const std::vector<StorePath>& drvs) const
+{
+  return std::all_of(drvs.begin(), drvs.end(), [&](const StorePath& drv) {
+    auto it = steps.find(drv);
+    return it != steps.end() && (it->second.status == StepStatus::present ||
+                                 it->second.status == StepStatus::built ||
+                                 it->second.status == StepStatus::substituted);
+  });
+}
+
+BuildResult
+build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
+                  const BuildOptions& options, const Frontend& frontend, BuildObserver& observer)
+{
+  DrvReader read = [&](const StorePath& p) {
+    const Derivation* drv = frontend.derivation(p);
+    return drv ? *drv : read_derivation(store, p);
   };
+  auto graph = BuildGraph::from_targets(drvs, read, store.store_dir());
+  Realiser realiser(store, options, frontend, observer, graph);
+  RealiseHooks hooks = realiser.hooks();
   RealiseOptions realise_options;
   realise_options.jobs = options.jobs;
   realise_options.substitution_jobs = options.connections;
   realise_options.keep_going = options.keep_going;
-  realise_options.jobserver = jobserver.get();
-  return realise(graph, drvs, hooks, realise_options);
+  realise_options.jobserver = realiser.jobserver();
+  BuildResult result;
+  result.steps = realise(graph, drvs, hooks, realise_options);
+  realiser.report_pushes(result);
+  return result;
 }
 
 } // namespace kiln

@@ -303,12 +303,6 @@ compiles_to_rlib(const Unit& unit)
 
 } // namespace
 
-bool
-starts_on_metadata(const Plan& plan, size_t dependent, size_t input)
-{
-  return compiles_to_rlib(plan.units[dependent]) && compiles_to_rlib(plan.units[input]);
-}
-
 DrvReader
 InstantiatedPlan::reader(const LocalStore& store) const
 {
@@ -679,56 +673,120 @@ world_enterable(const fs::path& dir)
 
 } // namespace
 
-BuiltinBuilder
-rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
-                  const InstantiatedPlan& plan)
+std::string
+describe(const Unit& u)
 {
+  std::string text = u.package->name + " v" + u.package->version;
+  std::string kind = u.kind_name();
+  if (kind == "bin") {
+    text += " (bin \"" + u.target->name + "\")";
+  } else if (kind != "lib") {
+    text += " (" + kind + ")";
+  }
+  return text;
+}
+
+UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
+                           const Toolchain& toolchain, unsigned jobs)
+  : m_store(store), m_plan(plan), m_units(units), m_toolchain(toolchain), m_jobs(jobs)
+{
+  for (size_t i = 0; i < units.units.size(); ++i) {
+    m_unit_of.emplace(units.units[i].drv, i);
+  }
   std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  m_self = fs::read_symlink("/proc/self/exe", ec);
   // kiln-rust-unit beside kiln (a build tree) or in ../libexec/kiln (an
   // install); without it, kiln itself does the work (`kiln __rust-unit`).
-  fs::path helper;
   for (const fs::path& candidate :
-       {self.parent_path() / "kiln-rust-unit",
-        self.parent_path().parent_path() / "libexec" / "kiln" / "kiln-rust-unit"}) {
+       {m_self.parent_path() / "kiln-rust-unit",
+        m_self.parent_path().parent_path() / "libexec" / "kiln" / "kiln-rust-unit"}) {
     if (::access(candidate.c_str(), X_OK) == 0) {
-      helper = candidate;
+      m_helper = candidate;
       break;
     }
   }
-  return [toolchain, jobs, self, helper, &store, &plan](const Derivation& drv, BuildSpec& spec) {
-    // Done already when the scheduler prepared the build (see cmd_cargo).
-    plan.materialize(store, derivation_path(drv, store.store_dir()));
-    spec.builder = helper.empty() ? self.string() : helper.string();
-    spec.args = helper.empty() ? std::vector<std::string>{"__rust-unit"} : std::vector<std::string>{};
-    spec.env["KILN_UNIT_RUSTC"] = toolchain.rustc.string();
-    spec.env["KILN_UNIT_RUSTDOC"] = toolchain.rustdoc.string();
-    spec.env["KILN_UNIT_CARGO"] = toolchain.cargo.string();
-    spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, jobs));
-    // The toolchain and the host's C toolchain (rustc links with cc), read-only.
-    // Folders first: what lies inside them (kiln's own libraries) is covered.
-    // The builder program as its folder when the builder's user may enter
-    // it: a folder is not run through ldd (its libraries are in /usr). A
-    // private folder (mode 0700) hides it; then the file itself, with its
-    // libraries.
-    fs::path builder = helper.empty() ? self : helper;
-    std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
-                                   "/etc/ld.so.cache", toolchain.sysroot,
-                                   world_enterable(builder.parent_path()) ? builder.parent_path()
-                                                                          : builder};
-    std::vector<fs::path> declared = std::move(spec.tools);
-    spec.tools.clear();
-    for (const auto& t : tools) {
-      std::error_code e;
-      if (fs::exists(fs::symlink_status(t, e))) {
-        spec.tools.push_back(t);
-      }
+}
+
+std::optional<size_t>
+UnitFrontend::unit_of(const StorePath& drv) const
+{
+  auto it = m_unit_of.find(drv);
+  return it == m_unit_of.end() ? std::nullopt : std::optional<size_t>(it->second);
+}
+
+const Derivation*
+UnitFrontend::derivation(const StorePath& drv) const
+{
+  auto it = m_units.derivations.find(drv);
+  return it == m_units.derivations.end() ? nullptr : &it->second;
+}
+
+void
+UnitFrontend::prepare(const StorePath& drv) const
+{
+  m_units.materialize(m_store, drv);
+}
+
+double
+UnitFrontend::cost(const StorePath& drv) const
+{
+  auto unit = unit_of(drv);
+  return unit ? m_units.units[*unit].cost : 1.0;
+}
+
+bool
+UnitFrontend::may_start_early(const StorePath& dependent, const StorePath& input) const
+{
+  auto d = unit_of(dependent), i = unit_of(input);
+  return d && i && compiles_to_rlib(m_plan.units[*d]) && compiles_to_rlib(m_plan.units[*i]);
+}
+
+std::string
+UnitFrontend::describe(const StorePath& drv) const
+{
+  auto unit = unit_of(drv);
+  return unit ? cargo::describe(m_plan.units[*unit]) : Frontend::describe(drv);
+}
+
+void
+UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
+{
+  if (drv.builder != k_rust_unit_builder) {
+    Frontend::builtin_builder(drv, spec);
+  }
+  // Done already when the scheduler prepared the build; kept for callers
+  // that build without a prepare step.
+  m_units.materialize(m_store, derivation_path(drv, m_store.store_dir()));
+  spec.builder = m_helper.empty() ? m_self.string() : m_helper.string();
+  spec.args = m_helper.empty() ? std::vector<std::string>{"__rust-unit"} : std::vector<std::string>{};
+  spec.env["KILN_UNIT_RUSTC"] = m_toolchain.rustc.string();
+  spec.env["KILN_UNIT_RUSTDOC"] = m_toolchain.rustdoc.string();
+  spec.env["KILN_UNIT_CARGO"] = m_toolchain.cargo.string();
+  spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, m_jobs));
+  // The toolchain and the host's C toolchain (rustc links with cc), read-only.
+  // Folders first: what lies inside them (kiln's own libraries) is covered.
+  // The builder program as its folder when the builder's user may enter
+  // it: a folder is not run through ldd (its libraries are in /usr). A
+  // private folder (mode 0700) hides it; then the file itself, with its
+  // libraries.
+  fs::path builder = m_helper.empty() ? m_self : m_helper;
+  std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
+                                 "/etc/ld.so.cache", m_toolchain.sysroot,
+                                 world_enterable(builder.parent_path()) ? builder.parent_path()
+                                                                        : builder};
+  std::vector<fs::path> declared = std::move(spec.tools);
+  spec.tools.clear();
+  for (const auto& t : tools) {
+    std::error_code e;
+    if (fs::exists(fs::symlink_status(t, e))) {
+      spec.tools.push_back(t);
     }
-    spec.tools.insert(spec.tools.end(), declared.begin(), declared.end());
-    if (!toolchain.cargo.empty() && !toolchain.cargo.string().starts_with(toolchain.sysroot.string())) {
-      spec.tools.push_back(toolchain.cargo);
-    }
-  };
+  }
+  spec.tools.insert(spec.tools.end(), declared.begin(), declared.end());
+  if (!m_toolchain.cargo.empty() &&
+      !m_toolchain.cargo.string().starts_with(m_toolchain.sysroot.string())) {
+    spec.tools.push_back(m_toolchain.cargo);
+  }
 }
 
 } // namespace kiln::cargo

@@ -9,11 +9,40 @@
 #include <nlohmann/json.hpp>
 
 #include <iostream>
-#include <mutex>
 
 namespace kiln::cli {
 
 namespace {
+
+// Progress of a kiln.yaml build: a line as each step starts and ends.
+class StepLines : public BuildObserver
+{
+public:
+  StepLines(const Frontend& frontend, bool show) : m_frontend(frontend), m_show(show) {}
+  void
+  step_started(const StorePath& drv, StepKind kind) override
+  {
+    say((kind == StepKind::substituting ? "substituting " : "building ") + m_frontend.describe(drv));
+  }
+  void
+  step_finished(const StorePath& drv, const StepResult& result) override
+  {
+    // Failures are reported once, in full, at the end.
+    say(std::string(result.status == StepStatus::failed ? "failed" : to_string(result.status)) +
+        " " + m_frontend.describe(drv));
+  }
+
+private:
+  void
+  say(const std::string& line) const
+  {
+    if (m_show) {
+      std::cerr << line << "\n";
+    }
+  }
+  const Frontend& m_frontend;
+  bool m_show;
+};
 
 struct BuildArgs
 {
@@ -120,14 +149,10 @@ register_build_commands(CLI::App& app, Context& ctx)
       options.keep_going = args->keep_going;
       options.timeout = std::chrono::seconds(args->timeout);
       options.max_silent_time = std::chrono::seconds(args->max_silent_time);
-      auto mutex = std::make_shared<std::mutex>();
-      if (!ctx.quiet && !args->json) {
-        options.progress = [mutex](const std::string& line) {
-          std::lock_guard guard(*mutex);
-          std::cerr << line << "\n";
-        };
-      }
-      auto results = build_derivations(store, drvs, options);
+      Frontend frontend;
+      StepLines lines(frontend, !ctx.quiet && !args->json);
+      auto build = build_derivations(store, drvs, options, frontend, lines);
+      const auto& results = build.steps;
 
       // Each derivation's "out" path, read once.
       std::map<StorePath, std::string> out_of;

@@ -90,18 +90,118 @@ plan_json(const cargo::Plan& plan)
   return {{"version", 1}, {"units", units}, {"roots", plan.roots}};
 }
 
-std::string
-describe(const cargo::Unit& u)
+// Progress on stderr, as cargo prints it: a line as each unit starts and,
+// on a terminal, a status line with a bar kept under the log lines.
+class Progress : public BuildObserver
 {
-  std::string text = u.package->name + " v" + u.package->version;
-  std::string kind = u.kind_name();
-  if (kind == "bin") {
-    text += " (bin \"" + u.target->name + "\")";
-  } else if (kind != "lib") {
-    text += " (" + kind + ")";
+public:
+  Progress(const cargo::Plan& plan, const cargo::UnitFrontend& frontend, bool show)
+    : m_plan(plan), m_frontend(frontend), m_show(show),
+      m_live(show && ::isatty(2) && std::getenv("CI") == nullptr &&
+             std::string(std::getenv("TERM") ? std::getenv("TERM") : "dumb") != "dumb")
+  {
   }
-  return text;
-}
+
+  void
+  step_started(const StorePath& drv, StepKind kind) override
+  {
+    auto unit = m_frontend.unit_of(drv);
+    if (!unit) {
+      return;
+    }
+    auto now = std::chrono::steady_clock::now();
+    m_times[drv] = {now, now};
+    ++m_running;
+    const char* verb = kind == StepKind::substituting ? "Substituting"
+                       : m_plan.units[*unit].mode == cargo::UnitMode::run_custom_build
+                         ? "Running"
+                         : "Compiling";
+    char line[512];
+    std::snprintf(line, sizeof line, "%12s %s", verb, cargo::describe(m_plan.units[*unit]).c_str());
+    print_line(line);
+  }
+
+  void
+  step_finished(const StorePath& drv, const StepResult& result) override
+  {
+    if (!m_frontend.unit_of(drv)) {
+      return;
+    }
+    m_times[drv].second = std::chrono::steady_clock::now();
+    m_running -= m_running > 0 ? 1 : 0;
+    ++m_finished;
+    m_built += result.status == StepStatus::built;
+    m_substituted += result.status == StepStatus::substituted;
+    if (m_live) {
+      std::fprintf(stderr, "\r\x1b[K%s", status_bar().c_str());
+      std::fflush(stderr);
+    }
+  }
+
+  void
+  downloaded(uint64_t bytes) override
+  {
+    m_downloaded += bytes;
+  }
+
+  // Clear the status line.
+  void
+  done() const
+  {
+    if (m_live) {
+      std::fprintf(stderr, "\r\x1b[K");
+    }
+  }
+
+  size_t built() const { return m_built; }
+  size_t substituted() const { return m_substituted; }
+  double downloaded_mib() const { return static_cast<double>(m_downloaded) / (1024.0 * 1024.0); }
+  // When a step started and ended.
+  std::optional<std::pair<std::chrono::steady_clock::time_point, std::chrono::steady_clock::time_point>>
+  times(const StorePath& drv) const
+  {
+    auto it = m_times.find(drv);
+    return it == m_times.end() ? std::nullopt : std::optional(it->second);
+  }
+
+private:
+  std::string
+  status_bar() const
+  {
+    size_t total = m_plan.units.size();
+    size_t width = 24, done = total ? m_finished * width / total : width;
+    std::string bar = "[" + std::string(done, '=') + (done < width ? ">" : "") +
+                      std::string(width - std::min(width, done + 1), ' ') + "]";
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "%12s %s %zu/%zu: %zu built, %zu substituted, %zu running; %.1f MiB downloaded",
+                  "Building", bar.c_str(), m_finished, total, m_built, m_substituted, m_running,
+                  downloaded_mib());
+    return line;
+  }
+
+  void
+  print_line(const std::string& text) const
+  {
+    if (!m_show) {
+      return;
+    }
+    if (m_live) {
+      std::fprintf(stderr, "\r\x1b[K%s\n%s", text.c_str(), status_bar().c_str());
+    } else {
+      std::fprintf(stderr, "%s\n", text.c_str());
+    }
+    std::fflush(stderr);
+  }
+
+  const cargo::Plan& m_plan;
+  const cargo::UnitFrontend& m_frontend;
+  bool m_show, m_live;
+  size_t m_built = 0, m_substituted = 0, m_running = 0, m_finished = 0;
+  uint64_t m_downloaded = 0;
+  std::map<StorePath, std::pair<std::chrono::steady_clock::time_point,
+                                std::chrono::steady_clock::time_point>> m_times;
+};
 
 } // namespace
 
@@ -181,11 +281,7 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     cargo::instantiate_plan(store, ws, plan, toolchain, args.plan);
   const auto& units = instantiated.units;
 
-  std::map<StorePath, size_t> unit_of;
   std::vector<StorePath> targets;
-  for (size_t i = 0; i < units.size(); ++i) {
-    unit_of.emplace(units[i].drv, i);
-  }
   for (size_t r : plan.roots) {
     targets.push_back(units[r].drv);
   }
@@ -202,97 +298,12 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
   options.keep_going = common.keep_going;
   options.timeout = std::chrono::seconds(common.timeout);
   options.max_silent_time = std::chrono::seconds(common.max_silent_time);
-  options.builtins[cargo::k_rust_unit_builder] =
-    cargo::rust_unit_builder(toolchain, settings.jobs, store, instantiated);
-  options.read = instantiated.reader(store);
   options.jobserver = true;
-  // A unit's sources go into the store before it takes a job token.
-  options.prepare = [&](const StorePath& drv) { instantiated.materialize(store, drv); };
-  options.cost = [&](const StorePath& drv) {
-    auto it = unit_of.find(drv);
-    return it == unit_of.end() ? 1.0 : units[it->second].cost;
-  };
-  options.may_start_early = [&](const StorePath& dependent, const StorePath& input) {
-    auto d = unit_of.find(dependent), i = unit_of.find(input);
-    return d != unit_of.end() && i != unit_of.end() &&
-           cargo::starts_on_metadata(plan, d->second, i->second);
-  };
-
-  auto mutex = std::make_shared<std::mutex>();
-  // Progress goes to stderr; --json results to stdout.
-  bool show = !ctx.quiet;
-  // On a terminal, one status line kept under the log lines, like cargo's.
-  bool live = show && ::isatty(2) && std::getenv("CI") == nullptr &&
-              std::string(std::getenv("TERM") ? std::getenv("TERM") : "dumb") != "dumb";
-  size_t built = 0, substituted = 0, running = 0, finished = 0;
-  uint64_t downloaded = 0;
-  auto status_bar = [&]() {
-    size_t total = units.size();
-    size_t width = 24, done = total ? finished * width / total : width;
-    std::string bar = "[" + std::string(done, '=') + (done < width ? ">" : "") +
-                      std::string(width - std::min(width, done + 1), ' ') + "]";
-    char line[256];
-    std::snprintf(line, sizeof line,
-                  "%12s %s %zu/%zu: %zu built, %zu substituted, %zu running; %.1f MiB downloaded",
-                  "Building", bar.c_str(), finished, total, built, substituted, running,
-                  static_cast<double>(downloaded) / (1024.0 * 1024.0));
-    return std::string(line);
-  };
-  auto print_line = [&](const std::string& text) {
-    if (live) {
-      std::fprintf(stderr, "\r\x1b[K%s\n%s", text.c_str(), status_bar().c_str());
-    } else {
-      std::fprintf(stderr, "%s\n", text.c_str());
-    }
-    std::fflush(stderr);
-  };
-  options.on_downloaded = [&, mutex](uint64_t bytes) {
-    std::lock_guard guard(*mutex);
-    downloaded += bytes;
-  };
-  // When each step started and ended, for --json.
-  std::map<StorePath, std::pair<std::chrono::steady_clock::time_point,
-                                std::chrono::steady_clock::time_point>> step_times;
-  options.on_step = [&, mutex](const StorePath& drv, const std::string& event) {
-    auto it = unit_of.find(drv);
-    if (it == unit_of.end()) {
-      return;
-    }
-    std::lock_guard guard(*mutex);
-    const auto& unit = plan.units[it->second];
-    const char* verb = nullptr;
-    auto now = std::chrono::steady_clock::now();
-    if (event == "building" || event == "substituting") {
-      step_times[drv] = {now, now};
-      ++running;
-      verb = event == "substituting" ? "Substituting"
-             : unit.mode == cargo::UnitMode::run_custom_build ? "Running"
-                                                              : "Compiling";
-    } else {
-      step_times[drv].second = now;
-      running -= running > 0 ? 1 : 0;
-      ++finished;
-      built += event == "built";
-      substituted += event == "substituted";
-    }
-    if (!show) {
-      return;
-    }
-    if (verb) {
-      char line[512];
-      std::snprintf(line, sizeof line, "%12s %s", verb, describe(unit).c_str());
-      print_line(line);
-    } else if (live) {
-      std::fprintf(stderr, "\r\x1b[K%s", status_bar().c_str());
-      std::fflush(stderr);
-    }
-  };
+  cargo::UnitFrontend frontend(store, plan, instantiated, toolchain, settings.jobs);
 
   // --push-to: each built path goes up as soon as it is built.
   std::unique_ptr<CacheClient> push_cache;
   std::optional<SecretKey> secret;
-  std::vector<std::string> push_errors;
-  size_t pushed = 0;
   if (!args.push_to.empty()) {
     push_cache = ctx.open_cache(args.push_to);
     if (!settings.secret_key_file.empty()) {
@@ -300,25 +311,15 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     } else {
       note("--push-to without secret-key-file: the pushed paths are not signed");
     }
-    options.on_built = [&, mutex](const StorePath&, const std::vector<StorePath>& outputs) {
-      PushOptions push_options;
-      push_options.key = secret ? &*secret : nullptr;
-      push_options.connections = settings.connections;
-      try {
-        auto result = push(store, *push_cache, outputs, push_options);
-        std::lock_guard guard(*mutex);
-        pushed += result.uploaded.size();
-      } catch (const std::exception& e) {
-        std::lock_guard guard(*mutex);
-        push_errors.push_back(e.what());
-      }
-    };
+    options.push_to = PushTarget{push_cache.get(), secret ? &*secret : nullptr};
   }
 
-  auto results = build_derivations(store, targets, options);
-  if (live) {
-    std::fprintf(stderr, "\r\x1b[K");
-  }
+  Progress progress(plan, frontend, !ctx.quiet);
+  auto build = build_derivations(store, targets, options, frontend, progress);
+  progress.done();
+  const auto& results = build.steps;
+  size_t built = progress.built(), substituted = progress.substituted();
+  double downloaded = progress.downloaded_mib();
 
   int status = 0;
   for (const auto& [drv, result] : results) {
@@ -326,8 +327,7 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
       continue;
     }
     status = 1;
-    auto it = unit_of.find(drv);
-    std::string what = it == unit_of.end() ? dir.print(drv) : describe(plan.units[it->second]);
+    std::string what = frontend.describe(drv);
     // rustc's diagnostics, as cargo shows them: the whole log of the step.
     std::error_code ec;
     fs::path log = log_path(store, drv);
@@ -349,7 +349,7 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     std::cerr << "kiln: error: could not build " << what << " (log: kiln log " << dir.print(drv)
               << ")\n";
   }
-  for (const auto& e : push_errors) {
+  for (const auto& e : build.push_errors) {
     std::cerr << "kiln: error: pushing to " << args.push_to << ": " << e << "\n";
     status = 1;
   }
@@ -372,13 +372,12 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
       if (r != results.end() && !r->second.error.empty()) {
         j["error"] = r->second.error;
       }
-      auto times = step_times.find(units[i].drv);
-      if (times != step_times.end()) {
+      if (auto times = progress.times(units[i].drv)) {
         // When its build or substitution started (since kiln did) and how long it took.
         using seconds = std::chrono::duration<double>;
         auto round = [](double x) { return std::round(x * 1000) / 1000; };
-        j["start"] = round(seconds(times->second.first - started).count());
-        j["seconds"] = round(seconds(times->second.second - times->second.first).count());
+        j["start"] = round(seconds(times->first - started).count());
+        j["seconds"] = round(seconds(times->second - times->first).count());
       }
       std::cout << j.dump() << std::endl;
     }
@@ -422,7 +421,7 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     }
     store.add_root(ws.root / "result", units[root_index].out);
   }
-  if (show) {
+  if (!ctx.quiet) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     char line[256];
     std::snprintf(line, sizeof line,
@@ -430,10 +429,10 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
                   "needed; %.1f MiB downloaded) in %.2fs",
                   args.plan.profile.c_str(), plan.units.size(), built, substituted,
                   plan.units.size() - built - substituted,
-                  static_cast<double>(downloaded) / (1024.0 * 1024.0), secs);
+                  downloaded, secs);
     std::fprintf(stderr, "%12s %s\n", "Finished", line);
     if (!args.push_to.empty()) {
-      std::fprintf(stderr, "%12s %zu paths to %s\n", "Pushed", pushed, args.push_to.c_str());
+      std::fprintf(stderr, "%12s %zu paths to %s\n", "Pushed", build.pushed, args.push_to.c_str());
     }
   }
   return 0;

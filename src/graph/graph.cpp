@@ -272,10 +272,19 @@ public:
 
 private:
   void
-  event(const StorePath& drv, const std::string& what)
+  started(const StorePath& drv, StepKind kind)
   {
-    if (m_hooks.progress) {
-      m_hooks.progress(drv, what);
+    if (m_hooks.started) {
+      m_hooks.started(drv, kind);
+    }
+  }
+
+  // With the lock held: the result as recorded.
+  void
+  finished(const StorePath& drv)
+  {
+    if (m_hooks.finished) {
+      m_hooks.finished(drv, m_results.at(drv));
     }
   }
 
@@ -513,7 +522,7 @@ private:
         }
       }
       lock.unlock();
-      event(drv, substituting ? "substituting" : "building");
+      started(drv, substituting ? StepKind::substituting : StepKind::building);
       try {
         if (substituting) {
           m_hooks.substitute(drv);
@@ -526,7 +535,9 @@ private:
       }
       if (substituting && !error.empty()) {
         // A cache failed us: build it instead, which needs its inputs.
-        event(drv, "substitution failed, building instead: " + error);
+        if (m_hooks.substitution_failed) {
+          m_hooks.substitution_failed(drv, error);
+        }
         std::vector<StorePath> unplanned;
         lock.lock();
         schedule_build(drv, unplanned);
@@ -542,13 +553,13 @@ private:
         // Started early on an input that then failed: whatever it did is void.
         finish(drv, {StepStatus::skipped,
                      "input " + std::string(input->name()) + " could not be realised"});
-        event(drv, "skipped");
+        finished(drv);
       } else if (error.empty()) {
         finish(drv, {substituting ? StepStatus::substituted : StepStatus::built, ""});
-        event(drv, substituting ? "substituted" : "built");
+        finished(drv);
       } else {
         finish(drv, {StepStatus::failed, error});
-        event(drv, "failed: " + error);
+        finished(drv);
         if (!m_options.keep_going) {
           m_stopping = true;
           stop_pending("not started after an earlier failure");

@@ -8,6 +8,7 @@
 #include <kiln/derivation/derivation.hpp>
 #include <kiln/graph/graph.hpp>
 #include <kiln/sandbox/sandbox.hpp>
+#include <kiln/signing/signing.hpp>
 #include <kiln/store/local_store.hpp>
 
 #include <chrono>
@@ -43,12 +44,68 @@ std::map<std::string, StorePath> instantiate(LocalStore& store, const BuildFile&
 // The platform kiln builds for here ("x86_64-linux").
 std::string host_platform();
 
-// A builder kiln provides itself ("builtin:<name>" in a derivation): turns
-// the derivation into the sandboxed step that runs it — the program, and
-// what it needs of the host that is not part of the derivation's identity
-// (the path of a toolchain whose identity the derivation records).
-using BuiltinBuilder = std::function<void(const Derivation& drv, BuildSpec& spec)>;
+// --- Interface ---
 
+// What a frontend (a kiln.yaml, a Cargo project) brings to a build: the
+// derivations it computed, the builders it provides, and what it knows about
+// its steps that the scheduler uses. Only `describe` must be meaningful; the
+// defaults suit derivations that are all in the store, with builders that
+// are programs.
+class Frontend
+{
+public:
+  virtual ~Frontend() = default;
+  // A derivation the frontend computed but did not write to the store;
+  // nullptr: read it from the store.
+  virtual const Derivation* derivation(const StorePath& drv) const;
+  // The sandboxed step that runs a derivation whose builder is
+  // "builtin:<name>": the program, and what it needs of the host that is not
+  // part of the derivation's identity (the path of a toolchain whose
+  // identity the derivation records). Throws if the frontend has no such
+  // builder.
+  virtual void builtin_builder(const Derivation& drv, BuildSpec& spec) const;
+  // Before a build takes its job token: what needs none (e.g. writing the
+  // sources it compiles into the store). Throws on failure.
+  virtual void prepare(const StorePath& drv) const;
+  // How long building `drv` may take, relative to others: the longest chains
+  // of work start first.
+  virtual double cost(const StorePath& drv) const;
+  // Pipelining (namespaces sandbox only): may `dependent` start once `input`
+  // announced an early artifact? A builder announces one with the message
+  // {"action":"early-output","path":"<file in an output>"} (see
+  // k_builder_message_prefix); the file is then visible to such dependents
+  // at its path.
+  virtual bool may_start_early(const StorePath& dependent, const StorePath& input) const;
+  // A name for progress lines and errors (default: the .drv's name).
+  virtual std::string describe(const StorePath& drv) const;
+};
+
+// What a build tells whoever watches it (progress displays, JSON reports).
+// Called from the scheduler's threads, never two calls at once.
+class BuildObserver
+{
+public:
+  virtual ~BuildObserver() = default;
+  virtual void step_started(const StorePath& drv, StepKind kind);
+  // Every derivation considered ends here (present ones included).
+  virtual void step_finished(const StorePath& drv, const StepResult& result);
+  // Bytes a substitution downloaded.
+  virtual void downloaded(uint64_t bytes);
+  // Output of a running build step, as it comes (builder messages removed).
+  virtual void build_output(const StorePath& drv, std::string_view chunk);
+  // Paths pushed to BuildOptions::push_to after `drv` was built.
+  virtual void pushed(const StorePath& drv, size_t paths);
+};
+
+// Where a build pushes what it builds: each output, with its closure, as soon
+// as it is valid (not what was substituted or already there).
+struct PushTarget
+{
+  CacheClient* cache = nullptr;
+  const SecretKey* key = nullptr;     // sign the narinfos (unset: unsigned)
+};
+
+// How to build: policy only; what to build comes from the Frontend.
 struct BuildOptions
 {
   unsigned jobs = 1;
@@ -58,37 +115,26 @@ struct BuildOptions
   std::vector<CacheClient*> caches;   // substituters
   TrustPolicy policy;
   unsigned connections = 16;
-  ProgressFn progress;                // human-readable lines
-  // Each step as it starts and ends ("building", "built", "substituting", ...).
-  std::function<void(const StorePath& drv, const std::string& event)> on_step;
-  // Bytes each substitution downloaded (for progress displays).
-  std::function<void(uint64_t bytes)> on_downloaded;
-  std::function<void(std::string_view)> on_build_output;
-  std::map<std::string, BuiltinBuilder> builtins;   // by builder ("builtin:rust-unit")
-  // Where to read derivations that are not (yet) in the store; default:
-  // read_derivation from the store.
-  DrvReader read;
-  // Called after each derivation is built (not substituted), with its outputs
-  // valid: e.g. to push them to a cache at once.
-  std::function<void(const StorePath& drv, const std::vector<StorePath>& outputs)> on_built;
   // Share a jobserver of `jobs` tokens with the builds (CARGO_MAKEFLAGS):
   // each build holds one, and rustc takes more for its codegen threads.
   bool jobserver = false;
-  // Pipelining (in the namespaces sandbox): may `dependent` start once
-  // `input` announced an early artifact? A builder announces one with the
-  // message {"action":"early-output","path":"<file in an output>"} (see
-  // k_builder_message_prefix); the file is then visible to such dependents
-  // at its path.
-  std::function<bool(const StorePath& dependent, const StorePath& input)> may_start_early;
-  // For the scheduler: see RealiseHooks::cost and RealiseHooks::prepare.
-  std::function<double(const StorePath& drv)> cost;
-  std::function<void(const StorePath& drv)> prepare;
+  std::optional<PushTarget> push_to;
 };
 
-// Realise the outputs of `drvs`; returns what happened to each derivation.
-std::map<StorePath, StepResult> build_derivations(LocalStore& store,
-                                                  const std::vector<StorePath>& drvs,
-                                                  const BuildOptions& options);
+struct BuildResult
+{
+  // What happened to each derivation considered.
+  std::map<StorePath, StepResult> steps;
+  size_t pushed = 0;                   // paths uploaded to BuildOptions::push_to
+  std::vector<std::string> push_errors;
+  // Did every one of `drvs` end present, substituted or built?
+  bool succeeded(const std::vector<StorePath>& drvs) const;
+};
+
+// Realise the outputs of `drvs` (and what they need).
+BuildResult build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
+                              const BuildOptions& options, const Frontend& frontend,
+                              BuildObserver& observer);
 
 // Where the log of building `drv` is kept.
 std::filesystem::path log_path(const LocalStore& store, const StorePath& drv);

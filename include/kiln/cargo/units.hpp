@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -74,17 +75,42 @@ private:
 InstantiatedPlan instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
                                   const Toolchain& toolchain, const PlanOptions& options);
 
-// Pipelining, as cargo does it: may unit `dependent` start as soon as unit
-// `input` has written its .rmeta? Yes when a library compiled to an rlib
-// uses a library that is one: it reads only the other's metadata.
-bool starts_on_metadata(const Plan& plan, size_t dependent, size_t input);
+// A planned unit's name as cargo prints it: "serde v1.0.152",
+// "my-app v0.1.0 (bin \"my-app\")", "libc v0.2.139 (build-script)".
+std::string describe(const Unit& unit);
 
-// The builtin builder for the build module: materializes the unit (if the
-// scheduler's prepare step has not), then runs kiln-rust-unit (or, without
-// it, this kiln executable as `kiln __rust-unit`) in the sandbox with the
-// toolchain visible.
-BuiltinBuilder rust_unit_builder(const Toolchain& toolchain, unsigned jobs, LocalStore& store,
-                                 const InstantiatedPlan& plan);
+// The plan's units as a build frontend: their derivations, the builtin
+// builder "builtin:rust-unit", their sources written before each build,
+// costs, and pipelining as cargo does it (a library compiled to an rlib
+// starts on the .rmeta of the libraries it uses).
+class UnitFrontend : public Frontend
+{
+public:
+  UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
+               const Toolchain& toolchain, unsigned jobs);
+
+  const Derivation* derivation(const StorePath& drv) const override;
+  // Runs kiln-rust-unit (or, without it, this kiln executable as
+  // `kiln __rust-unit`) in the sandbox with the toolchain visible.
+  void builtin_builder(const Derivation& drv, BuildSpec& spec) const override;
+  void prepare(const StorePath& drv) const override;
+  double cost(const StorePath& drv) const override;
+  bool may_start_early(const StorePath& dependent, const StorePath& input) const override;
+  std::string describe(const StorePath& drv) const override;
+
+  // The plan's index of the unit `drv` builds, if it is one.
+  std::optional<size_t> unit_of(const StorePath& drv) const;
+
+private:
+  LocalStore& m_store;
+  const Plan& m_plan;
+  const InstantiatedPlan& m_units;
+  const Toolchain& m_toolchain;
+  unsigned m_jobs;
+  std::map<StorePath, size_t> m_unit_of;
+  std::filesystem::path m_self;     // this executable
+  std::filesystem::path m_helper;   // kiln-rust-unit, if found
+};
 
 // The in-sandbox half: reads the unit from the environment, runs rustc or
 // the build script, writes the outputs. Returns the exit status.

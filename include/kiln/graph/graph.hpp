@@ -61,6 +61,7 @@ private:
 };
 
 enum class StepStatus { present, substituted, built, failed, skipped };
+enum class StepKind { substituting, building };
 const char* to_string(StepStatus status);
 
 struct StepResult
@@ -113,8 +114,12 @@ struct RealiseHooks
   // May `dependent` start as soon as `input` has its early artifact ready?
   // Unset: never.
   std::function<bool(const StorePath& dependent, const StorePath& input)> may_start_early;
-  // Progress: called as each step starts ("substituting", "building") and ends.
-  std::function<void(const StorePath& drv, const std::string& event)> progress;
+  // Progress: a step starts; a substitution fails and the derivation is to be
+  // built instead; a step that started ends (also skipped, when it started
+  // early on an input that then failed). Unset: nothing.
+  std::function<void(const StorePath& drv, StepKind kind)> started;
+  std::function<void(const StorePath& drv, const std::string& error)> substitution_failed;
+  std::function<void(const StorePath& drv, const StepResult& result)> finished;
 };
 
 struct RealiseOptions
