@@ -2,6 +2,7 @@
 // on first use, and the registration functions of each command group.
 #pragma once
 
+#include <kiln/build/build.hpp>
 #include <kiln/cache/cache_client.hpp>
 #include <kiln/settings/settings.hpp>
 #include <kiln/store/local_store.hpp>
@@ -26,6 +27,9 @@ public:
   bool quiet = false;
 
   const Settings& settings();
+  // Use these settings instead (a project file's, merged with the command
+  // line's); only before the store is opened.
+  void adopt_settings(Settings settings);
   LocalStore& store();
   // A client for the binary cache at `url`, with the configured token,
   // connection count and negative cache.
@@ -51,6 +55,25 @@ void register_derivation_commands(CLI::App& app, Context& ctx);
 void register_build_commands(CLI::App& app, Context& ctx);
 void register_serve_commands(CLI::App& app, Context& ctx);
 void register_doctor_commands(CLI::App& app, Context& ctx);
+
+// --push-to CACHE: the cache and the key to sign with, for BuildOptions,
+// and the summary once the build is done.
+class PushCache
+{
+public:
+  // Nothing is opened for an empty `url`.
+  PushCache(Context& ctx, const std::string& url);
+  std::optional<PushTarget> target();
+  // Print what was pushed (unless quiet) and each push error; false if there
+  // was one.
+  bool report(const BuildResult& build) const;
+
+private:
+  Context& m_ctx;
+  std::string m_url;
+  std::unique_ptr<CacheClient> m_cache;
+  std::optional<SecretKey> m_key;
+};
 
 // A CLI11 check that a path exists, without following a symlink at the end
 // (a dangling symlink is a valid thing to hash or add).

@@ -55,6 +55,139 @@ struct BuildArgs
   unsigned max_silent_time = 0;
 };
 
+struct Targets
+{
+  std::vector<StorePath> drvs;
+  std::map<StorePath, std::string> label;
+  bool from_file = true;
+};
+
+// The .drv paths to build and their labels: entries of the build file
+// (whose project settings are adopted), or .drv paths given.
+Targets
+targets_of(Context& ctx, const BuildArgs& args)
+{
+  Targets targets;
+  targets.from_file = args.targets.empty() ||
+                      !std::any_of(args.targets.begin(), args.targets.end(),
+                                   [](const std::string& t) { return t.ends_with(".drv"); });
+  if (!targets.from_file) {
+    for (const auto& t : args.targets) {
+      auto path = ctx.store().resolve(t);
+      targets.drvs.push_back(path);
+      std::string n(path.name());
+      targets.label[path] = n.substr(0, n.size() - 4);
+    }
+    return targets;
+  }
+  BuildFile file = load_build_file(args.file);
+  // Project settings: above the user's config file, below KILN_* and flags;
+  // adopted before the store is opened, so that store: and store-dir: count.
+  Settings settings = ctx.settings();
+  for (const auto& [key, value] : file.settings) {
+    const std::string& origin = settings.origins[key];
+    if (origin == "default" || origin.find(".yaml:") != std::string::npos) {
+      settings.set(key, value, file.setting_origins.at(key));
+    }
+  }
+  ctx.adopt_settings(std::move(settings));
+  auto drv_of = instantiate(ctx.store(), file, host_platform());
+  std::vector<std::string> names = args.targets;
+  if (names.empty()) {
+    for (const auto& [name, path] : drv_of) {
+      names.push_back(name);
+    }
+  }
+  for (const auto& name : names) {
+    auto it = drv_of.find(name);
+    if (it == drv_of.end()) {
+      throw UsageError("'" + name + "' is not an entry of " + args.file);
+    }
+    targets.drvs.push_back(it->second);
+    targets.label[it->second] = name;
+  }
+  return targets;
+}
+
+// kiln build with a kiln.yaml, or of .drv paths.
+int
+build_files(Context& ctx, const BuildArgs& args, const std::string& push_to)
+{
+  Targets targets = targets_of(ctx, args);
+  const auto& drvs = targets.drvs;
+  auto& label = targets.label;
+  auto& store = ctx.store();
+  const StoreDir& dir = store.store_dir();
+  const Settings& settings = ctx.settings();
+
+  std::vector<std::unique_ptr<CacheClient>> clients;
+  BuildOptions options;
+  for (const auto& url : settings.substituters) {
+    clients.push_back(ctx.open_cache(url));
+    options.caches.push_back(clients.back().get());
+  }
+  options.policy = ctx.trust_policy();
+  options.jobs = settings.jobs;
+  options.connections = settings.connections;
+  options.keep_going = args.keep_going;
+  options.timeout = std::chrono::seconds(args.timeout);
+  options.max_silent_time = std::chrono::seconds(args.max_silent_time);
+  PushCache push_cache(ctx, push_to);
+  options.push_to = push_cache.target();
+  Frontend frontend;
+  StepLines lines(frontend, !ctx.quiet && !args.json);
+  auto build = build_derivations(store, drvs, options, frontend, lines);
+
+  // Each derivation's "out" path, read once.
+  std::map<StorePath, std::string> out_of;
+  auto out_path = [&](const StorePath& drv) -> const std::string& {
+    auto it = out_of.find(drv);
+    if (it == out_of.end()) {
+      it = out_of.emplace(drv, read_derivation(store, drv).outputs.at("out").path).first;
+    }
+    return it->second;
+  };
+  int status = 0;
+  for (const auto& [drv, result] : build.steps) {
+    if (result.status == StepStatus::failed) {
+      status = 1;
+      std::cerr << "kiln: error: " << result.error << "\n";
+    }
+    if (args.json) {
+      nlohmann::json j = {{"name", label.count(drv) ? label[drv] : frontend.describe(drv)},
+                          {"drv", dir.print(drv)},
+                          {"path", out_path(drv)},
+                          {"status", to_string(result.status)}};
+      if (!result.error.empty()) {
+        j["error"] = result.error;
+      }
+      std::cout << j.dump() << std::endl;
+    }
+  }
+  status = std::max(status, push_cache.report(build) ? 0 : 1);
+  for (const auto& drv : drvs) {
+    if (!build.succeeded({drv})) {
+      status = 1;
+      continue;
+    }
+    auto out = dir.parse(out_path(drv));
+    if (!args.no_link) {
+      // An entry of the file keeps its own result-NAME link, also when it
+      // is built alone (then `result` too); one .drv path gets `result`.
+      if (drvs.size() == 1) {
+        store.add_root("result", out);
+      }
+      if (drvs.size() > 1 || (targets.from_file && !args.targets.empty())) {
+        store.add_root("result-" + label[drv], out);
+      }
+    }
+    if (!args.json) {
+      std::cout << dir.print(out) << "\n";
+    }
+  }
+  return status;
+}
+
 } // namespace
 
 void
@@ -94,112 +227,7 @@ register_build_commands(CLI::App& app, Context& ctx)
       };
       return;
     }
-    ctx.action = [&ctx, args] {
-      auto& store = ctx.store();
-      const StoreDir& dir = store.store_dir();
-      Settings settings = ctx.settings();
-      std::vector<StorePath> drvs;
-      std::map<StorePath, std::string> label;
-      bool from_file = args->targets.empty() ||
-                       !std::any_of(args->targets.begin(), args->targets.end(),
-                                    [](const std::string& t) { return t.ends_with(".drv"); });
-      if (from_file) {
-        BuildFile file = load_build_file(args->file);
-        // Project settings: above the user's config file, below KILN_* and flags.
-        for (const auto& [key, value] : file.settings) {
-          const std::string& origin = settings.origins[key];
-          if (origin == "default" || origin.find(".yaml:") != std::string::npos) {
-            settings.set(key, value, file.setting_origins.at(key));
-          }
-        }
-        auto drv_of = instantiate(store, file, host_platform());
-        std::vector<std::string> names = args->targets;
-        if (names.empty()) {
-          for (const auto& [name, path] : drv_of) {
-            names.push_back(name);
-          }
-        }
-        for (const auto& name : names) {
-          auto it = drv_of.find(name);
-          if (it == drv_of.end()) {
-            throw UsageError("'" + name + "' is not an entry of " + args->file);
-          }
-          drvs.push_back(it->second);
-          label[it->second] = name;
-        }
-      } else {
-        for (const auto& t : args->targets) {
-          auto path = store.resolve(t);
-          drvs.push_back(path);
-          std::string n(path.name());
-          label[path] = n.substr(0, n.size() - 4);
-        }
-      }
-
-      std::vector<std::unique_ptr<CacheClient>> clients;
-      BuildOptions options;
-      for (const auto& url : settings.substituters) {
-        clients.push_back(ctx.open_cache(url));
-        options.caches.push_back(clients.back().get());
-      }
-      auto keys = settings.trusted_public_keys;
-      options.policy = TrustPolicy(keys, settings.require_sigs);
-      options.jobs = settings.jobs;
-      options.connections = settings.connections;
-      options.keep_going = args->keep_going;
-      options.timeout = std::chrono::seconds(args->timeout);
-      options.max_silent_time = std::chrono::seconds(args->max_silent_time);
-      Frontend frontend;
-      StepLines lines(frontend, !ctx.quiet && !args->json);
-      auto build = build_derivations(store, drvs, options, frontend, lines);
-      const auto& results = build.steps;
-
-      // Each derivation's "out" path, read once.
-      std::map<StorePath, std::string> out_of;
-      auto out_path = [&](const StorePath& drv) -> const std::string& {
-        auto it = out_of.find(drv);
-        if (it == out_of.end()) {
-          it = out_of.emplace(drv, read_derivation(store, drv).outputs.at("out").path).first;
-        }
-        return it->second;
-      };
-      int status = 0;
-      for (const auto& [drv, result] : results) {
-        if (result.status == StepStatus::failed) {
-          status = 1;
-          std::cerr << "kiln: error: " << result.error << "\n";
-        }
-        if (args->json) {
-          std::string n(drv.name());
-          nlohmann::json j = {{"name", label.count(drv) ? label[drv] : n.substr(0, n.size() - 4)},
-                              {"drv", dir.print(drv)},
-                              {"path", out_path(drv)},
-                              {"status", to_string(result.status)}};
-          if (!result.error.empty()) {
-            j["error"] = result.error;
-          }
-          std::cout << j.dump() << std::endl;
-        }
-      }
-      for (const auto& drv : drvs) {
-        auto it = results.find(drv);
-        if (it == results.end() || (it->second.status != StepStatus::present &&
-                                    it->second.status != StepStatus::built &&
-                                    it->second.status != StepStatus::substituted)) {
-          status = 1;
-          continue;
-        }
-        auto out = dir.parse(out_path(drv));
-        if (!args->no_link) {
-          std::string link = drvs.size() == 1 ? "result" : "result-" + label[drv];
-          store.add_root(link, out);
-        }
-        if (!args->json) {
-          std::cout << dir.print(out) << "\n";
-        }
-      }
-      return status;
-    };
+    ctx.action = [&ctx, args, cargo_args] { return build_files(ctx, *args, cargo_args->push_to); };
   });
 
   auto log_target = std::make_shared<std::string>();

@@ -302,17 +302,8 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
   cargo::UnitFrontend frontend(store, plan, instantiated, toolchain, settings.jobs);
 
   // --push-to: each built path goes up as soon as it is built.
-  std::unique_ptr<CacheClient> push_cache;
-  std::optional<SecretKey> secret;
-  if (!args.push_to.empty()) {
-    push_cache = ctx.open_cache(args.push_to);
-    if (!settings.secret_key_file.empty()) {
-      secret = SecretKey::read_file(settings.secret_key_file);
-    } else {
-      note("--push-to without secret-key-file: the pushed paths are not signed");
-    }
-    options.push_to = PushTarget{push_cache.get(), secret ? &*secret : nullptr};
-  }
+  PushCache push_cache(ctx, args.push_to);
+  options.push_to = push_cache.target();
 
   Progress progress(plan, frontend, !ctx.quiet);
   auto build = build_derivations(store, targets, options, frontend, progress);
@@ -349,8 +340,7 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
     std::cerr << "kiln: error: could not build " << what << " (log: kiln log " << dir.print(drv)
               << ")\n";
   }
-  for (const auto& e : build.push_errors) {
-    std::cerr << "kiln: error: pushing to " << args.push_to << ": " << e << "\n";
+  if (!push_cache.report(build)) {
     status = 1;
   }
 
@@ -431,9 +421,6 @@ cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common)
                   plan.units.size() - built - substituted,
                   downloaded, secs);
     std::fprintf(stderr, "%12s %s\n", "Finished", line);
-    if (!args.push_to.empty()) {
-      std::fprintf(stderr, "%12s %zu paths to %s\n", "Pushed", build.pushed, args.push_to.c_str());
-    }
   }
   return 0;
 }

@@ -31,6 +31,15 @@ Context::settings()
   return *m_settings;
 }
 
+void
+Context::adopt_settings(Settings settings)
+{
+  if (m_store) {
+    throw std::logic_error("settings adopted after the store was opened");
+  }
+  m_settings = std::move(settings);
+}
+
 LocalStore&
 Context::store()
 {
@@ -70,6 +79,44 @@ Context::trust_policy()
     throw UsageError(std::string("trusted-public-keys (") + s.origins.at("trusted-public-keys") +
                      "): " + e.what());
   }
+}
+
+PushCache::PushCache(Context& ctx, const std::string& url) : m_ctx(ctx), m_url(url)
+{
+  if (url.empty()) {
+    return;
+  }
+  m_cache = ctx.open_cache(url);
+  const auto& settings = ctx.settings();
+  if (!settings.secret_key_file.empty()) {
+    m_key = SecretKey::read_file(settings.secret_key_file);
+  } else {
+    note("--push-to without secret-key-file: the pushed paths are not signed");
+  }
+}
+
+std::optional<PushTarget>
+PushCache::target()
+{
+  if (!m_cache) {
+    return std::nullopt;
+  }
+  return PushTarget{m_cache.get(), m_key ? &*m_key : nullptr};
+}
+
+bool
+PushCache::report(const BuildResult& build) const
+{
+  if (!m_cache) {
+    return true;
+  }
+  for (const auto& e : build.push_errors) {
+    std::cerr << "kiln: error: pushing to " << m_url << ": " << e << "\n";
+  }
+  if (!m_ctx.quiet) {
+    std::fprintf(stderr, "%12s %zu paths to %s\n", "Pushed", build.pushed, m_url.c_str());
+  }
+  return build.push_errors.empty();
 }
 
 const CLI::Validator&

@@ -5,6 +5,7 @@
 
 #include <kiln/buildfile/buildfile.hpp>
 #include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -172,6 +173,44 @@ TEST_CASE("a trusted cache's outputs are substituted, not built", "[build][cache
                       in_dir);
   REQUIRE(c.status == 0);
   CHECK(json_lines(c.out)["app"]["status"] == "built");
+}
+
+TEST_CASE("a kiln.yaml build pushes with --push-to, honours store: and store-dir:, links each entry",
+          "[build][cache]")
+{
+  TempDir dir;
+  fs::path store = dir / "project-store";
+  std::string project = k_project;
+  project += "store: " + store.string() + "\nstore-dir: /kiln/other\n";
+  test::write_file(dir / "kiln.yaml", project);
+  test::write_file(dir / "src" / "main.c", "int main(void) { return 0; }\n");
+  test::RunOptions in_dir;
+  in_dir.cwd = dir.path();
+  in_dir.unset_env = {"KILN_STORE", "KILN_STORE_DIR"};
+  std::string cache = "file://" + (dir / "cache").string();
+  test::kiln({"key", "generate", "ci-1", "--secret-file", (dir / "sk").string()});
+
+  auto r = test::kiln({"--secret-key-file", (dir / "sk").string(), "build", "--json", "--push-to",
+                       cache, "app"},
+                      in_dir);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  auto built = json_lines(r.out);
+  std::string app = built["app"]["path"];
+  // The file's store and store directory were used.
+  CHECK(app.starts_with("/kiln/other/"));
+  CHECK(fs::exists(store / "store" / fs::path(app).filename()));
+  // One entry built alone: `result` and its own `result-app`.
+  CHECK(fs::is_symlink(dir / "result"));
+  CHECK(fs::is_symlink(dir / "result-app"));
+  // Both built paths are in the cache, signed.
+  CHECK_THAT(r.err, Catch::Contains("Pushed 2 paths to " + cache));
+  for (const auto& name : {"app", "header"}) {
+    std::string base = fs::path(built[name]["path"].get<std::string>()).filename().string();
+    fs::path narinfo = dir / "cache" / (base.substr(0, 32) + ".narinfo");
+    REQUIRE(fs::exists(narinfo));
+    CHECK_THAT(read_file(narinfo), Catch::Contains("Sig: ci-1:"));
+  }
 }
 
 TEST_CASE("build file errors name file, line and column", "[build][buildfile]")
