@@ -4,8 +4,7 @@
 // scripts it depends on, and runs rustc or the build script.
 #include <kiln/cargo/units.hpp>
 #include <kiln/util/io.hpp>
-
-#include "exec_strings.hpp"
+#include <kiln/util/process.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -133,76 +132,34 @@ substitute(std::string text, const std::map<std::string, std::string>& values)
   return text;
 }
 
-// Run `argv` in `cwd` with the current environment plus `env`; stdout goes
-// to `stdout_file` when given (else it is inherited), stderr line by line to
-// `on_stderr` when given. Returns the status.
+// Run `argv` in `cwd` with the current environment (less kiln's own
+// variables) plus `env`; stdout goes to `stdout_file` when given (else it is
+// inherited), stderr line by line to `on_stderr` when given. Returns the
+// status.
 int
 run(const std::vector<std::string>& argv, const std::string& cwd,
     const std::map<std::string, std::string>& env, const std::optional<fs::path>& stdout_file,
     const std::function<void(const std::string&)>& on_stderr = {})
 {
-  ExecStrings envp = ExecStrings::environment(env, {"KILN_UNIT_", k_unit_env});
-  ExecStrings args(argv);
-  int err_pipe[2] = {-1, -1};
-  if (on_stderr && ::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    throw_errno("pipe");
+  ProcessOptions options;
+  options.cwd = cwd;
+  options.env = env;
+  options.unset_env = {"KILN_UNIT_*", k_unit_env};
+  options.stdout_file = stdout_file;
+  options.on_stderr_line = on_stderr ? on_stderr : [](const std::string& line) {
+    std::cerr << line << "\n";
+  };
+  ProcessResult result = run_process(argv, options);
+  if (!result.out.empty()) {
+    std::cout << result.out << std::flush;
   }
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    throw_errno("fork");
+  if (result.status == 127 && !result.err.empty()) {
+    std::cerr << "kiln: " << result.err << "\n";
   }
-  if (pid == 0) {
-    if (stdout_file) {
-      int fd = ::open(stdout_file->c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (fd < 0 || ::dup2(fd, 1) < 0) {
-        _exit(126);
-      }
-    }
-    if (on_stderr && ::dup2(err_pipe[1], 2) < 0) {
-      _exit(126);
-    }
-    if (::chdir(cwd.c_str()) != 0) {
-      std::string msg = "kiln: cannot enter '" + cwd + "': " + std::strerror(errno) + "\n";
-      (void)!::write(2, msg.data(), msg.size());
-      _exit(126);
-    }
-    ::execve(args.get()[0], args.get(), envp.get());
-    std::string msg = "kiln: cannot run " + argv[0] + ": " + std::strerror(errno) + "\n";
-    (void)!::write(2, msg.data(), msg.size());
-    _exit(127);
+  if (result.signaled) {
+    std::cerr << "kiln: " << argv[0] << " was " << result.describe() << "\n";
   }
-  if (on_stderr) {
-    ::close(err_pipe[1]);
-    std::string pending;
-    char buf[65536];
-    while (true) {
-      ssize_t n = ::read(err_pipe[0], buf, sizeof buf);
-      if (n < 0 && errno == EINTR) {
-        continue;
-      }
-      if (n <= 0) {
-        break;
-      }
-      pending.append(buf, static_cast<size_t>(n));
-      size_t start = 0;
-      for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
-        on_stderr(pending.substr(start, nl - start));
-      }
-      pending.erase(0, start);
-    }
-    if (!pending.empty()) {
-      on_stderr(pending);
-    }
-    ::close(err_pipe[0]);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) {
-    return WEXITSTATUS(status);
-  }
-  std::cerr << "kiln: " << argv[0] << " was killed by signal " << WTERMSIG(status) << "\n";
-  return 128 + WTERMSIG(status);
+  return result.status;
 }
 
 // One line of rustc's stderr under --error-format=json: diagnostics are

@@ -2,7 +2,7 @@
 #include <kiln/hash/hash.hpp>
 #include <kiln/util/io.hpp>
 
-#include "exec_strings.hpp"
+#include <kiln/util/process.hpp>
 
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
@@ -138,69 +138,14 @@ std::string
 run_capture(const std::vector<std::string>& argv, const std::optional<fs::path>& cwd,
             const std::map<std::string, std::string>& env)
 {
-  int out[2], err[2];
-  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
-    throw_errno("pipe");
+  ProcessOptions options;
+  options.cwd = cwd;
+  options.env = env;
+  ProcessResult result = run_process(argv, options);
+  if (!result.ok()) {
+    throw CargoError(describe_failure(argv, result));
   }
-  ExecStrings envp = ExecStrings::environment(env);
-  ExecStrings args(argv);
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    throw_errno("fork");
-  }
-  if (pid == 0) {
-    ::dup2(out[1], 1);
-    ::dup2(err[1], 2);
-    int null = ::open("/dev/null", O_RDONLY);
-    ::dup2(null, 0);
-    if (cwd && ::chdir(cwd->c_str()) != 0) {
-      _exit(126);
-    }
-    ::execvpe(args.get()[0], args.get(), envp.get());
-    std::string msg = "cannot run " + argv[0] + ": " + std::strerror(errno) + "\n";
-    (void)!::write(2, msg.data(), msg.size());
-    _exit(127);
-  }
-  ::close(out[1]);
-  ::close(err[1]);
-  std::string stdout_text, stderr_text;
-  struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  int open_fds = 2;
-  char buffer[65536];
-  while (open_fds > 0) {
-    if (::poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      throw_errno("poll");
-    }
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
-        ssize_t n = ::read(fds[i].fd, buffer, sizeof buffer);
-        if (n > 0) {
-          (i == 0 ? stdout_text : stderr_text).append(buffer, static_cast<size_t>(n));
-        } else if (n == 0 || errno != EINTR) {
-          ::close(fds[i].fd);
-          fds[i].fd = -1;
-          --open_fds;
-        }
-      }
-    }
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    std::string command;
-    for (const auto& a : argv) {
-      command += (command.empty() ? "" : " ") + a;
-    }
-    throw CargoError("`" + command + "` failed" +
-                     (WIFEXITED(status) ? " (exit " + std::to_string(WEXITSTATUS(status)) + ")"
-                                        : " (killed by a signal)") +
-                     (stderr_text.empty() ? "" : ":\n" + stderr_text));
-  }
-  return stdout_text;
+  return result.out;
 }
 
 // --- cargo metadata ---

@@ -5,11 +5,11 @@
 #include <kiln/cache/narinfo.hpp>
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/process.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
@@ -51,75 +51,21 @@ label(Status s)
   return "?";
 }
 
-// `program` as found on PATH (or as given, if it has a slash).
-std::optional<fs::path>
-find_program(const std::string& program)
-{
-  if (program.find('/') != std::string::npos) {
-    return ::access(program.c_str(), X_OK) == 0 ? std::optional<fs::path>(program) : std::nullopt;
-  }
-  std::string path = get_env("PATH").value_or("/usr/local/bin:/usr/bin:/bin");
-  size_t pos = 0;
-  while (pos <= path.size()) {
-    size_t end = path.find(':', pos);
-    if (end == std::string::npos) {
-      end = path.size();
-    }
-    fs::path dir = end > pos ? fs::path(path.substr(pos, end - pos)) : fs::path(".");
-    fs::path candidate = dir / program;
-    struct stat st;
-    if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-        ::access(candidate.c_str(), X_OK) == 0) {
-      return candidate;
-    }
-    pos = end + 1;
-  }
-  return std::nullopt;
-}
-
 // The first line `program --version` prints, or why there is none.
 std::pair<bool, std::string>
 first_line_of(const fs::path& program, const std::vector<std::string>& args)
 {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) {
-    throw_errno("creating a pipe");
-  }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   std::vector<std::string> argv = {program.string()};
   argv.insert(argv.end(), args.begin(), args.end());
-  std::vector<char*> c_argv;
-  for (auto& a : argv) {
-    c_argv.push_back(a.data());
+  ProcessOptions options;
+  options.merge_stderr = true;
+  options.max_output = 65536;
+  ProcessResult result = run_process(argv, options);
+  std::string line = result.out.substr(0, result.out.find('\n'));
+  if (result.status == 127 && result.out.empty()) {
+    return {false, result.err};
   }
-  c_argv.push_back(nullptr);
-  pid_t pid = 0;
-  int err = ::posix_spawn(&pid, program.c_str(), &actions, nullptr, c_argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(fds[1]);
-  UniqueFd out(fds[0]);
-  if (err != 0) {
-    return {false, std::string("cannot run: ") + std::strerror(err)};
-  }
-  std::string text;
-  char buf[4096];
-  FdSource source(out.get());
-  try {
-    while (size_t n = source.read(buf, sizeof buf)) {
-      if (text.size() < 65536) {
-        text.append(buf, n);
-      }
-    }
-  } catch (const Error&) {
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  std::string line = text.substr(0, text.find('\n'));
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+  if (!result.ok()) {
     return {false, "'" + program.string() + " --version' failed: " + line};
   }
   return {true, line};

@@ -10,9 +10,9 @@
 
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/process.hpp>
 
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,8 +21,6 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
-
-extern char** environ;
 
 namespace kiln::sandbox_impl {
 
@@ -57,43 +55,12 @@ read_head(const fs::path& path, size_t size)
 std::string
 run_ldd(const fs::path& path)
 {
-  int pipe_fds[2];
-  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
-    throw_errno("creating a pipe for ldd");
-  }
-  UniqueFd read_end(pipe_fds[0]);
-  UniqueFd write_end(pipe_fds[1]);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 1);
-  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  std::string program = "ldd";
-  std::string arg = path.string();
-  char* argv[] = {program.data(), arg.data(), nullptr};
-  pid_t pid = -1;
-  int rc = ::posix_spawnp(&pid, "ldd", &actions, nullptr, argv, environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
+  ProcessResult result = run_process({"ldd", path.string()});
+  if (result.status == 127 && result.out.empty()) {
     throw SandboxError("running ldd to find the libraries of tool '" + path.string() +
-                       "': " + std::strerror(rc));
+                       "': " + result.err);
   }
-  write_end.reset();
-  std::string out;
-  char buf[4096];
-  while (true) {
-    ssize_t n = ::read(read_end.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      break;
-    }
-    out.append(buf, static_cast<size_t>(n));
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return out;
+  return result.out;
 }
 
 // The libraries ldd lists for a dynamic ELF program:
