@@ -491,7 +491,11 @@ private:
         m_observer([&](BuildObserver& o) { o.build_output(drv_path, chunk); });
       },
       [&](const nlohmann::json& message) {
-        early_output(message, spec, output_dirs, offers, context);
+        if (message.value("action", "") == "early-output") {
+          early_output(message, spec, output_dirs, offers, context);
+        } else {
+          m_observer([&](BuildObserver& o) { o.builder_message(drv_path, message.dump()); });
+        }
       });
     sandbox.on_output = [&](std::string_view chunk) { messages.feed(chunk); };
     BuildOutcome outcome = run_build(m_store, spec, sandbox);
@@ -614,6 +618,7 @@ void BuildObserver::step_finished(const StorePath&, const StepResult&) {}
 void BuildObserver::downloaded(uint64_t) {}
 void BuildObserver::build_output(const StorePath&, std::string_view) {}
 void BuildObserver::pushed(const StorePath&, size_t) {}
+void BuildObserver::builder_message(const StorePath&, const std::string&) {}
 
 bool
 BuildResult::succeeded(const std::vector<StorePath>& drvs) const

@@ -1,16 +1,35 @@
-// The planner follows cargo's own logic (src/cargo/core/resolver/features.rs,
-// compiler/unit_dependencies.rs, core/profiles.rs and the unit sharing of
-// ops/cargo_compile) closely enough that tests can compare its output with
-// `cargo build --unit-graph` unit for unit.
+// cargo's unit graph (src/compiler/unit_graph.rs, format version 1) as kiln's
+// plan, with each unit's part in LTO computed as cargo's lto.rs does.
 #include <kiln/cargo/plan.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
-#include <functional>
 #include <map>
 #include <set>
-#include <tuple>
 
 namespace kiln::cargo {
+
+using json = nlohmann::json;
+
+const char*
+to_string(UnitMode mode)
+{
+  switch (mode) {
+  case UnitMode::build:
+    return "build";
+  case UnitMode::check:
+  case UnitMode::check_test:
+    return "check";
+  case UnitMode::test:
+    return "test";
+  case UnitMode::doctest:
+    return "doctest";
+  case UnitMode::run_custom_build:
+    return "run-custom-build";
+  }
+  return "build";
+}
 
 std::string
 Unit::kind_name() const
@@ -18,744 +37,394 @@ Unit::kind_name() const
   if (mode == UnitMode::run_custom_build) {
     return "run-build-script";
   }
-  if (target->is_custom_build()) {
+  if (target.is_custom_build()) {
     return "build-script";
   }
-  if (target->is_proc_macro()) {
+  if (target.is_proc_macro()) {
     return "proc-macro";
   }
-  if (target->is_bin()) {
-    return "bin";
+  for (const char* k : {"bin", "example", "test", "bench"}) {
+    if (target.has_kind(k)) {
+      return k;
+    }
   }
   return "lib";
 }
 
 namespace {
 
-// A dependency declaration matched with the package it resolved to.
-struct Edge
+[[noreturn]] void
+refuse(const std::string& what)
 {
-  const CargoDependency* decl;
-  const CargoPackage* pkg;
-  std::string extern_name;
-};
+  throw CargoError("cargo's unit graph: " + what + "; kiln cannot build it as cargo would");
+}
+
+UnitMode
+parse_mode(const std::string& mode)
+{
+  static const std::map<std::string, UnitMode> modes = {
+    {"build", UnitMode::build},       {"check", UnitMode::check},
+    {"test", UnitMode::test},         {"doctest", UnitMode::doctest},
+    {"run-custom-build", UnitMode::run_custom_build}};
+  auto it = modes.find(mode);
+  if (it == modes.end()) {
+    refuse("a unit of mode '" + mode + "'");
+  }
+  return it->second;
+}
 
 std::string
-underscored(std::string s)
+lower(std::string s)
 {
-  std::replace(s.begin(), s.end(), '-', '_');
+  std::transform(s.begin(), s.end(), s.begin(), ::tolower);
   return s;
 }
 
-// Every declared dependency of every package, matched with the resolved
-// graph (the extern name tells apart two versions of one crate).
-std::map<std::string, std::vector<Edge>>
-match_edges(const Workspace& ws)
+// `{"resolved": {"Named": "symbols"}}`, `{"deferred": "None"}`, ...
+std::string
+parse_strip(const json& strip)
 {
-  std::map<std::string, std::vector<Edge>> edges;
-  for (const auto& [id, pkg] : ws.packages) {
-    auto resolved = ws.resolve.find(id);
-    if (resolved == ws.resolve.end()) {
+  const json* inner = &strip;
+  if (strip.is_object()) {
+    inner = strip.contains("resolved") ? &strip.at("resolved") : &strip.at("deferred");
+  }
+  if (inner->is_string()) {
+    return lower(inner->get<std::string>());
+  }
+  if (inner->is_object() && inner->contains("Named")) {
+    return lower(inner->at("Named").get<std::string>());
+  }
+  refuse("a strip setting it does not know: " + strip.dump());
+}
+
+std::string
+parse_debuginfo(const json& d)
+{
+  const json* inner = &d;
+  if (d.is_object()) {
+    inner = d.contains("resolved") ? &d.at("resolved") : &d.at("deferred");
+  }
+  if (inner->is_number_integer()) {
+    return std::to_string(inner->get<int>());
+  }
+  if (inner->is_string()) {
+    std::string v = inner->get<std::string>();
+    return v == "none" ? "0" : v == "limited" ? "1" : v == "full" ? "2" : v;
+  }
+  refuse("a debuginfo setting it does not know: " + d.dump());
+}
+
+Profile
+parse_profile(const json& p, const PlanContext& context)
+{
+  static const std::set<std::string> known = {
+    "name",       "opt_level", "lto",   "codegen_backend", "codegen_units",  "debuginfo",
+    "split_debuginfo", "debug_assertions", "overflow_checks", "rpath", "incremental", "panic",
+    "strip"};
+  for (const auto& [key, value] : p.items()) {
+    if (!known.count(key) && !value.is_null() && !(value.is_array() && value.empty())) {
+      refuse("the profile setting `" + key + "` = " + value.dump());
+    }
+  }
+  if (!p.at("codegen_backend").is_null()) {
+    refuse("the profile setting codegen-backend (needs -Z codegen-backend)");
+  }
+  Profile r;
+  r.name = p.at("name").get<std::string>();
+  r.dir_name = r.name == "dev" || r.name == "test"      ? "debug"
+               : r.name == "release" || r.name == "bench" ? "release"
+                                                          : r.name;
+  r.root = context.profile_root ? context.profile_root(r.name) : "debug";
+  r.opt_level = p.at("opt_level").get<std::string>();
+  r.lto = p.at("lto").get<std::string>();
+  if (!p.at("codegen_units").is_null()) {
+    r.codegen_units = p.at("codegen_units").get<int>();
+  }
+  r.debuginfo = parse_debuginfo(p.at("debuginfo"));
+  if (!p.at("split_debuginfo").is_null()) {
+    r.split_debuginfo = p.at("split_debuginfo").get<std::string>();
+  }
+  r.debug_assertions = p.at("debug_assertions").get<bool>();
+  r.overflow_checks = p.at("overflow_checks").get<bool>();
+  r.rpath = p.at("rpath").get<bool>();
+  r.panic = p.at("panic").get<std::string>();
+  if (r.panic != "unwind" && r.panic != "abort") {
+    refuse("panic = \"" + r.panic + "\"");
+  }
+  r.strip = parse_strip(p.at("strip"));
+  return r;
+}
+
+CargoTarget
+parse_target(const json& t, const CargoPackage& pkg)
+{
+  CargoTarget target;
+  target.name = t.at("name").get<std::string>();
+  target.kind = t.at("kind").get<std::vector<std::string>>();
+  target.crate_types = t.at("crate_types").get<std::vector<std::string>>();
+  target.src_path = t.at("src_path").get<std::string>();
+  target.edition = t.at("edition").get<std::string>();
+  target.test = t.value("test", true);
+  target.doctest = t.value("doctest", false);
+  target.doc = t.value("doc", false);
+  // What the unit graph does not print comes from the package's target.
+  if (const CargoTarget* known = pkg.target(target.name, target.kind)) {
+    target.required_features = known->required_features;
+    target.harness = known->harness;
+  }
+  return target;
+}
+
+// Cargo prints check and check-as-test units alike; among otherwise equal
+// ones it sorts the plain check first (its CompileMode::Check { test: false }
+// orders before test: true). A unit with no twin is a test check if it is a
+// test or bench target, or a root of a command that checks tests.
+void
+mark_check_tests(std::vector<Unit>& units, const json& raw, const std::vector<bool>& root,
+                 const PlanContext& context)
+{
+  std::map<std::string, std::vector<size_t>> twins;
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (units[i].mode != UnitMode::check) {
       continue;
     }
-    for (const auto& decl : pkg.dependencies) {
-      for (const auto& rd : resolved->second) {
-        const CargoPackage& dep = ws.package(rd.pkg);
-        if (dep.name != decl.name) {
-          continue;
-        }
-        bool kind_matches = std::any_of(rd.dep_kinds.begin(), rd.dep_kinds.end(), [&](const auto& k) {
-          return k.kind == decl.kind && k.platform == decl.platform;
-        });
-        if (!kind_matches) {
-          continue;
-        }
-        const CargoTarget* lib = dep.lib();
-        std::string expected =
-          decl.rename ? underscored(*decl.rename) : lib ? lib->crate_name() : underscored(dep.name);
-        if (rd.name != expected) {
-          continue;
-        }
-        edges[id].push_back({&decl, &dep, rd.name});
-      }
+    const json& u = raw.at(i);
+    twins[u.at("pkg_id").dump() + u.at("target").dump() + u.at("profile").dump() +
+          u.at("platform").dump() + u.at("features").dump()]
+      .push_back(i);
+  }
+  for (const auto& [key, group] : twins) {
+    if (group.size() > 2) {
+      refuse("more than two identical check units of " + units[group[0]].package->name);
+    }
+    if (group.size() == 2) {
+      units[group[1]].mode = UnitMode::check_test;
+      continue;
+    }
+    Unit& u = units[group[0]];
+    bool test_target = u.target.is_test() || u.target.is_bench();
+    if (test_target || (root[group[0]] && context.checks_tests && u.target.test &&
+                        (u.target.is_lib() || u.target.is_bin()))) {
+      u.mode = UnitMode::check_test;
     }
   }
-  return edges;
 }
 
-// Cargo's feature resolver: features per (package, for-host) — with v1 the
-// for-host bit is always false (one unified set per package).
-class FeatureResolver
+// --- LTO (cargo's lto::generate and lto::calculate) ---
+
+bool
+target_for_host(const CargoTarget& t)
 {
-public:
-  using Key = std::pair<std::string, bool>;
-
-  FeatureResolver(const Workspace& ws, const std::map<std::string, std::vector<Edge>>& edges,
-                  bool v2, std::function<bool(const CargoDependency&, bool host)> active)
-    : m_ws(ws), m_edges(edges), m_v2(v2), m_active(std::move(active))
-  {
-  }
-
-  void
-  activate_root(const CargoPackage& pkg, const std::vector<std::string>& fvs)
-  {
-    bool host = false;
-    if (m_v2 && pkg.lib() && pkg.lib()->is_proc_macro()) {
-      // A selected proc-macro is built for the host; its other targets
-      // (tests, bins) see the normal set.
-      activate_pkg(pkg.id, false, fvs);
-      host = true;
-    }
-    activate_pkg(pkg.id, host, fvs);
-  }
-
-  std::vector<std::string>
-  features(const std::string& id, bool host) const
-  {
-    auto it = m_features.find({id, m_v2 && host});
-    if (it == m_features.end()) {
-      return {};
-    }
-    return {it->second.begin(), it->second.end()};
-  }
-
-  bool
-  dep_activated(const std::string& id, bool host, const std::string& dep_name) const
-  {
-    auto it = m_activated_deps.find({id, m_v2 && host});
-    return it != m_activated_deps.end() && it->second.count(dep_name) > 0;
-  }
-
-  // The edges of `id` that count for features of (id, host), with the
-  // for-host bit of the dependency.
-  std::vector<std::pair<const Edge*, bool>>
-  deps(const std::string& id, bool host) const
-  {
-    std::vector<std::pair<const Edge*, bool>> out;
-    auto it = m_edges.find(id);
-    if (it == m_edges.end()) {
-      return out;
-    }
-    const CargoPackage& pkg = m_ws.package(id);
-    for (const auto& edge : it->second) {
-      const auto& decl = *edge.decl;
-      if (decl.kind == "dev" && (m_v2 || !pkg.is_member)) {
-        // v2 (and cargo build) never needs dev-dependencies; v1 lets the
-        // members' dev-dependencies enable features anyway.
-        continue;
-      }
-      if (m_v2 && decl.platform && !m_active(decl, host || decl.kind == "build")) {
-        continue;
-      }
-      bool dep_host = m_v2 && (host || decl.kind == "build" ||
-                               (edge.pkg->lib() && edge.pkg->lib()->is_proc_macro()));
-      out.emplace_back(&edge, dep_host);
-    }
-    return out;
-  }
-
-private:
-  std::vector<std::string>
-  fvs_from_dependency(const Edge& edge) const
-  {
-    std::vector<std::string> fvs = edge.decl->features;
-    if (edge.decl->uses_default_features && edge.pkg->features.count("default")) {
-      fvs.push_back("default");
-    }
-    return fvs;
-  }
-
-  void
-  activate_pkg(const std::string& id, bool host, const std::vector<std::string>& fvs)
-  {
-    Key key{id, m_v2 && host};
-    m_features[key];
-    for (const auto& fv : fvs) {
-      activate_fv(id, host, fv);
-    }
-    if (!m_processed.insert(key).second) {
-      return;
-    }
-    for (const auto& [edge, dep_host] : deps(id, host)) {
-      if (edge->decl->optional) {
-        continue;
-      }
-      activate_pkg(edge->pkg->id, dep_host, fvs_from_dependency(*edge));
-    }
-  }
-
-  void
-  activate_fv(const std::string& id, bool host, const std::string& fv)
-  {
-    if (fv.starts_with("dep:")) {
-      activate_dependency(id, host, fv.substr(4));
-      return;
-    }
-    auto slash = fv.find('/');
-    if (slash != std::string::npos) {
-      std::string dep_name = fv.substr(0, slash);
-      bool weak = dep_name.ends_with("?");
-      if (weak) {
-        dep_name.pop_back();
-      }
-      activate_dep_feature(id, host, dep_name, fv.substr(slash + 1), weak);
-      return;
-    }
-    activate_rec(id, host, fv);
-  }
-
-  void
-  activate_rec(const std::string& id, bool host, const std::string& feature)
-  {
-    if (!m_features[{id, m_v2 && host}].insert(feature).second) {
-      return;
-    }
-    const CargoPackage& pkg = m_ws.package(id);
-    auto it = pkg.features.find(feature);
-    if (it == pkg.features.end()) {
-      return;
-    }
-    for (const auto& fv : it->second) {
-      activate_fv(id, host, fv);
-    }
-  }
-
-  void
-  activate_dependency(const std::string& id, bool host, const std::string& dep_name)
-  {
-    m_activated_deps[{id, m_v2 && host}].insert(dep_name);
-    for (const auto& [edge, dep_host] : deps(id, host)) {
-      if (edge->decl->name_in_toml() == dep_name) {
-        activate_pkg(edge->pkg->id, dep_host, fvs_from_dependency(*edge));
-      }
-    }
-    auto deferred = m_deferred_weak.find({id, m_v2 && host, dep_name});
-    if (deferred != m_deferred_weak.end()) {
-      auto features = std::move(deferred->second);
-      m_deferred_weak.erase(deferred);
-      for (const auto& f : features) {
-        activate_dep_feature(id, host, dep_name, f, false);
-      }
-    }
-  }
-
-  void
-  activate_dep_feature(const std::string& id, bool host, const std::string& dep_name,
-                       const std::string& dep_feature, bool weak)
-  {
-    const CargoPackage& pkg = m_ws.package(id);
-    for (const auto& [edge, dep_host] : deps(id, host)) {
-      if (edge->decl->name_in_toml() != dep_name) {
-        continue;
-      }
-      if (edge->decl->optional) {
-        if (weak && !dep_activated(id, host, dep_name)) {
-          m_deferred_weak[{id, m_v2 && host, dep_name}].insert(dep_feature);
-          continue;
-        }
-        if (!weak) {
-          activate_dependency(id, host, dep_name);
-          // The old rule: "dep/feat" also enables a feature named after the
-          // dependency, unless `dep:` syntax hid that implicit feature.
-          if (pkg.features.count(dep_name)) {
-            activate_rec(id, host, dep_name);
-          }
-        }
-      }
-      activate_fv(edge->pkg->id, dep_host, dep_feature);
-      // Its own dependencies are followed when the package is activated.
-      activate_pkg(edge->pkg->id, dep_host, {});
-    }
-  }
-
-  const Workspace& m_ws;
-  const std::map<std::string, std::vector<Edge>>& m_edges;
-  bool m_v2;
-  std::function<bool(const CargoDependency&, bool)> m_active;
-  std::map<Key, std::set<std::string>> m_features;
-  std::map<Key, std::set<std::string>> m_activated_deps;
-  std::set<Key> m_processed;
-  std::map<std::tuple<std::string, bool, std::string>, std::set<std::string>> m_deferred_weak;
-};
-
-// --- profiles ---
-
-ProfileToml
-builtin_profile(const std::string& name)
-{
-  ProfileToml p;
-  p.codegen_units = std::nullopt;
-  if (name == "release" || name == "bench") {
-    p.opt_level = "3";
-    p.debug = "0";
-    p.debug_assertions = false;
-    p.overflow_checks = false;
-    p.incremental = false;
-  } else {
-    p.opt_level = "0";
-    p.debug = "2";
-    p.debug_assertions = true;
-    p.overflow_checks = true;
-    p.incremental = true;
-  }
-  p.lto = "false";
-  p.panic = "unwind";
-  p.rpath = false;
-  return p;
+  return t.is_proc_macro() || t.is_custom_build();
 }
-
-// The named profile with its `inherits` chain applied (package and
-// build-override tables included, for the unit-level merge).
-ProfileToml
-named_profile(const Workspace& ws, const std::string& name, int depth = 0)
-{
-  if (depth > 16) {
-    throw UsageError("profile '" + name + "': `inherits` goes round in a circle");
-  }
-  auto it = ws.profiles.find(name);
-  bool builtin = name == "dev" || name == "release" || name == "test" || name == "bench";
-  if (!builtin && it == ws.profiles.end()) {
-    throw UsageError("profile '" + name + "' is not defined in " + (ws.root / "Cargo.toml").string());
-  }
-  ProfileToml p;
-  if (builtin) {
-    p = builtin_profile(name);
-    if (name == "test") {
-      p.merge(named_profile(ws, "dev", depth + 1));
-    } else if (name == "bench") {
-      p.merge(named_profile(ws, "release", depth + 1));
-    }
-  } else {
-    if (!it->second.inherits) {
-      throw UsageError("profile '" + name + "' in " + (ws.root / "Cargo.toml").string() +
-                       " needs `inherits` (\"dev\" or \"release\")");
-    }
-    p = named_profile(ws, *it->second.inherits, depth + 1);
-  }
-  if (it != ws.profiles.end()) {
-    p.merge(it->second);
-  }
-  return p;
-}
-
-// A unit's profile while planning: debuginfo may still be "deferred" (a
-// host unit's level is decided once it is known whether it is shared with
-// the target graph).
-struct PlannedProfile
-{
-  Profile profile;
-  bool debuginfo_deferred = false;
-  std::string debuginfo_inner;  // the level before a build-only unit drops it
-  bool strip_deferred = true;
-};
-
-// "release" if `name` is release or bench or inherits from one, else "debug".
-std::string
-profile_root(const Workspace& ws, std::string name)
-{
-  for (int depth = 0; depth < 16; ++depth) {
-    if (name == "release" || name == "bench") {
-      return "release";
-    }
-    if (name == "dev" || name == "test") {
-      return "debug";
-    }
-    auto it = ws.profiles.find(name);
-    if (it == ws.profiles.end() || !it->second.inherits) {
-      break;
-    }
-    name = *it->second.inherits;
-  }
-  return "debug";
-}
-
-PlannedProfile
-unit_profile(const ProfileToml& named, const std::string& name, const CargoPackage& pkg,
-             bool for_host, bool abort_safe)
-{
-  ProfileToml p = named;
-  p.package.clear();
-  p.build_override.reset();
-  bool deferred = false;
-  if (for_host) {
-    p.opt_level = "0";
-    p.codegen_units = std::nullopt;
-    deferred = true;
-  }
-  auto apply = [&](const ProfileToml& over) {
-    if (over.debug) {
-      deferred = false;
-    }
-    p.merge(over);
-  };
-  if (for_host && named.build_override) {
-    apply(*named.build_override);
-  }
-  if (!pkg.is_member) {
-    auto all = named.package.find("*");
-    if (all != named.package.end()) {
-      apply(all->second);
-    }
-  }
-  for (const auto& [spec, over] : named.package) {
-    if (spec == pkg.name || spec == pkg.name + "@" + pkg.version) {
-      apply(over);
-    }
-  }
-  PlannedProfile out;
-  Profile& r = out.profile;
-  r.name = name;
-  r.dir_name = name == "dev" || name == "test" ? "debug" : name == "bench" ? "release" : name;
-  r.opt_level = *p.opt_level;
-  r.debuginfo = *p.debug;
-  r.debug_assertions = *p.debug_assertions;
-  r.overflow_checks = p.overflow_checks ? *p.overflow_checks : r.debug_assertions;
-  r.lto = *p.lto;
-  r.panic = abort_safe ? *p.panic : "unwind";
-  r.codegen_units = p.codegen_units;
-  r.rpath = p.rpath.value_or(false);
-  if (p.strip) {
-    r.strip = *p.strip;
-    out.strip_deferred = false;
-  }
-  out.debuginfo_deferred = deferred;
-  out.debuginfo_inner = r.debuginfo;
-  return out;
-}
-
-// --- units ---
-
-struct Planner
-{
-  const Workspace& ws;
-  const Toolchain& toolchain;
-  const PlanOptions& options;
-  std::map<std::string, std::vector<Edge>> edges;
-  std::unique_ptr<FeatureResolver> features;
-  ProfileToml named;
-  std::string target_triple;
-  bool cross = false;
-
-  struct Draft
-  {
-    Unit unit;
-    PlannedProfile profile;
-    std::vector<std::pair<size_t, std::string>> deps;
-  };
-  std::vector<Draft> drafts;
-  // (package, target, mode, features-for-host, for-host) → draft
-  std::map<std::tuple<std::string, const CargoTarget*, UnitMode, bool, bool>, size_t> index;
-
-  bool
-  active(const CargoDependency& decl, bool host) const
-  {
-    if (!decl.platform) {
-      return true;
-    }
-    const std::string& triple = host ? toolchain.host : target_triple;
-    return platform_matches(*decl.platform, triple, toolchain.cfg(triple, options.rustflags));
-  }
-
-  // The dependency edges a unit of `pkg` follows (normal kind, active on its
-  // platform, optional ones only when activated).
-  std::vector<std::pair<const Edge*, bool>>
-  unit_edges(const CargoPackage& pkg, bool host, const std::string& kind) const
-  {
-    std::vector<std::pair<const Edge*, bool>> out;
-    auto it = edges.find(pkg.id);
-    if (it == edges.end()) {
-      return out;
-    }
-    for (const auto& edge : it->second) {
-      const auto& decl = *edge.decl;
-      if (decl.kind != kind) {
-        continue;
-      }
-      bool edge_host = host || kind == "build";
-      if (!active(decl, edge_host)) {
-        continue;
-      }
-      if (decl.optional && !features->dep_activated(pkg.id, host, decl.name_in_toml())) {
-        continue;
-      }
-      if (!edge.pkg->lib()) {
-        continue;
-      }
-      out.emplace_back(&edge, edge_host || edge.pkg->lib()->is_proc_macro());
-    }
-    return out;
-  }
-
-  size_t
-  add(const CargoPackage& pkg, const CargoTarget& target, UnitMode mode, bool host, bool for_host,
-      bool is_root)
-  {
-    auto key = std::make_tuple(pkg.id, &target, mode, host, for_host);
-    auto found = index.find(key);
-    if (found != index.end()) {
-      drafts[found->second].unit.is_root |= is_root;
-      return found->second;
-    }
-    Draft d;
-    d.unit.package = &pkg;
-    d.unit.target = &target;
-    d.unit.mode = mode;
-    d.unit.for_host = host;
-    d.unit.host_platform = host || (target.is_custom_build() && mode == UnitMode::build);
-    d.unit.triple = d.unit.host_platform ? toolchain.host : target_triple;
-    d.unit.features = features->features(pkg.id, host);
-    d.unit.is_root = is_root;
-    d.profile = unit_profile(named, options.profile, pkg, for_host, !host);
-    d.profile.profile.root = profile_root(ws, options.profile);
-    size_t self = drafts.size();
-    drafts.push_back(std::move(d));
-    index.emplace(key, self);
-
-    std::vector<std::pair<size_t, std::string>> deps;
-    const CargoTarget* script = pkg.build_script();
-    if (mode == UnitMode::run_custom_build) {
-      // Run: the compiled script, and the runs of direct dependencies with
-      // `links` (their metadata becomes DEP_* variables).
-      deps.emplace_back(add(pkg, *script, UnitMode::build, host, true, false), "");
-      for (const auto& [edge, dep_host] : unit_edges(pkg, host, "")) {
-        if (edge->pkg->links && edge->pkg->build_script()) {
-          bool dep_for_host = for_host || edge->pkg->lib()->is_proc_macro();
-          deps.emplace_back(add(*edge->pkg, *edge->pkg->build_script(), UnitMode::run_custom_build,
-                                dep_host, dep_for_host, false),
-                            "");
-        }
-      }
-    } else if (target.is_custom_build()) {
-      for (const auto& [edge, dep_host] : unit_edges(pkg, true, "build")) {
-        deps.emplace_back(add(*edge->pkg, *edge->pkg->lib(), UnitMode::build, true, true, false),
-                          edge->extern_name);
-      }
-    } else {
-      if (target.is_bin() && pkg.lib()) {
-        deps.emplace_back(add(pkg, *pkg.lib(), UnitMode::build, host, for_host, false),
-                          pkg.lib()->crate_name());
-      }
-      for (const auto& [edge, dep_host] : unit_edges(pkg, host, "")) {
-        bool dep_for_host = for_host || edge->pkg->lib()->is_proc_macro();
-        deps.emplace_back(
-          add(*edge->pkg, *edge->pkg->lib(), UnitMode::build, dep_host, dep_for_host, false),
-          edge->extern_name);
-      }
-      if (script) {
-        deps.emplace_back(add(pkg, *script, UnitMode::run_custom_build, host, for_host, false), "");
-      }
-    }
-    drafts[self].deps = std::move(deps);
-    return self;
-  }
-};
 
 std::vector<std::string>
-split_features(const std::vector<std::string>& given)
+lto_crate_types(const Unit& u)
 {
-  std::vector<std::string> out;
-  for (const auto& g : given) {
-    std::string current;
-    for (char c : g + ",") {
-      if (c == ',' || c == ' ') {
-        if (!current.empty()) {
-          out.push_back(current);
-        }
-        current.clear();
-      } else {
-        current += c;
-      }
+  if (u.mode == UnitMode::test || u.mode == UnitMode::doctest) {
+    return {"bin"};
+  }
+  std::vector<std::string> types = u.target.crate_types;
+  for (auto& t : types) {
+    t = t == "lib" ? "rlib" : t;
+  }
+  return types;
+}
+
+bool
+can_lto(const std::string& t)
+{
+  return t == "bin" || t == "staticlib" || t == "cdylib";
+}
+
+bool
+needs_object(const std::vector<std::string>& types)
+{
+  return std::any_of(types.begin(), types.end(), [](const std::string& t) {
+    return can_lto(t) || t == "dylib" || t == "cdylib" || t == "proc-macro";
+  });
+}
+
+LtoRole
+when_needs_object(const std::vector<std::string>& types)
+{
+  bool all_dylib =
+    std::all_of(types.begin(), types.end(), [](const std::string& t) { return t == "dylib"; });
+  return all_dylib ? LtoRole::only_object : LtoRole::object_and_bitcode;
+}
+
+LtoRole
+merged(LtoRole a, LtoRole b)
+{
+  if (a == b) {
+    return a;
+  }
+  if (a == LtoRole::run || b == LtoRole::run) {
+    return LtoRole::run;
+  }
+  if (a == LtoRole::off || b == LtoRole::off) {
+    return LtoRole::off;
+  }
+  return LtoRole::object_and_bitcode;
+}
+
+void
+calculate_lto(std::vector<Unit>& units, std::vector<std::optional<LtoRole>>& roles, size_t i,
+              LtoRole parent)
+{
+  Unit& u = units[i];
+  auto types = lto_crate_types(u);
+  bool all_lto = !types.empty() && std::all_of(types.begin(), types.end(), can_lto);
+  LtoRole lto;
+  if (target_for_host(u.target)) {
+    lto = LtoRole::only_object;
+  } else if (all_lto) {
+    lto = u.profile.lto == "false" ? LtoRole::only_object
+          : u.profile.lto == "off" ? LtoRole::off
+                                   : LtoRole::run;
+  } else {
+    bool object = needs_object(types);
+    if (parent == LtoRole::run && !object) {
+      lto = LtoRole::only_bitcode;
+    } else if ((parent == LtoRole::run || parent == LtoRole::only_bitcode) && object) {
+      lto = when_needs_object(types);
+    } else if (parent == LtoRole::off) {
+      lto = LtoRole::off;
+    } else {
+      lto = parent;
     }
   }
-  return out;
+  if (roles[i]) {
+    LtoRole result = merged(lto, *roles[i]);
+    if (result == *roles[i]) {
+      return;
+    }
+    lto = result;
+  }
+  roles[i] = lto;
+  for (const auto& dep : u.deps) {
+    calculate_lto(units, roles, dep.unit, lto);
+  }
+}
+
+void
+assign_lto(Plan& plan)
+{
+  std::vector<std::optional<LtoRole>> roles(plan.units.size());
+  for (size_t r : plan.roots) {
+    const Unit& u = plan.units[r];
+    LtoRole root;
+    if (u.profile.lto == "false") {
+      root = LtoRole::only_object;
+    } else if (u.profile.lto == "off") {
+      root = LtoRole::off;
+    } else {
+      auto types = u.target.crate_types;
+      root = target_for_host(u.target) ? LtoRole::only_object
+             : needs_object(types)     ? when_needs_object(types)
+                                       : LtoRole::only_bitcode;
+    }
+    calculate_lto(plan.units, roles, r, root);
+  }
+  for (size_t i = 0; i < plan.units.size(); ++i) {
+    plan.units[i].lto = roles[i].value_or(LtoRole::only_object);
+  }
+}
+
+// Dependencies before dependents, keeping cargo's order otherwise.
+std::vector<size_t>
+topological(const std::vector<std::vector<size_t>>& deps)
+{
+  std::vector<size_t> order;
+  std::vector<int> state(deps.size(), 0);
+  std::function<void(size_t)> visit = [&](size_t i) {
+    if (state[i] == 2) {
+      return;
+    }
+    if (state[i] == 1) {
+      refuse("a dependency cycle");
+    }
+    state[i] = 1;
+    for (size_t d : deps[i]) {
+      visit(d);
+    }
+    state[i] = 2;
+    order.push_back(i);
+  };
+  for (size_t i = 0; i < deps.size(); ++i) {
+    visit(i);
+  }
+  return order;
 }
 
 } // namespace
 
 Plan
-plan_build(const Workspace& ws, const Toolchain& toolchain, const PlanOptions& options)
+parse_unit_graph(const std::string& text, const Workspace& ws, const PlanContext& context)
 {
-  Planner planner{ws, toolchain, options, match_edges(ws), nullptr, {}, "", false, {}, {}};
-  planner.cross = options.target.has_value();
-  planner.target_triple = options.target.value_or(toolchain.host);
-  planner.named = named_profile(ws, options.profile);
-  bool v2 = ws.resolver != "1";
-  planner.features = std::make_unique<FeatureResolver>(
-    ws, planner.edges, v2,
-    [&](const CargoDependency& decl, bool host) { return planner.active(decl, host); });
-
-  // The selected packages.
-  std::vector<const CargoPackage*> selected;
-  if (options.workspace) {
-    for (const auto& id : ws.members) {
-      selected.push_back(&ws.package(id));
+  json graph = json::parse(text, nullptr, false);
+  if (graph.is_discarded() || !graph.is_object()) {
+    refuse("not JSON");
+  }
+  if (graph.value("version", 0) != 1) {
+    refuse("format version " + graph.value("version", json()).dump() + " (kiln reads version 1)");
+  }
+  const json& raw = graph.at("units");
+  std::vector<Unit> units(raw.size());
+  std::vector<std::vector<size_t>> deps(raw.size());
+  std::vector<bool> root(raw.size(), false);
+  for (const auto& r : graph.at("roots")) {
+    root.at(r.get<size_t>()) = true;
+  }
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const json& u = raw[i];
+    if (u.value("is_std", false)) {
+      refuse("a standard library unit (-Z build-std)");
     }
-  } else if (!options.packages.empty()) {
-    for (const auto& spec : options.packages) {
-      selected.push_back(&ws.find_package(spec));
+    Unit& unit = units[i];
+    unit.package = &ws.package(u.at("pkg_id").get<std::string>());
+    unit.target = parse_target(u.at("target"), *unit.package);
+    unit.mode = parse_mode(u.at("mode").get<std::string>());
+    if (!u.at("platform").is_null()) {
+      unit.platform = u.at("platform").get<std::string>();
     }
-  } else {
-    for (const auto& id : ws.default_members) {
-      selected.push_back(&ws.package(id));
+    unit.triple = unit.platform.value_or(context.host);
+    unit.features = u.at("features").get<std::vector<std::string>>();
+    std::sort(unit.features.begin(), unit.features.end());
+    unit.profile = parse_profile(u.at("profile"), context);
+    unit.is_root = root[i];
+    for (const auto& d : u.at("dependencies")) {
+      size_t index = d.at("index").get<size_t>();
+      if (index >= raw.size()) {
+        refuse("a dependency on unit " + std::to_string(index) + " of " + std::to_string(raw.size()));
+      }
+      unit.deps.push_back({index, d.at("extern_crate_name").get<std::string>()});
+      deps[i].push_back(index);
     }
   }
+  mark_check_tests(units, raw, root, context);
 
-  std::vector<std::string> requested = split_features(options.features);
-  for (const CargoPackage* pkg : selected) {
-    std::vector<std::string> fvs;
-    for (const auto& f : requested) {
-      auto slash = f.find('/');
-      if (slash != std::string::npos && f.substr(0, slash) == pkg->name) {
-        fvs.push_back(f.substr(slash + 1));
-      } else if (slash != std::string::npos || pkg->features.count(f)) {
-        fvs.push_back(f);
-      } else if (selected.size() == 1) {
-        throw UsageError("package '" + pkg->name + "' has no feature '" + f + "'");
-      }
-    }
-    if (options.all_features) {
-      for (const auto& [name, values] : pkg->features) {
-        fvs.push_back(name);
-      }
-      for (const auto& dep : pkg->dependencies) {
-        if (dep.optional) {
-          fvs.push_back("dep:" + dep.name_in_toml());
-        }
-      }
-    }
-    if (!options.no_default_features && pkg->features.count("default")) {
-      fvs.push_back("default");
-    }
-    planner.features->activate_root(*pkg, fvs);
+  // Renumber, dependencies first.
+  std::vector<size_t> order = topological(deps);
+  std::vector<size_t> position(units.size());
+  for (size_t p = 0; p < order.size(); ++p) {
+    position[order[p]] = p;
   }
-
-  // The root units: libraries and binaries of the selected packages.
   Plan plan;
-  plan.host = toolchain.host;
-  plan.cross = planner.cross;
-  const std::set<std::string> wanted_bins(options.bins.begin(), options.bins.end());
-  std::set<std::string> missing_bins = wanted_bins;
-  std::vector<size_t> roots;
-  for (const CargoPackage* pkg : selected) {
-    bool host_root = pkg->lib() && pkg->lib()->is_proc_macro();
-    if (pkg->lib() && (wanted_bins.empty() || options.lib_only)) {
-      roots.push_back(planner.add(*pkg, *pkg->lib(), UnitMode::build, host_root, false, true));
-    }
-    if (options.lib_only) {
-      continue;
-    }
-    for (const auto& target : pkg->targets) {
-      if (!target.is_bin() || (!wanted_bins.empty() && !wanted_bins.count(target.name))) {
-        continue;
-      }
-      auto enabled = planner.features->features(pkg->id, false);
-      bool ok = std::all_of(target.required_features.begin(), target.required_features.end(),
-                            [&](const std::string& f) {
-                              return std::find(enabled.begin(), enabled.end(), f) != enabled.end();
-                            });
-      if (!ok) {
-        if (!wanted_bins.empty()) {
-          throw UsageError("bin '" + target.name + "' needs features that are not enabled");
-        }
-        continue;
-      }
-      missing_bins.erase(target.name);
-      roots.push_back(planner.add(*pkg, target, UnitMode::build, false, false, true));
-    }
-  }
-  if (!missing_bins.empty()) {
-    throw UsageError("no bin target named '" + *missing_bins.begin() + "' in the selected packages");
-  }
-
-  auto& drafts = planner.drafts;
-  // Share host units with identical target units (same package, target,
-  // features and profile once the debuginfo is decided), as cargo does when
-  // the host is the target.
-  auto identity = [&](const Planner::Draft& d, const Profile& profile) {
-    return std::make_tuple(d.unit.package->id, d.unit.target, d.unit.mode, d.unit.features, profile,
-                           planner.cross ? d.unit.triple : std::string());
-  };
-  std::set<decltype(identity(drafts[0], Profile{}))> target_units;
-  for (const auto& d : drafts) {
-    if (!d.profile.debuginfo_deferred) {
-      target_units.insert(identity(d, d.profile.profile));
-    }
-  }
-  for (auto& d : drafts) {
-    if (d.profile.debuginfo_deferred) {
-      // Cross-compiling, cargo keeps the level (nothing is shared, nothing
-      // weakened); otherwise a build-only unit drops its debuginfo.
-      if (!planner.cross && !target_units.count(identity(d, d.profile.profile))) {
-        d.profile.profile.debuginfo = "0";
-      }
-      d.profile.debuginfo_deferred = false;
-    }
-  }
-  // Merge identical units.
-  std::map<decltype(identity(drafts[0], Profile{})), size_t> canonical;
-  std::vector<size_t> merged_into(drafts.size());
-  for (size_t i = 0; i < drafts.size(); ++i) {
-    auto [it, fresh] = canonical.emplace(identity(drafts[i], drafts[i].profile.profile), i);
-    merged_into[i] = it->second;
-    if (!fresh) {
-      drafts[it->second].unit.is_root |= drafts[i].unit.is_root;
-      // Of two shared copies, the target one is the unit.
-      if (!drafts[i].unit.for_host) {
-        drafts[it->second].unit.for_host = false;
-        drafts[it->second].deps = drafts[i].deps;
-      }
-    }
-  }
-
-  // Order dependencies first, from the roots; decide stripping bottom-up.
-  std::vector<size_t> order;
-  std::vector<int> state(drafts.size(), 0);
-  std::vector<size_t> position(drafts.size());
-  std::function<void(size_t)> visit = [&](size_t i) {
-    i = merged_into[i];
-    if (state[i] == 2) {
-      return;
-    }
-    if (state[i] == 1) {
-      throw CargoError("dependency cycle through package '" + drafts[i].unit.package->name + "'");
-    }
-    state[i] = 1;
-    for (const auto& [dep, name] : drafts[i].deps) {
-      visit(dep);
-    }
-    state[i] = 2;
-    position[i] = order.size();
-    order.push_back(i);
-  };
-  for (size_t r : roots) {
-    visit(r);
-  }
+  plan.host = context.host;
+  plan.unit_graph = text;
   for (size_t i : order) {
-    Planner::Draft& d = drafts[i];
-    Unit unit = d.unit;
-    unit.profile = d.profile.profile;
-    std::set<std::pair<size_t, std::string>> seen;
-    bool deps_have_debuginfo = false;
-    for (const auto& [dep, name] : d.deps) {
-      size_t target = position[merged_into[dep]];
-      if (seen.insert({target, name}).second) {
-        unit.deps.push_back({target, name});
-        deps_have_debuginfo |= plan.units[target].profile.debuginfo != "0";
-      }
+    Unit u = std::move(units[i]);
+    for (auto& d : u.deps) {
+      d.unit = position[d.unit];
     }
-    // Stripping follows the level the profile asked for, before a build-only
-    // unit dropped it.
-    if (d.profile.strip_deferred && d.profile.debuginfo_inner == "0" && !deps_have_debuginfo) {
-      unit.profile.strip = "debuginfo";
-    }
-    plan.units.push_back(std::move(unit));
+    plan.cross |= u.platform.has_value();
+    plan.units.push_back(std::move(u));
   }
-  for (size_t r : roots) {
-    size_t p = position[merged_into[r]];
-    if (std::find(plan.roots.begin(), plan.roots.end(), p) == plan.roots.end()) {
-      plan.roots.push_back(p);
-    }
+  for (const auto& r : graph.at("roots")) {
+    plan.roots.push_back(position[r.get<size_t>()]);
   }
+  assign_lto(plan);
   return plan;
 }
 

@@ -2,7 +2,9 @@
 // __rust-unit`) reads the unit from its environment, fills in the host paths that are not part of
 // its identity (@RUSTC@, @CARGO@, ...), applies the directives of the build
 // scripts it depends on, and runs rustc or the build script.
-#include <kiln/cargo/units.hpp>
+#include <kiln/build/build.hpp>
+#include <kiln/cargo/inputs.hpp>
+#include <kiln/cargo/unit_builder.hpp>
 #include <kiln/util/io.hpp>
 #include <kiln/util/process.hpp>
 
@@ -165,7 +167,7 @@ run(const std::vector<std::string>& argv, const std::string& cwd,
 // One line of rustc's stderr under --error-format=json: diagnostics are
 // shown as rustc would print them, a written .rmeta is announced to kiln.
 void
-rustc_message(const std::string& line)
+rustc_message(const std::string& line, std::string& diagnostics)
 {
   json message = json::parse(line, nullptr, false);
   if (message.is_discarded() || !message.is_object()) {
@@ -179,6 +181,7 @@ rustc_message(const std::string& line)
       std::cerr << k_builder_message_prefix << note.dump() << std::endl;
     }
   } else if (type == "diagnostic") {
+    diagnostics += line + "\n";
     auto rendered = message.find("rendered");
     if (rendered != message.end() && rendered->is_string()) {
       std::cerr << rendered->get<std::string>() << std::flush;
@@ -192,10 +195,84 @@ read_directives(const std::string& run_out)
   return json::parse(read_file(fs::path(run_out) / k_directives_file));
 }
 
+// Tell kiln what runs (`kiln build -v` shows it as cargo -v does).
+void
+announce_command(const std::vector<std::string>& argv, const std::string& cwd)
+{
+  json message = {{"action", "command"}, {"argv", argv}, {"cwd", cwd}};
+  std::cerr << k_builder_message_prefix << message.dump() << std::endl;
+}
+
+// A folder where `workspace_path` (as it lies under the workspace's root)
+// leads to the package's sources: rustc runs there with the source file's
+// path relative to the workspace's root, as under cargo.
+std::string
+workspace_view(const std::string& sources, const std::string& workspace_path)
+{
+  const char* top = std::getenv("NIX_BUILD_TOP");
+  fs::path root = fs::path(top ? top : "/tmp") / "workspace";
+  if (workspace_path.empty()) {
+    return sources;
+  }
+  fs::path link = root / workspace_path;
+  fs::create_directories(link.parent_path());
+  fs::create_symlink(sources, link);
+  return root.string();
+}
+
+// The build scripts' directives that reach a compile, in cargo's order:
+// link-search paths of every script reached through libraries, then this
+// package's own (-L, -l, link args, cfgs, check-cfgs, rustc-env).
+void
+apply_directives(const json& spec, std::vector<std::string>& argv,
+                 std::map<std::string, std::string>& env)
+{
+  for (const auto& from : spec.at("link_search_from")) {
+    json d = read_directives(from.get<std::string>());
+    for (const auto& s : d["link_search"]) {
+      argv.insert(argv.end(), {"-L", s.get<std::string>()});
+    }
+  }
+  std::string own = spec.value("own_script", "");
+  if (own.empty()) {
+    return;
+  }
+  json d = read_directives(own);
+  for (const auto& s : d["link_search"]) {
+    argv.insert(argv.end(), {"-L", s.get<std::string>()});
+  }
+  if (spec.at("apply_link_libs").get<bool>()) {
+    for (const auto& l : d["link_libs"]) {
+      argv.insert(argv.end(), {"-l", l.get<std::string>()});
+    }
+  }
+  std::string scope = spec.at("link_arg_scope");
+  for (const auto& a : d["link_args"]) {
+    std::string s = a["scope"];
+    bool applies = s == "all" || (s == "bins" && scope == "bin") ||
+                   (s == "bin" && scope == "bin" && a["bin"] == spec["bin_name"]) ||
+                   (s == "cdylib" && spec.at("cdylib").get<bool>()) ||
+                   (s == "tests" && scope == "test") || (s == "benches" && scope == "bench") ||
+                   (s == "examples" && scope == "example");
+    if (applies && scope != "build-script") {
+      argv.insert(argv.end(), {"-C", "link-arg=" + a["arg"].get<std::string>()});
+    }
+  }
+  for (const auto& c : d["cfgs"]) {
+    argv.insert(argv.end(), {"--cfg", c.get<std::string>()});
+  }
+  for (const auto& c : d["check_cfgs"]) {
+    argv.insert(argv.end(), {"--check-cfg", c.get<std::string>()});
+  }
+  for (const auto& e : d["env"]) {
+    env[e[0].get<std::string>()] = e[1].get<std::string>();
+  }
+}
+
 int
 compile(const json& spec, const std::map<std::string, std::string>& values, const std::string& out)
 {
-  std::vector<std::string> argv = {values.at("@RUSTC@")};
+  std::vector<std::string> argv = {substitute(spec.at("program").get<std::string>(), values)};
   for (const auto& a : spec.at("args")) {
     argv.push_back(substitute(a.get<std::string>(), values));
   }
@@ -204,61 +281,30 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
   for (const auto& [k, v] : spec.at("env").items()) {
     env[k] = substitute(v.get<std::string>(), values);
   }
-  std::string kind = spec.at("kind");
-  // Link-search paths of every build script reached through libraries, then
-  // this package's own directives (cargo puts them last).
-  for (const auto& from : spec.at("link_search_from")) {
-    json d = read_directives(from.get<std::string>());
-    for (const auto& s : d["link_search"]) {
-      argv.insert(argv.end(), {"-L", s.get<std::string>()});
-    }
-  }
-  if (spec.contains("own_script")) {
-    json d = read_directives(spec.at("own_script").get<std::string>());
-    for (const auto& s : d["link_search"]) {
-      argv.insert(argv.end(), {"-L", s.get<std::string>()});
-    }
-    if (spec.at("apply_link_libs").get<bool>()) {
-      for (const auto& l : d["link_libs"]) {
-        argv.insert(argv.end(), {"-l", l.get<std::string>()});
-      }
-    }
-    std::vector<std::string> crate_types = spec.at("crate_types");
-    bool cdylib = std::find(crate_types.begin(), crate_types.end(), "cdylib") != crate_types.end();
-    for (const auto& a : d["link_args"]) {
-      std::string scope = a["scope"];
-      bool applies = scope == "all" || (scope == "bins" && kind == "bin") ||
-                     (scope == "bin" && spec.contains("bin_name") && a["bin"] == spec["bin_name"]) ||
-                     (scope == "cdylib" && cdylib);
-      if (applies && kind != "build-script") {
-        argv.insert(argv.end(), {"-C", "link-arg=" + a["arg"].get<std::string>()});
-      }
-    }
-    for (const auto& c : d["cfgs"]) {
-      argv.insert(argv.end(), {"--cfg", c.get<std::string>()});
-    }
-    for (const auto& c : d["check_cfgs"]) {
-      argv.insert(argv.end(), {"--check-cfg", c.get<std::string>()});
-    }
-    for (const auto& e : d["env"]) {
-      env[e[0].get<std::string>()] = e[1].get<std::string>();
-    }
-  }
+  apply_directives(spec, argv, env);
   // Diagnostics as JSON, to hear when the .rmeta is written: dependents
-  // that read only metadata may start then (see BuildOptions::may_start_early).
+  // that read only metadata may start then (see Frontend::may_start_early).
   argv.insert(argv.end(), {"--error-format=json", "--json=artifacts"});
-  int status = run(argv, spec.at("cwd"), env, std::nullopt, rustc_message);
+  std::string cwd = spec.at("cwd");
+  if (spec.contains("workspace_path")) {
+    cwd = workspace_view(cwd, spec.at("workspace_path").get<std::string>());
+  }
+  announce_command(argv, cwd);
+  std::string diagnostics;
+  int status = run(argv, cwd, env, std::nullopt,
+                   [&](const std::string& line) { rustc_message(line, diagnostics); });
   if (status != 0) {
     return status;
   }
-  std::string extra = spec.at("extra_filename");
-  std::string crate = spec.at("crate_name");
-  if (kind == "bin") {
-    fs::create_directories(fs::path(out) / "bin");
-    fs::rename(fs::path(out) / (crate + extra),
-               fs::path(out) / "bin" / spec.at("bin_name").get<std::string>());
-  } else if (kind == "build-script") {
-    fs::rename(fs::path(out) / (crate + extra), fs::path(out) / "build-script-build");
+  // Kept with the output, so that a unit taken from the store or a cache
+  // shows its warnings again, as cargo replays those of fresh units.
+  if (!diagnostics.empty()) {
+    write_file_atomic(fs::path(out) / k_diagnostics_file, diagnostics);
+  }
+  if (spec.contains("rename")) {
+    fs::path to = fs::path(out) / spec["rename"]["to"].get<std::string>();
+    fs::create_directories(to.parent_path());
+    fs::rename(fs::path(out) / spec["rename"]["from"].get<std::string>(), to);
   }
   return 0;
 }
@@ -281,8 +327,9 @@ run_build_script(const json& spec, const std::map<std::string, std::string>& val
   }
   fs::create_directories(fs::path(out) / "out");
   fs::path output = fs::path(out) / "output";
-  int status = run({substitute(spec.at("program").get<std::string>(), values)},
-                   spec.at("cwd"), env, output);
+  std::vector<std::string> argv = {substitute(spec.at("program").get<std::string>(), values)};
+  announce_command(argv, spec.at("cwd"));
+  int status = run(argv, spec.at("cwd"), env, output);
   std::string text = read_file(output);
   if (status != 0) {
     std::cerr << "build script of " << spec.at("package").get<std::string>()
@@ -322,6 +369,7 @@ run_rust_unit()
     };
     std::map<std::string, std::string> values = {{"@RUSTC@", get("KILN_UNIT_RUSTC")},
                                                  {"@RUSTDOC@", get("KILN_UNIT_RUSTDOC")},
+                                                 {"@CLIPPY_DRIVER@", get("KILN_UNIT_CLIPPY_DRIVER")},
                                                  {"@CARGO@", get("KILN_UNIT_CARGO")},
                                                  {"@NUM_JOBS@", get("KILN_UNIT_JOBS")},
                                                  {"@out@", out}};

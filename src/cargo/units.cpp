@@ -2,8 +2,9 @@
 #include <kiln/derivation/derivation.hpp>
 #include <kiln/hash/hash.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/process.hpp>
 
-#include <nlohmann/json.hpp>
+#include "digest_cache.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,7 +17,6 @@
 namespace kiln::cargo {
 
 namespace fs = std::filesystem;
-using json = nlohmann::json;
 
 namespace {
 
@@ -53,115 +53,28 @@ source_filter(const fs::path& root, bool local)
   };
 }
 
-// The metadata of every file a filtered walk would include: if it is
-// unchanged, so is the tree's NAR hash.
-std::string
-tree_fingerprint(const fs::path& root, const PathFilter& filter)
-{
-  std::vector<std::string> lines;
-  std::vector<std::string> todo = {""};
-  while (!todo.empty()) {
-    std::string rel = todo.back();
-    todo.pop_back();
-    fs::path dir = rel.empty() ? root : root / rel;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(dir, ec)) {
-      std::string entry_rel = (rel.empty() ? "" : rel + "/") + entry.path().filename().string();
-      if (filter && !filter(entry_rel)) {
-        continue;
-      }
-      struct stat st;
-      if (::lstat(entry.path().c_str(), &st) != 0) {
-        continue;
-      }
-      lines.push_back(entry_rel + " " + std::to_string(st.st_mode) + " " +
-                      std::to_string(st.st_size) + " " + std::to_string(st.st_mtim.tv_sec) + "." +
-                      std::to_string(st.st_mtim.tv_nsec) + " " + std::to_string(st.st_ino) + " " +
-                      std::to_string(st.st_ctim.tv_sec) + "." + std::to_string(st.st_ctim.tv_nsec));
-      if (S_ISDIR(st.st_mode)) {
-        todo.push_back(entry_rel);
-      }
-    }
-  }
-  std::sort(lines.begin(), lines.end());
-  std::string all;
-  for (const auto& l : lines) {
-    all += l + "\n";
-  }
-  return hash_string(HashAlgo::sha256, all).to_string(HashFormat::base16, false);
-}
-
-// Source trees in the store, remembered by file metadata.
-class SourceCache
+// The sources of each package: hashed (not copied), remembered by file
+// metadata.
+class Sources
 {
 public:
-  explicit SourceCache(LocalStore& store)
-    : m_store(store), m_file(store.root() / "var" / "cargo-sources.json")
-  {
-    std::error_code ec;
-    if (fs::exists(m_file, ec)) {
-      try {
-        m_entries = json::parse(read_file(m_file));
-      } catch (const std::exception&) {
-        m_entries = json::object();
-      }
-    }
-    if (!m_entries.is_object()) {
-      m_entries = json::object();
-    }
-  }
+  explicit Sources(const fs::path& state_dir) : m_digests(state_dir / "source-digests.json") {}
+  ~Sources() { m_digests.save(); }
 
-  // The store path of the package's sources (hashed, not copied).
   StorePath
-  path_of(const CargoPackage& pkg, SourceTree& tree)
+  path_of(const StoreDir& dir, const CargoPackage& pkg, SourceTree& tree)
   {
-    fs::path root = pkg.root();
-    tree.root = root;
-    tree.filter = source_filter(root, pkg.is_local());
+    tree.root = pkg.root();
+    tree.filter = source_filter(tree.root, pkg.is_local());
     tree.name = pkg.name + "-" + pkg.version + "-src";
-    std::string fingerprint = tree_fingerprint(root, tree.filter);
-    auto it = m_entries.find(root.string());
-    if (it != m_entries.end() && it->value("fingerprint", "") == fingerprint &&
-        it->value("name", "") == tree.name && it->contains("size")) {
-      try {
-        tree.size = it->at("size").get<uint64_t>();
-        return m_store.store_dir().parse(it->at("path").get<std::string>());
-      } catch (const std::exception&) {
-        // Not a usable entry: hash again.
-      }
-    }
-    HashSink hash;
-    dump_path(root, hash, tree.filter);
-    tree.size = hash.bytes_written();
-    StorePath path = m_store.store_dir().make_fixed_output_path(
-      tree.name, ContentAddress{ContentAddress::Method::recursive, hash.finish()});
-    m_entries[root.string()] = {{"fingerprint", fingerprint},
-                                {"name", tree.name},
-                                {"path", m_store.store_dir().print(path)},
-                                {"size", tree.size}};
-    m_dirty = true;
-    return path;
-  }
-
-  void
-  save()
-  {
-    if (!m_dirty) {
-      return;
-    }
-    try {
-      fs::create_directories(m_file.parent_path());
-      write_file_atomic(m_file, m_entries.dump());
-    } catch (const std::exception&) {
-      // Only a cache.
-    }
+    TreeDigest d = m_digests.digest(tree.root, tree.filter, pkg.is_local() ? "path" : "registry");
+    tree.size = d.nar_size;
+    return dir.make_fixed_output_path(tree.name,
+                                      ContentAddress{ContentAddress::Method::recursive, d.nar_hash});
   }
 
 private:
-  LocalStore& m_store;
-  fs::path m_file;
-  json m_entries;
-  bool m_dirty = false;
+  DigestCache m_digests;
 };
 
 // --- what cargo tells rustc and build scripts ---
@@ -189,128 +102,337 @@ split_version(const std::string& v)
   return out;
 }
 
-void
-package_env(json& env, const CargoPackage& pkg, const std::string& src)
+std::map<std::string, std::string>
+package_env(const CargoPackage& pkg, const std::string& src)
 {
   Version v = split_version(pkg.version);
   std::string authors;
   for (const auto& a : pkg.authors) {
     authors += (authors.empty() ? "" : ":") + a;
   }
-  env["CARGO"] = "@CARGO@";
-  env["CARGO_MANIFEST_DIR"] = src;
-  env["CARGO_MANIFEST_PATH"] = src + "/Cargo.toml";
-  env["CARGO_PKG_NAME"] = pkg.name;
-  env["CARGO_PKG_VERSION"] = pkg.version;
-  env["CARGO_PKG_VERSION_MAJOR"] = v.major;
-  env["CARGO_PKG_VERSION_MINOR"] = v.minor;
-  env["CARGO_PKG_VERSION_PATCH"] = v.patch;
-  env["CARGO_PKG_VERSION_PRE"] = v.pre;
-  env["CARGO_PKG_AUTHORS"] = authors;
-  env["CARGO_PKG_DESCRIPTION"] = pkg.description;
-  env["CARGO_PKG_HOMEPAGE"] = pkg.homepage;
-  env["CARGO_PKG_REPOSITORY"] = pkg.repository;
-  env["CARGO_PKG_LICENSE"] = pkg.license;
-  env["CARGO_PKG_LICENSE_FILE"] = pkg.license_file;
-  env["CARGO_PKG_README"] = pkg.readme;
-  env["CARGO_PKG_RUST_VERSION"] = pkg.rust_version;
+  return {{"CARGO", "@CARGO@"},
+          {"CARGO_MANIFEST_DIR", src},
+          {"CARGO_MANIFEST_PATH", src + "/Cargo.toml"},
+          {"CARGO_PKG_NAME", pkg.name},
+          {"CARGO_PKG_VERSION", pkg.version},
+          {"CARGO_PKG_VERSION_MAJOR", v.major},
+          {"CARGO_PKG_VERSION_MINOR", v.minor},
+          {"CARGO_PKG_VERSION_PATCH", v.patch},
+          {"CARGO_PKG_VERSION_PRE", v.pre},
+          {"CARGO_PKG_AUTHORS", authors},
+          {"CARGO_PKG_DESCRIPTION", pkg.description},
+          {"CARGO_PKG_HOMEPAGE", pkg.homepage},
+          {"CARGO_PKG_REPOSITORY", pkg.repository},
+          {"CARGO_PKG_LICENSE", pkg.license},
+          {"CARGO_PKG_LICENSE_FILE", pkg.license_file},
+          {"CARGO_PKG_README", pkg.readme},
+          {"CARGO_PKG_RUST_VERSION", pkg.rust_version}};
 }
 
-// Profile → rustc flags, as cargo's build_base_args writes them.
-void
-profile_args(std::vector<std::string>& args, const Profile& p, const Unit& unit)
+const char*
+mode_name(UnitMode mode)
 {
-  bool links_whole = unit.target->is_bin() || unit.target->is_custom_build();
-  if (p.opt_level != "0") {
-    args.push_back("-C");
-    args.push_back("opt-level=" + p.opt_level);
-  }
-  if (p.panic != "unwind") {
-    args.push_back("-C");
-    args.push_back("panic=" + p.panic);
-  }
-  if (p.lto == "false") {
-    args.push_back("-C");
-    args.push_back("embed-bitcode=no");
-  } else if (p.lto == "off") {
-    args.insert(args.end(), {"-C", "lto=off", "-C", "embed-bitcode=no"});
-  } else if (links_whole) {
-    args.push_back("-C");
-    args.push_back(p.lto == "true" || p.lto == "fat" ? "lto" : "lto=" + p.lto);
-  }
-  if (p.codegen_units) {
-    args.push_back("-C");
-    args.push_back("codegen-units=" + std::to_string(*p.codegen_units));
-  }
-  if (p.debuginfo != "0") {
-    args.push_back("-C");
-    args.push_back("debuginfo=" + p.debuginfo);
-  }
-  bool implied = p.opt_level == "0";
-  if (p.debug_assertions != implied) {
-    args.push_back("-C");
-    args.push_back(std::string("debug-assertions=") + (p.debug_assertions ? "on" : "off"));
-  }
-  if (p.overflow_checks != p.debug_assertions) {
-    args.push_back("-C");
-    args.push_back(std::string("overflow-checks=") + (p.overflow_checks ? "on" : "off"));
-  }
-  if (p.strip != "none") {
-    args.push_back("-C");
-    args.push_back("strip=" + p.strip);
-  }
-  if (p.rpath) {
-    args.push_back("-C");
-    args.push_back("rpath");
-  }
+  return mode == UnitMode::check_test ? "check-test"
+         : mode == UnitMode::run_custom_build ? "run-build-script"
+                                              : to_string(mode);
 }
 
-std::string
-short_kind(const Unit& u)
+const char*
+lto_name(LtoRole role)
+{
+  switch (role) {
+  case LtoRole::run:
+    return "run";
+  case LtoRole::off:
+    return "off";
+  case LtoRole::only_bitcode:
+    return "only-bitcode";
+  case LtoRole::object_and_bitcode:
+    return "object-and-bitcode";
+  case LtoRole::only_object:
+    return "only-object";
+  }
+  return "only-object";
+}
+
+// A library that compiles to an rlib (and so to an .rmeta first).
+bool
+compiles_to_rlib(const Unit& u)
+{
+  return u.mode == UnitMode::build && u.target.is_lib() && !u.target.is_proc_macro() &&
+         (u.target.has_crate_type("lib") || u.target.has_crate_type("rlib"));
+}
+
+// Does the unit read only its libraries' metadata (cargo's pipelining)?
+bool
+reads_metadata_only(const Unit& u)
+{
+  return compiles_to_rlib(u) &&
+         !(u.target.has_crate_type("dylib") || u.target.has_crate_type("cdylib") ||
+           u.target.has_crate_type("staticlib"));
+}
+
+// Units that link (and build-script runs, which may run the C compiler).
+bool
+links(const Unit& u)
 {
   if (u.mode == UnitMode::run_custom_build) {
-    return "-run";
+    return true;
   }
-  if (u.target->is_custom_build()) {
-    return "-build";
+  if (u.mode == UnitMode::check || u.mode == UnitMode::check_test) {
+    return false;
   }
-  if (u.target->is_bin()) {
-    return "-bin-" + u.target->name;
-  }
-  return "";
+  return u.mode == UnitMode::test || u.target.is_bin() || u.target.is_proc_macro() ||
+         u.target.is_custom_build() || u.target.has_crate_type("dylib") ||
+         u.target.has_crate_type("cdylib") || u.target.has_crate_type("bin");
 }
 
-bool
-is_rlib(const CargoTarget& t)
+// Gathers each unit's inputs, dependencies first.
+class InputsBuilder
 {
-  return t.has_crate_type("lib") || t.has_crate_type("rlib");
+public:
+  InputsBuilder(const InstantiateContext& context, const InstantiatedPlan& done,
+                const StoreDir& store_dir)
+    : m_ctx(context), m_done(done), m_store_dir(store_dir),
+      m_lib_closure(context.plan.units.size()),
+      m_run_closure(context.plan.units.size())
+  {
+    for (size_t r : context.plan.roots) {
+      if (context.plan.units[r].package->is_member) {
+        m_primary.insert(context.plan.units[r].package->id);
+      }
+    }
+  }
+
+  UnitInputs
+  inputs(size_t index, const std::string& source)
+  {
+    const Unit& u = m_ctx.plan.units[index];
+    const CargoPackage& pkg = *u.package;
+    UnitInputs in;
+    in.package = pkg.name;
+    in.version = pkg.version;
+    in.mode = mode_name(u.mode);
+    in.target = u.target.name;
+    in.target_kind = u.target.kind;
+    in.crate_types = u.target.crate_types;
+    in.src_path = relative_source(u, pkg);
+    fs::path in_root = pkg.root().lexically_relative(m_ctx.ws.root);
+    if (pkg.is_local() && !in_root.empty() && !in_root.string().starts_with("..")) {
+      in.in_workspace = true;
+      in.workspace_path = in_root == "." ? "" : in_root.string();
+    }
+    in.edition = u.target.edition;
+    in.harness = u.target.harness;
+    in.source = source;
+    in.package_env = package_env(pkg, source);
+    for (const auto& [name, values] : pkg.features) {
+      in.declared_features.push_back(name);
+    }
+    in.compiler = m_ctx.toolchain.identity;
+    in.host = m_ctx.toolchain.host;
+    in.links = pkg.links.value_or("");
+    in.target_triple = u.platform.value_or("");
+    in.features = u.features;
+    in.profile = u.profile;
+    in.lto = lto_name(u.lto);
+    in.rustflags = rustflags(u);
+    in.cap_lints = !pkg.is_local();
+    in.lint_flags = pkg.lint_flags;
+    in.primary = m_primary.count(pkg.id) > 0;
+    in.driver = "rustc";
+    if (!m_ctx.clippy.empty() && pkg.is_member &&
+        (u.mode == UnitMode::check || u.mode == UnitMode::check_test)) {
+      in.driver = m_ctx.clippy;
+      in.tool_args = m_ctx.clippy_args;
+    }
+    in.config_env = m_ctx.config.env_for_process(in.package_env);
+    if (u.mode != UnitMode::run_custom_build) {
+      in.standard_library = m_ctx.toolchain.target_identity(u.triple);
+    }
+    if (links(u)) {
+      in.linker = m_ctx.toolchain.linker_identity;
+      if (auto linker = m_ctx.config.linker(u.triple, cfg(u))) {
+        in.linker_path = linker->string();
+        in.linker = m_ctx.toolchain.program_identity(*linker);
+      }
+    }
+    if (u.mode == UnitMode::run_custom_build) {
+      run_inputs(index, in);
+    } else {
+      compile_inputs(index, in);
+    }
+    return in;
+  }
+
+private:
+  std::string
+  relative_source(const Unit& u, const CargoPackage& pkg) const
+  {
+    fs::path rel = u.target.src_path.lexically_relative(pkg.root());
+    if (rel.empty() || rel.string().starts_with("..")) {
+      throw CargoError("target '" + u.target.name + "' of " + pkg.name + " " + pkg.version +
+                       " has its source '" + u.target.src_path.string() +
+                       "' outside the package's folder; kiln builds a package from its own "
+                       "folder only");
+    }
+    return rel.string();
+  }
+
+  const CfgSet&
+  cfg(const Unit& u) const
+  {
+    return m_ctx.toolchain.cfg(u.triple, rustflags(u));
+  }
+
+  std::vector<std::string>
+  rustflags(const Unit& u) const
+  {
+    auto key = u.triple + (u.host_kind() ? "/host" : "/target");
+    auto it = m_rustflags.find(key);
+    if (it == m_rustflags.end()) {
+      auto flags = m_ctx.config.rustflags(
+        u.triple, u.host_kind(), m_ctx.plan.cross,
+        [&](const std::vector<std::string>& f) -> const CfgSet& { return m_ctx.toolchain.cfg(u.triple, f); });
+      it = m_rustflags.emplace(key, std::move(flags)).first;
+    }
+    return it->second;
+  }
+
+  const InstantiatedUnit&
+  done(size_t unit) const
+  {
+    return m_done.units.at(unit);
+  }
+
+  std::string
+  out(size_t unit) const
+  {
+    return m_store_dir.print(done(unit).out);
+  }
+
+  void
+  run_inputs(size_t index, UnitInputs& in)
+  {
+    const Unit& u = m_ctx.plan.units[index];
+    for (const auto& [name, value] : cfg(u)) {
+      std::string key = "CARGO_CFG_" + envify(name);
+      auto& v = in.cfg[key];
+      v += (v.empty() || value.empty() ? "" : ",") + value;
+    }
+    for (const auto& dep : u.deps) {
+      const Unit& d = m_ctx.plan.units[dep.unit];
+      if (d.mode == UnitMode::run_custom_build && d.package != u.package && d.package->links) {
+        in.links_runs[*d.package->links] = out(dep.unit);
+      } else if (d.mode == UnitMode::build && d.target.is_custom_build()) {
+        in.build_script = out(dep.unit);
+      }
+    }
+  }
+
+  void
+  compile_inputs(size_t index, UnitInputs& in)
+  {
+    const Unit& u = m_ctx.plan.units[index];
+    std::set<size_t> libs, runs;
+    for (const auto& dep : u.deps) {
+      const Unit& d = m_ctx.plan.units[dep.unit];
+      if (d.mode == UnitMode::run_custom_build) {
+        if (d.package == u.package) {
+          in.own_run = out(dep.unit);
+        }
+        runs.insert(dep.unit);
+      } else if (d.target.is_lib()) {
+        libs.insert(dep.unit);
+        libs.insert(m_lib_closure[dep.unit].begin(), m_lib_closure[dep.unit].end());
+        runs.insert(m_run_closure[dep.unit].begin(), m_run_closure[dep.unit].end());
+        in.externs.push_back({dep.extern_name, out(dep.unit), extern_file(u, dep.unit)});
+      } else if (d.target.is_bin() && d.mode == UnitMode::build) {
+        in.bin_exes[d.target.name] = out(dep.unit);
+      }
+    }
+    m_lib_closure[index].assign(libs.begin(), libs.end());
+    m_run_closure[index].assign(runs.begin(), runs.end());
+    for (size_t l : libs) {
+      in.library_closure.push_back(out(l));
+    }
+    for (size_t r : runs) {
+      if (out(r) != in.own_run) {
+        in.link_search_runs.push_back(out(r));
+      }
+    }
+    in.applies_link_libs = u.target.is_lib() || !u.package->lib();
+  }
+
+  // The file a dependent passes with --extern: the .rmeta when it reads
+  // only metadata (a check, or an rlib using an rlib), else the product.
+  std::string
+  extern_file(const Unit& u, size_t dep) const
+  {
+    const Unit& d = m_ctx.plan.units[dep];
+    const InstantiatedUnit& made = done(dep);
+    bool metadata_only = u.mode == UnitMode::check || u.mode == UnitMode::check_test ||
+                         reads_metadata_only(u);
+    if (metadata_only && compiles_to_rlib(d)) {
+      std::string product = made.product;
+      return product.substr(0, product.size() - 5) + ".rmeta"; // libfoo-<m>.rlib → .rmeta
+    }
+    return made.product;
+  }
+
+  const InstantiateContext& m_ctx;
+  const InstantiatedPlan& m_done;
+  const StoreDir& m_store_dir;
+  std::set<std::string> m_primary;
+  std::vector<std::vector<size_t>> m_lib_closure;
+  std::vector<std::vector<size_t>> m_run_closure;
+  mutable std::map<std::string, std::vector<std::string>> m_rustflags;
+};
+
+// Seconds, roughly, on one core (fitted to cargo's own timings of
+// examples/rust-app): a build-script run is quick, linking a build script
+// takes a moment, a crate takes time with its size — up to a point, much of
+// a big crate may be configured away — and a proc-macro (a dylib of the
+// syntax crates) more; checking is cheaper than compiling.
+double
+estimated_cost(const Unit& u, uint64_t source_size)
+{
+  double mib = std::min(static_cast<double>(source_size) / (1024.0 * 1024.0), 2.0);
+  if (u.mode == UnitMode::run_custom_build) {
+    return 0.05;
+  }
+  if (u.target.is_custom_build()) {
+    return 0.25;
+  }
+  if (u.mode == UnitMode::check || u.mode == UnitMode::check_test) {
+    return 0.1 + 1.0 * mib;
+  }
+  if (u.target.is_proc_macro()) {
+    return 0.5 + 5 * std::min(mib, 1.0);
+  }
+  if (u.target.is_bin() || u.mode == UnitMode::test) {
+    return 0.5 + 2.5 * mib;
+  }
+  return 0.15 + 2.5 * mib;
 }
 
-// A library that rustc links into a shared object (dylib, cdylib).
+// Can any user reach `dir`'s files (o+x on it and every folder above)?
 bool
-links_shared(const CargoTarget& t)
+world_enterable(const fs::path& dir)
 {
-  return t.has_crate_type("dylib") || t.has_crate_type("cdylib");
-}
-
-// A library that rustc compiles to an rlib (and so to an .rmeta first).
-bool
-compiles_to_rlib(const Unit& unit)
-{
-  return unit.mode == UnitMode::build && unit.target->is_lib() && !unit.target->is_proc_macro() &&
-         is_rlib(*unit.target);
+  for (fs::path d = dir; !d.empty(); d = d.parent_path()) {
+    struct stat st;
+    if (::stat(d.c_str(), &st) != 0 || (st.st_mode & S_IXOTH) == 0) {
+      return false;
+    }
+    if (d == d.root_path()) {
+      break;
+    }
+  }
+  return true;
 }
 
 } // namespace
-
-DrvReader
-InstantiatedPlan::reader(const LocalStore& store) const
-{
-  return [this, &store](const StorePath& p) {
-    auto it = derivations.find(p);
-    return it != derivations.end() ? it->second : read_derivation(store, p);
-  };
-}
 
 void
 InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) const
@@ -360,330 +482,52 @@ InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) cons
 }
 
 InstantiatedPlan
-instantiate_plan(LocalStore& store, const Workspace& ws, const Plan& plan,
-                 const Toolchain& toolchain, const PlanOptions& options)
+instantiate_plan(LocalStore& store, const InstantiateContext& context)
 {
   const StoreDir& dir = store.store_dir();
-  SourceCache sources(store);
-  std::map<std::string, StorePath> source_of;
-  InstantiatedPlan instantiated;
-  std::map<StorePath, Derivation>& made = instantiated.derivations;
+  Sources sources(context.state_dir);
+  InstantiatedPlan made;
   DrvHasher hasher(dir, [&](const StorePath& p) {
-    auto it = made.find(p);
-    return it != made.end() ? it->second : read_derivation(store, p);
+    auto it = made.derivations.find(p);
+    return it != made.derivations.end() ? it->second : read_derivation(store, p);
   });
-  std::set<std::string> primary;
-  for (size_t r : plan.roots) {
-    primary.insert(plan.units[r].package->id);
-  }
-
-  std::vector<UnitDerivation>& result = instantiated.units;
-  std::vector<std::string> metadata(plan.units.size());
-  // Per unit: the lib output folders of its transitive lib dependencies, and
-  // the build-script runs whose link-search paths it inherits.
-  std::vector<std::vector<size_t>> lib_closure(plan.units.size());
-  std::vector<std::vector<size_t>> script_closure(plan.units.size());
-
-  for (size_t i = 0; i < plan.units.size(); ++i) {
-    const Unit& unit = plan.units[i];
-    const CargoPackage& pkg = *unit.package;
-    auto src_it = source_of.find(pkg.id);
-    if (src_it == source_of.end()) {
+  InputsBuilder builder(context, made, dir);
+  std::map<std::string, StorePath> source_of, drv_of;
+  std::string system = context.toolchain.host.substr(0, context.toolchain.host.find('-')) + "-linux";
+  for (size_t i = 0; i < context.plan.units.size(); ++i) {
+    const Unit& unit = context.plan.units[i];
+    auto src = source_of.find(unit.package->id);
+    if (src == source_of.end()) {
       SourceTree tree;
-      StorePath path = sources.path_of(pkg, tree);
-      instantiated.sources.emplace(path, std::move(tree));
-      src_it = source_of.emplace(pkg.id, path).first;
+      StorePath path = sources.path_of(dir, *unit.package, tree);
+      made.sources.emplace(path, std::move(tree));
+      src = source_of.emplace(unit.package->id, path).first;
     }
-    const StorePath& src_path = src_it->second;
-    std::string src = dir.print(src_path);
-
-    Derivation drv;
-    drv.name = pkg.name + "-" + pkg.version + short_kind(unit);
-    drv.platform = std::string(toolchain.host.substr(0, toolchain.host.find('-'))) + "-linux";
-    drv.builder = k_rust_unit_builder;
-    drv.input_srcs.insert(src_path);
-    for (const auto& dep : unit.deps) {
-      drv.input_drvs[result[dep.unit].drv] = {"out"};
-    }
-
-    json spec;
-    json env = json::object();
-    package_env(env, pkg, src);
-    spec["cwd"] = src;
-
-    std::optional<size_t> own_run;
-    for (const auto& dep : unit.deps) {
-      if (plan.units[dep.unit].mode == UnitMode::run_custom_build) {
-        own_run = dep.unit;
-      }
-    }
-
-    if (unit.mode == UnitMode::run_custom_build) {
-      spec["mode"] = "run";
-      const CfgSet& cfg = toolchain.cfg(unit.triple, options.rustflags);
-      std::map<std::string, std::string> cfg_env;
-      for (const auto& [name, value] : cfg) {
-        std::string key = "CARGO_CFG_" + envify(name);
-        auto& v = cfg_env[key];
-        v += (v.empty() || value.empty() ? "" : ",") + value;
-      }
-      for (const auto& [k, v] : cfg_env) {
-        env[k] = v;
-      }
-      if (unit.profile.debug_assertions) {
-        env["CARGO_CFG_DEBUG_ASSERTIONS"] = "";
-      }
-      std::string features;
-      for (const auto& f : unit.features) {
-        env["CARGO_FEATURE_" + envify(f)] = "1";
-        features += (features.empty() ? "" : ",") + f;
-      }
-      if (!features.empty()) {
-        env["CARGO_CFG_FEATURE"] = features;
-      }
-      std::string encoded;
-      for (const auto& f : options.rustflags) {
-        encoded += (encoded.empty() ? "" : "\x1f") + f;
-      }
-      env["CARGO_ENCODED_RUSTFLAGS"] = encoded;
-      if (pkg.links) {
-        env["CARGO_MANIFEST_LINKS"] = *pkg.links;
-      }
-      env["DEBUG"] = unit.profile.debuginfo != "0" ? "true" : "false";
-      env["OPT_LEVEL"] = unit.profile.opt_level;
-      env["PROFILE"] = unit.profile.root;
-      env["HOST"] = toolchain.host;
-      env["TARGET"] = unit.triple;
-      env["NUM_JOBS"] = "@NUM_JOBS@";
-      env["OUT_DIR"] = "@out@/out";
-      env["RUSTC"] = "@RUSTC@";
-      env["RUSTDOC"] = "@RUSTDOC@";
-      json links_deps = json::array();
-      for (const auto& dep : unit.deps) {
-        const Unit& d = plan.units[dep.unit];
-        if (d.mode == UnitMode::run_custom_build && d.package != unit.package && d.package->links) {
-          links_deps.push_back({{"links", *d.package->links}, {"from", dir.print(result[dep.unit].out)}});
-        } else if (d.mode == UnitMode::build) {
-          spec["program"] = dir.print(result[dep.unit].out) + "/build-script-build";
-        }
-      }
-      spec["links_deps"] = links_deps;
-    } else {
-      spec["mode"] = "compile";
-      const CargoTarget& target = *unit.target;
-      bool lib = target.is_lib() && !target.is_proc_macro();
-      std::vector<std::string> args;
-      std::string crate_name = target.crate_name();
-      std::error_code ec;
-      fs::path rel = target.src_path.lexically_relative(pkg.root());
-      std::string src_arg = !rel.empty() && !rel.string().starts_with("..")
-                              ? rel.string()
-                              : target.src_path.string();
-      args.insert(args.end(), {"--crate-name", crate_name, "--edition=" + target.edition, src_arg});
-      // The sources' store path must not end up in debuginfo and panic
-      // messages: a binary would keep every crate's sources in its closure
-      // (and its download). cargo's trim-paths names them the same way.
-      args.push_back("--remap-path-prefix=" + src + "=" + pkg.name + "-" + pkg.version);
-      for (const auto& t : target.crate_types) {
-        args.insert(args.end(), {"--crate-type", t});
-      }
-      args.push_back(lib && is_rlib(target) ? "--emit=metadata,link" : "--emit=link");
-      if (target.is_proc_macro()) {
-        args.insert(args.end(), {"-C", "prefer-dynamic"});
-      }
-      profile_args(args, unit.profile, unit);
-      for (const auto& f : unit.features) {
-        args.insert(args.end(), {"--cfg", "feature=\"" + f + "\""});
-      }
-      std::string declared;
-      for (const auto& [name, values] : pkg.features) {
-        if (!name.starts_with("dep:")) {
-          declared += (declared.empty() ? "" : ", ") + ("\"" + name + "\"");
-        }
-      }
-      args.insert(args.end(), {"--check-cfg", "cfg(docsrs,test)", "--check-cfg",
-                               "cfg(feature, values(" + declared + "))"});
-      if (plan.cross && !unit.host_platform) {
-        args.insert(args.end(), {"--target", unit.triple});
-      }
-      // Transitive libraries for -L dependency= and the build-script runs
-      // whose link-search paths reach this unit.
-      std::set<size_t> libs, scripts;
-      for (const auto& dep : unit.deps) {
-        const Unit& d = plan.units[dep.unit];
-        if (d.mode == UnitMode::run_custom_build) {
-          scripts.insert(dep.unit);
-        } else if (d.target->is_lib()) {
-          libs.insert(dep.unit);
-          libs.insert(lib_closure[dep.unit].begin(), lib_closure[dep.unit].end());
-          scripts.insert(script_closure[dep.unit].begin(), script_closure[dep.unit].end());
-        }
-      }
-      lib_closure[i].assign(libs.begin(), libs.end());
-      script_closure[i].assign(scripts.begin(), scripts.end());
-      // Outputs need not refer to one another (an .rlib rarely names its
-      // dependencies' paths), so everything read is an input of its own.
-      for (size_t l : libs) {
-        drv.input_drvs[result[l].drv] = {"out"};
-      }
-      for (size_t s : scripts) {
-        drv.input_drvs[result[s].drv] = {"out"};
-      }
-      for (size_t l : libs) {
-        args.push_back("-L");
-        args.push_back("dependency=" + dir.print(result[l].out));
-      }
-      for (const auto& dep : unit.deps) {
-        const Unit& d = plan.units[dep.unit];
-        if (d.mode != UnitMode::build || !d.target->is_lib()) {
-          continue;
-        }
-        std::string file = d.target->is_proc_macro() || !lib || !is_rlib(*d.target)
-                             ? result[dep.unit].product
-                             : "lib" + d.target->crate_name() + "-" + metadata[dep.unit] + ".rmeta";
-        args.push_back("--extern");
-        args.push_back(dep.extern_name + "=" + dir.print(result[dep.unit].out) + "/" + file);
-      }
-      if (target.is_proc_macro()) {
-        args.insert(args.end(), {"--extern", "proc_macro"});
-      }
-      if (!pkg.is_local()) {
-        args.insert(args.end(), {"--cap-lints", "allow"});
-      }
-      // As cargo: with --target, RUSTFLAGS are for the target's units only.
-      if (!plan.cross || !unit.host_platform) {
-        args.insert(args.end(), options.rustflags.begin(), options.rustflags.end());
-      }
-      json link_from = json::array();
-      for (size_t s : scripts) {
-        if (!own_run || s != *own_run) {
-          link_from.push_back(dir.print(result[s].out));
-        }
-      }
-      spec["link_search_from"] = link_from;
-      if (own_run) {
-        spec["own_script"] = dir.print(result[*own_run].out);
-        env["OUT_DIR"] = dir.print(result[*own_run].out) + "/out";
-      }
-      spec["apply_link_libs"] = target.is_lib() || !pkg.lib();
-      spec["kind"] = unit.kind_name();
-      spec["crate_types"] = target.crate_types;
-      env["CARGO_CRATE_NAME"] = crate_name;
-      if (target.is_bin()) {
-        env["CARGO_BIN_NAME"] = target.name;
-        spec["bin_name"] = target.name;
-      }
-      if (primary.count(pkg.id) && pkg.is_member) {
-        env["CARGO_PRIMARY_PACKAGE"] = "1";
-      }
-      spec["args"] = args;
-      spec["crate_name"] = crate_name;
-    }
-    spec["env"] = env;
-    spec["package"] = pkg.name + " " + pkg.version;
-
-    // -C metadata: a digest of everything above plus the toolchain.
-    std::string key_text = spec.dump() + "\n" + toolchain.identity + "\n" + unit.triple;
-    std::string meta =
-      hash_string(HashAlgo::sha256, key_text).to_string(HashFormat::base16, false).substr(0, 16);
-    metadata[i] = meta;
-    std::string product;
-    if (unit.mode == UnitMode::run_custom_build) {
-      product = "out";
-    } else {
-      auto& args = spec["args"];
-      args.push_back("-C");
-      args.push_back("metadata=" + meta);
-      args.push_back("-C");
-      args.push_back("extra-filename=-" + meta);
-      spec["extra_filename"] = "-" + meta;
-      const CargoTarget& target = *unit.target;
-      if (target.is_proc_macro()) {
-        product = "lib" + target.crate_name() + "-" + meta + ".so";
-      } else if (target.is_lib()) {
-        // rustc names each crate type's file lib<crate><extra-filename>.<ext>;
-        // the product is what dependents use, an rlib when there is one.
-        const char* ext = is_rlib(target)       ? ".rlib"
-                          : links_shared(target) ? ".so"
-                          : target.has_crate_type("staticlib") ? ".a"
-                                                               : ".rlib";
-        product = "lib" + target.crate_name() + "-" + meta + ext;
-      } else if (target.is_custom_build()) {
-        product = "build-script-build";
-      } else {
-        product = "bin/" + target.name;
-      }
-    }
-    spec["product"] = product;
-
-    drv.env[k_unit_env] = spec.dump();
-    drv.env["rustc"] = toolchain.identity;
-    // Units that link, and build-script runs (which may compile C with cc).
-    bool links = unit.mode == UnitMode::run_custom_build || unit.target->is_bin() ||
-                 unit.target->is_proc_macro() || unit.target->is_custom_build() ||
-                 links_shared(*unit.target);
-    if (links) {
-      drv.env["linker"] = toolchain.linker_identity;
-    }
-    drv.env["name"] = drv.name;
-    drv.env["builder"] = drv.builder;
-    drv.env["system"] = drv.platform;
-    drv.outputs["out"] = {};
-    compute_output_paths(drv, dir, hasher);
-    StorePath drv_path = derivation_path(drv, dir);
-    StorePath out = dir.parse(drv.outputs.at("out").path);
-    made.emplace(drv_path, drv);
-    // Seconds, roughly, on one core (fitted to cargo's own timings of
-    // examples/rust-app): a build-script run is quick, linking a build
-    // script takes a moment, a crate takes time with its size — up to a
-    // point, much of a big crate may be configured away — and a proc-macro
-    // (a dylib of the syntax crates) more.
-    double mib = std::min(
-      static_cast<double>(instantiated.sources.at(src_path).size) / (1024.0 * 1024.0), 2.0);
-    double cost = unit.mode == UnitMode::run_custom_build ? 0.05
-                  : unit.target->is_custom_build()        ? 0.25
-                  : unit.target->is_proc_macro()          ? 0.5 + 5 * std::min(mib, 1.0)
-                  : unit.target->is_bin()                 ? 0.5 + 2.5 * mib
-                                                          : 0.15 + 2.5 * mib;
-    result.push_back({drv_path, out, product, cost});
+    UnitInputs inputs = builder.inputs(i, dir.print(src->second));
+    UnitDerivation derivation = make_derivation(inputs, system, drv_of, dir, hasher);
+    drv_of.emplace(dir.print(derivation.out), derivation.drv_path);
+    made.derivations.emplace(derivation.drv_path, derivation.drv);
+    double cost = estimated_cost(unit, made.sources.at(src->second).size);
+    made.units.push_back(
+      {std::move(inputs), derivation.drv_path, derivation.out, derivation.product, cost});
   }
-  sources.save();
-  return instantiated;
+  return made;
 }
-
-// --- the builtin builder ---
-
-namespace {
-
-// Can any user reach `dir`'s files (o+x on it and every folder above)?
-bool
-world_enterable(const fs::path& dir)
-{
-  for (fs::path d = dir; !d.empty(); d = d.parent_path()) {
-    struct stat st;
-    if (::stat(d.c_str(), &st) != 0 || (st.st_mode & S_IXOTH) == 0) {
-      return false;
-    }
-    if (d == d.root_path()) {
-      break;
-    }
-  }
-  return true;
-}
-
-} // namespace
 
 std::string
 describe(const Unit& u)
 {
   std::string text = u.package->name + " v" + u.package->version;
   std::string kind = u.kind_name();
-  if (kind == "bin") {
-    text += " (bin \"" + u.target->name + "\")";
-  } else if (kind != "lib") {
-    text += " (" + kind + ")";
+  std::string what = kind == "lib" ? "" : kind == "bin" || kind == "example" || kind == "test" || kind == "bench"
+                                            ? kind + " \"" + u.target.name + "\""
+                                            : kind;
+  if (u.mode == UnitMode::test || u.mode == UnitMode::check_test) {
+    what += what.empty() ? "test" : " test";
+  } else if (u.mode == UnitMode::doctest) {
+    what += what.empty() ? "doctest" : " doctest";
   }
-  return text;
+  return what.empty() ? text : text + " (" + what + ")";
 }
 
 UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
@@ -738,7 +582,7 @@ bool
 UnitFrontend::may_start_early(const StorePath& dependent, const StorePath& input) const
 {
   auto d = unit_of(dependent), i = unit_of(input);
-  return d && i && compiles_to_rlib(m_plan.units[*d]) && compiles_to_rlib(m_plan.units[*i]);
+  return d && i && reads_metadata_only(m_plan.units[*d]) && compiles_to_rlib(m_plan.units[*i]);
 }
 
 std::string
@@ -763,6 +607,7 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
   spec.env["KILN_UNIT_RUSTDOC"] = m_toolchain.rustdoc.string();
   spec.env["KILN_UNIT_CARGO"] = m_toolchain.cargo.string();
   spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, m_jobs));
+  spec.env["KILN_UNIT_CLIPPY_DRIVER"] = (m_toolchain.sysroot / "bin" / "clippy-driver").string();
   // The toolchain and the host's C toolchain (rustc links with cc), read-only.
   // Folders first: what lies inside them (kiln's own libraries) is covered.
   // The builder program as its folder when the builder's user may enter
@@ -786,6 +631,13 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
   if (!m_toolchain.cargo.empty() &&
       !m_toolchain.cargo.string().starts_with(m_toolchain.sysroot.string())) {
     spec.tools.push_back(m_toolchain.cargo);
+  }
+  // A linker named in cargo's configuration, wherever it is.
+  if (auto unit = unit_of(derivation_path(drv, m_store.store_dir()))) {
+    const std::string& linker = m_units.units[*unit].inputs.linker_path;
+    if (auto found = linker.empty() ? std::nullopt : find_program(linker)) {
+      spec.tools.push_back(*found);
+    }
   }
 }
 

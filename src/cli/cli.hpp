@@ -36,6 +36,9 @@ public:
   std::unique_ptr<CacheClient> open_cache(const std::string& url);
   // Trusted keys: trusted-public-keys plus the public half of secret-key-file.
   TrustPolicy trust_policy();
+  // A build's policy from the settings: the substituters (opened here, kept
+  // by the context), trust, jobs, connections; and these limits.
+  BuildOptions build_options(bool keep_going, unsigned timeout, unsigned max_silent_time);
 
   // The command to run once parsing succeeded.
   std::function<int()> action;
@@ -44,6 +47,7 @@ private:
   std::optional<Settings> m_settings;
   std::unique_ptr<LocalStore> m_store;
   std::unique_ptr<NegativeCache> m_negative;
+  std::vector<std::unique_ptr<CacheClient>> m_substituters;
 };
 
 void register_hash_commands(CLI::App& app, Context& ctx);

@@ -118,20 +118,7 @@ build_files(Context& ctx, const BuildArgs& args, const std::string& push_to)
   auto& label = targets.label;
   auto& store = ctx.store();
   const StoreDir& dir = store.store_dir();
-  const Settings& settings = ctx.settings();
-
-  std::vector<std::unique_ptr<CacheClient>> clients;
-  BuildOptions options;
-  for (const auto& url : settings.substituters) {
-    clients.push_back(ctx.open_cache(url));
-    options.caches.push_back(clients.back().get());
-  }
-  options.policy = ctx.trust_policy();
-  options.jobs = settings.jobs;
-  options.connections = settings.connections;
-  options.keep_going = args.keep_going;
-  options.timeout = std::chrono::seconds(args.timeout);
-  options.max_silent_time = std::chrono::seconds(args.max_silent_time);
+  BuildOptions options = ctx.build_options(args.keep_going, args.timeout, args.max_silent_time);
   PushCache push_cache(ctx, push_to);
   options.push_to = push_cache.target();
   Frontend frontend;
@@ -223,7 +210,7 @@ register_build_commands(CLI::App& app, Context& ctx)
       ctx.action = [&ctx, args, cargo_args] {
         BuildCommonArgs common{args->json, args->keep_going, args->no_link, args->timeout,
                                args->max_silent_time};
-        return cargo_build(ctx, *cargo_args, common);
+        return cargo_command(ctx, *cargo_args, common, cargo::CargoCommand::build);
       };
       return;
     }

@@ -78,7 +78,7 @@ register_use_command(CLI::App& app, Context& ctx)
   auto args = std::make_shared<UseArgs>();
   auto* use = app.add_subcommand(
     "use", "Add a binary cache to the substituters (and its public key to the trusted keys) "
-           "in your config file (--config, $KILN_CONFIG, else ~/.config/kiln/config.yaml)");
+           "in your config file (--kiln-config, $KILN_CONFIG, else ~/.config/kiln/config.yaml)");
   use->add_option("CACHE", args->url, "The cache's URL (https://…, http://…, file:///dir)")
     ->required();
   use->add_option("--key", args->keys, "Trust this public key (NAME:BASE64; repeatable)")

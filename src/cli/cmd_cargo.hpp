@@ -1,10 +1,11 @@
-// `kiln build` in a Cargo project: the flags cargo users know, and the
-// build itself (plan, derivations, realise, link the results).
+// Cargo commands on the command line: the flags cargo users know, turned
+// into a cargo::CargoRequest, and what the build shows (progress, cargo's
+// JSON messages, --json, links to the products).
 #pragma once
 
 #include "cli.hpp"
 
-#include <kiln/cargo/plan.hpp>
+#include <kiln/cargo/project.hpp>
 
 #include <optional>
 #include <string>
@@ -12,23 +13,48 @@
 
 namespace kiln::cli {
 
+// cargo's own flags, as `cargo build --help` lists them, and kiln's for a
+// Cargo build.
 struct CargoArgs
 {
-  cargo::PlanOptions plan;
+  // Package selection
+  std::vector<std::string> packages;
+  bool workspace = false;
+  std::vector<std::string> exclude;
+  // Target selection
+  bool lib = false, bins = false, examples = false, tests = false, benches = false;
+  bool all_targets = false;
+  std::vector<std::string> bin, example, test, bench;
+  // Features
+  std::vector<std::string> features;
+  bool all_features = false, no_default_features = false;
+  // Compilation
   bool release = false;
-  std::optional<std::string> profile;
+  std::optional<std::string> profile, target, target_dir;
+  // Manifest
   std::string manifest_path;
-  bool locked = false;
-  bool print_plan = false;     // --unit-graph: print the plan, build nothing
+  bool locked = false, offline = false, frozen = false;
+  std::vector<std::string> config;
+  std::vector<std::string> unstable;      // -Z: refused
+  // Output
+  int verbose = 0;
+  std::vector<std::string> message_format;
+  std::optional<std::string> timings;     // --timings[=html,json]
+  bool print_plan = false;                // --unit-graph
+  // kiln's
   bool link_libs = false;
-  std::string push_to;         // --push-to CACHE
+  std::string push_to;
+  std::optional<std::string> explain;
+
+  // What to ask cargo (and kiln) for.
+  cargo::CargoRequest request(cargo::CargoCommand command) const;
 };
 
-// Add the Cargo flags to `build`.
-void add_cargo_options(CLI::App& build, CargoArgs& args);
+// Add the Cargo flags to a command.
+void add_cargo_options(CLI::App& command, CargoArgs& args);
 
 // Was any Cargo-only flag given?
-bool cargo_options_given(const CLI::App& build);
+bool cargo_options_given(const CLI::App& command);
 
 struct BuildCommonArgs
 {
@@ -39,6 +65,7 @@ struct BuildCommonArgs
   unsigned max_silent_time = 0;
 };
 
-int cargo_build(Context& ctx, CargoArgs& args, const BuildCommonArgs& common);
+int cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common,
+                  cargo::CargoCommand command);
 
 } // namespace kiln::cli

@@ -119,6 +119,24 @@ PushCache::report(const BuildResult& build) const
   return build.push_errors.empty();
 }
 
+BuildOptions
+Context::build_options(bool keep_going, unsigned timeout, unsigned max_silent_time)
+{
+  const Settings& s = settings();
+  BuildOptions options;
+  for (const auto& url : s.substituters) {
+    m_substituters.push_back(open_cache(url));
+    options.caches.push_back(m_substituters.back().get());
+  }
+  options.policy = trust_policy();
+  options.jobs = s.jobs;
+  options.connections = s.connections;
+  options.keep_going = keep_going;
+  options.timeout = std::chrono::seconds(timeout);
+  options.max_silent_time = std::chrono::seconds(max_silent_time);
+  return options;
+}
+
 const CLI::Validator&
 existing_path()
 {
@@ -158,7 +176,8 @@ main(int argc, char** argv)
   app.require_subcommand(1);
   app.fallthrough();
   app.set_version_flag("--version", std::string("kiln ") + KILN_VERSION);
-  app.add_option("--config", ctx.config_file, "Read settings from this YAML file")
+  app.add_option("--kiln-config", ctx.config_file,
+                 "Read kiln's settings from this YAML file (--config is cargo's, in a Cargo project)")
     ->envname("KILN_CONFIG")
     ->type_name("FILE");
   app.add_flag("-q,--quiet", ctx.quiet, "Print only results and errors");

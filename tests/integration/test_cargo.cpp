@@ -1,7 +1,8 @@
-// The Cargo frontend against the real cargo: kiln's plan equals cargo's unit
-// graph on every example; what kiln builds behaves as cargo's build; builds
+// The Cargo frontend against the real cargo: kiln plans cargo's units and runs
+// rustc as cargo does on every example; what kiln builds behaves as cargo's build; builds
 // are reproducible across folders and stores; a cache makes a fresh store's
 // build compile nothing, and an edit compiles only the edited crate.
+#include "support/cargo_oracle.hpp"
 #include "support/test_support.hpp"
 
 #include <catch2/catch.hpp>
@@ -52,137 +53,6 @@ json_lines(const std::string& text)
   return out;
 }
 
-std::string
-strip_of(const json& s)
-{
-  if (s.is_object() && s.contains("resolved")) {
-    std::string named = s["resolved"]["Named"];
-    std::transform(named.begin(), named.end(), named.begin(), ::tolower);
-    return named;
-  }
-  return "none";
-}
-
-// A unit's identity, in a form both graphs give: package, version, target,
-// mode, features and the profile settings that reach rustc.
-std::string
-cargo_unit_key(const json& u)
-{
-  std::string id = u["pkg_id"];
-  // "path+file:///x/mylib#1.0.0" or "registry+...#name@1.2.3"
-  std::string tail = id.substr(id.rfind('#') + 1);
-  std::string name, version;
-  if (auto at = tail.find('@'); at != std::string::npos) {
-    name = tail.substr(0, at);
-    version = tail.substr(at + 1);
-  } else {
-    std::string path = id.substr(0, id.rfind('#'));
-    name = path.substr(path.rfind('/') + 1);
-    version = tail;
-  }
-  const json& p = u["profile"];
-  bool build = u["mode"] == "build";
-  std::vector<std::string> features = u["features"];
-  std::sort(features.begin(), features.end());
-  json key = {name,
-              version,
-              u["platform"],
-              u["target"]["name"],
-              u["mode"],
-              features,
-              p["opt_level"],
-              build ? std::to_string(p["debuginfo"].get<int>()) : "-",
-              p["debug_assertions"],
-              build ? json(p["overflow_checks"]) : json("-"),
-              build ? strip_of(p["strip"]) : "-",
-              build ? json(p["panic"]) : json("-"),
-              build ? json(p["codegen_units"]) : json("-")};
-  return key.dump();
-}
-
-std::string
-kiln_unit_key(const json& u)
-{
-  const json& p = u["profile"];
-  bool build = u["mode"] == "build";
-  std::vector<std::string> features = u["features"];
-  std::sort(features.begin(), features.end());
-  json key = {u["name"],
-              u["version"],
-              u["platform"],
-              u["target"]["name"],
-              u["mode"],
-              features,
-              p["opt_level"],
-              build ? p["debuginfo"].get<std::string>() : "-",
-              p["debug_assertions"],
-              build ? json(p["overflow_checks"]) : json("-"),
-              build ? p["strip"].get<std::string>() : "-",
-              build ? json(p["panic"]) : json("-"),
-              build ? json(p["codegen_units"]) : json("-")};
-  return key.dump();
-}
-
-// Each unit with the keys of its dependencies (library edges by extern name).
-std::multiset<std::string>
-graph_signature(const json& graph, std::string (*key)(const json&))
-{
-  std::multiset<std::string> out;
-  const json& units = graph["units"];
-  for (const auto& u : units) {
-    std::multiset<std::string> deps;
-    for (const auto& d : u["dependencies"]) {
-      const json& target = units[d["index"].get<size_t>()];
-      bool lib_edge = target["mode"] == "build" && u["mode"] == "build" &&
-                      target["target"]["name"] != "build-script-build";
-      deps.insert(key(target) + (lib_edge ? " as " + d["extern_crate_name"].get<std::string>() : ""));
-    }
-    std::string line = key(u) + " <- ";
-    for (const auto& d : deps) {
-      line += d + "; ";
-    }
-    out.insert(line);
-  }
-  return out;
-}
-
-void
-check_plan_matches_cargo(const fs::path& project, const std::vector<std::string>& flags,
-                         const fs::path& store)
-{
-  std::vector<std::string> cargo_argv = {"cargo", "build", "--offline", "--unit-graph", "-Z",
-                                         "unstable-options"};
-  cargo_argv.insert(cargo_argv.end(), flags.begin(), flags.end());
-  test::RunOptions opts;
-  opts.cwd = project;
-  opts.env["RUSTC_BOOTSTRAP"] = "1";
-  json expected = json::parse(test::output_of(test::run(cargo_argv, opts), "cargo --unit-graph"));
-
-  std::vector<std::string> kiln_argv = {"--store", store.string(), "build", "--unit-graph"};
-  kiln_argv.insert(kiln_argv.end(), flags.begin(), flags.end());
-  test::RunOptions kopts;
-  kopts.cwd = project;
-  json planned = json::parse(test::output_of(test::kiln(kiln_argv, kopts), "kiln --unit-graph"));
-
-  INFO(project.filename().string() << " with flags: " << json(flags).dump());
-  CHECK(planned["units"].size() == expected["units"].size());
-  auto want = graph_signature(expected, cargo_unit_key);
-  auto got = graph_signature(planned, kiln_unit_key);
-  std::vector<std::string> only_cargo, only_kiln;
-  std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
-                      std::back_inserter(only_cargo));
-  std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
-                      std::back_inserter(only_kiln));
-  for (const auto& u : only_cargo) {
-    UNSCOPED_INFO("only cargo has: " << u);
-  }
-  for (const auto& u : only_kiln) {
-    UNSCOPED_INFO("only kiln has: " << u);
-  }
-  CHECK(only_cargo.empty());
-  CHECK(only_kiln.empty());
-}
-
 std::map<std::string, json>
 units_by_path(const std::string& json_text)
 {
@@ -203,47 +73,54 @@ kiln_in(const fs::path& cwd, std::vector<std::string> args)
 
 } // namespace
 
-TEST_CASE("cargo frontend: the plan equals cargo's unit graph on every example", "[cargo]")
+TEST_CASE("cargo frontend: kiln plans what cargo plans, and runs rustc as cargo -v does",
+          "[cargo]")
 {
   TempDir dir;
-  fs::path store = dir / "store";
   auto ws = copy_example(dir, "cargo-workspace");
   auto r1 = copy_example(dir, "cargo-resolver1");
-  auto app = copy_example(dir, "rust-app");
-  // Resolver 2 with every unit kind, under the flags users give.
+  // kiln's plan is cargo's own unit graph.
+  test::RunOptions in_ws;
+  in_ws.cwd = ws;
+  in_ws.env["RUSTC_BOOTSTRAP"] = "1";
+  auto cargo_graph =
+    json::parse(test::output_of(test::run({"cargo", "build", "--unit-graph", "-Z", "unstable-options",
+                                           "--release"},
+                                          in_ws),
+                                "cargo --unit-graph"));
+  auto kiln_graph = json::parse(test::output_of(
+    kiln_in(ws, {"--store", (dir / "s").string(), "build", "--unit-graph", "--release"}),
+    "kiln --unit-graph"));
+  CHECK(kiln_graph == cargo_graph);
+
+  // Every rustc command line the same (paths and hashes aside), under the
+  // flags users give: resolver 2 with every kind of unit, optional
+  // dependencies switched on from the command line, test targets.
   for (const auto& flags : std::vector<std::vector<std::string>>{
          {},
          {"--release"},
-         {"-p", "toolkit"},
-         {"-p", "mylib", "--no-default-features"},
+         {"--target", "x86_64-unknown-linux-gnu"},
          {"-p", "mylib", "--all-features"},
-         {"-p", "mylib", "--features", "withhelper"},
-         {"--bin", "my-app"},
-         {"--workspace", "--release"},
-         {"--target", "x86_64-unknown-linux-gnu"}}) {
-    check_plan_matches_cargo(ws, flags, store);
+         {"--features", "toolkit/legacy"},
+         {"--all-targets"}}) {
+    auto run = test::build_with_both(ws, flags, dir.path());
+    test::check_same_rustc_lines(run, json(flags).dump());
   }
-  // Resolver 1: one unified feature set, dev- and platform-specific
-  // dependencies included.
-  check_plan_matches_cargo(r1, {}, store);
-  check_plan_matches_cargo(r1, {"--release"}, store);
-  // Real crates from Debian's registry: clap derive, serde, regex, rayon.
-  check_plan_matches_cargo(app, {}, store);
-  check_plan_matches_cargo(app, {"--release"}, store);
-  check_plan_matches_cargo(app, {"--no-default-features"}, store);
-  check_plan_matches_cargo(app, {"--target", "x86_64-unknown-linux-gnu"}, store);
+  // Resolver 1: one unified feature set.
+  test::check_same_rustc_lines(test::build_with_both(r1, {}, dir.path()), "resolver 1");
 
   // A custom profile with per-package and build-override settings.
   auto custom = copy_example(dir, "cargo-workspace", "custom-profile");
   {
     std::ofstream manifest(custom / "Cargo.toml", std::ios::app);
     manifest << "\n[profile.fast]\ninherits = \"release\"\nopt-level = 1\ncodegen-units = 4\n"
-                "debug = 1\n[profile.fast.package.helper]\nopt-level = 2\n"
+                "debug = 1\nlto = \"thin\"\n[profile.fast.package.helper]\nopt-level = 2\n"
                 "[profile.fast.build-override]\nopt-level = 1\n"
                 "[profile.dev.package.\"*\"]\nopt-level = \"s\"\n";
   }
-  check_plan_matches_cargo(custom, {"--profile", "fast"}, store);
-  check_plan_matches_cargo(custom, {}, store);
+  test::check_same_rustc_lines(test::build_with_both(custom, {"--profile", "fast"}, dir.path()),
+                               "profile fast");
+  test::check_same_rustc_lines(test::build_with_both(custom, {}, dir.path()), "profile dev");
 }
 
 TEST_CASE("cargo frontend: bad input is a clear error", "[cargo]")
@@ -477,14 +354,16 @@ TEST_CASE("cargo frontend: real crates build, behave as cargo's binary, and come
   test::RunOptions in_app;
   in_app.cwd = app;
   in_app.env["CARGO_TARGET_DIR"] = (dir / "cargo-target").string();
-  auto cargo_build = test::run({"cargo", "build", "--offline", "--locked", "-q"}, in_app);
+  auto cargo_build = test::run({"cargo", "build", "--offline", "--locked", "-v"}, in_app);
   INFO(cargo_build.err);
   REQUIRE(cargo_build.status == 0);
   fs::path cargo_bin = dir / "cargo-target" / "debug" / "logsum";
 
-  auto cold = kiln_in(app, {"--store", store_a, "build", "--json", "-j", "2"});
+  auto cold = kiln_in(app, {"--store", store_a, "build", "--json", "-j", "2", "-v", "--locked"});
   INFO(cold.err);
   REQUIRE(cold.status == 0);
+  // The same rustc command lines as cargo's (paths and hashes aside).
+  test::check_same_rustc_lines({cargo_build, cold}, "examples/rust-app");
   auto cold_units = json_lines(cold.out);
   CHECK(cold_units.size() == 74);
   fs::path kiln_bin = app / "target" / "kiln" / "debug" / "logsum";

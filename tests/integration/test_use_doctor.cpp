@@ -122,7 +122,7 @@ TEST_CASE("kiln use keeps the rest of an existing file, comments and mode includ
 
   SECTION("--config names the file")
   {
-    auto r = test::kiln({"--config", file.string(), "use", "https://b.example.org", "--key", key},
+    auto r = test::kiln({"--kiln-config", file.string(), "use", "https://b.example.org", "--key", key},
                         env);
     INFO(r.err);
     REQUIRE(r.status == 0);

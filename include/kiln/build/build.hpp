@@ -95,6 +95,9 @@ public:
   virtual void build_output(const StorePath& drv, std::string_view chunk);
   // Paths pushed to BuildOptions::push_to after `drv` was built.
   virtual void pushed(const StorePath& drv, size_t paths);
+  // A builder's message to kiln that the build module does not act on
+  // itself (e.g. {"action":"command","argv":[...]}: what the builder runs).
+  virtual void builder_message(const StorePath& drv, const std::string& message);
 };
 
 // Where a build pushes what it builds: each output, with its closure, as soon

@@ -1,0 +1,639 @@
+// UnitInputs: the named inputs of a unit, their JSON form, what differs
+// between two, and the derivation and builder instructions that follow from
+// them. The rustc command lines are cargo's (src/compiler/mod.rs:
+// build_base_args, build_deps_args), placeholders standing for what is
+// particular to a machine (@RUSTC@, @out@, ...: see unit_builder.cpp).
+#include <kiln/cargo/inputs.hpp>
+#include <kiln/cargo/unit_builder.hpp>
+#include <kiln/hash/hash.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <set>
+
+namespace kiln::cargo {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// --- JSON ---
+
+namespace {
+
+json
+profile_json(const Profile& p)
+{
+  return {{"name", p.name},
+          {"dir_name", p.dir_name},
+          {"root", p.root},
+          {"opt_level", p.opt_level},
+          {"debuginfo", p.debuginfo},
+          {"split_debuginfo", p.split_debuginfo ? json(*p.split_debuginfo) : json(nullptr)},
+          {"debug_assertions", p.debug_assertions},
+          {"overflow_checks", p.overflow_checks},
+          {"lto", p.lto},
+          {"panic", p.panic},
+          {"codegen_units", p.codegen_units ? json(*p.codegen_units) : json(nullptr)},
+          {"strip", p.strip},
+          {"rpath", p.rpath}};
+}
+
+Profile
+profile_from(const json& j)
+{
+  Profile p;
+  p.name = j.at("name");
+  p.dir_name = j.at("dir_name");
+  p.root = j.at("root");
+  p.opt_level = j.at("opt_level");
+  p.debuginfo = j.at("debuginfo");
+  if (!j.at("split_debuginfo").is_null()) {
+    p.split_debuginfo = j.at("split_debuginfo").get<std::string>();
+  }
+  p.debug_assertions = j.at("debug_assertions");
+  p.overflow_checks = j.at("overflow_checks");
+  p.lto = j.at("lto");
+  p.panic = j.at("panic");
+  if (!j.at("codegen_units").is_null()) {
+    p.codegen_units = j.at("codegen_units").get<int>();
+  }
+  p.strip = j.at("strip");
+  p.rpath = j.at("rpath");
+  return p;
+}
+
+json
+to_json_value(const UnitInputs& i)
+{
+  json externs = json::array();
+  for (const auto& e : i.externs) {
+    externs.push_back({{"name", e.name}, {"output", e.output}, {"file", e.file}});
+  }
+  return {{"package", i.package},
+          {"version", i.version},
+          {"mode", i.mode},
+          {"target", i.target},
+          {"target_kind", i.target_kind},
+          {"crate_types", i.crate_types},
+          {"src_path", i.src_path},
+          {"in_workspace", i.in_workspace},
+          {"workspace_path", i.workspace_path},
+          {"edition", i.edition},
+          {"harness", i.harness},
+          {"source", i.source},
+          {"package_env", i.package_env},
+          {"declared_features", i.declared_features},
+          {"compiler", i.compiler},
+          {"standard_library", i.standard_library},
+          {"linker", i.linker},
+          {"linker_path", i.linker_path},
+          {"driver", i.driver},
+          {"target_triple", i.target_triple},
+          {"host", i.host},
+          {"links", i.links},
+          {"cfg", i.cfg},
+          {"features", i.features},
+          {"profile", profile_json(i.profile)},
+          {"lto", i.lto},
+          {"rustflags", i.rustflags},
+          {"lint_flags", i.lint_flags},
+          {"cap_lints", i.cap_lints},
+          {"primary", i.primary},
+          {"tool_args", i.tool_args},
+          {"config_env", i.config_env},
+          {"bin_exes", i.bin_exes},
+          {"externs", externs},
+          {"library_closure", i.library_closure},
+          {"link_search_runs", i.link_search_runs},
+          {"own_run", i.own_run},
+          {"applies_link_libs", i.applies_link_libs},
+          {"build_script", i.build_script},
+          {"links_runs", i.links_runs}};
+}
+
+} // namespace
+
+std::string
+inputs_to_json(const UnitInputs& inputs)
+{
+  return to_json_value(inputs).dump();
+}
+
+UnitInputs
+inputs_from_json(const std::string& text)
+{
+  json j = json::parse(text);
+  UnitInputs i;
+  i.package = j.at("package");
+  i.version = j.at("version");
+  i.mode = j.at("mode");
+  i.target = j.at("target");
+  i.target_kind = j.at("target_kind").get<std::vector<std::string>>();
+  i.crate_types = j.at("crate_types").get<std::vector<std::string>>();
+  i.src_path = j.at("src_path");
+  i.in_workspace = j.at("in_workspace");
+  i.workspace_path = j.at("workspace_path");
+  i.edition = j.at("edition");
+  i.harness = j.at("harness");
+  i.source = j.at("source");
+  i.package_env = j.at("package_env").get<std::map<std::string, std::string>>();
+  i.declared_features = j.at("declared_features").get<std::vector<std::string>>();
+  i.compiler = j.at("compiler");
+  i.standard_library = j.at("standard_library");
+  i.linker = j.at("linker");
+  i.linker_path = j.at("linker_path");
+  i.driver = j.at("driver");
+  i.target_triple = j.at("target_triple");
+  i.host = j.at("host");
+  i.links = j.at("links");
+  i.cfg = j.at("cfg").get<std::map<std::string, std::string>>();
+  i.features = j.at("features").get<std::vector<std::string>>();
+  i.profile = profile_from(j.at("profile"));
+  i.lto = j.at("lto");
+  i.rustflags = j.at("rustflags").get<std::vector<std::string>>();
+  i.lint_flags = j.at("lint_flags").get<std::vector<std::string>>();
+  i.cap_lints = j.at("cap_lints");
+  i.primary = j.at("primary");
+  i.tool_args = j.at("tool_args").get<std::vector<std::string>>();
+  i.config_env = j.at("config_env").get<std::map<std::string, std::string>>();
+  i.bin_exes = j.at("bin_exes").get<std::map<std::string, std::string>>();
+  for (const auto& e : j.at("externs")) {
+    i.externs.push_back({e.at("name"), e.at("output"), e.at("file")});
+  }
+  i.library_closure = j.at("library_closure").get<std::vector<std::string>>();
+  i.link_search_runs = j.at("link_search_runs").get<std::vector<std::string>>();
+  i.own_run = j.at("own_run");
+  i.applies_link_libs = j.at("applies_link_libs");
+  i.build_script = j.at("build_script");
+  i.links_runs = j.at("links_runs").get<std::map<std::string, std::string>>();
+  return i;
+}
+
+namespace {
+
+std::string
+short_text(const json& value)
+{
+  std::string text = value.dump();
+  return text.size() <= 160 ? text : text.substr(0, 157) + "...";
+}
+
+// Objects differ key by key; anything else as a whole.
+void
+diff_values(const std::string& name, const json& a, const json& b, std::vector<std::string>& out)
+{
+  if (a == b) {
+    return;
+  }
+  if (a.is_object() && b.is_object()) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : a.items()) {
+      keys.insert(k);
+    }
+    for (const auto& [k, v] : b.items()) {
+      keys.insert(k);
+    }
+    for (const auto& k : keys) {
+      diff_values(name + "." + k, a.contains(k) ? a.at(k) : json(nullptr),
+                  b.contains(k) ? b.at(k) : json(nullptr), out);
+    }
+    return;
+  }
+  if (a.is_array() && b.is_array() && name == "externs") {
+    std::map<std::string, json> before, after;
+    for (const auto& e : a) {
+      before[e.at("name")] = e;
+    }
+    for (const auto& e : b) {
+      after[e.at("name")] = e;
+    }
+    diff_values("externs", json(before), json(after), out);
+    return;
+  }
+  out.push_back(name + ": " + short_text(a) + " → " + short_text(b));
+}
+
+} // namespace
+
+std::vector<std::string>
+diff_inputs(const UnitInputs& before, const UnitInputs& after)
+{
+  std::vector<std::string> out;
+  json a = to_json_value(before), b = to_json_value(after);
+  for (const auto& [key, value] : a.items()) {
+    diff_values(key, value, b.at(key), out);
+  }
+  return out;
+}
+
+// --- instructions ---
+
+namespace {
+
+bool
+has(const std::vector<std::string>& v, const std::string& x)
+{
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+bool
+is_test_mode(const UnitInputs& i)
+{
+  return i.mode == "test" || i.mode == "check-test";
+}
+
+// cargo's Unit::requires_upstream_objects: tests, and targets that link.
+bool
+requires_upstream_objects(const UnitInputs& i)
+{
+  if (is_test_mode(i)) {
+    return true;
+  }
+  for (const char* t : {"bin", "dylib", "cdylib", "staticlib", "proc-macro"}) {
+    if (has(i.crate_types, t)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string
+crate_name(const UnitInputs& i)
+{
+  std::string n = i.target;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+}
+
+void
+push(std::vector<std::string>& args, std::initializer_list<std::string> items)
+{
+  args.insert(args.end(), items);
+}
+
+void
+lto_args(std::vector<std::string>& args, const UnitInputs& i)
+{
+  if (i.lto == "run") {
+    const std::string& l = i.profile.lto;
+    push(args, {"-C", l == "true" || l == "fat" ? (l == "fat" ? "lto=fat" : "lto") : "lto=" + l});
+  } else if (i.lto == "off") {
+    push(args, {"-C", "lto=off", "-C", "embed-bitcode=no"});
+  } else if (i.lto == "only-bitcode") {
+    push(args, {"-C", "linker-plugin-lto"});
+  } else if (i.lto == "only-object") {
+    push(args, {"-C", "embed-bitcode=no"});
+  }
+}
+
+// The profile's flags, in cargo's order (build_base_args).
+void
+profile_args(std::vector<std::string>& args, const UnitInputs& i)
+{
+  const Profile& p = i.profile;
+  if (p.opt_level != "0") {
+    push(args, {"-C", "opt-level=" + p.opt_level});
+  }
+  if (p.panic != "unwind") {
+    push(args, {"-C", "panic=" + p.panic});
+  }
+  lto_args(args, i);
+  if (p.codegen_units) {
+    push(args, {"-C", "codegen-units=" + std::to_string(*p.codegen_units)});
+  }
+  if (p.debuginfo != "0") {
+    push(args, {"-C", "debuginfo=" + p.debuginfo});
+    if (p.split_debuginfo) {
+      push(args, {"-C", "split-debuginfo=" + *p.split_debuginfo});
+    }
+  }
+  if (!i.cap_lints) {
+    args.insert(args.end(), i.lint_flags.begin(), i.lint_flags.end());
+  }
+  if (p.opt_level != "0") {
+    if (p.debug_assertions) {
+      push(args, {"-C", "debug-assertions=on"});
+      if (!p.overflow_checks) {
+        push(args, {"-C", "overflow-checks=off"});
+      }
+    } else if (p.overflow_checks) {
+      push(args, {"-C", "overflow-checks=on"});
+    }
+  } else if (!p.debug_assertions) {
+    push(args, {"-C", "debug-assertions=off"});
+    if (p.overflow_checks) {
+      push(args, {"-C", "overflow-checks=on"});
+    }
+  } else if (!p.overflow_checks) {
+    push(args, {"-C", "overflow-checks=off"});
+  }
+}
+
+std::vector<std::string>
+rustc_args(const UnitInputs& i, const std::string& metadata)
+{
+  // A workspace package's file relative to the workspace's root (the
+  // builder runs rustc there), as cargo passes it; another's by its store
+  // path, which debuginfo and panic locations then name as
+  // <pkg>-<version>/..., not by the store path: a binary's closure is then
+  // the binary alone.
+  std::string src = !i.in_workspace          ? i.source + "/" + i.src_path
+                    : i.workspace_path.empty() ? i.src_path
+                                               : i.workspace_path + "/" + i.src_path;
+  std::vector<std::string> args = {"--crate-name", crate_name(i), "--edition=" + i.edition, src};
+  args.push_back("--remap-path-prefix=" + i.source + "=" + i.package + "-" + i.version);
+  bool test = is_test_mode(i);
+  if (!test) {
+    for (const auto& t : i.crate_types) {
+      push(args, {"--crate-type", t});
+    }
+  }
+  bool check = i.mode == "check" || i.mode == "check-test";
+  args.push_back(check ? "--emit=metadata"
+                 : requires_upstream_objects(i) ? "--emit=link"
+                                                : "--emit=metadata,link");
+  bool proc_macro = has(i.target_kind, "proc-macro");
+  if (proc_macro || (has(i.crate_types, "dylib") && !i.primary)) {
+    push(args, {"-C", "prefer-dynamic"});
+  }
+  profile_args(args, i);
+  if (test && i.harness) {
+    args.push_back("--test");
+  } else if (test) {
+    push(args, {"--cfg", "test"});
+  }
+  for (const auto& f : i.features) {
+    push(args, {"--cfg", "feature=\"" + f + "\""});
+  }
+  std::string declared;
+  for (const auto& f : i.declared_features) {
+    declared += (declared.empty() ? "" : ", ") + ("\"" + f + "\"");
+  }
+  push(args, {"--check-cfg", "cfg(docsrs,test)", "--check-cfg", "cfg(feature, values(" + declared + "))"});
+  push(args, {"-C", "metadata=" + metadata, "-C", "extra-filename=-" + metadata});
+  if (i.profile.rpath) {
+    push(args, {"-C", "rpath"});
+  }
+  if (!i.target_triple.empty()) {
+    push(args, {"--target", i.target_triple});
+  }
+  if (!i.linker_path.empty()) {
+    push(args, {"-C", "linker=" + i.linker_path});
+  }
+  if (i.profile.strip != "none") {
+    push(args, {"-C", "strip=" + i.profile.strip});
+  }
+  for (const auto& l : i.library_closure) {
+    push(args, {"-L", "dependency=" + l});
+  }
+  for (const auto& e : i.externs) {
+    push(args, {"--extern", e.name + "=" + e.output + "/" + e.file});
+  }
+  if (proc_macro) {
+    push(args, {"--extern", "proc_macro"});
+  }
+  if (i.cap_lints) {
+    push(args, {"--cap-lints", "allow"});
+  }
+  args.insert(args.end(), i.rustflags.begin(), i.rustflags.end());
+  return args;
+}
+
+// The environment cargo gives rustc (and, for runs, the build script).
+json
+process_env(const UnitInputs& i)
+{
+  json env = i.package_env;
+  for (const auto& [k, v] : i.config_env) {
+    if (!env.contains(k)) {
+      env[k] = v;
+    }
+  }
+  if (!i.own_run.empty()) {
+    env["OUT_DIR"] = i.own_run + "/out";
+  }
+  return env;
+}
+
+bool
+is_lib_target(const UnitInputs& i)
+{
+  for (const char* k : {"lib", "rlib", "dylib", "cdylib", "staticlib", "proc-macro"}) {
+    if (has(i.target_kind, k)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// What rustc writes that dependents and users take: the product's name in
+// the output, and a rename of rustc's file into it (executables).
+std::pair<std::string, std::string>
+compile_product(const UnitInputs& i, const std::string& metadata)
+{
+  std::string base = crate_name(i) + "-" + metadata;
+  if (i.mode == "check" || i.mode == "check-test") {
+    return {"lib" + base + ".rmeta", ""};
+  }
+  if (has(i.target_kind, "custom-build")) {
+    return {"build-script-build", base};
+  }
+  if (!is_test_mode(i) && has(i.target_kind, "proc-macro")) {
+    return {"lib" + base + ".so", ""};
+  }
+  if (!is_test_mode(i) && (is_lib_target(i) || !has(i.crate_types, "bin"))) {
+    const char* ext = has(i.crate_types, "lib") || has(i.crate_types, "rlib") ? ".rlib"
+                      : has(i.crate_types, "dylib") || has(i.crate_types, "cdylib") ? ".so"
+                      : has(i.crate_types, "staticlib")                            ? ".a"
+                                                                                   : ".rlib";
+    return {"lib" + base + ext, ""};
+  }
+  return {"bin/" + i.target, base};
+}
+
+// Which scoped rustc-link-arg directives apply: "bin", "example", "test",
+// "bench" or "lib" (cargo's LinkArgTarget).
+std::string
+link_arg_scope(const UnitInputs& i)
+{
+  if (has(i.target_kind, "custom-build")) {
+    return "build-script";
+  }
+  for (const char* k : {"bin", "example", "test", "bench"}) {
+    if (has(i.target_kind, k)) {
+      return k;
+    }
+  }
+  return is_test_mode(i) ? "test" : "lib";
+}
+
+json
+compile_instructions(const UnitInputs& i, const std::string& metadata)
+{
+  json env = process_env(i);
+  env["CARGO_CRATE_NAME"] = crate_name(i);
+  if (has(i.target_kind, "bin")) {
+    env["CARGO_BIN_NAME"] = i.target;
+  }
+  if (i.primary) {
+    env["CARGO_PRIMARY_PACKAGE"] = "1";
+  }
+  for (const auto& [name, out] : i.bin_exes) {
+    env["CARGO_BIN_EXE_" + name] = out + "/bin/" + name;
+  }
+  if (has(i.target_kind, "test") || has(i.target_kind, "bench")) {
+    env["CARGO_TARGET_TMPDIR"] = "/tmp/kiln-target-tmp";
+  }
+  auto [product, rename] = compile_product(i, metadata);
+  json spec = {{"mode", "compile"},
+               {"program", i.driver == "rustc" ? "@RUSTC@" : "@CLIPPY_DRIVER@"},
+               {"args", rustc_args(i, metadata)},
+               {"env", env},
+               {"link_search_from", i.link_search_runs},
+               {"own_script", i.own_run},
+               {"apply_link_libs", i.applies_link_libs},
+               {"link_arg_scope", link_arg_scope(i)},
+               {"cdylib", has(i.crate_types, "cdylib")},
+               {"bin_name", i.target},
+               {"product", product}};
+  if (!rename.empty()) {
+    spec["rename"] = {{"from", rename}, {"to", product}};
+  }
+  if (i.in_workspace) {
+    spec["workspace_path"] = i.workspace_path;
+  }
+  return spec;
+}
+
+json
+run_instructions(const UnitInputs& i)
+{
+  json env = process_env(i);
+  // What cargo tells a build script (src/compiler/custom_build.rs).
+  for (const auto& [k, v] : i.cfg) {
+    env[k] = v;
+  }
+  if (i.profile.debug_assertions) {
+    env["CARGO_CFG_DEBUG_ASSERTIONS"] = "";
+  }
+  std::string features;
+  for (const auto& f : i.features) {
+    env["CARGO_FEATURE_" + envify(f)] = "1";
+    features += (features.empty() ? "" : ",") + f;
+  }
+  if (!features.empty()) {
+    env["CARGO_CFG_FEATURE"] = features;
+  }
+  std::string encoded;
+  for (const auto& f : i.rustflags) {
+    encoded += (encoded.empty() ? "" : "\x1f") + f;
+  }
+  env["CARGO_ENCODED_RUSTFLAGS"] = encoded;
+  if (!i.links.empty()) {
+    env["CARGO_MANIFEST_LINKS"] = i.links;
+  }
+  env["DEBUG"] = i.profile.debuginfo != "0" ? "true" : "false";
+  env["OPT_LEVEL"] = i.profile.opt_level;
+  env["PROFILE"] = i.profile.root;
+  env["HOST"] = i.host;
+  env["TARGET"] = i.target_triple.empty() ? i.host : i.target_triple;
+  env["NUM_JOBS"] = "@NUM_JOBS@";
+  env["RUSTC"] = "@RUSTC@";
+  env["RUSTDOC"] = "@RUSTDOC@";
+  json links = json::array();
+  for (const auto& [name, from] : i.links_runs) {
+    links.push_back({{"links", name}, {"from", from}});
+  }
+  env["OUT_DIR"] = "@out@/out";
+  return {{"mode", "run"},
+          {"program", i.build_script + "/build-script-build"},
+          {"env", env},
+          {"links_deps", links},
+          {"product", "out"}};
+}
+
+} // namespace
+
+std::string
+instructions(const UnitInputs& inputs, const std::string& metadata)
+{
+  json spec = inputs.mode == "run-build-script" ? run_instructions(inputs)
+                                                : compile_instructions(inputs, metadata);
+  spec["cwd"] = inputs.source;
+  spec["package"] = inputs.package + " " + inputs.version;
+  return spec.dump();
+}
+
+UnitDerivation
+make_derivation(const UnitInputs& inputs, const std::string& system,
+                const std::map<std::string, StorePath>& drv_of, const StoreDir& store_dir,
+                DrvHasher& hasher)
+{
+  UnitDerivation made;
+  std::string inputs_json = inputs_to_json(inputs);
+  // -C metadata: the same inputs as the output path, so the same on every
+  // machine and different whenever anything below differs.
+  made.metadata =
+    hash_string(HashAlgo::sha256, inputs_json).to_string(HashFormat::base16, false).substr(0, 16);
+  std::string spec = instructions(inputs, made.metadata);
+  made.product = json::parse(spec).at("product").get<std::string>();
+
+  Derivation& drv = made.drv;
+  // serde-1.0.152, foo-0.1.0-build (its build script), foo-0.1.0-run,
+  // app-0.1.0-bin-app, app-0.1.0-check, app-0.1.0-test-test-integration, ...
+  std::string suffix;
+  if (inputs.mode == "run-build-script") {
+    suffix = "-run";
+  } else if (has(inputs.target_kind, "custom-build")) {
+    suffix = "-build";
+  } else {
+    suffix = inputs.mode == "build" ? "" : "-" + inputs.mode;
+    if (!is_lib_target(inputs)) {
+      suffix += "-" + inputs.target_kind.front() + "-" + inputs.target;
+    }
+  }
+  drv.name = inputs.package + "-" + inputs.version + suffix;
+  drv.platform = system;
+  drv.builder = k_rust_unit_builder;
+  drv.input_srcs.insert(store_dir.parse(inputs.source));
+  auto add_input = [&](const std::string& output) {
+    if (output.empty()) {
+      return;
+    }
+    auto it = drv_of.find(output);
+    if (it == drv_of.end()) {
+      throw std::logic_error("no derivation for the input " + output);
+    }
+    drv.input_drvs[it->second] = {"out"};
+  };
+  for (const auto& e : inputs.externs) {
+    add_input(e.output);
+  }
+  for (const auto& l : inputs.library_closure) {
+    add_input(l);
+  }
+  for (const auto& l : inputs.link_search_runs) {
+    add_input(l);
+  }
+  for (const auto& [name, out] : inputs.links_runs) {
+    add_input(out);
+  }
+  for (const auto& [name, out] : inputs.bin_exes) {
+    add_input(out);
+  }
+  add_input(inputs.own_run);
+  add_input(inputs.build_script);
+  drv.env[k_inputs_env] = inputs_json;
+  drv.env[k_unit_env] = spec;
+  drv.env["name"] = drv.name;
+  drv.env["builder"] = drv.builder;
+  drv.env["system"] = drv.platform;
+  drv.outputs["out"] = {};
+  compute_output_paths(drv, store_dir, hasher);
+  made.drv_path = derivation_path(drv, store_dir);
+  made.out = store_dir.parse(drv.outputs.at("out").path);
+  return made;
+}
+
+} // namespace kiln::cargo

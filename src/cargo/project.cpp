@@ -1,0 +1,330 @@
+#include <kiln/cargo/project.hpp>
+
+#include "cargo_queries.hpp"
+
+#include <kiln/hash/hash.hpp>
+#include <kiln/util/io.hpp>
+
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+
+namespace kiln::cargo {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const char*
+to_string(CargoCommand command)
+{
+  switch (command) {
+  case CargoCommand::build:
+    return "build";
+  case CargoCommand::check:
+    return "check";
+  case CargoCommand::test:
+    return "test";
+  case CargoCommand::clippy:
+    return "clippy";
+  case CargoCommand::run:
+    return "run";
+  }
+  return "build";
+}
+
+void CargoObserver::planned(const Plan&, const InstantiatedPlan&) {}
+
+bool
+CargoBuild::succeeded() const
+{
+  return result.succeeded(roots);
+}
+
+namespace {
+
+fs::path
+cargo_home(const Environment& env)
+{
+  auto it = env.find("CARGO_HOME");
+  if (it != env.end() && !it->second.empty()) {
+    return it->second;
+  }
+  auto home = env.find("HOME");
+  return fs::path(home != env.end() ? home->second : "/") / ".cargo";
+}
+
+// The files every answer of cargo's depends on: configuration files (and
+// where one could appear), toolchain files, the manifests from the folder up.
+std::vector<fs::path>
+common_files(const CargoConfig& config, const fs::path& cwd)
+{
+  std::vector<fs::path> files = config.files();
+  for (const auto& dir : config.probed()) {
+    files.push_back(dir / "config");
+    files.push_back(dir / "config.toml");
+  }
+  std::error_code ec;
+  for (fs::path d = fs::absolute(cwd, ec);; d = d.parent_path()) {
+    files.push_back(d / "Cargo.toml");
+    files.push_back(d / "rust-toolchain");
+    files.push_back(d / "rust-toolchain.toml");
+    if (d == d.root_path() || d.empty()) {
+      break;
+    }
+  }
+  return files;
+}
+
+// The manifests (and lock file) `cargo metadata`'s answer names that can
+// change: those of path packages.
+std::vector<fs::path>
+manifests_of(const std::string& metadata)
+{
+  std::vector<fs::path> files;
+  json meta = json::parse(metadata, nullptr, false);
+  if (!meta.is_object()) {
+    return files;
+  }
+  for (const auto& p : meta.value("packages", json::array())) {
+    if (p.value("source", json()).is_null()) {
+      files.emplace_back(p.value("manifest_path", ""));
+    }
+  }
+  files.push_back(fs::path(meta.value("workspace_root", "")) / "Cargo.lock");
+  return files;
+}
+
+// "release" if the profile comes down from release (or bench), else "debug":
+// its `inherits` chain, from the configuration or the root manifest.
+std::function<std::string(const std::string&)>
+profile_roots(const CargoConfig& config, const fs::path& root_manifest)
+{
+  auto manifest = std::make_shared<toml::table>();
+  try {
+    *manifest = toml::parse_file(root_manifest.string());
+  } catch (const std::exception&) {
+    // cargo read it; a custom profile's root then defaults to debug.
+  }
+  return [&config, manifest](std::string name) {
+    for (int depth = 0; depth < 32; ++depth) {
+      if (name == "release" || name == "bench") {
+        return std::string("release");
+      }
+      if (name == "dev" || name == "test") {
+        return std::string("debug");
+      }
+      auto inherits = config.get_string({"profile", name, "inherits"});
+      if (!inherits) {
+        inherits = (*manifest)["profile"][name]["inherits"].value<std::string>();
+      }
+      if (!inherits) {
+        break;
+      }
+      name = *inherits;
+    }
+    return std::string("debug");
+  };
+}
+
+// cargo plans with RUSTC_BOOTSTRAP=1 (its unit graph is unstable), under
+// which rustc reports more cfg values. Were any dependency gated on one of
+// them, cargo's plan would not be stable cargo's: refuse rather than guess.
+void
+check_bootstrap_cfgs(const Workspace& ws, const Plan& plan, const Toolchain& toolchain,
+                     const BuildConfig& config)
+{
+  std::map<std::string, std::pair<CfgSet, CfgSet>> by_triple;
+  for (const auto& u : plan.units) {
+    if (by_triple.count(u.triple)) {
+      continue;
+    }
+    auto flags = config.rustflags(u.triple, u.host_kind(), plan.cross,
+                                  [&](const std::vector<std::string>& f) -> const CfgSet& {
+                                    return toolchain.cfg(u.triple, f);
+                                  });
+    by_triple[u.triple] = {toolchain.cfg(u.triple, flags), toolchain.cfg(u.triple, flags, true)};
+  }
+  for (const auto& [id, pkg] : ws.packages) {
+    for (const auto& dep : pkg.dependencies) {
+      if (!dep.platform || !dep.platform->starts_with("cfg(")) {
+        continue;
+      }
+      for (const auto& [triple, sets] : by_triple) {
+        if (platform_matches(*dep.platform, triple, sets.first) !=
+            platform_matches(*dep.platform, triple, sets.second)) {
+          throw CargoError("the dependency " + dep.name + " of " + pkg.name + " " + pkg.version +
+                           " is gated on `" + *dep.platform +
+                           "`, which depends on an unstable cfg value; kiln cannot plan it as "
+                           "stable cargo would");
+        }
+      }
+    }
+  }
+}
+
+std::vector<std::string>
+unit_graph_argv(const CargoRequest& request, const fs::path& cargo)
+{
+  std::string command = request.command == CargoCommand::clippy ? "check"
+                        : request.command == CargoCommand::run  ? "build"
+                                                                : to_string(request.command);
+  std::vector<std::string> argv = {cargo.string(), command, "--unit-graph", "-Z", "unstable-options"};
+  argv.insert(argv.end(), request.cargo_args.begin(), request.cargo_args.end());
+  return argv;
+}
+
+} // namespace
+
+std::unique_ptr<CargoProject>
+CargoProject::load(const CargoRequest& request, const fs::path& state_dir)
+{
+  std::unique_ptr<CargoProject> p(new CargoProject());
+  p->m_request = request;
+  p->m_state_dir = state_dir;
+  p->m_config = std::make_unique<CargoConfig>(
+    CargoConfig::load(request.cwd, cargo_home(request.env), request.config_args, request.env));
+  p->m_warnings = p->m_config->warnings();
+  p->m_build_config = std::make_unique<BuildConfig>(*p->m_config, p->m_warnings);
+  p->m_toolchain = detect_toolchain(request.cwd, *p->m_build_config, request.env, state_dir);
+
+  CargoQueries queries(state_dir, request.cwd, request.env, p->m_toolchain->identity,
+                       common_files(*p->m_config, request.cwd));
+  std::vector<std::string> metadata = {p->m_toolchain->cargo.string(), "metadata",
+                                       "--format-version", "1"};
+  metadata.insert(metadata.end(), request.metadata_args.begin(), request.metadata_args.end());
+  std::vector<CargoQuery> asked = {
+    {metadata, {}},
+    {unit_graph_argv(request, p->m_toolchain->cargo), {{"RUSTC_BOOTSTRAP", "1"}}}};
+  bool offline = request.offline || p->m_build_config->offline();
+  // Both depend on the manifests cargo metadata names.
+  std::vector<std::string> answers;
+  try {
+    answers = queries.answers(asked, offline, [](size_t, const std::vector<std::string>& so_far) {
+      return manifests_of(so_far[0]);
+    });
+  } catch (const CargoQueryError& e) {
+    if (e.query != 1) {
+      throw;
+    }
+    // The project is fine (cargo metadata read it): cargo refused what was
+    // asked of it (an unknown package, target, profile or feature).
+    std::string said = e.said;
+    while (!said.empty() && std::isspace(static_cast<unsigned char>(said.back()))) {
+      said.pop_back();
+    }
+    throw UsageError("cargo: " + (said.starts_with("error: ") ? said.substr(7) : said));
+  }
+  p->m_workspace = parse_workspace(answers[0]);
+  PlanContext context;
+  context.host = p->m_toolchain->host;
+  context.checks_tests = request.checks_tests;
+  context.profile_root = profile_roots(*p->m_config, p->m_workspace.root / "Cargo.toml");
+  p->m_plan = parse_unit_graph(answers[1], p->m_workspace, context);
+  check_bootstrap_cfgs(p->m_workspace, p->m_plan, *p->m_toolchain, *p->m_build_config);
+  return p;
+}
+
+InstantiatedPlan
+CargoProject::instantiate(LocalStore& store) const
+{
+  InstantiateContext context{m_workspace, m_plan, *m_toolchain, *m_build_config, m_state_dir, "", {}};
+  if (m_request.command == CargoCommand::clippy) {
+    context.clippy = m_toolchain->program_identity(m_toolchain->sysroot / "bin" / "clippy-driver");
+    context.clippy_args = m_request.clippy_args;
+  }
+  return instantiate_plan(store, context);
+}
+
+CargoBuild
+build_project(LocalStore& store, const CargoProject& project, const BuildOptions& options,
+              CargoObserver& observer)
+{
+  CargoBuild build;
+  build.units = project.instantiate(store);
+  observer.planned(project.plan(), build.units);
+  for (size_t r : project.plan().roots) {
+    build.roots.push_back(build.units.units[r].drv);
+  }
+  UnitFrontend frontend(store, project.plan(), build.units, project.toolchain(), options.jobs);
+  build.result = build_derivations(store, build.roots, options, frontend, observer);
+  return build;
+}
+
+namespace {
+
+// A unit's name across builds: package, version, target, mode, platform.
+std::string
+unit_key(const Unit& u)
+{
+  return u.package->name + " " + u.package->version + " " + u.target.name + " " +
+         json(u.target.kind).dump() + " " + to_string(u.mode) +
+         (u.mode == UnitMode::check_test ? "-test" : "") + " " + u.platform.value_or("host");
+}
+
+fs::path
+record_file(const CargoProject& project)
+{
+  std::string id = project.workspace().root.string() + "\n" + to_string(project.request().command);
+  return project.state_dir() / "builds" /
+         (hash_string(HashAlgo::sha256, id).to_string(HashFormat::base16, false).substr(0, 32) +
+          ".json");
+}
+
+} // namespace
+
+void
+record_build(const CargoProject& project, const InstantiatedPlan& units)
+{
+  json record = json::object();
+  for (size_t i = 0; i < project.plan().units.size(); ++i) {
+    record[unit_key(project.plan().units[i])] = inputs_to_json(units.units[i].inputs);
+  }
+  try {
+    fs::create_directories(record_file(project).parent_path());
+    write_file_atomic(record_file(project), record.dump());
+  } catch (const std::exception&) {
+    // Only for --explain.
+  }
+}
+
+std::vector<std::string>
+explain_units(const CargoProject& project, const InstantiatedPlan& units, const LocalStore& store,
+              const std::string& spec)
+{
+  std::string name = spec.substr(0, spec.find('@'));
+  std::string version = spec.find('@') == std::string::npos ? "" : spec.substr(spec.find('@') + 1);
+  json last = json::object();
+  try {
+    last = json::parse(read_file(record_file(project)));
+  } catch (const std::exception&) {
+    // No build recorded yet.
+  }
+  std::vector<std::string> lines;
+  for (size_t i = 0; i < project.plan().units.size(); ++i) {
+    const Unit& u = project.plan().units[i];
+    if (u.package->name != name || (!version.empty() && u.package->version != version)) {
+      continue;
+    }
+    const InstantiatedUnit& made = units.units[i];
+    lines.push_back(describe(u) + " [" + to_string(u.mode) + "]: " +
+                    store.print(made.out) +
+                    (store.is_valid(made.out) ? " (in the store)" : " (not in the store)"));
+    std::string key = unit_key(u);
+    if (!last.contains(key)) {
+      lines.push_back("  not in the last build of this project");
+      continue;
+    }
+    auto changes = diff_inputs(inputs_from_json(last[key].get<std::string>()), made.inputs);
+    if (changes.empty()) {
+      lines.push_back("  same inputs as in the last build");
+    }
+    for (const auto& c : changes) {
+      lines.push_back("  changed: " + c);
+    }
+  }
+  if (lines.empty()) {
+    throw UsageError("no unit of package '" + spec + "' in the plan");
+  }
+  return lines;
+}
+
+} // namespace kiln::cargo

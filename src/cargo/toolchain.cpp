@@ -1,0 +1,301 @@
+#include <kiln/cargo/toolchain.hpp>
+#include <kiln/hash/hash.hpp>
+#include <kiln/util/io.hpp>
+#include <kiln/util/process.hpp>
+
+#include "digest_cache.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <sstream>
+
+namespace kiln::cargo {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string
+capture(const std::vector<std::string>& argv, const std::optional<fs::path>& cwd = std::nullopt,
+        const std::map<std::string, std::string>& env = {})
+{
+  ProcessOptions options;
+  options.cwd = cwd;
+  options.env = env;
+  ProcessResult result = run_process(argv, options);
+  if (!result.ok()) {
+    throw CargoError(describe_failure(argv, result));
+  }
+  return result.out;
+}
+
+std::string
+trimmed(std::string s)
+{
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) {
+    s.pop_back();
+  }
+  return s;
+}
+
+std::string
+stat_key(const fs::path& p)
+{
+  struct stat st;
+  if (::stat(p.c_str(), &st) != 0) {
+    return p.string() + ":missing";
+  }
+  return p.string() + ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) +
+         "." + std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_ino);
+}
+
+std::string
+env_or(const Environment& env, const char* name, const std::string& fallback)
+{
+  auto it = env.find(name);
+  return it != env.end() && !it->second.empty() ? it->second : fallback;
+}
+
+// What makes rustup's proxy pick another toolchain: RUSTUP_TOOLCHAIN, its
+// settings (overrides, default) and every toolchain file above `cwd`.
+std::string
+selection_key(const fs::path& cwd, const Environment& env)
+{
+  std::string key = env_or(env, "RUSTUP_TOOLCHAIN", "") + "|" +
+                    stat_key(fs::path(env_or(env, "RUSTUP_HOME", env_or(env, "HOME", "/") +
+                                                                   "/.rustup")) /
+                             "settings.toml");
+  std::error_code ec;
+  for (fs::path d = fs::absolute(cwd, ec);; d = d.parent_path()) {
+    for (const char* name : {"rust-toolchain", "rust-toolchain.toml"}) {
+      if (fs::exists(d / name, ec)) {
+        key += "|" + stat_key(d / name);
+      }
+    }
+    if (d == d.root_path() || d.empty()) {
+      break;
+    }
+  }
+  return key;
+}
+
+std::string
+digest_text(DigestCache& digests, const fs::path& path)
+{
+  return digests.digest(path).nar_hash.to_string(HashFormat::nix32, true);
+}
+
+// The compiler by content: rustc, the libraries beside it, the host's
+// rustlib (standard library, rust-lld, gcc-ld).
+std::string
+compiler_identity(const Toolchain& t, DigestCache& digests)
+{
+  std::string text = t.version;
+  text += "rustc " + digest_text(digests, t.rustc) + "\n";
+  std::error_code ec;
+  std::vector<fs::path> libs;
+  for (const auto& entry : fs::directory_iterator(t.sysroot / "lib", ec)) {
+    if (entry.path().filename().string().find(".so") != std::string::npos) {
+      libs.push_back(entry.path());
+    }
+  }
+  std::sort(libs.begin(), libs.end());
+  for (const auto& lib : libs) {
+    text += "lib/" + lib.filename().string() + " " + digest_text(digests, lib) + "\n";
+  }
+  text += "rustlib/" + t.host + " " +
+          digest_text(digests, t.sysroot / "lib" / "rustlib" / t.host) + "\n";
+  return t.version + "content " +
+         hash_string(HashAlgo::sha256, text).to_string(HashFormat::nix32, true);
+}
+
+void
+detect_programs(Toolchain& t, const fs::path& cwd, const BuildConfig& config, const Environment& env)
+{
+  std::string rustc_name = env_or(env, "RUSTC", config.rustc().value_or("rustc"));
+  auto rustc_front = find_program(rustc_name);
+  if (!rustc_front) {
+    throw CargoError("rustc not found (looked for '" + rustc_name +
+                     "' on PATH; set RUSTC or build.rustc to choose one)");
+  }
+  std::string cargo_name = env_or(env, "CARGO", "cargo");
+  auto cargo = find_program(cargo_name);
+  if (!cargo) {
+    throw CargoError("cargo not found (looked for '" + cargo_name + "' on PATH)");
+  }
+  t.cargo = *cargo;
+  // Run from the project's folder, so that rustup picks the toolchain cargo
+  // would pick there.
+  t.sysroot = trimmed(capture({rustc_front->string(), "--print", "sysroot"}, cwd));
+  t.rustc = t.sysroot / "bin" / "rustc";
+  std::error_code ec;
+  if (!fs::exists(t.rustc, ec)) {
+    t.rustc = *rustc_front;
+  }
+  std::string rustdoc_name = env_or(env, "RUSTDOC", config.rustdoc().value_or(""));
+  t.rustdoc = !rustdoc_name.empty() ? find_program(rustdoc_name).value_or(rustdoc_name)
+                                    : t.sysroot / "bin" / "rustdoc";
+  t.version = capture({t.rustc.string(), "-vV"});
+  std::istringstream lines(t.version);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.starts_with("host: ")) {
+      t.host = line.substr(6);
+    }
+  }
+  if (t.host.empty()) {
+    throw CargoError("`" + t.rustc.string() + " -vV` does not name the host triple");
+  }
+  if (auto cc = find_program("cc")) {
+    t.linker = *cc;
+  }
+}
+
+} // namespace
+
+std::string
+Toolchain::program_identity(const fs::path& program) const
+{
+  auto found = find_program(program.string());
+  if (!found) {
+    throw CargoError("program '" + program.string() + "' not found");
+  }
+  return found->string() + " " + digest_text(*digests, fs::canonical(*found));
+}
+
+std::string
+Toolchain::target_identity(const std::string& triple) const
+{
+  if (triple == host) {
+    return "host";
+  }
+  std::lock_guard guard(m_mutex);
+  auto it = m_targets.find(triple);
+  if (it != m_targets.end()) {
+    return it->second;
+  }
+  fs::path dir = sysroot / "lib" / "rustlib" / triple;
+  std::error_code ec;
+  if (!fs::is_directory(dir / "lib", ec)) {
+    throw CargoError("the standard library for target '" + triple + "' is not installed in " +
+                     sysroot.string() + " (run `rustup target add " + triple + "`)");
+  }
+  std::string id = triple + " " + digest_text(*digests, dir);
+  m_targets.emplace(triple, id);
+  return id;
+}
+
+const CfgSet&
+Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustflags,
+               bool bootstrap) const
+{
+  std::string key = (bootstrap ? "bootstrap\x1f" : "") + triple;
+  for (const auto& f : rustflags) {
+    key += "\x1f" + f;
+  }
+  std::lock_guard guard(m_mutex);
+  auto it = m_cfg.find(key);
+  if (it != m_cfg.end()) {
+    return it->second;
+  }
+  // Remembered on disk by the toolchain's identity, triple and flags.
+  fs::path cached = state_dir / ("cfg-" + hash_string(HashAlgo::sha256, identity + "\n" + key)
+                                            .to_string(HashFormat::base16, false)
+                                            .substr(0, 32));
+  std::string text;
+  std::error_code ec;
+  if (fs::exists(cached, ec)) {
+    text = read_file(cached);
+  } else {
+    std::vector<std::string> argv = {rustc.string(), "--print", "cfg", "--target", triple};
+    argv.insert(argv.end(), rustflags.begin(), rustflags.end());
+    text = capture(argv, std::nullopt,
+                   bootstrap ? std::map<std::string, std::string>{{"RUSTC_BOOTSTRAP", "1"}}
+                             : std::map<std::string, std::string>{});
+    try {
+      fs::create_directories(state_dir);
+      write_file_atomic(cached, text);
+    } catch (const std::exception&) {
+      // Only a cache.
+    }
+  }
+  CfgSet set = parse_cfg_lines(text);
+  // debug_assertions follows the profile, not this query; cargo drops
+  // proc_macro (a property of the crate, not the target).
+  set.erase("debug_assertions");
+  set.erase("proc_macro");
+  return m_cfg.emplace(key, std::move(set)).first->second;
+}
+
+std::unique_ptr<Toolchain>
+detect_toolchain(const fs::path& cwd, const BuildConfig& config, const Environment& env,
+                 const fs::path& state_dir)
+{
+  auto t = std::make_unique<Toolchain>();
+  t->state_dir = state_dir;
+  t->digests = std::make_shared<DigestCache>(state_dir / "toolchain-digests.json");
+  fs::path cache_file = state_dir / "toolchain.json";
+  // Which programs are found, and what rustup would choose: if unchanged,
+  // the programs (not yet their contents) are as last time.
+  std::string rustc_name = env_or(env, "RUSTC", config.rustc().value_or("rustc"));
+  auto front = find_program(rustc_name);
+  std::string key = (front ? stat_key(*front) : rustc_name) + "|" +
+                    env_or(env, "CARGO", "cargo") + "|" + env_or(env, "RUSTDOC", "") + "|" +
+                    config.rustdoc().value_or("") + "|" + env_or(env, "PATH", "") + "|" +
+                    selection_key(cwd, env);
+  json cached;
+  std::error_code ec;
+  try {
+    if (fs::exists(cache_file, ec)) {
+      cached = json::parse(read_file(cache_file));
+    }
+  } catch (const std::exception&) {
+    cached = json();
+  }
+  if (cached.is_object() && cached.value("key", "") == key &&
+      cached.value("rustc_key", "") == stat_key(cached.value("rustc", ""))) {
+    t->rustc = cached.at("rustc").get<std::string>();
+    t->rustdoc = cached.at("rustdoc").get<std::string>();
+    t->cargo = cached.at("cargo").get<std::string>();
+    t->sysroot = cached.at("sysroot").get<std::string>();
+    t->version = cached.at("version").get<std::string>();
+    t->host = cached.at("host").get<std::string>();
+    t->linker = cached.at("linker").get<std::string>();
+  } else {
+    detect_programs(*t, cwd, config, env);
+  }
+  // Contents: every file's metadata is looked at each time (a changed byte
+  // changes a file's times), its bytes only when they changed.
+  t->identity = compiler_identity(*t, *t->digests);
+  std::string linker_version, linker_key;
+  if (!t->linker.empty()) {
+    fs::path real = fs::canonical(t->linker);
+    linker_key = stat_key(real);
+    linker_version = cached.is_object() && cached.value("linker_key", "") == linker_key
+                       ? cached.value("linker_version", "")
+                       : capture({t->linker.string(), "--version"});
+    t->linker_identity = linker_version.substr(0, linker_version.find('\n')) + " " +
+                         digest_text(*t->digests, real);
+  }
+  t->digests->save();
+  json record = {{"key", key},           {"rustc", t->rustc.string()},
+                 {"rustc_key", stat_key(t->rustc)}, {"rustdoc", t->rustdoc.string()},
+                 {"cargo", t->cargo.string()},      {"sysroot", t->sysroot.string()},
+                 {"version", t->version},           {"host", t->host},
+                 {"linker", t->linker.string()},    {"linker_key", linker_key},
+                 {"linker_version", linker_version}};
+  if (record != cached) {
+    try {
+      fs::create_directories(state_dir);
+      write_file_atomic(cache_file, record.dump());
+    } catch (const std::exception&) {
+      // Only a cache.
+    }
+  }
+  return t;
+}
+
+} // namespace kiln::cargo
