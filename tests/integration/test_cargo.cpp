@@ -363,7 +363,7 @@ TEST_CASE("cargo frontend: real crates build, behave as cargo's binary, and come
   INFO(cold.err);
   REQUIRE(cold.status == 0);
   // The same rustc command lines as cargo's (paths and hashes aside).
-  test::check_same_rustc_lines({cargo_build, cold}, "examples/rust-app");
+  test::check_same_rustc_lines({cargo_build, cold, {}, {}}, "examples/rust-app");
   auto cold_units = json_lines(cold.out);
   CHECK(cold_units.size() == 74);
   fs::path kiln_bin = app / "target" / "kiln" / "debug" / "logsum";

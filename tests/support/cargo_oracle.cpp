@@ -131,6 +131,8 @@ build_with_both(const fs::path& project, const std::vector<std::string>& flags,
   std::vector<std::string> cargo = {"cargo", command, "-v"};
   cargo.insert(cargo.end(), flags.begin(), flags.end());
   OracleRun run;
+  run.cargo_target_dir = scratch / ("cargo-target-" + n);
+  run.store = scratch / ("store-" + n);
   run.cargo = test::run(cargo, with_target);
   std::vector<std::string> kiln = {"--store", (scratch / ("store-" + n)).string(), command, "-v"};
   kiln.insert(kiln.end(), flags.begin(), flags.end());

@@ -23,6 +23,8 @@ struct OracleRun
 {
   RunResult cargo;
   RunResult kiln;
+  fs::path cargo_target_dir;   // cargo's CARGO_TARGET_DIR
+  fs::path store;              // kiln's store
 };
 
 // Build `project` with `cargo <command> -v FLAGS` (its own target folder)
