@@ -199,6 +199,17 @@ CargoOutput::print_line(const std::string& text) const
 
 namespace {
 
+// rustc's closing counts ("2 warnings emitted", "aborting due to ..."),
+// which cargo does not pass on.
+bool
+is_summary(const json& d)
+{
+  std::string message = d.value("message", "");
+  bool spanless = d.value("spans", json::array()).empty();
+  return spanless && (message.starts_with("aborting due to") ||
+                      message.ends_with("warning emitted") || message.ends_with("warnings emitted"));
+}
+
 // rustc's diagnostics kept in a unit's output, one JSON object a line.
 std::vector<json>
 stored_diagnostics(const fs::path& output)
@@ -212,7 +223,7 @@ stored_diagnostics(const fs::path& output)
   std::istringstream lines(read_file(file));
   for (std::string line; std::getline(lines, line);) {
     json d = json::parse(line, nullptr, false);
-    if (d.is_object()) {
+    if (d.is_object() && !is_summary(d)) {
       out.push_back(std::move(d));
     }
   }

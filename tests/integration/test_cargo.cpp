@@ -471,3 +471,74 @@ TEST_CASE("cargo frontend: real crates build, behave as cargo's binary, and come
   CHECK(sources == std::vector<std::string>{"rust-app-0.1.0-src"});
   CHECK(drvs.empty());
 }
+
+TEST_CASE("cargo frontend: --message-format json gives cargo's messages, also for fresh units",
+          "[cargo]")
+{
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  // A warning to report.
+  test::write_file(ws / "winonly" / "src" / "lib.rs",
+                   "pub fn unused() { let never_used = 1; }\n");
+  auto message_set = [](const std::string& out) {
+    std::multiset<std::string> set;
+    bool finished = false;
+    for (const auto& m : json_lines(out)) {
+      std::string reason = m["reason"];
+      if (reason == "compiler-artifact") {
+        set.insert(reason + " " + m["package_id"].get<std::string>() + " " +
+                   m["target"]["name"].get<std::string>() + " " + m["target"]["kind"].dump() + " " +
+                   m["features"].dump() + " " + m["profile"].dump() + " " +
+                   (m["executable"].is_null() ? "lib" : "exe"));
+      } else if (reason == "build-script-executed") {
+        set.insert(reason + " " + m["package_id"].get<std::string>() + " " + m["cfgs"].dump() +
+                   " " + m["linked_libs"].dump());
+      } else if (reason == "compiler-message") {
+        set.insert(reason + " " + m["package_id"].get<std::string>() + " " +
+                   m["message"]["message"].get<std::string>());
+      } else if (reason == "build-finished") {
+        finished = m["success"].get<bool>();
+      }
+    }
+    CHECK(finished);
+    return set;
+  };
+  test::RunOptions in_ws;
+  in_ws.cwd = ws;
+  in_ws.env["CARGO_TARGET_DIR"] = (dir / "cargo-target").string();
+  auto cargo = test::run({"cargo", "build", "--message-format", "json"}, in_ws);
+  REQUIRE(cargo.status == 0);
+  std::string store = (dir / "store").string();
+  auto first = kiln_in(ws, {"--store", store, "build", "-q", "--message-format", "json"});
+  INFO(first.err);
+  REQUIRE(first.status == 0);
+  auto want = message_set(cargo.out);
+  CHECK(message_set(first.out) == want);
+  CHECK(want.count("compiler-message path+file://" + ws.string() +
+                   "/winonly#0.1.0 unused variable: `never_used`") == 1);
+  // Every file named exists; the binaries are executables.
+  for (const auto& m : json_lines(first.out)) {
+    if (m["reason"] == "compiler-artifact") {
+      for (const auto& f : m["filenames"]) {
+        CHECK(fs::exists(f.get<std::string>()));
+      }
+      CHECK(m["fresh"] == false);
+    }
+  }
+  // Nothing to build: the same messages, fresh, diagnostics replayed.
+  auto again = kiln_in(ws, {"--store", store, "build", "-q", "--message-format", "json"});
+  REQUIRE(again.status == 0);
+  CHECK(message_set(again.out) == want);
+  for (const auto& m : json_lines(again.out)) {
+    if (m["reason"] == "compiler-artifact") {
+      CHECK(m["fresh"] == true);
+    }
+  }
+  // json-render-diagnostics: the warning on stderr as rustc renders it.
+  auto rendered = kiln_in(ws, {"--store", store, "build", "--message-format", "json-render-diagnostics"});
+  CHECK_THAT(rendered.err, Catch::Contains("warning: unused variable: `never_used`"));
+  CHECK(rendered.out.find("compiler-message") == std::string::npos);
+  // Human output replays the warning of a fresh unit too.
+  auto human = kiln_in(ws, {"--store", store, "build"});
+  CHECK_THAT(human.err, Catch::Contains("warning: unused variable: `never_used`"));
+}

@@ -8,8 +8,12 @@
 #include "support/cargo_oracle.hpp"
 #include "support/test_support.hpp"
 
+#include <kiln/util/io.hpp>
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+
+#include <algorithm>
 
 using namespace kiln;
 using test::TempDir;
@@ -163,4 +167,114 @@ TEST_CASE("cargo configuration: what kiln does not honour is refused by name", "
   CHECK(r.status == 0);
   CHECK_THAT(r.err, Catch::Contains("warning: ignoring build.rustc-wrapper = 'sccache'") &&
                       Catch::Contains("CARGO_INCREMENTAL"));
+}
+
+namespace {
+
+// A copy of the running toolchain's sysroot that rustc accepts as its own:
+// rustc and its libraries hard-linked (rustc finds its sysroot from where
+// librustc_driver really is), the standard library symlinked, except one
+// small file of it, copied — and changed by one byte when `changed`.
+fs::path
+fake_toolchain(const fs::path& where, bool changed)
+{
+  fs::path real = test::output_of(test::run({"rustc", "--print", "sysroot"}), "rustc --print sysroot");
+  fs::create_directories(where / "bin");
+  fs::create_hard_link(real / "bin" / "rustc", where / "bin" / "rustc");
+  fs::create_directories(where / "lib");
+  for (const auto& entry : fs::directory_iterator(real / "lib")) {
+    if (entry.is_regular_file() && !entry.is_symlink()) {
+      fs::create_hard_link(entry.path(), where / "lib" / entry.path().filename());
+    } else if (entry.is_symlink()) {
+      fs::copy_symlink(entry.path(), where / "lib" / entry.path().filename());
+    }
+  }
+  std::string host;
+  for (const auto& entry : fs::directory_iterator(real / "lib" / "rustlib")) {
+    if (entry.is_directory() && fs::exists(entry.path() / "lib")) {
+      host = entry.path().filename();
+    }
+  }
+  fs::path from = real / "lib" / "rustlib" / host, to = where / "lib" / "rustlib" / host;
+  std::optional<fs::path> smallest;
+  for (const auto& entry : fs::recursive_directory_iterator(from)) {
+    fs::path rel = entry.path().lexically_relative(from);
+    if (entry.is_directory() && !entry.is_symlink()) {
+      fs::create_directories(to / rel);
+    } else {
+      fs::create_directories((to / rel).parent_path());
+      fs::create_symlink(entry.path(), to / rel);
+      if (rel.string().ends_with(".rmeta") && rel.string().find("profiler_builtins") != std::string::npos) {
+        smallest = rel;
+      }
+    }
+  }
+  REQUIRE(smallest);
+  fs::remove(to / *smallest);
+  std::string bytes = read_file(from / *smallest);
+  if (changed) {
+    bytes.back() ^= 1;
+  }
+  test::write_file(to / *smallest, bytes);
+  return where / "bin" / "rustc";
+}
+
+std::string
+explained_path(const fs::path& proj, const fs::path& store, const std::map<std::string, std::string>& env)
+{
+  test::RunOptions options;
+  options.cwd = proj;
+  options.env = env;
+  auto r = test::kiln({"--store", store.string(), "build", "--explain", "lib1"}, options);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  auto at = r.out.find("/kiln/store/");
+  REQUIRE(at != std::string::npos);
+  return r.out.substr(at, r.out.find(' ', at) - at);
+}
+
+} // namespace
+
+TEST_CASE("the toolchain by content: one changed byte in its standard library changes the outputs",
+          "[cargo][config]")
+{
+  TempDir dir;
+  fs::path sysroot = test::output_of(test::run({"rustc", "--print", "sysroot"}), "sysroot");
+  std::error_code ec;
+  fs::create_hard_link(sysroot / "bin" / "rustc", dir / "probe", ec);
+  if (ec) {
+    test::skip("the toolchain and $TMPDIR are on different file systems (no hard links): " +
+               ec.message());
+    return;
+  }
+  fs::path proj = make_project(dir);
+  std::map<std::string, std::string> env = {{"CARGO_HOME", (dir / "home").string()}};
+  std::string real = explained_path(proj, dir / "store", env);
+  auto with = [&](const fs::path& rustc) {
+    auto e = env;
+    e["RUSTC"] = rustc.string();
+    return explained_path(proj, dir / "store", e);
+  };
+  std::string a = with(fake_toolchain(dir / "tc-a", false));
+  std::string a_again = with(fake_toolchain(dir / "tc-a2", false));
+  std::string b = with(fake_toolchain(dir / "tc-b", true));
+  CHECK(a == a_again);   // the same bytes wherever they are: the same outputs
+  CHECK(a != b);         // one byte apart: never the same output
+  CHECK(real != a);
+}
+
+TEST_CASE("offline with dependencies not downloaded: say to run cargo fetch", "[cargo][config]")
+{
+  TempDir dir;
+  test::write_file(dir / "p" / "Cargo.toml", "[package]\nname = \"p\"\nversion = \"0.1.0\"\n"
+                                             "edition = \"2021\"\n[dependencies]\nitoa = \"1\"\n");
+  test::write_file(dir / "p" / "src" / "main.rs", "fn main() {}\n");
+  test::RunOptions options;
+  options.cwd = dir / "p";
+  options.env["CARGO_HOME"] = (dir / "empty-home").string();
+  auto r = test::kiln({"--store", (dir / "store").string(), "build", "--offline"}, options);
+  CHECK(r.status == 1);
+  CHECK_THAT(r.err, Catch::Contains("cargo fetch") && Catch::Contains("offline"));
+  // One line, not cargo's page of advice.
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') <= 2);
 }

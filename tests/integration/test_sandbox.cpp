@@ -87,7 +87,7 @@ have_namespaces()
   if (detect_sandbox_support() == SandboxMode::namespaces) {
     return true;
   }
-  WARN("namespaces are unavailable here; skipping the namespaces part of this test");
+  test::skip("user namespaces are unavailable here; the namespaces part of this test did not run");
   return false;
 }
 
@@ -151,6 +151,7 @@ seconds_since(std::chrono::steady_clock::time_point start)
 TEST_CASE("a sandboxed build writes its output from an input", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -178,6 +179,7 @@ TEST_CASE("a sandboxed build sees only its declared environment and the allowlis
           "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -224,6 +226,7 @@ TEST_CASE("a sandboxed build starts in an empty /build, as uid 1000, on host 'lo
           "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -241,6 +244,7 @@ TEST_CASE("a sandboxed build starts in an empty /build, as uid 1000, on host 'lo
 TEST_CASE("a sandboxed build sees its tools with what they need to run", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -265,6 +269,7 @@ TEST_CASE("a sandboxed build sees its tools with what they need to run", "[sandb
 TEST_CASE("a sandboxed build sees only the store paths it declared", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -284,6 +289,7 @@ TEST_CASE("a sandboxed build sees only the store paths it declared", "[sandbox]"
 TEST_CASE("a sandboxed build cannot reach the network", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -326,6 +332,7 @@ TEST_CASE("a sandboxed build cannot reach the network", "[sandbox]")
 TEST_CASE("a sandboxed build cannot write outside its outputs", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -403,6 +410,7 @@ TEST_CASE("a sandboxed build cannot write outside its outputs", "[sandbox]")
 TEST_CASE("processes a sandboxed build leaves running are killed", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -423,6 +431,7 @@ TEST_CASE("processes a sandboxed build leaves running are killed", "[sandbox]")
 TEST_CASE("a sandboxed build dies with the kiln process running it", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -459,6 +468,7 @@ TEST_CASE("a sandboxed build dies with the kiln process running it", "[sandbox]"
 TEST_CASE("sandboxed builds are killed at their timeout and max-silent-time", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -505,6 +515,7 @@ TEST_CASE("sandboxed builds are killed at their timeout and max-silent-time", "[
 TEST_CASE("a failing sandboxed build reports its exit status and log tail", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;
@@ -548,6 +559,7 @@ TEST_CASE("a failing sandboxed build reports its exit status and log tail", "[sa
 TEST_CASE("sandboxed builds run side by side", "[sandbox]")
 {
   if (!have_namespaces()) {
+    test::skip("user namespaces are unavailable here: the namespaces sandbox cannot be tested");
     return;
   }
   Fixture f;

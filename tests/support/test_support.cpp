@@ -149,6 +149,28 @@ run(const std::vector<std::string>& argv, const RunOptions& options)
   return result;
 }
 
+namespace {
+std::vector<std::string>&
+skip_list()
+{
+  static std::vector<std::string> list;
+  return list;
+}
+} // namespace
+
+void
+skip(const std::string& reason)
+{
+  WARN("skipped: " << reason);
+  skip_list().push_back(reason);
+}
+
+const std::vector<std::string>&
+skips()
+{
+  return skip_list();
+}
+
 std::string
 kiln_binary()
 {

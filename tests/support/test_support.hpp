@@ -67,6 +67,11 @@ RunResult kiln(const std::vector<std::string>& args, const RunOptions& options =
 // Path of the kiln binary under test.
 std::string kiln_binary();
 
+// Record that this test skips work it cannot do on this machine (and WARN):
+// the run then exits 77, which ctest reports as a skip, not a pass.
+void skip(const std::string& reason);
+const std::vector<std::string>& skips();
+
 // Whether `program` is on PATH.
 bool have_program(const std::string& program);
 
