@@ -537,7 +537,7 @@ private:
   void
   push(const StorePath& drv_path, const std::vector<StorePath>& outputs)
   {
-    if (!m_options.push_to) {
+    if (!m_options.push_to || !m_frontend.may_push(drv_path)) {
       return;
     }
     PushOptions push_options;
@@ -604,6 +604,12 @@ bool
 Frontend::may_start_early(const StorePath&, const StorePath&) const
 {
   return false;
+}
+
+bool
+Frontend::may_push(const StorePath&) const
+{
+  return true;
 }
 
 std::string

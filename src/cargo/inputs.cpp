@@ -102,6 +102,8 @@ to_json_value(const UnitInputs& i)
           {"primary", i.primary},
           {"tool_args", i.tool_args},
           {"config_env", i.config_env},
+          {"host_env", i.host_env},
+          {"host_files", i.host_files},
           {"bin_exes", i.bin_exes},
           {"externs", externs},
           {"library_closure", i.library_closure},
@@ -157,6 +159,8 @@ inputs_from_json(const std::string& text)
   i.primary = j.at("primary");
   i.tool_args = j.at("tool_args").get<std::vector<std::string>>();
   i.config_env = j.at("config_env").get<std::map<std::string, std::string>>();
+  i.host_env = j.at("host_env").get<std::map<std::string, std::string>>();
+  i.host_files = j.at("host_files").get<std::map<std::string, std::string>>();
   i.bin_exes = j.at("bin_exes").get<std::map<std::string, std::string>>();
   for (const auto& e : j.at("externs")) {
     i.externs.push_back({e.at("name"), e.at("output"), e.at("file")});
@@ -510,6 +514,10 @@ json
 run_instructions(const UnitInputs& i)
 {
   json env = process_env(i);
+  // The caller's variables the script reads, as cargo passes them on.
+  for (const auto& [k, v] : i.host_env) {
+    env[k] = v;
+  }
   // What cargo tells a build script (src/compiler/custom_build.rs).
   for (const auto& [k, v] : i.cfg) {
     env[k] = v;

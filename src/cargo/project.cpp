@@ -1,6 +1,7 @@
 #include <kiln/cargo/project.hpp>
 
 #include "cargo_queries.hpp"
+#include "host_reads.hpp"
 
 #include <kiln/hash/hash.hpp>
 #include <kiln/util/io.hpp>
@@ -32,6 +33,7 @@ to_string(CargoCommand command)
 }
 
 void CargoObserver::planned(const Plan&, const InstantiatedPlan&) {}
+void CargoObserver::note(const std::string&) {}
 
 bool
 CargoBuild::succeeded() const
@@ -161,6 +163,31 @@ check_bootstrap_cfgs(const Workspace& ws, const Plan& plan, const Toolchain& too
   }
 }
 
+// A host file a build script read, as it is here: its content (through
+// symlinks), or that it is a folder, or missing.
+std::string
+host_file_identity(const fs::path& file, DigestCache& digests)
+{
+  std::error_code ec;
+  fs::path real = fs::canonical(file, ec);
+  if (ec) {
+    return "missing";
+  }
+  if (fs::is_directory(real, ec)) {
+    return "folder";
+  }
+  return digests.digest(real).nar_hash.to_string(HashFormat::nix32, true);
+}
+
+// A host path a build script only looked at: whether it is there.
+std::string
+host_file_presence(const fs::path& file)
+{
+  std::error_code ec;
+  auto status = fs::status(file, ec);
+  return ec || !fs::exists(status) ? "missing" : fs::is_directory(status) ? "folder" : "present";
+}
+
 std::vector<std::string>
 unit_graph_argv(const CargoRequest& request, const fs::path& cargo)
 {
@@ -226,17 +253,64 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir)
 InstantiatedPlan
 CargoProject::instantiate(LocalStore& store) const
 {
-  InstantiateContext context{m_workspace, m_plan, *m_toolchain, *m_build_config, m_state_dir, "", {}};
+  InstantiateContext context{m_workspace, m_plan, *m_toolchain, *m_build_config, m_state_dir, "", {}, {}};
+  HostReadsRecord record(m_state_dir / "host-reads.json");
+  const Environment& env = m_request.env;
+  context.host_inputs = [&](const CargoPackage& pkg, UnitInputs& run) {
+    const HostReads& reads = record.of(pkg.name + " " + pkg.version);
+    for (const auto& name : reads.env) {
+      if (auto it = env.find(name); it != env.end()) {
+        run.host_env[name] = it->second;
+      }
+    }
+    for (const auto& file : reads.probes) {
+      run.host_files[file] = host_file_presence(file);
+    }
+    for (const auto& file : reads.files) {
+      run.host_files[file] = host_file_identity(file, *m_toolchain->digests);
+    }
+  };
   if (m_request.command == CargoCommand::clippy) {
     context.clippy = m_toolchain->program_identity(m_toolchain->sysroot / "bin" / "clippy-driver");
     context.clippy_args = m_request.clippy_args;
   }
-  return instantiate_plan(store, context);
+  InstantiatedPlan made = instantiate_plan(store, context);
+  m_toolchain->digests->save();
+  return made;
+}
+
+namespace {
+
+// Learn what this build's build scripts read of the host; true if a run's
+// identity changes with it (it must then be run again, with it).
+bool
+learn_host_reads(const CargoProject& project, const CargoBuild& build, LocalStore& store,
+                 CargoObserver& observer)
+{
+  HostReadsRecord record(project.state_dir() / "host-reads.json");
+  bool again = false;
+  for (size_t i = 0; i < project.plan().units.size(); ++i) {
+    const Unit& u = project.plan().units[i];
+    const StorePath& out = build.units.units[i].out;
+    if (u.mode != UnitMode::run_custom_build || !store.is_valid(out)) {
+      continue;
+    }
+    std::string package = u.package->name + " " + u.package->version;
+    if (record.learn(package, store.physical_path(out), store.store_dir().path(),
+                     project.request().env)) {
+      observer.note("the build script of " + package +
+                    " reads more of this machine than kiln knew (its environment variables or "
+                    "files): running it again with them");
+      again = true;
+    }
+  }
+  record.save();
+  return again;
 }
 
 CargoBuild
-build_project(LocalStore& store, const CargoProject& project, const BuildOptions& options,
-              CargoObserver& observer)
+build_once(LocalStore& store, const CargoProject& project, const BuildOptions& options,
+           CargoObserver& observer)
 {
   CargoBuild build;
   build.units = project.instantiate(store);
@@ -244,8 +318,28 @@ build_project(LocalStore& store, const CargoProject& project, const BuildOptions
   for (size_t r : project.plan().roots) {
     build.roots.push_back(build.units.units[r].drv);
   }
-  UnitFrontend frontend(store, project.plan(), build.units, project.toolchain(), options.jobs);
+  UnitFrontend frontend(store, project.plan(), build.units, project.toolchain(), options.jobs,
+                        &project.request().env);
   build.result = build_derivations(store, build.roots, options, frontend, observer);
+  return build;
+}
+
+} // namespace
+
+CargoBuild
+build_project(LocalStore& store, const CargoProject& project, const BuildOptions& options,
+              CargoObserver& observer)
+{
+  CargoBuild build = build_once(store, project, options, observer);
+  // A build script seen reading more of the host than its identity held: its
+  // output is this machine's, so the run is made again under an identity
+  // that says what it read (once per package and version; kiln remembers).
+  // What it reads may depend on what it is given: a few rounds at most.
+  for (int round = 0; round < 3 && build.succeeded() &&
+                      learn_host_reads(project, build, store, observer);
+       ++round) {
+    build = build_once(store, project, options, observer);
+  }
   return build;
 }
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <set>
 #include <functional>
 #include <iostream>
 #include <iterator>
@@ -41,7 +42,8 @@ parse_build_script_output(const std::string& stdout_text, std::string& error,
   json d = {{"cfgs", json::array()},        {"check_cfgs", json::array()},
             {"env", json::array()},         {"link_libs", json::array()},
             {"link_search", json::array()}, {"link_args", json::array()},
-            {"metadata", json::array()}};
+            {"metadata", json::array()},    {"env_reads", json::array()},
+            {"file_reads", json::array()}};
   std::istringstream lines(stdout_text);
   for (std::string line; std::getline(lines, line);) {
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) {
@@ -106,8 +108,16 @@ parse_build_script_output(const std::string& stdout_text, std::string& error,
       if (error.empty()) {
         error = value;
       }
-    } else if (key == "rerun-if-changed" || key == "rerun-if-env-changed") {
-      // Freshness only: kiln's keys are content hashes.
+    } else if (key == "rerun-if-env-changed") {
+      // What the script reads of the caller's environment: kiln passes such
+      // a variable on (in the run's identity) once it knows of it.
+      d["env_reads"].push_back(value);
+    } else if (key == "rerun-if-changed") {
+      // Files of the host the script reads (those of its package are in its
+      // sources already).
+      if (value.starts_with("/")) {
+        d["file_reads"].push_back(value);
+      }
     } else if (key == "metadata") {
       auto e = value.find('=');
       if (e != std::string::npos) {
@@ -309,6 +319,60 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
   return 0;
 }
 
+// Trace the host files the build script (and what it runs) reads: preload
+// libkiln-trace.so (KILN_UNIT_TRACE) with the trace file in the build folder.
+std::optional<fs::path>
+trace_host_reads(std::map<std::string, std::string>& env)
+{
+  const char* shim = std::getenv("KILN_UNIT_TRACE");
+  const char* top = std::getenv("NIX_BUILD_TOP");
+  std::error_code ec;
+  if (!shim || !*shim || !fs::exists(shim, ec)) {
+    return std::nullopt;
+  }
+  fs::path trace = fs::path(top ? top : "/tmp") / "kiln-host-reads";
+  env["LD_PRELOAD"] = shim;
+  env["KILN_TRACE_FILE"] = trace.string();
+  const char* ignore = std::getenv("KILN_UNIT_TRACE_IGNORE");
+  env["KILN_TRACE_IGNORE"] = ignore ? ignore : "";
+  const char* keep = std::getenv("KILN_UNIT_TRACE_KEEP");
+  env["KILN_TRACE_KEEP"] = keep ? keep : "";
+  return trace;
+}
+
+// The directives with the traced host paths added: `file_reads` (content
+// read) and `file_probes` (only looked at).
+std::string
+with_traced_reads(const std::string& directives_text, const fs::path& trace)
+{
+  json d = json::parse(directives_text);
+  std::set<std::string> reads, probes;
+  for (const auto& f : d["file_reads"]) {
+    reads.insert(f.get<std::string>());
+  }
+  std::error_code ec;
+  if (fs::exists(trace, ec)) {
+    std::istringstream lines(read_file(trace));
+    for (std::string line; std::getline(lines, line);) {
+      if (line.size() < 3) {
+        continue;
+      }
+      std::string path = fs::path(line.substr(2)).lexically_normal().string();
+      while (path.size() > 1 && path.back() == '/') {
+        path.pop_back();
+      }
+      (line[0] == 'r' ? reads : probes).insert(path);
+    }
+  }
+  for (const auto& r : reads) {
+    probes.erase(r);
+  }
+  d["file_reads"] = reads;
+  d["file_probes"] = probes;
+  d["traced"] = true;
+  return d.dump(1);
+}
+
 int
 run_build_script(const json& spec, const std::map<std::string, std::string>& values,
                  const std::string& out)
@@ -329,6 +393,7 @@ run_build_script(const json& spec, const std::map<std::string, std::string>& val
   fs::path output = fs::path(out) / "output";
   std::vector<std::string> argv = {substitute(spec.at("program").get<std::string>(), values)};
   announce_command(argv, spec.at("cwd"));
+  std::optional<fs::path> trace = trace_host_reads(env);
   int status = run(argv, spec.at("cwd"), env, output);
   std::string text = read_file(output);
   if (status != 0) {
@@ -339,6 +404,9 @@ run_build_script(const json& spec, const std::map<std::string, std::string>& val
   std::string error;
   std::vector<std::string> warnings;
   std::string directives = parse_build_script_output(text, error, warnings);
+  if (trace) {
+    directives = with_traced_reads(directives, *trace);
+  }
   for (const auto& w : warnings) {
     std::cerr << "warning: " << spec.at("package").get<std::string>() << ": " << w << "\n";
   }

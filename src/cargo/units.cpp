@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 
 namespace kiln::cargo {
 
@@ -315,6 +316,9 @@ private:
   run_inputs(size_t index, UnitInputs& in)
   {
     const Unit& u = m_ctx.plan.units[index];
+    if (m_ctx.host_inputs) {
+      m_ctx.host_inputs(*u.package, in);
+    }
     for (const auto& [name, value] : cfg(u)) {
       std::string key = "CARGO_CFG_" + envify(name);
       auto& v = in.cfg[key];
@@ -432,6 +436,35 @@ world_enterable(const fs::path& dir)
   return true;
 }
 
+// The host paths a build-script run reads outside the folders every build
+// sees: those its passed-on variables name (PKG_CONFIG_PATH=/opt/x/pkgconfig)
+// and the files it was seen reading.
+std::vector<fs::path>
+host_paths_of(const UnitInputs& run)
+{
+  static const std::vector<std::string> always = {"/usr/", "/bin/", "/lib/", "/lib64/", "/etc/alternatives/"};
+  std::set<fs::path> paths;
+  auto add = [&](const std::string& p) {
+    std::error_code ec;
+    if (p.starts_with("/") && fs::exists(p, ec) &&
+        std::none_of(always.begin(), always.end(), [&](const std::string& a) { return p.starts_with(a); })) {
+      paths.insert(p);
+    }
+  };
+  for (const auto& [name, value] : run.host_env) {
+    std::istringstream parts(value);
+    for (std::string part; std::getline(parts, part, ':');) {
+      add(part);
+    }
+  }
+  for (const auto& [path, identity] : run.host_files) {
+    if (identity != "missing" && identity != "folder") {
+      add(path);
+    }
+  }
+  return {paths.begin(), paths.end()};
+}
+
 } // namespace
 
 void
@@ -531,8 +564,8 @@ describe(const Unit& u)
 }
 
 UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
-                           const Toolchain& toolchain, unsigned jobs)
-  : m_store(store), m_plan(plan), m_units(units), m_toolchain(toolchain), m_jobs(jobs)
+                           const Toolchain& toolchain, unsigned jobs, const Environment* env)
+  : m_store(store), m_plan(plan), m_units(units), m_toolchain(toolchain), m_jobs(jobs), m_env(env)
 {
   for (size_t i = 0; i < units.units.size(); ++i) {
     m_unit_of.emplace(units.units[i].drv, i);
@@ -585,6 +618,37 @@ UnitFrontend::may_start_early(const StorePath& dependent, const StorePath& input
   return d && i && reads_metadata_only(m_plan.units[*d]) && compiles_to_rlib(m_plan.units[*i]);
 }
 
+bool
+UnitFrontend::may_push(const StorePath& drv) const
+{
+  auto unit = unit_of(drv);
+  if (!unit) {
+    return true;
+  }
+  std::lock_guard guard(m_push_mutex);
+  std::function<bool(size_t)> pushable = [&](size_t i) {
+    auto known = m_pushable.find(i);
+    if (known != m_pushable.end()) {
+      return known->second;
+    }
+    bool ok = true;
+    const Unit& u = m_plan.units[i];
+    if (u.mode == UnitMode::run_custom_build && m_store.is_valid(m_units.units[i].out)) {
+      static const Environment none;
+      ok = unrecorded_host_reads(m_units.units[i].inputs,
+                                 m_store.physical_path(m_units.units[i].out),
+                                 m_store.store_dir().path(), m_env ? *m_env : none)
+             .empty();
+    }
+    for (const auto& dep : u.deps) {
+      ok = ok && pushable(dep.unit);
+    }
+    m_pushable[i] = ok;
+    return ok;
+  };
+  return pushable(*unit);
+}
+
 std::string
 UnitFrontend::describe(const StorePath& drv) const
 {
@@ -603,11 +667,27 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
   m_units.materialize(m_store, derivation_path(drv, m_store.store_dir()));
   spec.builder = m_helper.empty() ? m_self.string() : m_helper.string();
   spec.args = m_helper.empty() ? std::vector<std::string>{"__rust-unit"} : std::vector<std::string>{};
+  // The inputs are for people (why-rebuild, --explain): the builder follows
+  // the instructions derived from them, and a big list of host files would
+  // not fit in an environment variable.
+  spec.env.erase(k_inputs_env);
   spec.env["KILN_UNIT_RUSTC"] = m_toolchain.rustc.string();
   spec.env["KILN_UNIT_RUSTDOC"] = m_toolchain.rustdoc.string();
   spec.env["KILN_UNIT_CARGO"] = m_toolchain.cargo.string();
   spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, m_jobs));
   spec.env["KILN_UNIT_CLIPPY_DRIVER"] = (m_toolchain.sysroot / "bin" / "clippy-driver").string();
+  // Build scripts run with libkiln-trace.so preloaded, to learn the host
+  // files they read; what is kiln's or the toolchain's is not the host's.
+  fs::path shim = (m_helper.empty() ? m_self : m_helper).parent_path() / "libkiln-trace.so";
+  std::error_code shim_ec;
+  if (fs::exists(shim, shim_ec)) {
+    spec.env["KILN_UNIT_TRACE"] = shim.string();
+    spec.env["KILN_UNIT_TRACE_IGNORE"] =
+      m_store.store_dir().path() + ":" + m_store.root().string() + ":" +
+      m_toolchain.sysroot.string() + ":" +
+      (m_helper.empty() ? m_self : m_helper).parent_path().string() + ":" +
+      m_toolchain.cargo.parent_path().string();
+  }
   // The toolchain and the host's C toolchain (rustc links with cc), read-only.
   // Folders first: what lies inside them (kiln's own libraries) is covered.
   // The builder program as its folder when the builder's user may enter
@@ -628,16 +708,27 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
     }
   }
   spec.tools.insert(spec.tools.end(), declared.begin(), declared.end());
+  if (spec.env.count("KILN_UNIT_TRACE")) {
+    spec.tools.push_back(spec.env["KILN_UNIT_TRACE"]);
+  }
   if (!m_toolchain.cargo.empty() &&
       !m_toolchain.cargo.string().starts_with(m_toolchain.sysroot.string())) {
     spec.tools.push_back(m_toolchain.cargo);
   }
-  // A linker named in cargo's configuration, wherever it is.
   if (auto unit = unit_of(derivation_path(drv, m_store.store_dir()))) {
-    const std::string& linker = m_units.units[*unit].inputs.linker_path;
-    if (auto found = linker.empty() ? std::nullopt : find_program(linker)) {
+    const UnitInputs& inputs = m_units.units[*unit].inputs;
+    // A linker named in cargo's configuration, wherever it is.
+    if (auto found = inputs.linker_path.empty() ? std::nullopt : find_program(inputs.linker_path)) {
       spec.tools.push_back(*found);
     }
+    // What a build script reads of the host, visible where it is, as under
+    // cargo: the paths its variables name and the files it was seen reading.
+    std::string keep;
+    for (const auto& path : host_paths_of(inputs)) {
+      spec.tools.push_back(path);
+      keep += (keep.empty() ? "" : ":") + path.string();
+    }
+    spec.env["KILN_UNIT_TRACE_KEEP"] = keep;
   }
 }
 

@@ -65,8 +65,20 @@ CargoOutput::CargoOutput(const cargo::CargoProject& project, LocalStore& store, 
 void
 CargoOutput::planned(const cargo::Plan&, const cargo::InstantiatedPlan& units)
 {
+  // A second round (a build script read more of the host than known)
+  // starts the counts again.
+  m_unit_of.clear();
+  m_built = m_substituted = m_running = m_finished = 0;
   for (size_t i = 0; i < units.units.size(); ++i) {
     m_unit_of.emplace(units.units[i].drv, i);
+  }
+}
+
+void
+CargoOutput::note(const std::string& text)
+{
+  if (!m_options.quiet) {
+    print_line("kiln: note: " + text);
   }
 }
 

@@ -32,6 +32,7 @@ public:
   CargoOutput(const cargo::CargoProject& project, LocalStore& store, OutputOptions options);
 
   void planned(const cargo::Plan& plan, const cargo::InstantiatedPlan& units) override;
+  void note(const std::string& text) override;
   void step_started(const StorePath& drv, StepKind kind) override;
   void step_finished(const StorePath& drv, const StepResult& result) override;
   void downloaded(uint64_t bytes) override;

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <sstream>
 
 using namespace kiln;
 using test::TempDir;
@@ -70,6 +71,19 @@ make_project(const TempDir& dir)
                    "[package]\nname = \"cfgdep\"\nversion = \"0.3.0\"\nedition = \"2021\"\n");
   test::write_file(proj / "cfgdep" / "src" / "lib.rs", "pub fn hello() -> &'static str { \"here\" }\n");
   return proj;
+}
+
+std::vector<nlohmann::json>
+json_lines_of(const std::string& text)
+{
+  std::vector<nlohmann::json> out;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty() && line.front() == '{') {
+      out.push_back(nlohmann::json::parse(line));
+    }
+  }
+  return out;
 }
 
 fs::path
@@ -277,4 +291,82 @@ TEST_CASE("offline with dependencies not downloaded: say to run cargo fetch", "[
   CHECK_THAT(r.err, Catch::Contains("cargo fetch") && Catch::Contains("offline"));
   // One line, not cargo's page of advice.
   CHECK(std::count(r.err.begin(), r.err.end(), '\n') <= 2);
+}
+
+TEST_CASE("what a build script reads of the host is part of its identity: a changed pkg-config "
+          "answer is a different output, never shared by mistake",
+          "[cargo][config]")
+{
+  TempDir dir;
+  fs::path pc = dir / "pkgconfig";
+  auto write_pc = [&](const std::string& version) {
+    test::write_file(pc / "foo.pc", "Name: foo\nDescription: test\nVersion: " + version +
+                                      "\nCflags: -DFOO\nLibs:\n");
+  };
+  write_pc("1.0");
+  fs::path proj = dir / "p";
+  test::write_file(proj / "Cargo.toml",
+                   "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+  test::write_file(proj / "build.rs", R"(fn main() {
+    let out = std::process::Command::new("pkg-config").args(["--modversion", "foo"]).output().unwrap();
+    println!("cargo::rustc-env=FOO_VERSION={}", String::from_utf8(out.stdout).unwrap().trim());
+    println!("cargo::rerun-if-env-changed=PKG_CONFIG_PATH");
+}
+)");
+  test::write_file(proj / "src" / "main.rs", "fn main() { println!(\"foo {}\", env!(\"FOO_VERSION\")); }\n");
+  test::RunOptions options;
+  options.cwd = proj;
+  options.env["PKG_CONFIG_PATH"] = pc.string();
+  std::string cache = "file://" + (dir / "cache").string();
+  auto kiln_build = [&](const fs::path& store, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--store", store.string(), "--secret-key-file",
+                                     (dir / "sk").string(), "build", "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = test::kiln(args, options);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    return r;
+  };
+  auto bin_path = [&](const test::RunResult& r) {
+    for (const auto& line : json_lines_of(r.out)) {
+      if (line["kind"] == "bin") {
+        return line["path"].get<std::string>();
+      }
+    }
+    return std::string();
+  };
+  std::string pub = test::output_of(
+    test::kiln({"key", "generate", "ci-1", "--secret-file", (dir / "sk").string()}), "key");
+  auto first = kiln_build(dir / "a", {"--push-to", cache});
+  CHECK_THAT(first.err, Catch::Contains("the build script of p 0.1.0 reads more of this machine"));
+  CHECK(test::run({(proj / "target" / "kiln" / "debug" / "p").string()}).out == "foo 1.0\n");
+  auto cargo = test::run({"cargo", "run", "-q"}, options);
+  CHECK(cargo.out == "foo 1.0\n");
+  std::string v1 = bin_path(first);
+
+  // Nothing changed: nothing run again.
+  auto again = kiln_build(dir / "a");
+  CHECK(again.err.find("Running") == std::string::npos);
+  CHECK(bin_path(again) == v1);
+
+  // Another store with the same host, from the cache: what it learns leads
+  // it to the outputs the first one pushed; what was made before the first
+  // knew what it read never reached the cache.
+  auto fresh = kiln_build(dir / "b", {"--substituters", cache, "--trusted-public-keys", pub});
+  CHECK(bin_path(fresh) == v1);
+  size_t substituted = 0;
+  for (const auto& line : json_lines_of(fresh.out)) {
+    substituted += line["status"] == "substituted";
+    // The run made before kiln knew what it read: built here, not taken.
+    if (line["kind"] == "run-build-script") {
+      CHECK(line["status"] != "substituted");
+    }
+  }
+  CHECK(substituted > 0);
+
+  // The pkg-config answer changes: another output, as cargo would build.
+  write_pc("2.0");
+  auto changed = kiln_build(dir / "a");
+  CHECK(bin_path(changed) != v1);
+  CHECK(test::run({(proj / "target" / "kiln" / "debug" / "p").string()}).out == "foo 2.0\n");
 }

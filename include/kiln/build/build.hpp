@@ -78,6 +78,9 @@ public:
   virtual bool may_start_early(const StorePath& dependent, const StorePath& input) const;
   // A name for progress lines and errors (default: the .drv's name).
   virtual std::string describe(const StorePath& drv) const;
+  // May the outputs of `drv`, just built, go to BuildOptions::push_to? No
+  // when what they depend on is not all in their identity (default: yes).
+  virtual bool may_push(const StorePath& drv) const;
 };
 
 // What a build tells whoever watches it (progress displays, JSON reports).

@@ -83,6 +83,11 @@ struct UnitInputs
   bool primary = false;                   // CARGO_PRIMARY_PACKAGE
   std::vector<std::string> tool_args;     // clippy's arguments (-D warnings)
   std::map<std::string, std::string> config_env;   // [env], as it applies
+  // Build-script runs: what the script was seen to read of the host — the
+  // caller's variables it declares (rerun-if-env-changed) that are set, and
+  // host files (by content) — learned from earlier runs of the package.
+  std::map<std::string, std::string> host_env;
+  std::map<std::string, std::string> host_files;
   std::map<std::string, std::string> bin_exes;     // CARGO_BIN_EXE_<name> → output path
   // What it uses, by output path.
   std::vector<ExternInput> externs;

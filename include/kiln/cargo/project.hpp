@@ -92,6 +92,8 @@ class CargoObserver : public BuildObserver
 public:
   // The units and their derivations, before anything is realised.
   virtual void planned(const Plan& plan, const InstantiatedPlan& units);
+  // Something the one watching should know (one line).
+  virtual void note(const std::string& text);
 };
 
 struct CargoBuild

@@ -14,6 +14,7 @@
 #include <kiln/store/local_store.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -76,6 +77,9 @@ struct InstantiateContext
   // units run through it, with these arguments); empty otherwise.
   std::string clippy;
   std::vector<std::string> clippy_args;
+  // Fills in what a build-script run of the package reads of the host
+  // (UnitInputs::host_env, host_files); unset: nothing.
+  std::function<void(const CargoPackage& package, UnitInputs& run)> host_inputs;
 };
 
 // Compute every unit's inputs and derivation. Source trees are hashed (not
@@ -91,7 +95,7 @@ class UnitFrontend : public Frontend
 {
 public:
   UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
-               const Toolchain& toolchain, unsigned jobs);
+               const Toolchain& toolchain, unsigned jobs, const Environment* env = nullptr);
 
   const Derivation* derivation(const StorePath& drv) const override;
   // Runs kiln-rust-unit (or, without it, this kiln executable as
@@ -103,6 +107,9 @@ public:
   // uses, as cargo does.
   bool may_start_early(const StorePath& dependent, const StorePath& input) const override;
   std::string describe(const StorePath& drv) const override;
+  // Not a build-script run seen reading more of the host than its identity
+  // holds, nor anything built on one: such an output is this machine's.
+  bool may_push(const StorePath& drv) const override;
 
   // The plan's index of the unit `drv` builds, if it is one.
   std::optional<size_t> unit_of(const StorePath& drv) const;
@@ -113,9 +120,19 @@ private:
   const InstantiatedPlan& m_units;
   const Toolchain& m_toolchain;
   unsigned m_jobs;
+  const Environment* m_env;
   std::map<StorePath, size_t> m_unit_of;
   std::filesystem::path m_self;     // this executable
   std::filesystem::path m_helper;   // kiln-rust-unit, if found
+  mutable std::mutex m_push_mutex;
+  mutable std::map<size_t, bool> m_pushable;
 };
+
+// Does a build-script run's output (its directives) show reads of the host
+// beyond what its inputs name (host_files, host_env)? The reads, if so.
+std::vector<std::string> unrecorded_host_reads(const UnitInputs& run,
+                                               const std::filesystem::path& output,
+                                               const std::string& store_dir,
+                                               const Environment& env);
 
 } // namespace kiln::cargo

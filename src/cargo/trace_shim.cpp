@@ -1,0 +1,212 @@
+// libkiln-trace.so: loaded (LD_PRELOAD) into a build script and everything
+// it starts, it records the absolute host paths they open, look at or run —
+// one line each, appended to $KILN_TRACE_FILE — so that kiln knows which
+// host files a build script's output depends on (pkg-config's .pc files, the
+// headers a C compiler reads, a libclang bindgen loads).
+//
+// It only observes: every call goes on to the C library unchanged. It uses
+// no C++ runtime (it is loaded into C programs too) and nothing that could
+// call back into itself: the trace is written with the raw syscall.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace {
+
+// Does `path` start with one of the ':'-separated prefixes in variable `name`?
+bool
+under_any(const char* path, const char* name)
+{
+  const char* list = getenv(name);
+  while (list && *list) {
+    const char* end = strchr(list, ':');
+    size_t len = end ? static_cast<size_t>(end - list) : strlen(list);
+    if (len > 0 && strncmp(path, list, len) == 0) {
+      return true;
+    }
+    list = end ? end + 1 : nullptr;
+  }
+  return false;
+}
+
+// Paths never worth recording: the process's own world and kiln's — except
+// host paths kiln made visible there ($KILN_TRACE_KEEP).
+bool
+ignored(const char* path)
+{
+  if (under_any(path, "KILN_TRACE_KEEP")) {
+    return false;
+  }
+  static const char* const prefixes[] = {"/proc/", "/dev/", "/sys/", "/tmp/", "/build/", "/.kiln/"};
+  for (const char* p : prefixes) {
+    if (strncmp(path, p, strlen(p)) == 0) {
+      return true;
+    }
+  }
+  // $KILN_TRACE_IGNORE: more prefixes (the store, the sysroot).
+  return under_any(path, "KILN_TRACE_IGNORE");
+}
+
+// One line: "r PATH" for a path whose content was read (opened, run,
+// loaded), "s PATH" for one only looked at (stat, access): its existence.
+void
+record_kind(char kind, const char* path)
+{
+  if (!path || path[0] != '/' || ignored(path)) {
+    return;
+  }
+  const char* file = getenv("KILN_TRACE_FILE");
+  if (!file) {
+    return;
+  }
+  char line[4200];
+  size_t len = strlen(path);
+  if (len >= sizeof line - 3) {
+    return;
+  }
+  line[0] = kind;
+  line[1] = ' ';
+  memcpy(line + 2, path, len);
+  line[len + 2] = '\n';
+  long fd = syscall(SYS_open, file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd >= 0) {
+    syscall(SYS_write, fd, line, len + 3);
+    syscall(SYS_close, fd);
+  }
+}
+
+void
+record(const char* path)
+{
+  record_kind('r', path);
+}
+
+void
+probe(const char* path)
+{
+  record_kind('s', path);
+}
+
+template <typename F>
+F
+next(const char* name)
+{
+  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
+}
+
+} // namespace
+
+#define KILN_OPEN_LIKE(name)                                                                      \
+  extern "C" int name(const char* path, int flags, ...)                                           \
+  {                                                                                                \
+    mode_t mode = 0;                                                                               \
+    if (flags & (O_CREAT | O_TMPFILE)) {                                                           \
+      va_list ap;                                                                                  \
+      va_start(ap, flags);                                                                         \
+      mode = va_arg(ap, mode_t);                                                                   \
+      va_end(ap);                                                                                  \
+    }                                                                                              \
+    record(path);                                                                                  \
+    static auto real = next<int (*)(const char*, int, ...)>(#name);                               \
+    return real(path, flags, mode);                                                                \
+  }
+KILN_OPEN_LIKE(open)
+KILN_OPEN_LIKE(open64)
+
+#define KILN_OPENAT_LIKE(name)                                                                    \
+  extern "C" int name(int dirfd, const char* path, int flags, ...)                                \
+  {                                                                                                \
+    mode_t mode = 0;                                                                               \
+    if (flags & (O_CREAT | O_TMPFILE)) {                                                           \
+      va_list ap;                                                                                  \
+      va_start(ap, flags);                                                                         \
+      mode = va_arg(ap, mode_t);                                                                   \
+      va_end(ap);                                                                                  \
+    }                                                                                              \
+    record(path);                                                                                  \
+    static auto real = next<int (*)(int, const char*, int, ...)>(#name);                          \
+    return real(dirfd, path, flags, mode);                                                         \
+  }
+KILN_OPENAT_LIKE(openat)
+KILN_OPENAT_LIKE(openat64)
+
+#define KILN_PATH_CALL(ret, name, params, args)                                                   \
+  extern "C" ret name params                                                                       \
+  {                                                                                                \
+    record(path);                                                                                  \
+    static auto real = next<ret(*) params>(#name);                                                 \
+    return real args;                                                                              \
+  }
+#define KILN_PROBE_CALL(ret, name, params, args)                                                  \
+  extern "C" ret name params                                                                       \
+  {                                                                                                \
+    probe(path);                                                                                   \
+    static auto real = next<ret(*) params>(#name);                                                 \
+    return real args;                                                                              \
+  }
+KILN_PATH_CALL(FILE*, fopen, (const char* path, const char* mode), (path, mode))
+KILN_PATH_CALL(FILE*, fopen64, (const char* path, const char* mode), (path, mode))
+KILN_PATH_CALL(int, __open_2, (const char* path, int flags), (path, flags))
+KILN_PATH_CALL(int, __open64_2, (const char* path, int flags), (path, flags))
+KILN_PROBE_CALL(int, stat, (const char* path, struct stat* st), (path, st))
+KILN_PROBE_CALL(int, lstat, (const char* path, struct stat* st), (path, st))
+KILN_PROBE_CALL(int, stat64, (const char* path, struct stat64* st), (path, st))
+KILN_PROBE_CALL(int, lstat64, (const char* path, struct stat64* st), (path, st))
+KILN_PROBE_CALL(int, access, (const char* path, int mode), (path, mode))
+KILN_PATH_CALL(int, execve, (const char* path, char* const argv[], char* const envp[]),
+               (path, argv, envp))
+KILN_PATH_CALL(int, execv, (const char* path, char* const argv[]), (path, argv))
+
+extern "C" int
+__openat_2(int dirfd, const char* path, int flags)
+{
+  record(path);
+  static auto real = next<int (*)(int, const char*, int)>("__openat_2");
+  return real(dirfd, path, flags);
+}
+
+extern "C" int
+fstatat(int dirfd, const char* path, struct stat* st, int flags)
+{
+  probe(path);
+  static auto real = next<int (*)(int, const char*, struct stat*, int)>("fstatat");
+  return real(dirfd, path, st, flags);
+}
+
+extern "C" int
+fstatat64(int dirfd, const char* path, struct stat64* st, int flags)
+{
+  probe(path);
+  static auto real = next<int (*)(int, const char*, struct stat64*, int)>("fstatat64");
+  return real(dirfd, path, st, flags);
+}
+
+extern "C" int
+statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* st)
+{
+  probe(path);
+  static auto real = next<int (*)(int, const char*, int, unsigned, struct statx*)>("statx");
+  return real(dirfd, path, flags, mask, st);
+}
+
+extern "C" void*
+dlopen(const char* path, int flags)
+{
+  record(path);
+  static auto real = next<void* (*)(const char*, int)>("dlopen");
+  return real(path, flags);
+}
+
+extern "C" int
+faccessat(int dirfd, const char* path, int mode, int flags)
+{
+  probe(path);
+  static auto real = next<int (*)(int, const char*, int, int)>("faccessat");
+  return real(dirfd, path, mode, flags);
+}
