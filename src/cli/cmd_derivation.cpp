@@ -1,6 +1,7 @@
 // kiln derivation …, kiln why-rebuild
 #include "cli.hpp"
 
+#include <kiln/cargo/inputs.hpp>
 #include <kiln/derivation/derivation.hpp>
 #include <kiln/util/error.hpp>
 
@@ -170,7 +171,8 @@ register_derivation_commands(CLI::App& app, Context& ctx)
       }
       auto lines =
         explain_difference(read_derivation(store, a), read_derivation(store, b),
-                           store.store_dir(), [&](const StorePath& p) { return read_derivation(store, p); });
+                           store.store_dir(), [&](const StorePath& p) { return read_derivation(store, p); },
+                           {cargo::k_unit_env});
       std::cout << store.print(a) << "\n  vs " << store.print(b) << ":\n";
       for (const auto& line : lines) {
         std::cout << "  " << line << "\n";

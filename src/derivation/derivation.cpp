@@ -2,7 +2,10 @@
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
+#include <functional>
 
 namespace kiln {
 
@@ -420,10 +423,39 @@ quote(const std::string& s)
   return out;
 }
 
+// Two JSON values, object fields one by one: "NAME.features: [...] → [...]".
+void
+diff_json(const std::string& name, const nlohmann::json& a, const nlohmann::json& b,
+          const std::function<void(const std::string&)>& say)
+{
+  if (a == b) {
+    return;
+  }
+  if (a.is_object() && b.is_object()) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : a.items()) {
+      keys.insert(k);
+    }
+    for (const auto& [k, v] : b.items()) {
+      keys.insert(k);
+    }
+    for (const auto& k : keys) {
+      diff_json(name + "." + k, a.contains(k) ? a.at(k) : nlohmann::json(nullptr),
+                b.contains(k) ? b.at(k) : nlohmann::json(nullptr), say);
+    }
+    return;
+  }
+  auto text = [](const nlohmann::json& v) {
+    std::string t = v.dump();
+    return t.size() <= 200 ? t : t.substr(0, 197) + "...";
+  };
+  say(name + ": " + text(a) + " → " + text(b));
+}
+
 void
 explain(const Derivation& a, const Derivation& b, const StoreDir& dir, const DrvReader& read,
         const std::string& indent, std::set<std::pair<std::string, std::string>>& seen,
-        std::vector<std::string>& out)
+        const std::set<std::string>& derived, std::vector<std::string>& out)
 {
   auto say = [&](const std::string& line) { out.push_back(indent + line); };
   if (a.name != b.name) {
@@ -446,14 +478,20 @@ explain(const Derivation& a, const Derivation& b, const StoreDir& dir, const Drv
     }
   }
   for (const auto& [key, value] : a.env) {
-    if (a.outputs.count(key)) {
+    if (a.outputs.count(key) || derived.count(key)) {
       continue; // output paths differ whenever anything else does
     }
     auto it = b.env.find(key);
     if (it == b.env.end()) {
       say("environment " + key + " removed (was " + quote(value) + ")");
     } else if (it->second != value) {
-      say("environment " + key + ": " + quote(value) + " → " + quote(it->second));
+      auto x = nlohmann::json::parse(value, nullptr, false);
+      auto y = nlohmann::json::parse(it->second, nullptr, false);
+      if (x.is_object() && y.is_object()) {
+        diff_json("environment " + key, x, y, say);
+      } else {
+        say("environment " + key + ": " + quote(value) + " → " + quote(it->second));
+      }
     }
   }
   for (const auto& [key, value] : b.env) {
@@ -487,7 +525,11 @@ explain(const Derivation& a, const Derivation& b, const StoreDir& dir, const Drv
       say("input derivation " + name + " differs (" + std::string(pa.hash_part()) + " → " +
           std::string(it->second.hash_part()) + "):");
       if (seen.insert({pa.base(), it->second.base()}).second) {
-        explain(read(pa), read(it->second), dir, read, indent + "  ", seen, out);
+        try {
+          explain(read(pa), read(it->second), dir, read, indent + "  ", seen, derived, out);
+        } catch (const Error& e) {
+          say("  (cannot compare them: " + std::string(e.what()) + ")");
+        }
       } else {
         say("  (explained above)");
       }
@@ -512,11 +554,11 @@ explain(const Derivation& a, const Derivation& b, const StoreDir& dir, const Drv
 
 std::vector<std::string>
 explain_difference(const Derivation& a, const Derivation& b, const StoreDir& store_dir,
-                   const DrvReader& read)
+                   const DrvReader& read, const std::set<std::string>& derived)
 {
   std::vector<std::string> out;
   std::set<std::pair<std::string, std::string>> seen;
-  explain(a, b, store_dir, read, "", seen, out);
+  explain(a, b, store_dir, read, "", seen, derived, out);
   return out;
 }
 

@@ -118,7 +118,11 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
     }
     g.inputs.push_back(std::move(ins));
   }
-  g.graph = Graph(g.nodes.size());
+  // Built in place: assigning a graph copies it (and GCC 12 warns inside
+  // Boost about the copy).
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    boost::add_vertex(g.graph);
+  }
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     for (const auto& input : g.inputs[i]) {
       boost::add_edge(i, g.index.at(input), g.graph);

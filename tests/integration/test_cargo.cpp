@@ -542,3 +542,40 @@ TEST_CASE("cargo frontend: --message-format json gives cargo's messages, also fo
   auto human = kiln_in(ws, {"--store", store, "build"});
   CHECK_THAT(human.err, Catch::Contains("warning: unused variable: `never_used`"));
 }
+
+TEST_CASE("cargo frontend: --explain and why-rebuild name the input that changed", "[cargo]")
+{
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  std::string store = (dir / "store").string();
+  auto first = kiln_in(ws, {"--store", store, "build", "--json", "-q"});
+  REQUIRE(first.status == 0);
+  auto unchanged = kiln_in(ws, {"--store", store, "build", "--explain", "mysys"});
+  INFO(unchanged.err);
+  REQUIRE(unchanged.status == 0);
+  CHECK_THAT(unchanged.out, Catch::Contains("(in the store)") &&
+                              Catch::Contains("same inputs as in the last build"));
+
+  // An edit: mysys's sources change, and what uses mysys sees another output.
+  test::write_file(ws / "mysys" / "src" / "extra.rs", "// more\n");
+  auto edited = kiln_in(ws, {"--store", store, "build", "--explain", "mysys"});
+  CHECK_THAT(edited.out, Catch::Contains("(not in the store)") && Catch::Contains("changed: source:"));
+  auto user = kiln_in(ws, {"--store", store, "build", "--explain", "mylib"});
+  CHECK_THAT(user.out, Catch::Contains("changed: externs.mysys.output:"));
+
+  auto second = kiln_in(ws, {"--store", store, "build", "--json", "-q"});
+  REQUIRE(second.status == 0);
+  auto drv_of = [](const std::string& out, const std::string& name, const std::string& kind) {
+    for (const auto& u : json_lines(out)) {
+      if (u["name"] == name && u["kind"] == kind) {
+        return u["drv"].get<std::string>();
+      }
+    }
+    return std::string();
+  };
+  auto why = test::kiln({"--store", store, "why-rebuild", drv_of(first.out, "mysys", "lib"),
+                         drv_of(second.out, "mysys", "lib")});
+  INFO(why.out);
+  CHECK_THAT(why.out, Catch::Contains("environment __kiln_inputs.source:"));
+  CHECK(why.out.find("__kiln_unit") == std::string::npos);
+}

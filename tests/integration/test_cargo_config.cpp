@@ -370,3 +370,27 @@ TEST_CASE("what a build script reads of the host is part of its identity: a chan
   CHECK(bin_path(changed) != v1);
   CHECK(test::run({(proj / "target" / "kiln" / "debug" / "p").string()}).out == "foo 2.0\n");
 }
+
+TEST_CASE("rust-toolchain.toml picks the toolchain for kiln as for cargo; --timings writes a report",
+          "[cargo][config]")
+{
+  auto toolchains = test::run({"rustup", "toolchain", "list"});
+  if (toolchains.status != 0 || toolchains.out.find("nightly") == std::string::npos) {
+    test::skip("no nightly toolchain installed with rustup: rust-toolchain.toml not tested");
+    return;
+  }
+  TempDir dir;
+  fs::path proj = dir / "p";
+  test::write_file(proj / "Cargo.toml", "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+  test::write_file(proj / "src" / "main.rs", "fn main() {}\n");
+  test::write_file(proj / "rust-toolchain.toml", "[toolchain]\nchannel = \"nightly\"\n");
+  test::RunOptions options;
+  options.cwd = proj;
+  auto r = test::kiln({"--store", (dir / "store").string(), "build", "-v", "--timings"}, options);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK_THAT(r.err, Catch::Contains("toolchains/nightly"));
+  CHECK(r.err.find("toolchains/stable") == std::string::npos);
+  CHECK(fs::exists(proj / "target" / "kiln-timings" / "kiln-timing.html"));
+  CHECK_THAT(r.err, Catch::Contains("Timing report saved to"));
+}

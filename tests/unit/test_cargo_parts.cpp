@@ -1,11 +1,13 @@
 // The Cargo frontend's small parts: cfg(...) expressions and build-script
 // directives.
+#include <kiln/cargo/inputs.hpp>
 #include <kiln/cargo/units.hpp>
 #include <kiln/cargo/workspace.hpp>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+using namespace kiln;
 using namespace kiln::cargo;
 
 TEST_CASE("cfg expressions evaluate against rustc's --print cfg", "[cargo]")
@@ -63,4 +65,143 @@ TEST_CASE("build-script directives are read as cargo reads them", "[cargo]")
 
   parse_build_script_output("cargo::error=no libfoo found\ncargo::error=second\n", error, warnings);
   CHECK(error == "no libfoo found");
+}
+
+namespace {
+
+using json = nlohmann::json;
+
+const std::string k_dep_a = "/kiln/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-dep-a";
+const std::string k_dep_b = "/kiln/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-dep-b";
+
+UnitInputs
+sample_inputs()
+{
+  UnitInputs i;
+  i.package = "serde";
+  i.version = "1.0.152";
+  i.mode = "build";
+  i.target = "serde";
+  i.target_kind = {"lib"};
+  i.crate_types = {"lib"};
+  i.src_path = "src/lib.rs";
+  i.edition = "2018";
+  i.source = "/kiln/store/cccccccccccccccccccccccccccccccc-serde-1.0.152-src";
+  i.package_env = {{"CARGO_PKG_NAME", "serde"}};
+  i.declared_features = {"default", "std"};
+  i.compiler = "rustc 1.95.0 content sha256:x";
+  i.standard_library = "host";
+  i.linker = "cc 12";
+  i.driver = "rustc";
+  i.host = "x86_64-unknown-linux-gnu";
+  i.cfg = {{"CARGO_CFG_UNIX", ""}};
+  i.features = {"std"};
+  i.lto = "only-object";
+  i.rustflags = {"--cfg", "x"};
+  i.lint_flags = {"--warn=unused"};
+  i.config_env = {{"MY_VAR", "1"}};
+  i.host_env = {{"OPENSSL_DIR", "/opt/ssl"}};
+  i.host_files = {{"/usr/include/zlib.h", "sha256:y"}};
+  i.bin_exes = {{"tool", k_dep_a}};
+  i.externs = {{"dep", k_dep_a, "libdep-0123456789abcdef.rmeta"}};
+  i.library_closure = {k_dep_a};
+  i.link_search_runs = {k_dep_a};
+  i.own_run = k_dep_a;
+  i.build_script = k_dep_a;
+  i.links_runs = {{"z", k_dep_a}};
+  i.tool_args = {"-D", "warnings"};
+  return i;
+}
+
+// Change one value: strings and numbers get another value (a store path
+// another store path), booleans flip, lists and maps gain an entry.
+json
+changed(const std::string& name, const json& v)
+{
+  if (name == "profile.split_debuginfo") {
+    return "packed";
+  }
+  if (v.is_boolean()) {
+    return !v.get<bool>();
+  }
+  if (v.is_string()) {
+    std::string s = v;
+    return s.starts_with("/kiln/store/") ? json(s == k_dep_a ? k_dep_b : k_dep_a) : json(s + "-changed");
+  }
+  if (v.is_number() || v.is_null()) {
+    return json(3);
+  }
+  bool of_paths = (v.is_array() && !v.empty() && v[0].is_string() &&
+                   v[0].get<std::string>().starts_with("/kiln/store/")) ||
+                  (v.is_object() && !v.empty() && v.begin()->is_string() &&
+                   v.begin()->get<std::string>().starts_with("/kiln/store/"));
+  if (v.is_array()) {
+    json out = v;
+    out.push_back(of_paths ? json(k_dep_b) : v.empty() || v[0].is_string() ? json("extra") : v[0]);
+    if (!v.empty() && v[0].is_object()) {
+      out.back()["name"] = "extra";
+    }
+    return out;
+  }
+  json out = v;
+  out["EXTRA"] = of_paths ? k_dep_b : "1";
+  return out;
+}
+
+StorePath
+output_of(const UnitInputs& inputs)
+{
+  StoreDir dir;
+  std::map<std::string, StorePath> drv_of;
+  for (const auto& out : {k_dep_a, k_dep_b}) {
+    drv_of.emplace(out, StorePath(out.substr(12, 32) + "-dep.drv"));
+  }
+  DrvHasher hasher(dir, [](const StorePath& p) {
+    Derivation d;
+    d.name = std::string(p.name()).substr(0, std::string(p.name()).size() - 4);
+    d.builder = "/bin/sh";
+    d.platform = "x86_64-linux";
+    d.outputs["out"] = {"/kiln/store/" + std::string(p.hash_part()) + "-dep", "", ""};
+    return d;
+  });
+  return make_derivation(inputs, "x86_64-linux", drv_of, dir, hasher).out;
+}
+
+} // namespace
+
+TEST_CASE("a unit's output path is a hash of its named inputs, each of them, and nothing else",
+          "[cargo][inputs]")
+{
+  UnitInputs base = sample_inputs();
+  // Round trip, and the same inputs give the same path every time.
+  CHECK(inputs_from_json(inputs_to_json(base)) == base);
+  StorePath out = output_of(base);
+  CHECK(output_of(inputs_from_json(inputs_to_json(base))) == out);
+
+  // Every field, changed alone, gives another path — and says which.
+  json fields = json::parse(inputs_to_json(base));
+  size_t checked = 0;
+  std::function<void(const std::string&, json&, json&)> each;
+  auto try_change = [&](const std::string& name, json& slot) {
+    json saved = slot;
+    slot = changed(name, saved);
+    UnitInputs other = inputs_from_json(fields.dump());
+    INFO("field " << name);
+    CHECK(output_of(other) != out);
+    auto diff = diff_inputs(base, other);
+    REQUIRE(diff.size() >= 1);
+    CHECK(diff[0].starts_with(name.substr(0, name.find('.'))));
+    slot = saved;
+    ++checked;
+  };
+  for (auto& [key, value] : fields.items()) {
+    if (key == "profile") {
+      for (auto& [pkey, pvalue] : value.items()) {
+        try_change("profile." + pkey, pvalue);
+      }
+    } else {
+      try_change(key, value);
+    }
+  }
+  CHECK(checked >= 50);
 }

@@ -144,7 +144,7 @@ TEST_CASE("garbage collection keeps closures of roots and nothing else", "[store
   auto junk = import(store, "junk", "J", {});
   auto junk_user = import(store, "junk-user", "U", {junk});
   test::write_file(dir / "src", "rooted source");
-  auto rooted = store.add_path(dir / "src", {std::nullopt, dir / "result"});
+  auto rooted = store.add_path(dir / "src", {std::nullopt, dir / "result", {}});
   store.add_root(store.root() / "gcroots" / "app", app);
 
   SECTION("roots are found: direct links and indirect ones")
@@ -276,7 +276,7 @@ TEST_CASE("resolve accepts logical paths, base names, physical paths and links",
   TempDir dir;
   LocalStore store({dir / "s"});
   test::write_file(dir / "x" / "bin" / "tool", "t", true);
-  auto path = store.add_path(dir / "x", {std::nullopt, dir / "link"});
+  auto path = store.add_path(dir / "x", {std::nullopt, dir / "link", {}});
   CHECK(store.resolve(store.print(path)) == path);
   CHECK(store.resolve(store.print(path) + "/bin/tool") == path);
   CHECK(store.resolve(path.base()) == path);

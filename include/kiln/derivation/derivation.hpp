@@ -95,9 +95,12 @@ Derivation read_derivation(const LocalStore& store, const StorePath& drv_path);
 StorePath add_derivation(LocalStore& store, const Derivation& drv);
 
 // Why do two derivations differ? One line per difference, input by input;
-// differing input derivations of the same name are explained recursively,
-// indented.
+// an environment variable holding a JSON object field by field; differing
+// input derivations of the same name explained recursively, indented (or
+// said to be missing when `read` cannot read them). Environment variables
+// in `derived` (which follow from others) are left out.
 std::vector<std::string> explain_difference(const Derivation& a, const Derivation& b,
-                                            const StoreDir& store_dir, const DrvReader& read);
+                                            const StoreDir& store_dir, const DrvReader& read,
+                                            const std::set<std::string>& derived = {});
 
 } // namespace kiln
