@@ -101,6 +101,9 @@ to_json_value(const UnitInputs& i)
           {"cap_lints", i.cap_lints},
           {"primary", i.primary},
           {"tool_args", i.tool_args},
+          {"rustdocflags", i.rustdocflags},
+          {"test_binary", i.test_binary},
+          {"rerun", i.rerun},
           {"config_env", i.config_env},
           {"host_env", i.host_env},
           {"host_files", i.host_files},
@@ -158,6 +161,9 @@ inputs_from_json(const std::string& text)
   i.cap_lints = j.at("cap_lints");
   i.primary = j.at("primary");
   i.tool_args = j.at("tool_args").get<std::vector<std::string>>();
+  i.rustdocflags = j.at("rustdocflags").get<std::vector<std::string>>();
+  i.test_binary = j.at("test_binary");
+  i.rerun = j.at("rerun");
   i.config_env = j.at("config_env").get<std::map<std::string, std::string>>();
   i.host_env = j.at("host_env").get<std::map<std::string, std::string>>();
   i.host_files = j.at("host_files").get<std::map<std::string, std::string>>();
@@ -489,6 +495,14 @@ compile_instructions(const UnitInputs& i, const std::string& metadata)
   if (has(i.target_kind, "test") || has(i.target_kind, "bench")) {
     env["CARGO_TARGET_TMPDIR"] = "/tmp/kiln-target-tmp";
   }
+  if (i.driver != "rustc") {
+    // As cargo clippy passes them to clippy-driver.
+    std::string args;
+    for (const auto& a : i.tool_args) {
+      args += a + "__CLIPPY_HACKERY__";
+    }
+    env["CLIPPY_ARGS"] = args;
+  }
   auto [product, rename] = compile_product(i, metadata);
   json spec = {{"mode", "compile"},
                {"program", i.driver == "rustc" ? "@RUSTC@" : "@CLIPPY_DRIVER@"},
@@ -561,12 +575,108 @@ run_instructions(const UnitInputs& i)
           {"product", "out"}};
 }
 
+// What a test sees at run time besides the package's variables (cargo's
+// Compilation::fill_env): its build script's rustc-env values (the builder
+// adds them), CARGO_BIN_EXE_*, a writable CARGO_TARGET_TMPDIR, the
+// standard library's folder for tests linked to it dynamically.
+json
+test_env(const UnitInputs& i)
+{
+  json env = process_env(i);
+  for (const auto& [name, out] : i.bin_exes) {
+    env["CARGO_BIN_EXE_" + name] = out + "/bin/" + name;
+  }
+  env["LD_LIBRARY_PATH"] = "@RUST_LIB@";
+  return env;
+}
+
+// A test harness, run: its output is its report.
+json
+test_run_instructions(const UnitInputs& i)
+{
+  return {{"mode", "test-run"},
+          {"program", i.test_binary},
+          {"args", i.tool_args},
+          {"env", test_env(i)},
+          {"own_script", i.own_run},
+          {"product", "report.json"}};
+}
+
+// rustdoc --test: compiles and runs a library's doctests (cargo's
+// BuildRunner::compile and run_doc_tests).
+json
+doctest_instructions(const UnitInputs& i)
+{
+  std::string src = !i.in_workspace          ? i.source + "/" + i.src_path
+                    : i.workspace_path.empty() ? i.src_path
+                                               : i.workspace_path + "/" + i.src_path;
+  std::vector<std::string> args = {"--edition=" + i.edition};
+  for (const auto& t : i.crate_types) {
+    push(args, {"--crate-type", t});
+  }
+  push(args, {"--color", "never", "--crate-name", crate_name(i), "--test", src,
+              "--test-run-directory", i.source});
+  if (!i.target_triple.empty()) {
+    push(args, {"--target", i.target_triple});
+  }
+  if (!i.linker_path.empty()) {
+    push(args, {"-C", "linker=" + i.linker_path});
+  }
+  if (i.profile.panic != "unwind") {
+    push(args, {"-C", "panic=" + i.profile.panic});
+  }
+  if (!i.tool_args.empty()) {
+    for (const auto& a : i.tool_args) {
+      push(args, {"--test-args", a});
+    }
+  }
+  if (!i.cap_lints) {
+    args.insert(args.end(), i.lint_flags.begin(), i.lint_flags.end());
+  }
+  for (const auto& e : i.externs) {
+    push(args, {"--extern", e.name + "=" + e.output + "/" + e.file});
+  }
+  if (has(i.target_kind, "proc-macro")) {
+    push(args, {"--extern", "proc_macro"});
+  }
+  for (const auto& l : i.library_closure) {
+    push(args, {"-L", "dependency=" + l});
+  }
+  lto_args(args, i);
+  for (const auto& f : i.features) {
+    push(args, {"--cfg", "feature=\"" + f + "\""});
+  }
+  std::string declared;
+  for (const auto& f : i.declared_features) {
+    declared += (declared.empty() ? "" : ", ") + ("\"" + f + "\"");
+  }
+  push(args, {"--check-cfg", "cfg(docsrs,test)", "--check-cfg", "cfg(feature, values(" + declared + "))"});
+  args.insert(args.end(), i.rustdocflags.begin(), i.rustdocflags.end());
+  json spec = {{"mode", "doctest"},
+               {"program", "@RUSTDOC@"},
+               {"args", args},
+               {"env", test_env(i)},
+               {"link_search_from", i.link_search_runs},
+               {"own_script", i.own_run},
+               {"apply_link_libs", false},
+               {"link_arg_scope", "lib"},
+               {"cdylib", false},
+               {"bin_name", i.target},
+               {"product", "report.json"}};
+  if (i.in_workspace) {
+    spec["workspace_path"] = i.workspace_path;
+  }
+  return spec;
+}
+
 } // namespace
 
 std::string
 instructions(const UnitInputs& inputs, const std::string& metadata)
 {
   json spec = inputs.mode == "run-build-script" ? run_instructions(inputs)
+              : inputs.mode == "doctest"        ? doctest_instructions(inputs)
+              : inputs.mode == "test-run"       ? test_run_instructions(inputs)
                                                 : compile_instructions(inputs, metadata);
   spec["cwd"] = inputs.source;
   spec["package"] = inputs.package + " " + inputs.version;
@@ -593,6 +703,8 @@ make_derivation(const UnitInputs& inputs, const std::string& system,
   std::string suffix;
   if (inputs.mode == "run-build-script") {
     suffix = "-run";
+  } else if (inputs.mode == "test-run") {
+    suffix = "-test-run-" + inputs.target_kind.front() + "-" + inputs.target;
   } else if (has(inputs.target_kind, "custom-build")) {
     suffix = "-build";
   } else {
@@ -632,6 +744,9 @@ make_derivation(const UnitInputs& inputs, const std::string& system,
   }
   add_input(inputs.own_run);
   add_input(inputs.build_script);
+  if (!inputs.test_binary.empty()) {
+    add_input(inputs.test_binary.substr(0, inputs.test_binary.find('/', store_dir.path().size() + 1)));
+  }
   drv.env[k_inputs_env] = inputs_json;
   drv.env[k_unit_env] = spec;
   drv.env["name"] = drv.name;

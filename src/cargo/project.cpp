@@ -253,7 +253,7 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir)
 InstantiatedPlan
 CargoProject::instantiate(LocalStore& store) const
 {
-  InstantiateContext context{m_workspace, m_plan, *m_toolchain, *m_build_config, m_state_dir, "", {}, {}};
+  InstantiateContext context{m_workspace, m_plan, *m_toolchain, *m_build_config, m_state_dir};
   HostReadsRecord record(m_state_dir / "host-reads.json");
   const Environment& env = m_request.env;
   context.host_inputs = [&](const CargoPackage& pkg, UnitInputs& run) {
@@ -270,9 +270,13 @@ CargoProject::instantiate(LocalStore& store) const
       run.host_files[file] = host_file_identity(file, *m_toolchain->digests);
     }
   };
+  context.run_tests = m_request.command == CargoCommand::test && !m_request.no_run;
+  context.test_args = m_request.test_args;
+  context.rerun = m_request.rerun;
   if (m_request.command == CargoCommand::clippy) {
     context.clippy = m_toolchain->program_identity(m_toolchain->sysroot / "bin" / "clippy-driver");
     context.clippy_args = m_request.clippy_args;
+    context.clippy_selected_only = m_request.clippy_no_deps;
   }
   InstantiatedPlan made = instantiate_plan(store, context);
   m_toolchain->digests->save();
@@ -317,6 +321,9 @@ build_once(LocalStore& store, const CargoProject& project, const BuildOptions& o
   observer.planned(project.plan(), build.units);
   for (size_t r : project.plan().roots) {
     build.roots.push_back(build.units.units[r].drv);
+  }
+  for (const auto& run : build.units.test_runs) {
+    build.roots.push_back(run.drv);
   }
   UnitFrontend frontend(store, project.plan(), build.units, project.toolchain(), options.jobs,
                         &project.request().env);

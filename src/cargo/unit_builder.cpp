@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <set>
 #include <functional>
@@ -418,6 +420,61 @@ run_build_script(const json& spec, const std::map<std::string, std::string>& val
   return 0;
 }
 
+// A test harness or rustdoc --test: run it, its output (stdout and stderr
+// as they came) shown and kept in $out/output.txt, its status and time in
+// $out/report.json. A failing test fails the unit: only passes are kept.
+int
+run_tests(const json& spec, const std::map<std::string, std::string>& values, const std::string& out)
+{
+  std::vector<std::string> argv = {substitute(spec.at("program").get<std::string>(), values)};
+  for (const auto& a : spec.at("args")) {
+    argv.push_back(substitute(a.get<std::string>(), values));
+  }
+  std::map<std::string, std::string> env;
+  for (const auto& [k, v] : spec.at("env").items()) {
+    env[k] = substitute(v.get<std::string>(), values);
+  }
+  std::string own = spec.value("own_script", "");
+  if (!own.empty()) {
+    // The build script's rustc-env values are there at run time too.
+    for (const auto& e : read_directives(own)["env"]) {
+      env[e[0].get<std::string>()] = e[1].get<std::string>();
+    }
+  }
+  if (spec.at("mode") == "doctest") {
+    apply_directives(spec, argv, env);
+  }
+  std::error_code ec;
+  fs::create_directories("/tmp/kiln-target-tmp", ec); // CARGO_TARGET_TMPDIR, as compiled in
+  std::string cwd = spec.at("cwd");
+  if (spec.contains("workspace_path")) {
+    cwd = workspace_view(cwd, spec.at("workspace_path").get<std::string>());
+  }
+  announce_command(argv, cwd);
+  fs::create_directories(out);
+  std::string output;
+  ProcessOptions options;
+  options.cwd = cwd;
+  options.env = env;
+  options.unset_env = {"KILN_UNIT_*", k_unit_env};
+  options.merge_stderr = true;
+  auto started = std::chrono::steady_clock::now();
+  ProcessResult result = run_process(argv, options);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::cerr << result.out << std::flush;
+  if (!result.ok()) {
+    if (result.status == 127 && !result.err.empty()) {
+      std::cerr << "kiln: " << result.err << "\n";
+    }
+    std::cerr << "kiln: the tests failed (" << result.describe() << ")\n";
+    return result.status == 0 ? 1 : result.status;
+  }
+  write_file_atomic(fs::path(out) / "output.txt", result.out);
+  json report = {{"status", "passed"}, {"seconds", std::round(seconds * 1000) / 1000}};
+  write_file_atomic(fs::path(out) / "report.json", report.dump());
+  return 0;
+}
+
 } // namespace
 
 int
@@ -438,12 +495,16 @@ run_rust_unit()
     std::map<std::string, std::string> values = {{"@RUSTC@", get("KILN_UNIT_RUSTC")},
                                                  {"@RUSTDOC@", get("KILN_UNIT_RUSTDOC")},
                                                  {"@CLIPPY_DRIVER@", get("KILN_UNIT_CLIPPY_DRIVER")},
+                                                 {"@RUST_LIB@", get("KILN_UNIT_RUST_LIB")},
                                                  {"@CARGO@", get("KILN_UNIT_CARGO")},
                                                  {"@NUM_JOBS@", get("KILN_UNIT_JOBS")},
                                                  {"@out@", out}};
     fs::create_directories(out);
     if (spec.at("mode") == "run") {
       return run_build_script(spec, values, out);
+    }
+    if (spec.at("mode") == "test-run" || spec.at("mode") == "doctest") {
+      return run_tests(spec, values, out);
     }
     return compile(spec, values, out);
   } catch (const std::exception& e) {

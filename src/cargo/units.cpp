@@ -243,6 +243,7 @@ public:
     in.primary = m_primary.count(pkg.id) > 0;
     in.driver = "rustc";
     if (!m_ctx.clippy.empty() && pkg.is_member &&
+        (!m_ctx.clippy_selected_only || in.primary) &&
         (u.mode == UnitMode::check || u.mode == UnitMode::check_test)) {
       in.driver = m_ctx.clippy;
       in.tool_args = m_ctx.clippy_args;
@@ -514,6 +515,52 @@ InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) cons
   }
 }
 
+namespace {
+
+// A run of each test harness the plan compiles as a root: its inputs are
+// the harness (which stands for everything it was compiled from), its
+// arguments, the package's sources (its working folder) and what it sees at
+// run time.
+void
+add_test_runs(const InstantiateContext& context, InstantiatedPlan& made, const std::string& system,
+              const StoreDir& dir, DrvHasher& hasher)
+{
+  for (size_t r : context.plan.roots) {
+    if (context.plan.units[r].mode != UnitMode::test) {
+      continue;
+    }
+    const InstantiatedUnit& harness = made.units[r];
+    const UnitInputs& h = harness.inputs;
+    UnitInputs run;
+    run.package = h.package;
+    run.version = h.version;
+    run.mode = "test-run";
+    run.target = h.target;
+    run.target_kind = h.target_kind;
+    run.source = h.source;
+    run.package_env = h.package_env;
+    run.config_env = h.config_env;
+    run.compiler = h.compiler;
+    run.host = h.host;
+    run.target_triple = h.target_triple;
+    run.own_run = h.own_run;
+    run.bin_exes = h.bin_exes;
+    run.tool_args = context.test_args;
+    run.rerun = context.rerun;
+    run.test_binary = dir.print(harness.out) + "/" + harness.product;
+    std::map<std::string, StorePath> drv_of;
+    for (const auto& u : made.units) {
+      drv_of.emplace(dir.print(u.out), u.drv);
+    }
+    UnitDerivation derivation = make_derivation(run, system, drv_of, dir, hasher);
+    made.derivations.emplace(derivation.drv_path, derivation.drv);
+    made.test_runs.push_back({std::move(run), derivation.drv_path, derivation.out, derivation.product, 1.0});
+    made.test_run_of.push_back(r);
+  }
+}
+
+} // namespace
+
 InstantiatedPlan
 instantiate_plan(LocalStore& store, const InstantiateContext& context)
 {
@@ -544,6 +591,9 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
     made.units.push_back(
       {std::move(inputs), derivation.drv_path, derivation.out, derivation.product, cost});
   }
+  if (context.run_tests) {
+    add_test_runs(context, made, system, dir, hasher);
+  }
   return made;
 }
 
@@ -570,6 +620,9 @@ UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const Instantiat
   for (size_t i = 0; i < units.units.size(); ++i) {
     m_unit_of.emplace(units.units[i].drv, i);
   }
+  for (size_t i = 0; i < units.test_runs.size(); ++i) {
+    m_test_run_of.emplace(units.test_runs[i].drv, i);
+  }
   std::error_code ec;
   m_self = fs::read_symlink("/proc/self/exe", ec);
   // kiln-rust-unit beside kiln (a build tree) or in ../libexec/kiln (an
@@ -582,6 +635,13 @@ UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const Instantiat
       break;
     }
   }
+}
+
+std::optional<size_t>
+UnitFrontend::test_run_of(const StorePath& drv) const
+{
+  auto it = m_test_run_of.find(drv);
+  return it == m_test_run_of.end() ? std::nullopt : std::optional<size_t>(it->second);
 }
 
 std::optional<size_t>
@@ -653,6 +713,9 @@ std::string
 UnitFrontend::describe(const StorePath& drv) const
 {
   auto unit = unit_of(drv);
+  if (auto run = test_run_of(drv)) {
+    return cargo::describe(m_plan.units[m_units.test_run_of[*run]]) + " run";
+  }
   return unit ? cargo::describe(m_plan.units[*unit]) : Frontend::describe(drv);
 }
 
@@ -676,6 +739,7 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
   spec.env["KILN_UNIT_CARGO"] = m_toolchain.cargo.string();
   spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, m_jobs));
   spec.env["KILN_UNIT_CLIPPY_DRIVER"] = (m_toolchain.sysroot / "bin" / "clippy-driver").string();
+  spec.env["KILN_UNIT_RUST_LIB"] = (m_toolchain.sysroot / "lib" / "rustlib" / m_toolchain.host / "lib").string();
   // Build scripts run with libkiln-trace.so preloaded, to learn the host
   // files they read; what is kiln's or the toolchain's is not the host's.
   fs::path shim = (m_helper.empty() ? m_self : m_helper).parent_path() / "libkiln-trace.so";
@@ -715,8 +779,11 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
       !m_toolchain.cargo.string().starts_with(m_toolchain.sysroot.string())) {
     spec.tools.push_back(m_toolchain.cargo);
   }
-  if (auto unit = unit_of(derivation_path(drv, m_store.store_dir()))) {
-    const UnitInputs& inputs = m_units.units[*unit].inputs;
+  StorePath drv_path = derivation_path(drv, m_store.store_dir());
+  auto unit = unit_of(drv_path);
+  auto test_run = test_run_of(drv_path);
+  if (unit || test_run) {
+    const UnitInputs& inputs = unit ? m_units.units[*unit].inputs : m_units.test_runs[*test_run].inputs;
     // A linker named in cargo's configuration, wherever it is.
     if (auto found = inputs.linker_path.empty() ? std::nullopt : find_program(inputs.linker_path)) {
       spec.tools.push_back(*found);

@@ -93,6 +93,7 @@ bool
 CargoOutput::shows_output(size_t unit) const
 {
   return m_options.format == MessageFormat::human && !m_options.quiet &&
+         m_plan.units[unit].mode != cargo::UnitMode::doctest &&
          (m_plan.units[unit].package->is_local() || m_options.verbose > 0);
 }
 
@@ -437,6 +438,29 @@ CargoOutput::print_json(const cargo::CargoBuild& build) const
       j["start"] = round(seconds(times->second.first - m_started).count());
       j["seconds"] = round(seconds(times->second.second - times->second.first).count());
     }
+    if (u.mode == cargo::UnitMode::doctest) {
+      j["cached"] = status == "present" || status == "substituted";
+    }
+    std::cout << j.dump() << std::endl;
+  }
+  for (size_t i = 0; i < build.units.test_runs.size(); ++i) {
+    const auto& made = build.units.test_runs[i];
+    const auto& u = m_plan.units[build.units.test_run_of[i]];
+    auto r = build.result.steps.find(made.drv);
+    std::string status = r != build.result.steps.end() ? to_string(r->second.status)
+                         : m_store.is_valid(made.out) ? "present"
+                                                      : "not-run";
+    json j = {{"name", u.package->name},
+              {"version", u.package->version},
+              {"kind", "test-run"},
+              {"target", u.target.name},
+              {"drv", dir.print(made.drv)},
+              {"path", dir.print(made.out)},
+              {"status", status},
+              {"cached", status == "present" || status == "substituted"}};
+    if (r != build.result.steps.end() && !r->second.error.empty()) {
+      j["error"] = r->second.error;
+    }
     std::cout << j.dump() << std::endl;
   }
 }
@@ -488,6 +512,96 @@ CargoOutput::write_timings(const cargo::CargoBuild& build, const std::string& fo
     }
   }
   return report;
+}
+
+namespace {
+
+// "unittests src/lib.rs", "tests/it.rs", as cargo names a harness.
+std::string
+harness_name(const cargo::Unit& u)
+{
+  std::string src = u.target.src_path.lexically_relative(u.package->root()).string();
+  return u.target.is_test() || u.target.is_bench() ? src : "unittests " + src;
+}
+
+// How to run one harness again, as cargo says it.
+std::string
+rerun_hint(const cargo::Unit& u)
+{
+  std::string which = u.mode == cargo::UnitMode::doctest ? "--doc"
+                      : u.target.is_lib()                ? "--lib"
+                      : u.target.is_bin()                ? "--bin " + u.target.name
+                      : u.target.is_test()               ? "--test " + u.target.name
+                      : u.target.is_bench()              ? "--bench " + u.target.name
+                                                         : "--example " + u.target.name;
+  return "-p " + u.package->name + " " + which;
+}
+
+} // namespace
+
+bool
+CargoOutput::report_tests(const cargo::CargoBuild& build)
+{
+  struct Run
+  {
+    size_t unit;
+    const cargo::InstantiatedUnit* made;
+  };
+  std::vector<Run> runs;
+  for (size_t i = 0; i < build.units.test_runs.size(); ++i) {
+    runs.push_back({build.units.test_run_of[i], &build.units.test_runs[i]});
+  }
+  for (size_t i = 0; i < m_plan.units.size(); ++i) {
+    if (m_plan.units[i].mode == cargo::UnitMode::doctest) {
+      runs.push_back({i, &build.units.units[i]});
+    }
+  }
+  size_t passed = 0, cached = 0, failed = 0;
+  const StoreDir& dir = m_store.store_dir();
+  for (const auto& run : runs) {
+    const cargo::Unit& u = m_plan.units[run.unit];
+    auto step = build.result.steps.find(run.made->drv);
+    StepStatus status = step != build.result.steps.end() ? step->second.status
+                        : m_store.is_valid(run.made->out) ? StepStatus::present
+                                                          : StepStatus::skipped;
+    bool from_store = status == StepStatus::present || status == StepStatus::substituted;
+    std::string header = u.mode == cargo::UnitMode::doctest
+                           ? "   Doc-tests " + u.target.crate_name()
+                           : "     Running " + harness_name(u) + " (" + cargo::describe(u) + ")";
+    if (status == StepStatus::failed) {
+      ++failed;
+      std::cerr << header << "\n";
+      std::error_code ec;
+      fs::path log = log_path(m_store, run.made->drv);
+      std::cout << (fs::exists(log, ec) ? without_builder_messages(read_file(log))
+                                        : step->second.error + "\n");
+      std::cerr << "error: test failed, to rerun pass `" << rerun_hint(u) << "` (log: kiln log "
+                << dir.print(run.made->drv) << ")\n";
+      continue;
+    }
+    if (status == StepStatus::skipped) {
+      ++failed;
+      std::cerr << header << ": not run"
+                << (step != build.result.steps.end() ? " (" + step->second.error + ")" : "")
+                << "\n";
+      continue;
+    }
+    ++passed;
+    cached += from_store;
+    if (!m_options.quiet) {
+      std::cerr << header << (from_store ? " (cached)" : "") << "\n";
+    }
+    std::error_code ec;
+    fs::path output = m_store.physical_path(run.made->out) / "output.txt";
+    if (fs::exists(output, ec)) {
+      std::cout << read_file(output) << std::flush;
+    }
+  }
+  if (!m_options.quiet && !runs.empty()) {
+    std::fprintf(stderr, "%12s %zu test binaries: %zu passed (%zu cached), %zu failed\n", "Tested",
+                 runs.size(), passed, cached, failed);
+  }
+  return failed == 0;
 }
 
 void

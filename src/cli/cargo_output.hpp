@@ -49,6 +49,10 @@ public:
   // unit on stdout). Returns the report's path.
   std::filesystem::path write_timings(const cargo::CargoBuild& build, const std::string& formats,
                                       const std::filesystem::path& dir) const;
+  // kiln test: each test harness's and doctest's result, as cargo prints
+  // them (those taken from the store or a cache marked "cached"); false if
+  // any failed or did not run.
+  bool report_tests(const cargo::CargoBuild& build);
   // "Finished `dev` profile: ..."
   void print_finished(const cargo::CargoBuild& build) const;
 

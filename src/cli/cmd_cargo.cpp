@@ -6,8 +6,12 @@
 
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/process.hpp>
 
+#include <chrono>
 #include <iostream>
+
+#include <unistd.h>
 
 namespace kiln::cli {
 
@@ -88,6 +92,101 @@ link_products(LocalStore& store, const cargo::CargoProject& project, const cargo
 
 } // namespace
 
+namespace {
+// `kiln run`: the one executable the plan built, run with the arguments
+// after `--` in the folder kiln was started in, as `cargo run` does.
+int
+run_product(LocalStore& store, const cargo::CargoProject& project, const cargo::CargoBuild& build,
+            const CargoArgs& args)
+{
+  std::vector<size_t> executables;
+  for (size_t r : project.plan().roots) {
+    if (build.units.units[r].product.starts_with("bin/")) {
+      executables.push_back(r);
+    }
+  }
+  if (executables.size() != 1) {
+    std::string names;
+    for (size_t r : executables) {
+      names += (names.empty() ? "" : ", ") + project.plan().units[r].target.name;
+    }
+    throw UsageError(executables.empty()
+                       ? "no executable to run (a package with a bin target, or --bin / --example)"
+                       : "could not determine which binary to run; use --bin NAME (one of: " +
+                           names + ")");
+  }
+  const cargo::Unit& unit = project.plan().units[executables.front()];
+  fs::path program = store.physical_path(build.units.units[executables.front()].out) /
+                     build.units.units[executables.front()].product;
+  std::vector<std::string> argv;
+  auto cfg = project.toolchain().cfg(unit.triple, {});
+  if (auto runner = project.build_config().runner(unit.triple, cfg)) {
+    argv = *runner;
+  }
+  argv.push_back(program.string());
+  argv.insert(argv.end(), args.after_dashes.begin(), args.after_dashes.end());
+  // What cargo run sets for the program (Compilation::fill_env).
+  const cargo::CargoPackage& pkg = *unit.package;
+  ::setenv("CARGO_MANIFEST_DIR", pkg.root().c_str(), 1);
+  ::setenv("CARGO_MANIFEST_PATH", pkg.manifest_path.c_str(), 1);
+  ::setenv("CARGO_PKG_NAME", pkg.name.c_str(), 1);
+  ::setenv("CARGO_PKG_VERSION", pkg.version.c_str(), 1);
+  ::setenv("CARGO", project.toolchain().cargo.c_str(), 1);
+  for (const auto& [k, v] : project.build_config().env_for_process({})) {
+    ::setenv(k.c_str(), v.c_str(), 1);
+  }
+  std::vector<char*> c_argv;
+  for (auto& a : argv) {
+    c_argv.push_back(a.data());
+  }
+  c_argv.push_back(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  ::execvp(c_argv[0], c_argv.data());
+  throw SystemError("running " + argv[0], errno);
+}
+
+// `kiln test --no-sandbox-for-tests`: each harness run as cargo runs it, in
+// its package's folder with the caller's environment; nothing is cached.
+int
+run_tests_outside(LocalStore& store, const cargo::CargoProject& project,
+                  const cargo::CargoBuild& build, const CargoArgs& args)
+{
+  int status = 0;
+  for (size_t r : project.plan().roots) {
+    const cargo::Unit& u = project.plan().units[r];
+    if (u.mode != cargo::UnitMode::test) {
+      continue;
+    }
+    const cargo::InstantiatedUnit& made = build.units.units[r];
+    fs::path harness = store.physical_path(made.out) / made.product;
+    std::fprintf(stderr, "%12s %s (%s, outside the sandbox)\n", "Running",
+                 u.target.src_path.lexically_relative(u.package->root()).c_str(),
+                 cargo::describe(u).c_str());
+    std::vector<std::string> argv = {harness.string()};
+    argv.insert(argv.end(), args.after_dashes.begin(), args.after_dashes.end());
+    ProcessOptions options;
+    options.cwd = u.package->root();
+    for (const auto& [name, out] : made.inputs.bin_exes) {
+      options.env["CARGO_BIN_EXE_" + name] = store.physical_path(store.store_dir().parse(out)).string() + "/bin/" + name;
+    }
+    options.env["CARGO_MANIFEST_DIR"] = u.package->root().string();
+    options.merge_stderr = true;
+    ProcessResult result = run_process(argv, options);
+    std::cout << result.out << std::flush;
+    if (!result.ok()) {
+      std::cerr << "error: test failed (" << result.describe() << ")\n";
+      status = 101;
+      if (!args.no_fail_fast) {
+        break;
+      }
+    }
+  }
+  return status;
+}
+
+} // namespace
+
 cargo::CargoRequest
 CargoArgs::request(cargo::CargoCommand command) const
 {
@@ -132,10 +231,36 @@ CargoArgs::request(cargo::CargoCommand command) const
   add_value(a, "--profile", profile);
   add_value(a, "--target", target);
   add_value(a, "--target-dir", target_dir);
+  add_flag(a, "--doc", doc);
   r.config_args = config;
   r.offline = offline || frozen;
   r.checks_tests = tests || benches || all_targets;
+  if (command == cargo::CargoCommand::test) {
+    r.test_args = after_dashes;
+    r.no_run = no_run || no_sandbox_for_tests;
+    if (rerun) {
+      r.rerun = std::to_string(std::chrono::system_clock::now().time_since_epoch().count()) + "-" +
+                std::to_string(::getpid());
+    }
+  } else if (command == cargo::CargoCommand::clippy) {
+    r.clippy_args = after_dashes;
+    r.clippy_no_deps = no_deps;
+  }
   return r;
+}
+
+void
+add_build_common_options(CLI::App& c, BuildCommonArgs& args)
+{
+  c.add_flag("--json", args.json,
+             "One JSON object a line per unit: name, kind, drv, path, status (kiln's; "
+             "--message-format json gives cargo's messages)");
+  c.add_flag("-k,--keep-going", args.keep_going,
+             "After a failure, build everything that does not depend on it");
+  c.add_flag("--no-link", args.no_link, "Do not create result links");
+  c.add_option("--timeout", args.timeout, "Kill a build step after this many seconds");
+  c.add_option("--max-silent-time", args.max_silent_time,
+               "Kill a build step silent for this many seconds");
 }
 
 void
@@ -237,8 +362,8 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
     }
     return 0;
   }
-  BuildOptions options =
-    ctx.build_options(common.keep_going, common.timeout, common.max_silent_time);
+  BuildOptions options = ctx.build_options(common.keep_going || args.no_fail_fast, common.timeout,
+                                          common.max_silent_time);
   options.jobserver = true;
   // build.jobs in cargo's configuration, unless kiln's own jobs setting says.
   const auto& origins = ctx.settings().origins;
@@ -254,9 +379,18 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
   cargo::CargoBuild build = cargo::build_project(store, *project, options, out);
   cargo::record_build(*project, build.units);
   out.finish(build);
-  int status = build.succeeded() ? 0 : 1;
+  // cargo's own status for its commands (101); kiln build keeps kiln's 1.
+  int failure = command == cargo::CargoCommand::build ? 1 : 101;
+  int status = build.succeeded() ? 0 : failure;
+  if (command == cargo::CargoCommand::test && !args.no_run) {
+    if (args.no_sandbox_for_tests) {
+      status = std::max(status, run_tests_outside(store, *project, build, args));
+    } else if (!out.report_tests(build)) {
+      status = failure;
+    }
+  }
   if (!push_cache.report(build.result)) {
-    status = 1;
+    status = failure;
   }
   if (common.json) {
     out.print_json(build);
@@ -272,7 +406,62 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
   }
   link_products(store, *project, build, args, common);
   out.print_finished(build);
+  if (command == cargo::CargoCommand::run) {
+    return run_product(store, *project, build, args);
+  }
   return 0;
+}
+
+namespace {
+
+void
+add_cargo_command(CLI::App& app, Context& ctx, cargo::CargoCommand command, const char* help)
+{
+  auto args = std::make_shared<CargoArgs>();
+  auto common = std::make_shared<BuildCommonArgs>();
+  auto* c = app.add_subcommand(cargo::to_string(command), help);
+  add_cargo_options(*c, *args);
+  add_build_common_options(*c, *common);
+  if (command == cargo::CargoCommand::test) {
+    c->add_flag("--no-run", args->no_run, "Compile the tests, do not run them");
+    c->add_flag("--doc", args->doc, "Only the library's documentation tests");
+    c->add_flag("--no-fail-fast", args->no_fail_fast,
+                "Run every test binary, whatever fails");
+    c->add_flag("--rerun,--no-cached-results", args->rerun,
+                "Run every test again, even those whose result is in the store or a cache");
+    c->add_flag("--no-sandbox-for-tests", args->no_sandbox_for_tests,
+                "Run the tests as cargo does, outside the sandbox, in the package's folder "
+                "(for tests that need the network or $HOME); their results are not cached");
+    c->add_option("ARGS", args->after_dashes, "After --: arguments for the test harnesses");
+  } else if (command == cargo::CargoCommand::clippy) {
+    c->add_flag("--no-deps", args->no_deps, "Lint only the selected packages");
+    c->add_option("ARGS", args->after_dashes, "After --: clippy's arguments (-D warnings, ...)");
+  } else if (command == cargo::CargoCommand::run) {
+    c->add_option("ARGS", args->after_dashes, "After --: the program's arguments");
+  }
+  c->callback([&ctx, args, common, command] {
+    ctx.action = [&ctx, args, common, command] {
+      return cargo_command(ctx, *args, *common, command);
+    };
+  });
+}
+
+} // namespace
+
+void
+register_cargo_commands(CLI::App& app, Context& ctx)
+{
+  add_cargo_command(app, ctx, cargo::CargoCommand::check,
+                    "Check a Cargo project as `cargo check` does (metadata only), every unit cached "
+                    "and substituted");
+  add_cargo_command(app, ctx, cargo::CargoCommand::test,
+                    "Build and run a Cargo project's tests as `cargo test` does; passing results "
+                    "are cached (an unchanged crate's tests are not run again)");
+  add_cargo_command(app, ctx, cargo::CargoCommand::clippy,
+                    "Lint a Cargo project as `cargo clippy` does, every unit cached and its "
+                    "diagnostics replayed");
+  add_cargo_command(app, ctx, cargo::CargoCommand::run,
+                    "Build one binary (or --example) of a Cargo project and run it, as `cargo run`");
 }
 
 } // namespace kiln::cli

@@ -41,6 +41,11 @@ struct CargoArgs
   std::vector<std::string> message_format;
   std::optional<std::string> timings;     // --timings[=html,json]
   bool print_plan = false;                // --unit-graph
+  // test, clippy, run
+  std::vector<std::string> after_dashes;  // the harness's, clippy's or the program's arguments
+  bool no_run = false, doc = false, no_fail_fast = false, rerun = false;
+  bool no_sandbox_for_tests = false;
+  bool no_deps = false;                   // clippy: lint the selected packages only
   // kiln's
   bool link_libs = false;
   std::string push_to;
@@ -67,5 +72,12 @@ struct BuildCommonArgs
 
 int cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common,
                   cargo::CargoCommand command);
+
+// Add the common build flags (--json, -k, --no-link, --timeout,
+// --max-silent-time) to a command.
+void add_build_common_options(CLI::App& command, BuildCommonArgs& args);
+
+// kiln check, test, clippy, run.
+void register_cargo_commands(CLI::App& app, Context& ctx);
 
 } // namespace kiln::cli

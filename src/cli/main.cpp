@@ -199,6 +199,7 @@ main(int argc, char** argv)
   cli::register_cache_commands(app, ctx);
   cli::register_derivation_commands(app, ctx);
   cli::register_build_commands(app, ctx);
+  cli::register_cargo_commands(app, ctx);
   cli::register_serve_commands(app, ctx);
   cli::register_doctor_commands(app, ctx);
 

@@ -46,7 +46,7 @@ struct UnitInputs
   std::string package;                    // "serde"
   std::string version;                    // "1.0.152"
   std::string mode;                       // "build", "check", "check-test", "test", "doctest",
-                                          // "run-build-script"
+                                          // "run-build-script", "test-run"
   std::string target;                     // the target's name
   std::vector<std::string> target_kind;   // "lib", "bin", "custom-build", ...
   std::vector<std::string> crate_types;
@@ -81,7 +81,11 @@ struct UnitInputs
   std::vector<std::string> lint_flags;    // [lints]
   bool cap_lints = false;                 // --cap-lints allow (not a path package)
   bool primary = false;                   // CARGO_PRIMARY_PACKAGE
-  std::vector<std::string> tool_args;     // clippy's arguments (-D warnings)
+  std::vector<std::string> tool_args;     // clippy's arguments (-D warnings); a test's harness
+                                          // arguments (filters, --ignored, ...)
+  std::vector<std::string> rustdocflags;  // doctests
+  std::string test_binary;                // a test run: the harness (<output>/bin/<name>)
+  std::string rerun;                      // a test run asked to run again (--rerun): its nonce
   std::map<std::string, std::string> config_env;   // [env], as it applies
   // Build-script runs: what the script was seen to read of the host — the
   // caller's variables it declares (rerun-if-env-changed) that are set, and

@@ -48,6 +48,12 @@ struct CargoRequest
   bool checks_tests = false;
   // `clippy`: the arguments after `--` (-D warnings, -W clippy::pedantic).
   std::vector<std::string> clippy_args;
+  bool clippy_no_deps = false;            // lint the selected packages only
+  // `test`: the harnesses' arguments (after `--`), compile only (--no-run),
+  // and a nonce when every test is to run again (--rerun).
+  std::vector<std::string> test_args;
+  bool no_run = false;
+  std::string rerun;
   // The caller's environment as cargo would see it.
   Environment env;
 };

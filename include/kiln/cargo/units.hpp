@@ -52,6 +52,11 @@ struct InstantiatedUnit
 struct InstantiatedPlan
 {
   std::vector<InstantiatedUnit> units;      // one per Plan::units entry
+  // `kiln test`: a run of each test harness the plan compiles as a root
+  // (its derivation's output is the harness's report), and which unit's
+  // harness each runs.
+  std::vector<InstantiatedUnit> test_runs;
+  std::vector<size_t> test_run_of;
   std::map<StorePath, Derivation> derivations;
   std::map<StorePath, SourceTree> sources;
 
@@ -77,9 +82,15 @@ struct InstantiateContext
   // units run through it, with these arguments); empty otherwise.
   std::string clippy;
   std::vector<std::string> clippy_args;
+  bool clippy_selected_only = false;      // --no-deps: only the packages asked for
   // Fills in what a build-script run of the package reads of the host
   // (UnitInputs::host_env, host_files); unset: nothing.
   std::function<void(const CargoPackage& package, UnitInputs& run)> host_inputs;
+  // `kiln test`: run the test harnesses, with these arguments (and, when
+  // set, a nonce that makes every run new: --rerun).
+  bool run_tests = false;
+  std::vector<std::string> test_args;
+  std::string rerun;
 };
 
 // Compute every unit's inputs and derivation. Source trees are hashed (not
@@ -113,6 +124,8 @@ public:
 
   // The plan's index of the unit `drv` builds, if it is one.
   std::optional<size_t> unit_of(const StorePath& drv) const;
+  // The index in InstantiatedPlan::test_runs of the test run `drv` is.
+  std::optional<size_t> test_run_of(const StorePath& drv) const;
 
 private:
   LocalStore& m_store;
@@ -122,6 +135,7 @@ private:
   unsigned m_jobs;
   const Environment* m_env;
   std::map<StorePath, size_t> m_unit_of;
+  std::map<StorePath, size_t> m_test_run_of;
   std::filesystem::path m_self;     // this executable
   std::filesystem::path m_helper;   // kiln-rust-unit, if found
   mutable std::mutex m_push_mutex;
