@@ -110,6 +110,9 @@ sample_inputs()
   i.build_script = k_dep_a;
   i.links_runs = {{"z", k_dep_a}};
   i.tool_args = {"-D", "warnings"};
+  i.rustdocflags = {"--cfg", "doc"};
+  i.test_binary = k_dep_a + "/bin/t";
+  i.rerun = "1";
   return i;
 }
 
@@ -126,6 +129,9 @@ changed(const std::string& name, const json& v)
   }
   if (v.is_string()) {
     std::string s = v;
+    if (s.starts_with(k_dep_a + "/")) {
+      return k_dep_b + s.substr(k_dep_a.size());
+    }
     return s.starts_with("/kiln/store/") ? json(s == k_dep_a ? k_dep_b : k_dep_a) : json(s + "-changed");
   }
   if (v.is_number() || v.is_null()) {
