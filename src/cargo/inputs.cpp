@@ -102,6 +102,7 @@ to_json_value(const UnitInputs& i)
           {"primary", i.primary},
           {"tool_args", i.tool_args},
           {"rustdocflags", i.rustdocflags},
+          {"clippy_conf", i.clippy_conf},
           {"test_binary", i.test_binary},
           {"rerun", i.rerun},
           {"config_env", i.config_env},
@@ -162,6 +163,7 @@ inputs_from_json(const std::string& text)
   i.primary = j.at("primary");
   i.tool_args = j.at("tool_args").get<std::vector<std::string>>();
   i.rustdocflags = j.at("rustdocflags").get<std::vector<std::string>>();
+  i.clippy_conf = j.at("clippy_conf");
   i.test_binary = j.at("test_binary");
   i.rerun = j.at("rerun");
   i.config_env = j.at("config_env").get<std::map<std::string, std::string>>();
@@ -502,6 +504,9 @@ compile_instructions(const UnitInputs& i, const std::string& metadata)
       args += a + "__CLIPPY_HACKERY__";
     }
     env["CLIPPY_ARGS"] = args;
+    if (!i.clippy_conf.empty()) {
+      env["CLIPPY_CONF_DIR"] = i.clippy_conf;
+    }
   }
   auto [product, rename] = compile_product(i, metadata);
   json spec = {{"mode", "compile"},
@@ -717,6 +722,9 @@ make_derivation(const UnitInputs& inputs, const std::string& system,
   drv.platform = system;
   drv.builder = k_rust_unit_builder;
   drv.input_srcs.insert(store_dir.parse(inputs.source));
+  if (!inputs.clippy_conf.empty()) {
+    drv.input_srcs.insert(store_dir.parse(inputs.clippy_conf));
+  }
   auto add_input = [&](const std::string& output) {
     if (output.empty()) {
       return;

@@ -74,6 +74,19 @@ public:
                                       ContentAddress{ContentAddress::Method::recursive, d.nar_hash});
   }
 
+  // A folder's one configuration file `name`, as a source of its own.
+  StorePath
+  conf_path(const StoreDir& dir, const fs::path& folder, const std::string& name, SourceTree& tree)
+  {
+    tree.root = folder;
+    tree.filter = [name](const std::string& rel) { return rel == name; };
+    tree.name = "clippy-conf";
+    TreeDigest d = m_digests.digest(folder, tree.filter, "only " + name);
+    tree.size = d.nar_size;
+    return dir.make_fixed_output_path(tree.name,
+                                      ContentAddress{ContentAddress::Method::recursive, d.nar_hash});
+  }
+
 private:
   DigestCache m_digests;
 };
@@ -517,6 +530,35 @@ InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) cons
 
 namespace {
 
+// clippy reads clippy.toml (or .clippy.toml) from the package's folder or
+// the nearest folder above it. One above the package (the workspace's) is
+// put in the store beside the sources and named by CLIPPY_CONF_DIR.
+void
+add_clippy_conf(const CargoPackage& pkg, UnitInputs& inputs, Sources& sources,
+                InstantiatedPlan& made, const StoreDir& dir)
+{
+  std::error_code ec;
+  for (fs::path d = pkg.root(); !d.empty(); d = d.parent_path()) {
+    for (const char* name : {"clippy.toml", ".clippy.toml"}) {
+      if (!fs::is_regular_file(d / name, ec)) {
+        continue;
+      }
+      if (d == pkg.root()) {
+        return; // in the sources already
+      }
+      SourceTree tree;
+      std::string file = name;
+      StorePath path = sources.conf_path(dir, d, file, tree);
+      made.sources.emplace(path, std::move(tree));
+      inputs.clippy_conf = dir.print(path);
+      return;
+    }
+    if (d == d.root_path()) {
+      return;
+    }
+  }
+}
+
 // A run of each test harness the plan compiles as a root: its inputs are
 // the harness (which stands for everything it was compiled from), its
 // arguments, the package's sources (its working folder) and what it sees at
@@ -584,6 +626,9 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
       src = source_of.emplace(unit.package->id, path).first;
     }
     UnitInputs inputs = builder.inputs(i, dir.print(src->second));
+    if (inputs.driver != "rustc") {
+      add_clippy_conf(*unit.package, inputs, sources, made, dir);
+    }
     UnitDerivation derivation = make_derivation(inputs, system, drv_of, dir, hasher);
     drv_of.emplace(dir.print(derivation.out), derivation.drv_path);
     made.derivations.emplace(derivation.drv_path, derivation.drv);

@@ -25,6 +25,9 @@ public:
   std::map<std::string, CLI::Option*> flag_options;
   std::string config_file;
   bool quiet = false;
+  // The arguments after `--`, for the program a command runs.
+  std::vector<std::string> after_dashes;
+  bool has_dashes = false;
 
   const Settings& settings();
   // Use these settings instead (a project file's, merged with the command

@@ -50,7 +50,7 @@ add_flag(std::vector<std::string>& argv, const char* flag, bool on)
 // Where the products are linked: cargo's target folder, kiln/<profile dir>.
 void
 link_products(LocalStore& store, const cargo::CargoProject& project, const cargo::CargoBuild& build,
-              const CargoArgs& args, const BuildCommonArgs& common)
+              const CargoArgs& args, const BuildCommonArgs& common, bool quiet_paths)
 {
   const cargo::Plan& plan = project.plan();
   if (plan.roots.empty()) {
@@ -80,7 +80,7 @@ link_products(LocalStore& store, const cargo::CargoProject& project, const cargo
     if (executable && !first_bin) {
       first_bin = r;
     }
-    if (!common.json && args.message_format.empty()) {
+    if (!common.json && args.message_format.empty() && !quiet_paths) {
       std::cout << product.string() << "\n";
     }
   }
@@ -404,7 +404,8 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
   if (status != 0) {
     return status;
   }
-  link_products(store, *project, build, args, common);
+  // Not `kiln run`'s: its stdout is the program's.
+  link_products(store, *project, build, args, common, command == cargo::CargoCommand::run);
   out.print_finished(build);
   if (command == cargo::CargoCommand::run) {
     return run_product(store, *project, build, args);
@@ -432,15 +433,16 @@ add_cargo_command(CLI::App& app, Context& ctx, cargo::CargoCommand command, cons
     c->add_flag("--no-sandbox-for-tests", args->no_sandbox_for_tests,
                 "Run the tests as cargo does, outside the sandbox, in the package's folder "
                 "(for tests that need the network or $HOME); their results are not cached");
-    c->add_option("ARGS", args->after_dashes, "After --: arguments for the test harnesses");
+    c->footer("Arguments after `--` go to the test harnesses (filters, --ignored, --nocapture, ...).");
   } else if (command == cargo::CargoCommand::clippy) {
     c->add_flag("--no-deps", args->no_deps, "Lint only the selected packages");
-    c->add_option("ARGS", args->after_dashes, "After --: clippy's arguments (-D warnings, ...)");
+    c->footer("Arguments after `--` go to clippy (-D warnings, -W clippy::pedantic, ...).");
   } else if (command == cargo::CargoCommand::run) {
-    c->add_option("ARGS", args->after_dashes, "After --: the program's arguments");
+    c->footer("Arguments after `--` go to the program.");
   }
   c->callback([&ctx, args, common, command] {
     ctx.action = [&ctx, args, common, command] {
+      args->after_dashes = ctx.after_dashes;
       return cargo_command(ctx, *args, *common, command);
     };
   });

@@ -204,7 +204,23 @@ main(int argc, char** argv)
   cli::register_doctor_commands(app, ctx);
 
   try {
-    app.parse(argc, argv);
+    // What follows `--` is for the program kiln runs (a test harness,
+    // clippy, `kiln run`'s binary), not for kiln.
+    std::vector<std::string> args;
+    for (int i = argc - 1; i >= 1; --i) {
+      if (std::string_view(argv[i]) == "--" && ctx.after_dashes.empty() && args.empty()) {
+        for (int j = i + 1; j < argc; ++j) {
+          ctx.after_dashes.push_back(argv[j]);
+        }
+        ctx.has_dashes = true;
+        argc = i;
+        break;
+      }
+    }
+    for (int i = argc - 1; i >= 1; --i) {
+      args.push_back(argv[i]);
+    }
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) {
       return app.exit(e); // --help, --version

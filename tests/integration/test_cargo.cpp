@@ -579,3 +579,77 @@ TEST_CASE("cargo frontend: --explain and why-rebuild name the input that changed
   CHECK_THAT(why.out, Catch::Contains("environment __kiln_inputs.source:"));
   CHECK(why.out.find("__kiln_unit") == std::string::npos);
 }
+
+namespace {
+
+// The diagnostics' headlines ("warning: unneeded `return` statement"),
+// without the counts cargo and rustc add.
+std::multiset<std::string>
+lint_headlines(const std::string& err)
+{
+  std::multiset<std::string> out;
+  std::istringstream lines(err);
+  for (std::string line; std::getline(lines, line);) {
+    bool headline = line.starts_with("warning: ") || line.starts_with("error: ") ||
+                    line.starts_with("error[");
+    if (headline && line.find("generated") == std::string::npos &&
+        line.find("emitted") == std::string::npos && line.find("aborting") == std::string::npos &&
+        line.find("could not compile") == std::string::npos &&
+        line.find("waiting for other jobs") == std::string::npos) {
+      out.insert(line);
+    }
+  }
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("cargo frontend: kiln clippy lints as cargo clippy, also from a cache", "[cargo][clippy]")
+{
+  if (!test::have_program("clippy-driver") && !fs::exists(fs::path(test::output_of(
+                                                test::run({"rustc", "--print", "sysroot"}), "sysroot")) /
+                                              "bin" / "clippy-driver")) {
+    test::skip("clippy is not installed");
+    return;
+  }
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  test::write_file(ws / "winonly" / "src" / "lib.rs",
+                   "pub fn f(x: u32) -> u32 { return x + 1; }\n"
+                   "pub fn g(a: u32, b: u32, c: u32) -> u32 { a + b + c }\n");
+  // The workspace's clippy.toml, above the member: it counts.
+  test::write_file(ws / "clippy.toml", "too-many-arguments-threshold = 2\n");
+  test::RunOptions in_ws;
+  in_ws.cwd = ws;
+  in_ws.env["CARGO_TARGET_DIR"] = (dir / "cargo-target").string();
+  auto cargo_warn = test::run({"cargo", "clippy"}, in_ws);
+  auto cargo_deny = test::run({"cargo", "clippy", "--", "-D", "warnings"}, in_ws);
+  REQUIRE(cargo_warn.status == 0);
+  REQUIRE(cargo_deny.status == 101);
+  auto want = lint_headlines(cargo_warn.err);
+  CHECK(want.count("warning: unneeded `return` statement") == 1);
+  CHECK(want.count("warning: this function has too many arguments (3/2)") == 1);
+
+  std::string a = (dir / "a").string(), cache = "file://" + (dir / "cache").string();
+  test::kiln({"key", "generate", "k", "--secret-file", (dir / "sk").string()});
+  auto pub = test::output_of(test::kiln({"key", "public", (dir / "sk").string()}), "key");
+  auto warn = kiln_in(ws, {"--store", a, "--secret-key-file", (dir / "sk").string(), "clippy",
+                           "--push-to", cache});
+  INFO(warn.err);
+  CHECK(warn.status == 0);
+  CHECK(lint_headlines(warn.err) == want);
+  auto deny = kiln_in(ws, {"--store", a, "clippy", "--", "-D", "warnings"});
+  CHECK(deny.status == 101);
+  UNSCOPED_INFO("cargo said: " << cargo_deny.err);
+  CHECK(lint_headlines(deny.err) == lint_headlines(cargo_deny.err));
+
+  // From a cache, in a fresh store: nothing linted again, the warnings shown again.
+  auto fresh = kiln_in(ws, {"--store", (dir / "b").string(), "--substituters", cache,
+                            "--trusted-public-keys", pub, "clippy", "--json"});
+  INFO(fresh.err);
+  CHECK(fresh.status == 0);
+  CHECK(lint_headlines(fresh.err) == want);
+  for (const auto& u : json_lines(fresh.out)) {
+    CHECK(u["status"] != "built");
+  }
+}

@@ -84,6 +84,7 @@ struct UnitInputs
   std::vector<std::string> tool_args;     // clippy's arguments (-D warnings); a test's harness
                                           // arguments (filters, --ignored, ...)
   std::vector<std::string> rustdocflags;  // doctests
+  std::string clippy_conf;                // clippy: the clippy.toml found above the package
   std::string test_binary;                // a test run: the harness (<output>/bin/<name>)
   std::string rerun;                      // a test run asked to run again (--rerun): its nonce
   std::map<std::string, std::string> config_env;   // [env], as it applies
