@@ -96,10 +96,8 @@ TEST_CASE("cargo frontend: kiln plans what cargo plans, and runs rustc as cargo 
   // Every rustc command line the same (paths and hashes aside), under the
   // flags users give: resolver 2 with every kind of unit, optional
   // dependencies switched on from the command line, test targets.
+  // (Configuration, profiles and --target are tried in test_cargo_config.)
   for (const auto& flags : std::vector<std::vector<std::string>>{
-         {},
-         {"--release"},
-         {"--target", "x86_64-unknown-linux-gnu"},
          {"-p", "mylib", "--all-features"},
          {"--features", "toolkit/legacy"},
          {"--all-targets"}}) {
@@ -120,7 +118,6 @@ TEST_CASE("cargo frontend: kiln plans what cargo plans, and runs rustc as cargo 
   }
   test::check_same_rustc_lines(test::build_with_both(custom, {"--profile", "fast"}, dir.path()),
                                "profile fast");
-  test::check_same_rustc_lines(test::build_with_both(custom, {}, dir.path()), "profile dev");
 }
 
 TEST_CASE("cargo frontend: bad input is a clear error", "[cargo]")

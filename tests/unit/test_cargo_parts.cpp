@@ -113,6 +113,7 @@ sample_inputs()
   i.rustdocflags = {"--cfg", "doc"};
   i.test_binary = k_dep_a + "/bin/t";
   i.rerun = "1";
+  i.clippy_conf = "/kiln/store/dddddddddddddddddddddddddddddddd-clippy-conf";
   return i;
 }
 
