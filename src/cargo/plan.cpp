@@ -51,6 +51,21 @@ Unit::kind_name() const
   return "lib";
 }
 
+bool
+Unit::compiles_to_rlib() const
+{
+  return mode == UnitMode::build && target.is_lib() && !target.is_proc_macro() &&
+         (target.has_crate_type("lib") || target.has_crate_type("rlib"));
+}
+
+bool
+Unit::reads_metadata_only() const
+{
+  return compiles_to_rlib() &&
+         !(target.has_crate_type("dylib") || target.has_crate_type("cdylib") ||
+           target.has_crate_type("staticlib"));
+}
+
 namespace {
 
 [[noreturn]] void

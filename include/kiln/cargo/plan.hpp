@@ -71,8 +71,11 @@ struct Unit
   // "example", "test", "bench"
   std::string kind_name() const;
   bool host_kind() const { return !platform.has_value(); }
-  // Does this unit run rustc to produce code that links (not metadata only)?
-  bool compiles() const { return mode != UnitMode::run_custom_build && mode != UnitMode::doctest; }
+  // A library compiled to an rlib (and so to an .rmeta first).
+  bool compiles_to_rlib() const;
+  // Does it read only its libraries' metadata (cargo's pipelining: an rlib
+  // compiled from other rlibs)?
+  bool reads_metadata_only() const;
 };
 
 struct Plan

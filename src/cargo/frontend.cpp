@@ -1,0 +1,256 @@
+// The plan's units as a build frontend: their derivations, the builder that
+// runs them in the sandbox (kiln-rust-unit, with the toolchain and what a
+// build script reads of the host visible), pipelining, costs, what may be
+// pushed.
+#include <kiln/cargo/units.hpp>
+#include <kiln/derivation/derivation.hpp>
+#include <kiln/util/process.hpp>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <functional>
+#include <set>
+#include <sstream>
+
+namespace kiln::cargo {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Can any user reach `dir`'s files (o+x on it and every folder above)?
+bool
+world_enterable(const fs::path& dir)
+{
+  for (fs::path d = dir; !d.empty(); d = d.parent_path()) {
+    struct stat st;
+    if (::stat(d.c_str(), &st) != 0 || (st.st_mode & S_IXOTH) == 0) {
+      return false;
+    }
+    if (d == d.root_path()) {
+      break;
+    }
+  }
+  return true;
+}
+
+// The host paths a build-script run reads outside the folders every build
+// sees: those its passed-on variables name (PKG_CONFIG_PATH=/opt/x/pkgconfig)
+// and the files it was seen reading.
+std::vector<fs::path>
+host_paths_of(const UnitInputs& run)
+{
+  static const std::vector<std::string> always = {"/usr/", "/bin/", "/lib/", "/lib64/", "/etc/alternatives/"};
+  std::set<fs::path> paths;
+  auto add = [&](const std::string& p) {
+    std::error_code ec;
+    if (p.starts_with("/") && fs::exists(p, ec) &&
+        std::none_of(always.begin(), always.end(), [&](const std::string& a) { return p.starts_with(a); })) {
+      paths.insert(p);
+    }
+  };
+  for (const auto& [name, value] : run.host_env) {
+    std::istringstream parts(value);
+    for (std::string part; std::getline(parts, part, ':');) {
+      add(part);
+    }
+  }
+  for (const auto& [path, identity] : run.host_files) {
+    if (identity != "missing" && identity != "folder") {
+      add(path);
+    }
+  }
+  return {paths.begin(), paths.end()};
+}
+
+} // namespace
+
+UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
+                           const Toolchain& toolchain, unsigned jobs, const Environment* env)
+  : m_store(store), m_plan(plan), m_units(units), m_toolchain(toolchain), m_jobs(jobs), m_env(env)
+{
+  for (size_t i = 0; i < units.units.size(); ++i) {
+    m_unit_of.emplace(units.units[i].drv, i);
+  }
+  for (size_t i = 0; i < units.test_runs.size(); ++i) {
+    m_test_run_of.emplace(units.test_runs[i].drv, i);
+  }
+  std::error_code ec;
+  m_self = fs::read_symlink("/proc/self/exe", ec);
+  // kiln-rust-unit beside kiln (a build tree) or in ../libexec/kiln (an
+  // install); without it, kiln itself does the work (`kiln __rust-unit`).
+  for (const fs::path& candidate :
+       {m_self.parent_path() / "kiln-rust-unit",
+        m_self.parent_path().parent_path() / "libexec" / "kiln" / "kiln-rust-unit"}) {
+    if (::access(candidate.c_str(), X_OK) == 0) {
+      m_helper = candidate;
+      break;
+    }
+  }
+}
+
+std::optional<size_t>
+UnitFrontend::test_run_of(const StorePath& drv) const
+{
+  auto it = m_test_run_of.find(drv);
+  return it == m_test_run_of.end() ? std::nullopt : std::optional<size_t>(it->second);
+}
+
+std::optional<size_t>
+UnitFrontend::unit_of(const StorePath& drv) const
+{
+  auto it = m_unit_of.find(drv);
+  return it == m_unit_of.end() ? std::nullopt : std::optional<size_t>(it->second);
+}
+
+const Derivation*
+UnitFrontend::derivation(const StorePath& drv) const
+{
+  auto it = m_units.derivations.find(drv);
+  return it == m_units.derivations.end() ? nullptr : &it->second;
+}
+
+void
+UnitFrontend::prepare(const StorePath& drv) const
+{
+  m_units.materialize(m_store, drv);
+}
+
+double
+UnitFrontend::cost(const StorePath& drv) const
+{
+  auto unit = unit_of(drv);
+  return unit ? m_units.units[*unit].cost : 1.0;
+}
+
+bool
+UnitFrontend::may_start_early(const StorePath& dependent, const StorePath& input) const
+{
+  auto d = unit_of(dependent), i = unit_of(input);
+  return d && i && m_plan.units[*d].reads_metadata_only() && m_plan.units[*i].compiles_to_rlib();
+}
+
+bool
+UnitFrontend::may_push(const StorePath& drv) const
+{
+  auto unit = unit_of(drv);
+  if (!unit) {
+    return true;
+  }
+  std::lock_guard guard(m_push_mutex);
+  std::function<bool(size_t)> pushable = [&](size_t i) {
+    auto known = m_pushable.find(i);
+    if (known != m_pushable.end()) {
+      return known->second;
+    }
+    bool ok = true;
+    const Unit& u = m_plan.units[i];
+    if (u.mode == UnitMode::run_custom_build && m_store.is_valid(m_units.units[i].out)) {
+      static const Environment none;
+      ok = unrecorded_host_reads(m_units.units[i].inputs,
+                                 m_store.physical_path(m_units.units[i].out),
+                                 m_store.store_dir().path(), m_env ? *m_env : none)
+             .empty();
+    }
+    for (const auto& dep : u.deps) {
+      ok = ok && pushable(dep.unit);
+    }
+    m_pushable[i] = ok;
+    return ok;
+  };
+  return pushable(*unit);
+}
+
+std::string
+UnitFrontend::describe(const StorePath& drv) const
+{
+  auto unit = unit_of(drv);
+  if (auto run = test_run_of(drv)) {
+    return cargo::describe(m_plan.units[m_units.test_run_of[*run]]) + " run";
+  }
+  return unit ? cargo::describe(m_plan.units[*unit]) : Frontend::describe(drv);
+}
+
+void
+UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
+{
+  if (drv.builder != k_rust_unit_builder) {
+    Frontend::builtin_builder(drv, spec);
+  }
+  // Done already when the scheduler prepared the build; kept for callers
+  // that build without a prepare step.
+  m_units.materialize(m_store, derivation_path(drv, m_store.store_dir()));
+  spec.builder = m_helper.empty() ? m_self.string() : m_helper.string();
+  spec.args = m_helper.empty() ? std::vector<std::string>{"__rust-unit"} : std::vector<std::string>{};
+  // The inputs are for people (why-rebuild, --explain): the builder follows
+  // the instructions derived from them, and a big list of host files would
+  // not fit in an environment variable.
+  spec.env.erase(k_inputs_env);
+  spec.env["KILN_UNIT_RUSTC"] = m_toolchain.rustc.string();
+  spec.env["KILN_UNIT_RUSTDOC"] = m_toolchain.rustdoc.string();
+  spec.env["KILN_UNIT_CARGO"] = m_toolchain.cargo.string();
+  spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, m_jobs));
+  spec.env["KILN_UNIT_CLIPPY_DRIVER"] = (m_toolchain.sysroot / "bin" / "clippy-driver").string();
+  spec.env["KILN_UNIT_RUST_LIB"] = (m_toolchain.sysroot / "lib" / "rustlib" / m_toolchain.host / "lib").string();
+  // Build scripts run with libkiln-trace.so preloaded, to learn the host
+  // files they read; what is kiln's or the toolchain's is not the host's.
+  fs::path shim = (m_helper.empty() ? m_self : m_helper).parent_path() / "libkiln-trace.so";
+  std::error_code shim_ec;
+  if (fs::exists(shim, shim_ec)) {
+    spec.env["KILN_UNIT_TRACE"] = shim.string();
+    spec.env["KILN_UNIT_TRACE_IGNORE"] =
+      m_store.store_dir().path() + ":" + m_store.root().string() + ":" +
+      m_toolchain.sysroot.string() + ":" +
+      (m_helper.empty() ? m_self : m_helper).parent_path().string() + ":" +
+      m_toolchain.cargo.parent_path().string();
+  }
+  // The toolchain and the host's C toolchain (rustc links with cc), read-only.
+  // Folders first: what lies inside them (kiln's own libraries) is covered.
+  // The builder program as its folder when the builder's user may enter
+  // it: a folder is not run through ldd (its libraries are in /usr). A
+  // private folder (mode 0700) hides it; then the file itself, with its
+  // libraries.
+  fs::path builder = m_helper.empty() ? m_self : m_helper;
+  std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
+                                 "/etc/ld.so.cache", m_toolchain.sysroot,
+                                 world_enterable(builder.parent_path()) ? builder.parent_path()
+                                                                        : builder};
+  std::vector<fs::path> declared = std::move(spec.tools);
+  spec.tools.clear();
+  for (const auto& t : tools) {
+    std::error_code e;
+    if (fs::exists(fs::symlink_status(t, e))) {
+      spec.tools.push_back(t);
+    }
+  }
+  spec.tools.insert(spec.tools.end(), declared.begin(), declared.end());
+  if (spec.env.count("KILN_UNIT_TRACE")) {
+    spec.tools.push_back(spec.env["KILN_UNIT_TRACE"]);
+  }
+  if (!m_toolchain.cargo.empty() &&
+      !m_toolchain.cargo.string().starts_with(m_toolchain.sysroot.string())) {
+    spec.tools.push_back(m_toolchain.cargo);
+  }
+  StorePath drv_path = derivation_path(drv, m_store.store_dir());
+  auto unit = unit_of(drv_path);
+  auto test_run = test_run_of(drv_path);
+  if (unit || test_run) {
+    const UnitInputs& inputs = unit ? m_units.units[*unit].inputs : m_units.test_runs[*test_run].inputs;
+    // A linker named in cargo's configuration, wherever it is.
+    if (auto found = inputs.linker_path.empty() ? std::nullopt : find_program(inputs.linker_path)) {
+      spec.tools.push_back(*found);
+    }
+    // What a build script reads of the host, visible where it is, as under
+    // cargo: the paths its variables name and the files it was seen reading.
+    std::string keep;
+    for (const auto& path : host_paths_of(inputs)) {
+      spec.tools.push_back(path);
+      keep += (keep.empty() ? "" : ":") + path.string();
+    }
+    spec.env["KILN_UNIT_TRACE_KEEP"] = keep;
+  }
+}
+
+} // namespace kiln::cargo
