@@ -61,8 +61,15 @@ Context::open_cache(const std::string& url)
     m_negative = std::make_unique<NegativeCache>(store().root() / "var" / "narinfo-negative",
                                                  std::chrono::seconds(s.negative_ttl));
   }
-  return std::make_unique<CacheClient>(open_binary_cache(url, options), store().store_dir(),
-                                       m_negative.get());
+  // A local folder is cheap to ask again: "not there" is remembered only
+  // for caches over the network.
+  bool remote = url.starts_with("http://") || url.starts_with("https://");
+  auto cache = std::make_unique<CacheClient>(open_binary_cache(url, options), store().store_dir(),
+                                             remote ? m_negative.get() : nullptr);
+  // Every command that opens a cache (cargo builds included) says, once
+  // per cache, what it could not use and why.
+  cache->set_reporter([](const std::string& line) { note(line); });
+  return cache;
 }
 
 TrustPolicy
