@@ -689,7 +689,11 @@ struct CacheServer::Impl
     // connections at once has SYNs dropped and retried a second later.
     int listening = -1;
     http->set_socket_options([&listening](socket_t sock) {
-      httplib::default_socket_options(sock);
+      // SO_REUSEADDR only: httplib's default also sets SO_REUSEPORT, with
+      // which a second server on a port in use "listens" and takes half
+      // of the traffic. Binding then fails with EADDRINUSE instead.
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
       listening = sock;
     });
     if (config.port == 0) {

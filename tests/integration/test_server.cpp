@@ -796,3 +796,24 @@ TEST_CASE("kiln serve takes many connections at once without dropping any", "[se
   }
   CHECK(server.stop() == 0);
 }
+
+TEST_CASE("a second kiln serve on a port in use refuses to start", "[server]")
+{
+  TempDir dir;
+  Server first(dir.path(), {(dir / "cache").string()});
+  test::BackgroundProcess second({test::kiln_binary(), "serve", (dir / "cache").string(),
+                                  "--listen", "127.0.0.1:" + std::to_string(first.port)},
+                                 dir / "second.log");
+  // It either says it listens (the bug: SO_REUSEPORT shares the port) or
+  // fails; within 20 s either way.
+  bool said = second.wait_for_stderr("kiln", 20);
+  std::string err = second.stderr_text();
+  INFO(err);
+  REQUIRE(said);
+  CHECK_THAT(err, !Catch::Contains("listening on"));
+  CHECK_THAT(err, Catch::Contains("cannot listen on 127.0.0.1:" + std::to_string(first.port)) &&
+                    Catch::Contains("in use"));
+  CHECK(second.stop() != 0);
+  // The first one still answers.
+  CHECK(request(first.port, "GET", "/nix-cache-info").status == 200);
+}
