@@ -814,6 +814,7 @@ TEST_CASE("a second kiln serve on a port in use refuses to start", "[server]")
   CHECK_THAT(err, Catch::Contains("cannot listen on 127.0.0.1:" + std::to_string(first.port)) &&
                     Catch::Contains("in use"));
   CHECK(second.stop() != 0);
-  // The first one still answers.
+  // The first one still answers, and said that without tokens it is read-only.
   CHECK(request(first.port, "GET", "/nix-cache-info").status == 200);
+  CHECK_THAT(first.log(), Catch::Contains("read-only: no token has the write scope"));
 }
