@@ -208,6 +208,18 @@ TEST_CASE("tampered caches are refused and leave the store unchanged", "[cache][
     CHECK(upper.failed.count(top));
     CHECK_FALSE(b.is_valid(top));
   }
+  SECTION("a NAR far larger than its NarSize (an inflating cache) is cut off at NarSize")
+  {
+    TempDir big;
+    test::write_file(big / "f", std::string(64 << 20, '\0'));
+    write_file_atomic(nar_file(dep), test::nar_of(big / "f"));
+    edit_narinfo(cache.folder(), dep, [&](NarInfo& n) {
+      n.file_size.reset(); // only NarSize bounds it
+      n.file_hash.reset();
+      resign(n);
+    });
+    expect_refused(dep, "NAR is larger than the 100112 bytes it should have");
+  }
   SECTION("a truncated NAR")
   {
     auto file = nar_file(dep);
