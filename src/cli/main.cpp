@@ -163,6 +163,30 @@ note(const std::string& message)
   std::cerr << "kiln: " << message << "\n";
 }
 
+// The first word of the command line that names no command ("frobnicate"),
+// or "" if the command is known (or there is none).
+std::string
+unknown_command(CLI::App& app, int argc, char** argv)
+{
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.starts_with("-")) {
+      const CLI::Option* option = app.get_option_no_throw(arg.substr(0, arg.find('=')));
+      if (option && option->get_type_size() != 0 && arg.find('=') == std::string::npos) {
+        ++i; // its value
+      }
+      continue;
+    }
+    for (const auto* sub : app.get_subcommands({})) {
+      if (sub->check_name(arg)) {
+        return "";
+      }
+    }
+    return arg;
+  }
+  return "";
+}
+
 } // namespace kiln::cli
 
 int
@@ -232,7 +256,10 @@ main(int argc, char** argv)
     if (e.get_exit_code() == 0) {
       return app.exit(e); // --help, --version
     }
-    std::cerr << "kiln: error: " << e.what() << "\n"
+    std::string unknown = cli::unknown_command(app, argc, argv);
+    std::cerr << "kiln: error: "
+              << (unknown.empty() ? std::string(e.what()) : "unknown command '" + unknown + "'")
+              << "\n"
               << "Run 'kiln --help' (or 'kiln COMMAND --help') for usage.\n";
     return 2;
   }
