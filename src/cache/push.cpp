@@ -95,8 +95,10 @@ upload_narinfos_in_order(LocalStore& store, CacheClient& cache, std::map<StorePa
   const StoreDir& store_dir = store.store_dir();
   while (!narinfos.empty()) {
     std::vector<StorePath> wave;
-    for (const auto& [path, narinfo] : narinfos) {
-      if (std::all_of(narinfo.info.references.begin(), narinfo.info.references.end(),
+    for (const auto& entry : narinfos) {
+      const StorePath& path = entry.first;
+      const auto& refs = entry.second.info.references;
+      if (std::all_of(refs.begin(), refs.end(),
                       [&](const StorePath& ref) { return ref == path || done.count(ref); })) {
         wave.push_back(path);
       }
