@@ -34,17 +34,6 @@ expect_error_or_success(F parse)
   }
 }
 
-class NullFsObjectSink : public FsObjectSink
-{
-public:
-  void create_directory(const std::string&) override {}
-  void end_directory(const std::string&) override {}
-  void begin_regular_file(const std::string&, bool, uint64_t) override {}
-  void file_data(std::string_view) override {}
-  void end_regular_file() override {}
-  void create_symlink(const std::string&, const std::string&) override {}
-};
-
 // The file parsers read a path: the bytes go to a file of this process's own.
 std::filesystem::path
 scratch_file(const std::string& name, std::string_view content)

@@ -36,18 +36,6 @@ path_exists(const fs::path& path)
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// Accepts and forgets a parsed NAR's events (parse_nar does the checking).
-class NullFsObjectSink : public FsObjectSink
-{
-public:
-  void create_directory(const std::string&) override {}
-  void end_directory(const std::string&) override {}
-  void begin_regular_file(const std::string&, bool, uint64_t) override {}
-  void file_data(std::string_view) override {}
-  void end_regular_file() override {}
-  void create_symlink(const std::string&, const std::string&) override {}
-};
-
 std::string
 hash_text(const Hash& h)
 {

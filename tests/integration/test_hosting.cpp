@@ -83,30 +83,12 @@ pull(const std::string& url, const std::string& public_key, const std::string& p
   return read_file(store.physical_path(p));
 }
 
-// A TCP connection to 127.0.0.1:`port` (reads time out after 5 s); -1 if refused.
-int
-open_connection(int port)
-{
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in addr {};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  struct timeval timeout = {5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  return fd;
-}
-
 // GET `path` on a new connection: the status line, and how long it took.
 std::pair<std::string, double>
 timed_get(int port, const std::string& path)
 {
   auto start = std::chrono::steady_clock::now();
-  int fd = open_connection(port);
+  int fd = test::connect_loopback(port);
   if (fd < 0) {
     return {"refused", 0};
   }
@@ -308,13 +290,13 @@ TEST_CASE("kiln serve behind the nginx front answers while 500 idle and 32 slowl
   // half a request and then one header line a second.
   std::vector<int> held;
   for (int i = 0; i < 500; ++i) {
-    int fd = open_connection(port);
+    int fd = test::connect_loopback(port);
     REQUIRE(fd >= 0);
     held.push_back(fd);
   }
   std::vector<int> slow;
   for (int i = 0; i < 32; ++i) {
-    int fd = open_connection(port);
+    int fd = test::connect_loopback(port);
     REQUIRE(fd >= 0);
     std::string part = "GET /nix-cache-info HTTP/1.1\r\nHost: cache\r\n";
     (void)::send(fd, part.data(), part.size(), MSG_NOSIGNAL);
@@ -334,7 +316,7 @@ TEST_CASE("kiln serve behind the nginx front answers while 500 idle and 32 slowl
   CHECK(worst < 1.0);
 
   // Endless headers: nginx refuses past its buffers and closes.
-  int flood = open_connection(port);
+  int flood = test::connect_loopback(port);
   std::string start = "GET /nix-cache-info HTTP/1.1\r\nHost: cache\r\n";
   (void)::send(flood, start.data(), start.size(), MSG_NOSIGNAL);
   size_t sent = 0;
