@@ -65,7 +65,7 @@ Context::open_cache(const std::string& url)
   // for caches over the network.
   bool remote = url.starts_with("http://") || url.starts_with("https://");
   auto cache = std::make_unique<CacheClient>(open_binary_cache(url, options), store().store_dir(),
-                                             remote ? m_negative.get() : nullptr);
+                                             remote && !refresh ? m_negative.get() : nullptr);
   // Every command that opens a cache (cargo builds included) says, once
   // per cache, what it could not use and why.
   cache->set_reporter([](const std::string& line) { note(line); });
@@ -212,6 +212,8 @@ main(int argc, char** argv)
     ->envname("KILN_CONFIG")
     ->type_name("FILE");
   app.add_flag("-q,--quiet", ctx.quiet, "Print only results and errors");
+  app.add_flag("--refresh", ctx.refresh,
+               "Ask binary caches again about paths remembered as missing (kiln build --refresh)");
   for (const auto& info : Settings::table()) {
     std::string flag = std::string("--") + info.key;
     if (std::string(info.key) == "jobs") {

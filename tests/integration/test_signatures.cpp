@@ -18,19 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* const k_project = R"(derivations:
-  header:
-    builder: /bin/sh
-    tools: [/bin/sh, /bin/busybox]
-    args: ["-c", "busybox mkdir -p $out/include && busybox echo '#define GREETING 1' > $out/include/greeting.h"]
-  app:
-    builder: /bin/sh
-    tools: [/bin/sh, /bin/busybox]
-    srcs: [./src]
-    deps: [header]
-    args: ["-c", "busybox mkdir $out && busybox cat $header/include/greeting.h $src/main.c > $out/main.c && busybox echo $header > $out/uses"]
-)";
-
 // One project folder, several stores and keys.
 struct Team
 {
@@ -39,7 +26,7 @@ struct Team
 
   Team()
   {
-    test::write_file(dir / "project" / "kiln.yaml", k_project);
+    test::write_file(dir / "project" / "kiln.yaml", test::k_two_step_project);
     test::write_file(dir / "project" / "src" / "main.c", "int main(void) { return 0; }\n");
     in_project.cwd = dir / "project";
   }
@@ -248,4 +235,36 @@ TEST_CASE("signatures held by two caches are combined before require-sigs", "[si
   auto info = nlohmann::json::parse(
     test::output_of(test::kiln({"--store", team.store("c"), "path-info", "--json", app}), "info"));
   CHECK(info[0]["signatures"].size() == 2);
+}
+
+TEST_CASE("kiln build --refresh asks a cache again about what it remembered as missing",
+          "[signatures][cache]")
+{
+  Team team;
+  auto [a_key, a_pub] = team.key("builder-a");
+  test::KilnServe server(std::vector<std::string>{(team.dir / "cache").string(), "--trusted-key",
+                                                  a_pub},
+                         team.dir / "serve.log");
+  auto a = team.build({"--store", team.store("a")});
+  std::string app = a["app"]["path"];
+  std::vector<std::string> trusting = {"--substituters", server.url, "--trusted-public-keys", a_pub};
+
+  // Two stores ask before the push: "not there" is remembered by each.
+  for (const auto* name : {"fresh", "stale"}) {
+    std::vector<std::string> args = {"--store", team.store(name)};
+    args.insert(args.end(), trusting.begin(), trusting.end());
+    args.insert(args.end(), {"copy", app});
+    CHECK(test::kiln(args).status == 1);
+  }
+  // (A bare kiln serve is read-only: the push goes to its folder.)
+  REQUIRE(test::kiln({"--store", team.store("a"), "push", "file://" + (team.dir / "cache").string(),
+                      app, "--secret-key-file", a_key})
+            .status == 0);
+
+  auto stale = trusting;
+  stale.insert(stale.begin(), {"--store", team.store("stale")});
+  CHECK(team.build(stale, {"app"})["app"]["status"] == "built");
+  auto fresh = trusting;
+  fresh.insert(fresh.begin(), {"--store", team.store("fresh")});
+  CHECK(team.build(fresh, {"--refresh", "app"})["app"]["status"] == "substituted");
 }
