@@ -349,23 +349,8 @@ private:
   bool
   is_substitutable(const StorePath& drv) const
   {
-    if (m_options.caches.empty()) {
-      return false;
-    }
-    for (const auto& out : outputs_of(m_store, m_graph.derivation(drv))) {
-      bool found = false;
-      for (auto* cache : m_options.caches) {
-        auto narinfo = cache->query(out);
-        if (narinfo && is_trusted(m_options.policy, m_dir, narinfo->info)) {
-          found = true;
-          break;
-        }
-      }
-      if (!found) {
-        return false;
-      }
-    }
-    return true;
+    return can_substitute(m_options.caches, m_options.policy, m_dir,
+                          outputs_of(m_store, m_graph.derivation(drv)));
   }
 
   void

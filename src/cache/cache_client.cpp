@@ -20,41 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A file in $TMPDIR that is deleted when this object goes away.
-class TempFile
-{
-public:
-  TempFile()
-  {
-    const char* dir = std::getenv("TMPDIR");
-    std::string pattern = std::string(dir && *dir ? dir : "/tmp") + "/kiln-nar-XXXXXX";
-    int fd = ::mkstemp(pattern.data());
-    if (fd < 0) {
-      throw_errno("creating a temporary file");
-    }
-    m_fd.reset(fd);
-    m_path = pattern;
-  }
-  ~TempFile()
-  {
-    ::unlink(m_path.c_str());
-  }
-  int
-  fd() const
-  {
-    return m_fd.get();
-  }
-  const fs::path&
-  path() const
-  {
-    return m_path;
-  }
-
-private:
-  UniqueFd m_fd;
-  fs::path m_path;
-};
-
 std::string
 cache_id(const std::string& url)
 {
@@ -132,12 +97,91 @@ CacheClient::CacheClient(std::unique_ptr<BinaryCache> backend, StoreDir store_di
 {
 }
 
+CacheClient::~CacheClient()
+{
+  try {
+    report();
+  } catch (...) {
+    // A reporter that fails at exit has nowhere to say so.
+  }
+}
+
+void
+CacheClient::set_reporter(Reporter reporter)
+{
+  std::lock_guard guard(m_health_mutex);
+  m_reporter = std::move(reporter);
+}
+
+void
+CacheClient::reject(const StorePath& path, const std::string& reason)
+{
+  std::lock_guard guard(m_health_mutex);
+  m_rejected[reason].insert(path);
+}
+
+void
+CacheClient::report()
+{
+  std::lock_guard guard(m_health_mutex);
+  for (const auto& [reason, paths] : m_rejected) {
+    if (m_reporter) {
+      m_reporter("warning: cache " + url() + ": " + std::to_string(paths.size()) +
+                 (paths.size() == 1 ? " path " : " paths ") + reason + "; not using " +
+                 (paths.size() == 1 ? "it" : "them"));
+    }
+  }
+  m_rejected.clear();
+}
+
+void
+CacheClient::disable(const std::string& why)
+{
+  std::lock_guard guard(m_health_mutex);
+  if (m_disabled) {
+    return;
+  }
+  m_disabled = why;
+  if (m_reporter) {
+    m_reporter("warning: cache " + url() + " disabled for the rest of this run: " + why);
+  }
+}
+
+bool
+CacheClient::disabled() const
+{
+  std::lock_guard guard(m_health_mutex);
+  return m_disabled.has_value();
+}
+
+void
+CacheClient::check_enabled() const
+{
+  std::lock_guard guard(m_health_mutex);
+  if (m_disabled) {
+    throw CacheError("cache " + url() + " is disabled after an earlier failure: " + *m_disabled);
+  }
+}
+
+template <typename F>
+auto
+CacheClient::guarded(F call) -> decltype(call())
+{
+  check_enabled();
+  try {
+    return call();
+  } catch (const CacheError& e) {
+    disable(e.what());
+    throw;
+  }
+}
+
 const CacheInfo&
 CacheClient::cache_info()
 {
   std::lock_guard guard(m_mutex);
   if (!m_info) {
-    auto text = m_backend->get_file("nix-cache-info");
+    auto text = guarded([&] { return m_backend->get_file("nix-cache-info"); });
     CacheInfo info;
     info.store_dir = m_store_dir.path();
     if (text) {
@@ -172,7 +216,7 @@ CacheClient::query(const StorePath& path, bool refresh)
     return std::nullopt;
   }
   std::string key = std::string(path.hash_part()) + ".narinfo";
-  auto text = m_backend->get_file(key);
+  auto text = guarded([&] { return m_backend->get_file(key); });
   if (!text) {
     if (m_negative) {
       m_negative->record_missing(url(), path);
@@ -257,7 +301,7 @@ CacheClient::fetch_prepared(LocalStore& store, const NarInfo& narinfo, uint64_t&
   std::thread downloader([&] {
     SocketSink sink(writer.get());
     try {
-      found = m_backend->get_file(narinfo.url, sink);
+      found = guarded([&] { return m_backend->get_file(narinfo.url, sink); });
     } catch (...) {
       download_error = std::current_exception();
     }
@@ -267,7 +311,10 @@ CacheClient::fetch_prepared(LocalStore& store, const NarInfo& narinfo, uint64_t&
   std::unique_ptr<PreparedPath> prepared;
   std::exception_ptr restore_error;
   try {
-    FdSource raw(reader.get());
+    FdSource download(reader.get());
+    // FileSize caps what is read of the compressed file; NarSize caps the
+    // decompressed NAR (in prepare_nar): a lying cache is cut off early.
+    ValidatingSource raw(download, HashAlgo::sha256, narinfo.file_size, "compressed file");
     auto nar = make_decompression_source(narinfo.compression, raw);
     prepared = store.prepare_nar(narinfo.info, *nar);
   } catch (...) {
@@ -310,6 +357,109 @@ CacheClient::fetch_prepared(LocalStore& store, const NarInfo& narinfo, uint64_t&
   return prepared;
 }
 
+namespace {
+
+struct Candidate
+{
+  size_t cache;
+  NarInfo narinfo;
+};
+
+// "signed only by ci-old, ci-new (1 of the 2 trusted signatures required)":
+// why `info` was refused, the same for every path refused alike.
+std::string
+rejection_reason(const TrustPolicy& policy, const StoreDir& store_dir, const PathInfo& info)
+{
+  if (info.signatures.empty()) {
+    return "unsigned (require-sigs: " + std::to_string(policy.required()) + ")";
+  }
+  std::set<std::string> names;
+  for (const auto& sig : info.signatures) {
+    names.insert(sig.substr(0, sig.find(':')));
+  }
+  std::string list;
+  for (const auto& name : names) {
+    list += (list.empty() ? "" : ", ") + name;
+  }
+  return "signed only by " + list + " (" +
+         std::to_string(policy.count_valid(path_fingerprint(store_dir, info), info.signatures)) +
+         " valid trusted signatures of the " + std::to_string(policy.required()) + " required)";
+}
+
+// Answers describe the same object when NAR and references agree.
+bool
+same_object(const PathInfo& a, const PathInfo& b)
+{
+  return a.nar_hash == b.nar_hash && a.nar_size == b.nar_size && a.references == b.references;
+}
+
+// Of the caches' `answers` for one path (one per cache, nullopt = absent),
+// those that may be taken, best priority first: the signatures of every
+// answer describing the same NAR are combined before `policy` judges it,
+// so two caches each holding one signature satisfy require-sigs: 2. What
+// is refused is counted against its cache.
+std::vector<Candidate>
+choose_answers(const std::vector<CacheClient*>& caches, const TrustPolicy& policy,
+               const StoreDir& store_dir, const std::vector<std::optional<NarInfo>>& answers)
+{
+  std::vector<Candidate> taken;
+  for (size_t c = 0; c < answers.size(); ++c) {
+    if (!answers[c]) {
+      continue;
+    }
+    PathInfo combined = answers[c]->info;
+    for (const auto& other : answers) {
+      if (other && same_object(other->info, combined)) {
+        combined.signatures.insert(other->info.signatures.begin(), other->info.signatures.end());
+      }
+    }
+    if (is_trusted(policy, store_dir, combined)) {
+      taken.push_back({c, *answers[c]});
+      taken.back().narinfo.info.signatures = combined.signatures;
+    } else {
+      caches[c]->reject(combined.path, rejection_reason(policy, store_dir, combined));
+    }
+  }
+  std::stable_sort(taken.begin(), taken.end(), [&](const auto& a, const auto& b) {
+    return caches[a.cache]->cache_info().priority < caches[b.cache]->cache_info().priority;
+  });
+  return taken;
+}
+
+// Every cache's answer for `path`; a cache that fails answers nullopt (its
+// failure is reported by the cache itself).
+std::vector<std::optional<NarInfo>>
+ask_all(const std::vector<CacheClient*>& caches, const StorePath& path, bool refresh)
+{
+  std::vector<std::optional<NarInfo>> answers(caches.size());
+  for (size_t c = 0; c < caches.size(); ++c) {
+    try {
+      answers[c] = caches[c]->query(path, refresh);
+    } catch (const Error&) {
+    }
+  }
+  return answers;
+}
+
+} // namespace
+
+bool
+can_substitute(const std::vector<CacheClient*>& caches, const TrustPolicy& policy,
+               const StoreDir& store_dir, const std::vector<StorePath>& paths)
+{
+  std::vector<CacheClient*> usable;
+  for (auto* cache : caches) {
+    try {
+      cache->cache_info();
+      usable.push_back(cache);
+    } catch (const Error&) {
+    }
+  }
+  return !usable.empty() && std::all_of(paths.begin(), paths.end(), [&](const StorePath& path) {
+    return !choose_answers(usable, policy, store_dir, ask_all(usable, path, false)).empty();
+  });
+}
+
 SubstituteResult
 substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const TrustPolicy& policy,
            const std::vector<StorePath>& paths, const SubstituteOptions& options)
@@ -324,7 +474,6 @@ substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const Tru
 
   // Caches that cannot even say what they are take no further part.
   std::vector<CacheClient*> usable;
-  std::vector<int> priorities;
   {
     std::vector<std::string> errors(caches.size());
     parallel_for(caches.size(), options.connections, [&](size_t i) {
@@ -337,18 +486,13 @@ substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const Tru
     for (size_t i = 0; i < caches.size(); ++i) {
       if (errors[i].empty()) {
         usable.push_back(caches[i]);
-        priorities.push_back(caches[i]->cache_info().priority);
-      } else {
+      } else if (!caches[i]->disabled()) {
+        // (A disabled cache has said why itself.)
         say("warning: skipping binary cache " + caches[i]->url() + ": " + errors[i]);
       }
     }
   }
 
-  struct Candidate
-  {
-    size_t cache;
-    NarInfo narinfo;
-  };
   std::map<StorePath, std::vector<Candidate>> plan;
   std::set<StorePath> seen;
   std::vector<StorePath> frontier;
@@ -375,34 +519,23 @@ substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const Tru
     std::vector<StorePath> next;
     for (size_t i = 0; i < frontier.size(); ++i) {
       const StorePath& path = frontier[i];
-      std::vector<Candidate> candidates;
-      std::string why;
-      for (size_t c = 0; c < n_caches; ++c) {
-        size_t job = i * n_caches + c;
-        if (!errors[job].empty()) {
-          why += (why.empty() ? "" : "; ") + errors[job];
-          continue;
-        }
-        if (!answers[job]) {
-          continue;
-        }
-        const PathInfo& info = answers[job]->info;
-        if (is_trusted(policy, store_dir, info)) {
-          candidates.push_back({c, *answers[job]});
-        } else {
-          why += (why.empty() ? "" : "; ") + usable[c]->url() + " " +
-                 policy.explain(path_fingerprint(store_dir, info), info.signatures);
-          say("warning: ignoring '" + store_dir.print(path) + "' from " + usable[c]->url() +
-              ": not signed by enough trusted keys");
-        }
-      }
+      std::vector<std::optional<NarInfo>> path_answers(answers.begin() + i * n_caches,
+                                                       answers.begin() + (i + 1) * n_caches);
+      auto candidates = choose_answers(usable, policy, store_dir, path_answers);
       if (candidates.empty()) {
+        std::string why;
+        for (size_t c = 0; c < n_caches; ++c) {
+          const auto& answer = path_answers[c];
+          std::string reason = !errors[i * n_caches + c].empty() ? errors[i * n_caches + c]
+                               : answer ? usable[c]->url() + " " +
+                                            policy.explain(path_fingerprint(store_dir, answer->info),
+                                                           answer->info.signatures)
+                                        : "";
+          why += (why.empty() || reason.empty() ? "" : "; ") + reason;
+        }
         result.failed[path] = why.empty() ? "no binary cache has it" : why;
         continue;
       }
-      std::stable_sort(candidates.begin(), candidates.end(), [&](const auto& a, const auto& b) {
-        return priorities[a.cache] < priorities[b.cache];
-      });
       for (const auto& ref : candidates.front().narinfo.info.references) {
         if (ref != path && !seen.count(ref) && !store.is_valid(ref)) {
           seen.insert(ref);
@@ -502,132 +635,17 @@ substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const Tru
         prepared.emplace(path, std::move(ready));
         commit_ready(path);
         return;
+      } catch (const CacheError& e) {
+        // The cache disabled itself and said so; the next one may serve.
+        errors += (errors.empty() ? "" : "; ") + std::string(e.what());
       } catch (const Error& e) {
         errors += (errors.empty() ? "" : "; ") + std::string(e.what());
-        say("warning: " + std::string(e.what()));
+        usable[candidate.cache]->reject(path, "whose NAR failed verification");
       }
     }
     std::lock_guard guard(mutex);
     fail_path(path, errors);
   });
-  return result;
-}
-
-PushResult
-push(LocalStore& store, CacheClient& cache, const std::vector<StorePath>& paths,
-     const PushOptions& options)
-{
-  PushResult result;
-  const StoreDir& store_dir = store.store_dir();
-  auto say = [&](const std::string& line) {
-    if (options.progress) {
-      options.progress(line);
-    }
-  };
-  cache.ensure_cache_info();
-
-  std::set<StorePath> wanted(paths.begin(), paths.end());
-  for (const auto& p : wanted) {
-    if (!store.is_valid(p)) {
-      throw Error("cannot push '" + store_dir.print(p) + "': it is not valid in the local store");
-    }
-  }
-  std::set<StorePath> all = options.closure ? store.closure(wanted) : wanted;
-  std::vector<StorePath> list(all.begin(), all.end());
-
-  // 1. Ask about everything at once.
-  std::vector<char> present(list.size(), 0);
-  parallel_for(list.size(), options.connections, [&](size_t i) {
-    present[i] = cache.backend().file_exists(std::string(list[i].hash_part()) + ".narinfo");
-  });
-  std::vector<PathInfo> missing;
-  for (size_t i = 0; i < list.size(); ++i) {
-    if (present[i]) {
-      result.already_present.push_back(list[i]);
-    } else {
-      missing.push_back(*store.query_path_info(list[i]));
-    }
-  }
-  std::sort(missing.begin(), missing.end(),
-            [](const PathInfo& a, const PathInfo& b) { return a.nar_size > b.nar_size; });
-
-  // 2. NARs, largest first (compression runs on its own threads).
-  std::map<StorePath, NarInfo> narinfos;
-  std::mutex mutex;
-  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  parallel_for(missing.size(), std::min(options.connections, cores), [&](size_t i) {
-    const PathInfo& info = missing[i];
-    TempFile file;
-    HashSink file_hash;
-    HashSink nar_hash;
-    {
-      FdSink file_sink(file.fd(), 256 * 1024);
-      TeeSink compressed_out(file_sink, file_hash);
-      auto compressor = make_compression_sink(options.compression, compressed_out);
-      TeeSink nar_out(*compressor, nar_hash);
-      dump_path(store.physical_path(info.path), nar_out);
-      compressor->finish();
-      file_sink.flush();
-    }
-    uint64_t nar_size = nar_hash.bytes_written();
-    if (!(nar_hash.finish() == info.nar_hash) || nar_size != info.nar_size) {
-      throw Error("not pushing '" + store_dir.print(info.path) +
-                  "': its contents no longer match its NAR hash (run 'kiln store verify')");
-    }
-    uint64_t file_size = file_hash.bytes_written();
-    Hash fh = file_hash.finish();
-    NarInfo narinfo(info);
-    narinfo.compression = options.compression;
-    narinfo.file_hash = fh;
-    narinfo.file_size = file_size;
-    narinfo.url = "nar/" + fh.to_string(HashFormat::nix32, false) + nar_extension(options.compression);
-    if (!cache.backend().file_exists(narinfo.url)) {
-      cache.backend().upsert_file_from(narinfo.url, file.path(), "application/x-nix-nar");
-    }
-    if (options.key) {
-      auto sig = options.key->sign(path_fingerprint(store_dir, info)).to_string();
-      narinfo.info.signatures.insert(sig);
-      store.add_signatures(info.path, {sig});
-    }
-    std::lock_guard guard(mutex);
-    result.bytes_uploaded += file_size;
-    narinfos.emplace(info.path, std::move(narinfo));
-  });
-
-  // 3. narinfos, in waves: each after the narinfos of its references.
-  std::set<StorePath> done;
-  for (const auto& p : result.already_present) {
-    done.insert(p);
-  }
-  while (!narinfos.empty()) {
-    std::vector<StorePath> wave;
-    for (const auto& [path, narinfo] : narinfos) {
-      bool refs_ready = true;
-      for (const auto& ref : narinfo.info.references) {
-        if (ref != path && !done.count(ref)) {
-          refs_ready = false;
-          break;
-        }
-      }
-      if (refs_ready) {
-        wave.push_back(path);
-      }
-    }
-    if (wave.empty()) {
-      throw Error("cannot push: the references of the remaining paths are not in the cache");
-    }
-    parallel_for(wave.size(), options.connections, [&](size_t i) {
-      const NarInfo& narinfo = narinfos.at(wave[i]);
-      cache.backend().upsert_file(std::string(wave[i].hash_part()) + ".narinfo",
-                                  narinfo.to_string(store_dir), "text/x-nix-narinfo");
-    });
-    for (const auto& p : wave) {
-      say("pushed " + store_dir.print(p));
-      result.uploaded.push_back(p);
-      done.insert(p);
-      narinfos.erase(p);
-    }
-  }
   return result;
 }
 

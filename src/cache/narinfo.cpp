@@ -1,6 +1,7 @@
 #include <kiln/cache/narinfo.hpp>
 #include <kiln/signing/signing.hpp>
 #include <kiln/util/error.hpp>
+#include <kiln/util/strings.hpp>
 
 #include <map>
 
@@ -28,10 +29,16 @@ parse_u64(const std::string& value, const std::string& where)
   }
 }
 
-// Calls `field(key, value, line_number)` for each "Key: value" line.
+// The one line loop of narinfo and nix-cache-info: calls `field(key,
+// value, line_number)` for each "Key: value" line. narinfo is strict (every
+// line ends in '\n' and has a ':'); nix-cache-info is read as leniently as
+// Nix reads it (lines without ':' are skipped, the last may lack '\n', values
+// are trimmed).
+enum class Lines { strict, lenient };
+
 template <typename F>
 void
-for_each_line(std::string_view text, const std::string& where, F field)
+for_each_line(std::string_view text, const std::string& where, Lines mode, F field)
 {
   size_t pos = 0;
   size_t line_no = 0;
@@ -39,21 +46,29 @@ for_each_line(std::string_view text, const std::string& where, F field)
     ++line_no;
     size_t end = text.find('\n', pos);
     if (end == std::string_view::npos) {
-      throw FormatError(where + ":" + std::to_string(line_no) + ": the last line lacks a newline");
+      if (mode == Lines::strict) {
+        throw FormatError(where + ":" + std::to_string(line_no) +
+                          ": the last line lacks a newline");
+      }
+      end = text.size();
     }
     std::string_view line = text.substr(pos, end - pos);
     pos = end + 1;
     auto colon = line.find(':');
     if (colon == std::string_view::npos) {
+      if (mode == Lines::lenient) {
+        continue;
+      }
       throw FormatError(where + ":" + std::to_string(line_no) + ": expected 'Key: value', got '" +
                         std::string(line.substr(0, 80)) + "'");
     }
-    std::string key(line.substr(0, colon));
     std::string_view value = line.substr(colon + 1);
-    if (!value.empty() && value[0] == ' ') {
+    if (mode == Lines::lenient) {
+      value = trim(value);
+    } else if (!value.empty() && value[0] == ' ') {
       value.remove_prefix(1);
     }
-    field(key, std::string(value), line_no);
+    field(std::string(line.substr(0, colon)), std::string(value), line_no);
   }
 }
 
@@ -88,7 +103,7 @@ NarInfo::parse(std::string_view text, const StoreDir& store_dir, const std::stri
   std::optional<ContentAddress> ca;
   std::set<std::string> seen;
 
-  for_each_line(text, where, [&](const std::string& key, const std::string& value, size_t line) {
+  for_each_line(text, where, Lines::strict, [&](const std::string& key, const std::string& value, size_t line) {
     std::string at = where + ":" + std::to_string(line);
     static const std::set<std::string> singletons = {"StorePath", "URL",        "Compression",
                                                      "FileHash",  "FileSize",   "NarHash",
@@ -127,16 +142,8 @@ NarInfo::parse(std::string_view text, const StoreDir& store_dir, const std::stri
         }
       } else if (key == "References") {
         references.emplace();
-        size_t p = 0;
-        while (p < value.size()) {
-          size_t e = value.find(' ', p);
-          if (e == std::string::npos) {
-            e = value.size();
-          }
-          if (e > p) {
-            references->insert(StorePath(value.substr(p, e - p)));
-          }
-          p = e + 1;
+        for (const auto& word : split_words(value)) {
+          references->insert(StorePath(word));
         }
       } else if (key == "Deriver") {
         if (value != "unknown-deriver" && !value.empty()) {
@@ -221,25 +228,8 @@ CacheInfo
 CacheInfo::parse(std::string_view text, const std::string& where)
 {
   CacheInfo info;
-  // Nix's own parser is lenient here: lines without ':' are skipped.
-  size_t pos = 0;
-  size_t line_no = 0;
-  while (pos < text.size()) {
-    ++line_no;
-    size_t end = text.find('\n', pos);
-    if (end == std::string_view::npos) {
-      end = text.size();
-    }
-    std::string line(text.substr(pos, end - pos));
-    pos = end + 1;
-    auto colon = line.find(':');
-    if (colon == std::string::npos) {
-      continue;
-    }
-    std::string key = line.substr(0, colon);
-    std::string value = line.substr(colon + 1);
-    value.erase(0, value.find_first_not_of(" \t"));
-    value.erase(value.find_last_not_of(" \t\r") + 1);
+  for_each_line(text, where, Lines::lenient, [&](const std::string& key, const std::string& value,
+                                                 size_t line_no) {
     if (key == "StoreDir") {
       info.store_dir = value;
     } else if (key == "WantMassQuery") {
@@ -252,7 +242,7 @@ CacheInfo::parse(std::string_view text, const std::string& where)
                           "' is not a number");
       }
     }
-  }
+  });
   return info;
 }
 

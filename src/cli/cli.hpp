@@ -28,6 +28,8 @@ public:
   // The arguments after `--`, for the program a command runs.
   std::vector<std::string> after_dashes;
   bool has_dashes = false;
+  // Ask caches again about paths remembered as missing (--refresh).
+  bool refresh = false;
 
   const Settings& settings();
   // Use these settings instead (a project file's, merged with the command

@@ -1,4 +1,4 @@
-// kiln key …, kiln copy, kiln push, kiln use, kiln cache gc
+// kiln key …, kiln copy, kiln push, kiln sign, kiln use, kiln cache gc
 #include "cli.hpp"
 
 #include <kiln/cache/cache_gc.hpp>
@@ -128,6 +128,45 @@ register_use_command(CLI::App& app, Context& ctx)
 }
 
 void
+register_sign_command(CLI::App& app, Context& ctx)
+{
+  struct SignArgs
+  {
+    std::string key_file;
+    std::string to;
+    std::vector<std::string> paths;
+  };
+  auto args = std::make_shared<SignArgs>();
+  auto* sign = app.add_subcommand(
+    "sign", "Add a key's signature to store paths, and with --to to their narinfos in a binary "
+            "cache (so that paths built by several builders carry several signatures)");
+  sign->add_option("--key-file", args->key_file, "The secret key to sign with")
+    ->required()
+    ->type_name("FILE");
+  sign->add_option("--to", args->to, "Also sign the narinfos of the paths in this cache");
+  sign->add_option("PATH", args->paths, "Store paths (not their closures)")->required();
+  sign->callback([&ctx, args] {
+    ctx.action = [&ctx, args] {
+      SecretKey key = SecretKey::read_file(args->key_file);
+      std::unique_ptr<CacheClient> cache;
+      if (!args->to.empty()) {
+        cache = ctx.open_cache(args->to);
+      }
+      auto changed = sign_paths(ctx.store(), cache.get(), resolve_all(ctx, args->paths), key,
+                                ctx.settings().connections);
+      if (!ctx.quiet) {
+        note("signed " + std::to_string(changed.size()) + " of " +
+             std::to_string(args->paths.size()) + " paths with " + key.public_key().name() +
+             (cache ? " in " + args->to : "") + (changed.size() < args->paths.size()
+                                                  ? " (the others had its signature)"
+                                                  : ""));
+      }
+      return 0;
+    };
+  });
+}
+
+void
 register_cache_gc_command(CLI::App& app, Context& ctx)
 {
   struct GcArgs
@@ -219,6 +258,7 @@ void
 register_cache_commands(CLI::App& app, Context& ctx)
 {
   register_use_command(app, ctx);
+  register_sign_command(app, ctx);
   register_cache_gc_command(app, ctx);
 
   auto* key = app.add_subcommand("key", "Create and inspect signing keys (Ed25519, Nix format)");
@@ -314,7 +354,11 @@ register_cache_commands(CLI::App& app, Context& ctx)
     if (!ctx.quiet) {
       note("pushed " + std::to_string(result.uploaded.size()) + " paths (" +
            human_size(result.bytes_uploaded) + ") to " + url + "; " +
-           std::to_string(result.already_present.size()) + " were already there" +
+           std::to_string(result.already_present.size() + result.signed_in_cache.size()) +
+           " were already there" +
+           (result.signed_in_cache.empty()
+              ? ""
+              : " (" + std::to_string(result.signed_in_cache.size()) + " gained signatures)") +
            (secret ? "" : "; not signed (no --secret-key-file)"));
     }
     return 0;

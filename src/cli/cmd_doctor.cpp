@@ -211,43 +211,70 @@ check_config(std::vector<Check>& checks, Context& ctx)
   return true;
 }
 
-// For a cache folder: how many of (up to 20) narinfos the trust policy accepts.
-void
-sample_trust(std::vector<Check>& checks, const std::string& url, const fs::path& folder,
-             const StoreDir& store_dir, const TrustPolicy& policy)
+// Up to 20 narinfos of a cache: from its folder, or (over HTTP, where
+// nothing can be listed) those of paths this store holds.
+std::vector<NarInfo>
+sample_narinfos(BinaryCache& cache, Context& ctx, const StoreDir& store_dir)
 {
-  size_t sampled = 0;
-  size_t trusted = 0;
-  std::set<std::string> signers;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(folder, ec)) {
-    if (sampled >= 20) {
-      break;
-    }
-    if (entry.path().extension() != ".narinfo") {
-      continue;
-    }
+  std::vector<NarInfo> found;
+  auto take = [&](const std::string& key, std::optional<std::string> text) {
     try {
-      auto narinfo = NarInfo::parse(read_file(entry.path()), store_dir, entry.path().string());
-      ++sampled;
-      trusted += is_trusted(policy, store_dir, narinfo.info) ? 1 : 0;
-      for (const auto& sig : narinfo.info.signatures) {
-        signers.insert(sig.substr(0, sig.find(':')));
+      if (text) {
+        found.push_back(NarInfo::parse(*text, store_dir, cache.url() + "/" + key));
       }
     } catch (const Error&) {
     }
+  };
+  if (cache.url().starts_with("file://")) {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(cache.url().substr(7), ec)) {
+      if (found.size() < 20 && entry.path().extension() == ".narinfo") {
+        take(entry.path().filename(), read_file(entry.path()));
+      }
+    }
+    return found;
   }
-  if (sampled == 0) {
+  size_t asked = 0;
+  for (const auto& path : ctx.store().valid_paths()) {
+    if (found.size() >= 20 || ++asked > 200) {
+      break;
+    }
+    std::string key = std::string(path.hash_part()) + ".narinfo";
+    take(key, cache.get_file(key));
+  }
+  return found;
+}
+
+// Whether the trust policy accepts what the cache holds, and who signed it:
+// a mistyped key shows here, not as a build that compiles everything.
+void
+sample_trust(std::vector<Check>& checks, const std::string& url,
+             const std::vector<NarInfo>& sample, const StoreDir& store_dir,
+             const TrustPolicy& policy)
+{
+  if (sample.empty()) {
+    checks.push_back({Status::ok, "substituter",
+                      url + ": no path to check its signatures by (an empty cache, or none of "
+                            "this store's paths)"});
     return;
+  }
+  size_t trusted = 0;
+  std::set<std::string> signers;
+  for (const auto& narinfo : sample) {
+    trusted += is_trusted(policy, store_dir, narinfo.info) ? 1 : 0;
+    for (const auto& sig : narinfo.info.signatures) {
+      signers.insert(sig.substr(0, sig.find(':')));
+    }
   }
   std::string names;
   for (const auto& n : signers) {
     names += (names.empty() ? "" : ", ") + n;
   }
-  checks.push_back({trusted == sampled ? Status::ok : Status::warn, "substituter",
-                    url + ": " + std::to_string(trusted) + " of " + std::to_string(sampled) +
+  checks.push_back({trusted == sample.size() ? Status::ok : Status::warn, "substituter",
+                    url + ": " + std::to_string(trusted) + " of " + std::to_string(sample.size()) +
                       " sampled paths are trusted (signed by: " +
-                      (names.empty() ? "nobody" : names) + ")"});
+                      (names.empty() ? "nobody" : names) + ")" +
+                      (trusted == sample.size() ? "" : "; is its key in trusted-public-keys?")});
 }
 
 void
@@ -293,8 +320,9 @@ check_substituters(std::vector<Check>& checks, Context& ctx)
       checks.push_back({Status::ok, "substituter",
                         url + ": reachable in " + std::to_string(ms) + " ms, StoreDir " +
                           info.store_dir + ", Priority " + std::to_string(info.priority)});
-      if (policy && cache->url().starts_with("file://")) {
-        sample_trust(checks, url, cache->url().substr(7), StoreDir(s.store_dir), *policy);
+      if (policy) {
+        StoreDir store_dir(s.store_dir);
+        sample_trust(checks, url, sample_narinfos(*cache, ctx, store_dir), store_dir, *policy);
       }
     } catch (const std::exception& e) {
       checks.push_back({Status::fail, "substituter", url + ": unreachable: " + e.what()});

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <mutex>
@@ -121,6 +122,11 @@ serve(Context& ctx, const ServeArgs& args)
            " from " + cache.path.string() + (cache.is_private ? " (private)" : "") +
            (cache.secret_key_file.empty() ? "" : " (signing uploads)"));
     }
+  }
+  if (std::none_of(config.tokens.begin(), config.tokens.end(),
+                   [](const AccessToken& t) { return t.can_write; })) {
+    note("read-only: no token has the write scope, so every upload is refused (tokens go in "
+         "--config FILE; see docs/hosting.md)");
   }
   note("listening on " + server.url());
 

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <iostream>
 
 namespace kiln::cli {
@@ -174,9 +175,18 @@ register_store_commands(CLI::App& app, Context& ctx)
           note(std::to_string(strays) +
                " stray entries in the store folder (not valid; `kiln gc` removes them)");
         }
-        if (!ctx.quiet) {
-          note("checked " + std::to_string(result.checked) + " paths: " +
-               (result.ok() ? "all good" : "problems found"));
+        size_t fixed = std::count_if(result.problems.begin(), result.problems.end(),
+                                     [](const VerifyProblem& p) {
+                                       return p.fixed && p.kind != VerifyProblem::Kind::stray;
+                                     });
+        std::string outcome = result.ok() ? "all good" : "problems found";
+        if (fixed > 0) {
+          outcome = (verify_args->remove_corrupt ? "removed " : "repaired ") +
+                    std::to_string(fixed) + " corrupt paths" +
+                    (result.ok() ? "" : "; problems remain");
+        }
+        if (!ctx.quiet || fixed > 0) {
+          note("checked " + std::to_string(result.checked) + " paths: " + outcome);
         }
       }
       return result.ok() ? 0 : 1;

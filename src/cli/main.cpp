@@ -61,8 +61,15 @@ Context::open_cache(const std::string& url)
     m_negative = std::make_unique<NegativeCache>(store().root() / "var" / "narinfo-negative",
                                                  std::chrono::seconds(s.negative_ttl));
   }
-  return std::make_unique<CacheClient>(open_binary_cache(url, options), store().store_dir(),
-                                       m_negative.get());
+  // A local folder is cheap to ask again: "not there" is remembered only
+  // for caches over the network.
+  bool remote = url.starts_with("http://") || url.starts_with("https://");
+  auto cache = std::make_unique<CacheClient>(open_binary_cache(url, options), store().store_dir(),
+                                             remote && !refresh ? m_negative.get() : nullptr);
+  // Every command that opens a cache (cargo builds included) says, once
+  // per cache, what it could not use and why.
+  cache->set_reporter([](const std::string& line) { note(line); });
+  return cache;
 }
 
 TrustPolicy
@@ -156,6 +163,30 @@ note(const std::string& message)
   std::cerr << "kiln: " << message << "\n";
 }
 
+// The first word of the command line that names no command ("frobnicate"),
+// or "" if the command is known (or there is none).
+std::string
+unknown_command(CLI::App& app, int argc, char** argv)
+{
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.starts_with("-")) {
+      const CLI::Option* option = app.get_option_no_throw(arg.substr(0, arg.find('=')));
+      if (option && option->get_type_size() != 0 && arg.find('=') == std::string::npos) {
+        ++i; // its value
+      }
+      continue;
+    }
+    for (const auto* sub : app.get_subcommands({})) {
+      if (sub->check_name(arg)) {
+        return "";
+      }
+    }
+    return arg;
+  }
+  return "";
+}
+
 } // namespace kiln::cli
 
 int
@@ -181,6 +212,8 @@ main(int argc, char** argv)
     ->envname("KILN_CONFIG")
     ->type_name("FILE");
   app.add_flag("-q,--quiet", ctx.quiet, "Print only results and errors");
+  app.add_flag("--refresh", ctx.refresh,
+               "Ask binary caches again about paths remembered as missing (kiln build --refresh)");
   for (const auto& info : Settings::table()) {
     std::string flag = std::string("--") + info.key;
     if (std::string(info.key) == "jobs") {
@@ -225,7 +258,10 @@ main(int argc, char** argv)
     if (e.get_exit_code() == 0) {
       return app.exit(e); // --help, --version
     }
-    std::cerr << "kiln: error: " << e.what() << "\n"
+    std::string unknown = cli::unknown_command(app, argc, argv);
+    std::cerr << "kiln: error: "
+              << (unknown.empty() ? std::string(e.what()) : "unknown command '" + unknown + "'")
+              << "\n"
               << "Run 'kiln --help' (or 'kiln COMMAND --help') for usage.\n";
     return 2;
   }

@@ -230,6 +230,59 @@ HashSink::finish()
   return Hash(m_algo, std::span<const uint8_t>(digest, len));
 }
 
+ValidatingSource::ValidatingSource(Source& in, HashAlgo algo, std::optional<uint64_t> limit,
+                                   std::string what)
+  : m_in(in), m_hash(algo), m_limit(limit), m_what(std::move(what))
+{
+}
+
+size_t
+ValidatingSource::read(char* buf, size_t len)
+{
+  if (m_limit) {
+    // Ask for one byte past the limit at most, so an overrun is seen
+    // without reading (or buffering) more of it.
+    len = static_cast<size_t>(std::min<uint64_t>(len, *m_limit - count() + 1));
+  }
+  size_t n = m_in.read(buf, len);
+  if (m_limit && count() + n > *m_limit) {
+    throw FormatError(m_what + " is larger than the " + std::to_string(*m_limit) +
+                      " bytes it should have");
+  }
+  m_hash.write(std::string_view(buf, n));
+  return n;
+}
+
+void
+ValidatingSource::drain()
+{
+  std::vector<char> buf(64 * 1024);
+  while (read(buf.data(), buf.size()) > 0) {
+  }
+}
+
+Hash
+ValidatingSource::finish()
+{
+  return m_hash.finish();
+}
+
+void
+ValidatingSource::verify(uint64_t expected_size, const Hash& expected_hash)
+{
+  uint64_t size = count();
+  Hash got = finish();
+  if (size != expected_size) {
+    throw FormatError(m_what + " size mismatch: expected " + std::to_string(expected_size) +
+                      " bytes, got " + std::to_string(size));
+  }
+  if (!(got == expected_hash)) {
+    throw FormatError(m_what + " hash mismatch: expected " +
+                      expected_hash.to_string(HashFormat::nix32, true) + ", got " +
+                      got.to_string(HashFormat::nix32, true));
+  }
+}
+
 Hash
 hash_string(HashAlgo algo, std::string_view data)
 {

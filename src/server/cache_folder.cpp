@@ -36,56 +36,6 @@ path_exists(const fs::path& path)
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// Reads through `in`, hashing and counting the bytes; with a limit, more
-// than `limit` bytes is a FormatError (a NAR larger than its NarSize, or a
-// decompression bomb).
-class HashingSource : public Source
-{
-public:
-  HashingSource(Source& in, HashAlgo algo, std::optional<uint64_t> limit = std::nullopt)
-    : m_in(in), m_hash(algo), m_limit(limit)
-  {
-  }
-  size_t
-  read(char* buf, size_t len) override
-  {
-    size_t n = m_in.read(buf, len);
-    if (m_limit && m_hash.bytes_written() + n > *m_limit) {
-      throw FormatError("the NAR is larger than its NarSize (" + std::to_string(*m_limit) +
-                        " bytes)");
-    }
-    m_hash.write(std::string_view(buf, n));
-    return n;
-  }
-  uint64_t
-  count() const
-  {
-    return m_hash.bytes_written();
-  }
-  Hash
-  finish()
-  {
-    return m_hash.finish();
-  }
-
-private:
-  Source& m_in;
-  HashSink m_hash;
-  std::optional<uint64_t> m_limit;
-};
-
-// Accepts and forgets a parsed NAR's events (parse_nar does the checking).
-class NullFsObjectSink : public FsObjectSink
-{
-public:
-  void create_directory(const std::string&) override {}
-  void end_directory(const std::string&) override {}
-  void begin_regular_file(const std::string&, bool, uint64_t) override {}
-  void file_data(std::string_view) override {}
-  void end_regular_file() override {}
-  void create_symlink(const std::string&, const std::string&) override {}
-};
-
 std::string
 hash_text(const Hash& h)
 {
@@ -325,52 +275,34 @@ void
 CacheFolder::verify_nar(int fd, const NarInfo& narinfo, const std::string& where) const
 {
   FdSource file(fd);
-  HashingSource raw(file, narinfo.file_hash ? narinfo.file_hash->algo() : HashAlgo::sha256);
-  Hash nar_hash;
-  uint64_t nar_size = 0;
+  ValidatingSource raw(file, narinfo.file_hash ? narinfo.file_hash->algo() : HashAlgo::sha256,
+                       narinfo.file_size, "compressed file");
   try {
     auto decompressed = make_decompression_source(narinfo.compression, raw);
-    HashingSource nar(*decompressed, HashAlgo::sha256, narinfo.info.nar_size);
+    ValidatingSource nar(*decompressed, HashAlgo::sha256, narinfo.info.nar_size);
     NullFsObjectSink ignore;
     parse_nar(nar, ignore, /*require_eof=*/true);
-    nar_size = nar.count();
-    nar_hash = nar.finish();
-    // The compressed file's own hash covers all of it, including anything
-    // the decompressor did not need.
-    std::vector<char> buf(64 * 1024);
-    while (raw.read(buf.data(), buf.size()) > 0) {
-    }
+    nar.verify(narinfo.info.nar_size, narinfo.info.nar_hash);
   } catch (const SystemError&) {
     throw;
   } catch (const Error& e) {
-    throw HttpError(400, "invalid_nar", where + " is not a valid " + narinfo.compression +
-                                          "-compressed NAR: " + e.what());
+    bool mismatch = std::string_view(e.what()).find("mismatch") != std::string_view::npos;
+    throw HttpError(400, mismatch ? "hash_mismatch" : "invalid_nar",
+                    where + " is not a valid " + narinfo.compression + "-compressed NAR: " +
+                      e.what());
   }
-  if (nar_size != narinfo.info.nar_size) {
-    throw HttpError(400, "hash_mismatch",
-                    where + ": NAR size mismatch: the narinfo says " +
-                      std::to_string(narinfo.info.nar_size) + " bytes, the NAR has " +
-                      std::to_string(nar_size));
-  }
-  if (!(nar_hash == narinfo.info.nar_hash)) {
-    throw HttpError(400, "hash_mismatch",
-                    where + ": NAR hash mismatch: the narinfo says " +
-                      hash_text(narinfo.info.nar_hash) + ", the NAR has " + hash_text(nar_hash));
-  }
-  if (narinfo.file_size && *narinfo.file_size != raw.count()) {
-    throw HttpError(400, "hash_mismatch",
-                    where + ": FileSize mismatch: the narinfo says " +
-                      std::to_string(*narinfo.file_size) + ", the file has " +
-                      std::to_string(raw.count()) + " bytes");
-  }
-  if (narinfo.file_hash) {
-    Hash file_hash = raw.finish();
-    if (!(file_hash == *narinfo.file_hash)) {
-      throw HttpError(400, "hash_mismatch",
-                      where + ": FileHash mismatch: the narinfo says " +
-                        narinfo.file_hash->to_string(HashFormat::nix32, true) + ", the file has " +
-                        file_hash.to_string(HashFormat::nix32, true));
+  try {
+    // The compressed file's own hash covers all of it, including anything
+    // the decompressor did not need.
+    raw.drain();
+    if (narinfo.file_hash) {
+      raw.verify(narinfo.file_size.value_or(raw.count()), *narinfo.file_hash);
+    } else if (narinfo.file_size && *narinfo.file_size != raw.count()) {
+      throw FormatError("compressed file size mismatch: expected " +
+                        std::to_string(*narinfo.file_size) + " bytes, got " + std::to_string(raw.count()));
     }
+  } catch (const FormatError& e) {
+    throw HttpError(400, "hash_mismatch", where + ": " + e.what());
   }
 }
 

@@ -4,6 +4,7 @@
 #include <kiln/store/store_path.hpp>
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/strings.hpp>
 
 #include <yaml-cpp/yaml.h>
 
@@ -168,14 +169,6 @@ valid_cache_name(const std::string& name)
   return true;
 }
 
-std::string
-trim(std::string s)
-{
-  s.erase(0, s.find_first_not_of(" \t\r\n"));
-  s.erase(s.find_last_not_of(" \t\r\n") + 1);
-  return s;
-}
-
 } // namespace
 
 ServerConfig
@@ -335,7 +328,7 @@ load_server_config(const fs::path& file, const std::string& store_dir)
       } else if (auto f = t["token-file"]) {
         fs::path p = r.path(f, what + ": token-file");
         try {
-          token.secret = trim(read_file(p));
+          token.secret = std::string(trim(read_file(p)));
         } catch (const Error& e) {
           r.fail(f, what + ": token-file: " + e.what());
         }

@@ -5,6 +5,7 @@
 #include <kiln/cache/binary_cache.hpp>
 #include <kiln/hash/hash.hpp>
 #include <kiln/server/server.hpp>
+#include <kiln/util/strings.hpp>
 
 #include <httplib.h>
 
@@ -200,14 +201,6 @@ lower(std::string s)
   return s;
 }
 
-std::string
-trim(std::string s)
-{
-  s.erase(0, s.find_first_not_of(" \t"));
-  s.erase(s.find_last_not_of(" \t") + 1);
-  return s;
-}
-
 // The token a request presents: "Bearer TOKEN", or the password of Basic
 // auth (what Nix sends from a netrc file). "" for an unusable header.
 std::optional<std::string>
@@ -216,13 +209,13 @@ presented_token(const httplib::Request& req)
   if (!req.has_header("Authorization")) {
     return std::nullopt;
   }
-  std::string value = trim(req.get_header_value("Authorization"));
+  std::string value = std::string(trim(req.get_header_value("Authorization")));
   auto space = value.find(' ');
   if (space == std::string::npos) {
     return std::string();
   }
   std::string scheme = lower(value.substr(0, space));
-  std::string credentials = trim(value.substr(space + 1));
+  std::string credentials = std::string(trim(std::string_view(value).substr(space + 1)));
   if (scheme == "bearer") {
     return credentials;
   }
@@ -696,7 +689,11 @@ struct CacheServer::Impl
     // connections at once has SYNs dropped and retried a second later.
     int listening = -1;
     http->set_socket_options([&listening](socket_t sock) {
-      httplib::default_socket_options(sock);
+      // SO_REUSEADDR only: httplib's default also sets SO_REUSEPORT, with
+      // which a second server on a port in use "listens" and takes half
+      // of the traffic. Binding then fails with EADDRINUSE instead.
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
       listening = sock;
     });
     if (config.port == 0) {

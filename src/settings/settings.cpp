@@ -1,6 +1,7 @@
 #include <kiln/settings/settings.hpp>
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/strings.hpp>
 
 #include <yaml-cpp/yaml.h>
 
@@ -17,26 +18,6 @@ namespace kiln {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::vector<std::string>
-split_spaces(const std::string& text)
-{
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t start = text.find_first_not_of(" \t\n", pos);
-    if (start == std::string::npos) {
-      break;
-    }
-    size_t end = text.find_first_of(" \t\n", start);
-    if (end == std::string::npos) {
-      end = text.size();
-    }
-    out.push_back(text.substr(start, end - start));
-    pos = end;
-  }
-  return out;
-}
 
 unsigned
 parse_count(const std::string& value, const std::string& what, unsigned min)
@@ -101,7 +82,7 @@ list_items(const YAML::Node& node)
       }
     }
   } else if (node && node.IsScalar()) {
-    out = split_spaces(node.as<std::string>());
+    out = split_words(node.as<std::string>());
   }
   return out;
 }
@@ -283,9 +264,9 @@ Settings::set(const std::string& key, const std::string& value, const std::strin
     }
     store_dir = value;
   } else if (key == "substituters") {
-    substituters = split_spaces(value);
+    substituters = split_words(value);
   } else if (key == "trusted-public-keys") {
-    trusted_public_keys = split_spaces(value);
+    trusted_public_keys = split_words(value);
   } else if (key == "require-sigs") {
     require_sigs = parse_count(value, what, 0);
   } else if (key == "secret-key-file") {

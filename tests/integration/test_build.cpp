@@ -18,19 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* const k_project = R"(derivations:
-  header:
-    builder: /bin/sh
-    tools: [/bin/sh, /bin/busybox]
-    args: ["-c", "busybox mkdir -p $out/include && busybox echo '#define GREETING 1' > $out/include/greeting.h"]
-  app:
-    builder: /bin/sh
-    tools: [/bin/sh, /bin/busybox]
-    srcs: [./src]
-    deps: [header]
-    env: {MODE: release}
-    args: ["-c", "busybox mkdir $out && busybox cat $header/include/greeting.h $src/main.c > $out/main.c && busybox echo $header > $out/uses && busybox echo $MODE > $out/mode"]
-)";
+const char* const k_project = test::k_two_step_project;
 
 std::map<std::string, nlohmann::json>
 json_lines(const std::string& out)

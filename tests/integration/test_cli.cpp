@@ -49,6 +49,9 @@ TEST_CASE("bad usage exits 2 with one error line", "[cli]")
     CHECK(r.status == 2);
     CHECK_THAT(r.err, Catch::StartsWith("kiln: error: "));
   }
+  TempDir dir;
+  auto r = test::kiln({"--store", (dir / "s").string(), "frobnicate"});
+  CHECK_THAT(r.err, Catch::StartsWith("kiln: error: unknown command 'frobnicate'\n"));
 }
 
 TEST_CASE("hash path and hash file print each format", "[cli]")
@@ -166,4 +169,24 @@ TEST_CASE("nar dump and restore round-trip through pipes", "[cli]")
   CHECK_THAT(r.err, Catch::Contains("bad magic") && Catch::Contains("offset"));
   CHECK(line_count(r.err) == 1);
   CHECK_FALSE(std::filesystem::exists(dir / "r2"));
+}
+
+TEST_CASE("store verify --remove-corrupt ends by counting what it removed", "[cli]")
+{
+  TempDir dir;
+  std::string store = (dir / "s").string();
+  test::write_file(dir / "f", "original\n");
+  auto path = test::output_of(test::kiln({"--store", store, "store", "add", (dir / "f").string()}),
+                              "add");
+  auto located = test::output_of(test::kiln({"--store", store, "store", "locate", path}), "locate");
+  std::filesystem::permissions(located, std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::add);
+  test::write_file(located, "tampered\n");
+  auto r = test::kiln({"--store", store, "store", "verify", "--remove-corrupt"});
+  INFO(r.err);
+  CHECK(r.status == 0);
+  CHECK_THAT(r.err, Catch::EndsWith("kiln: checked 1 paths: removed 1 corrupt paths\n"));
+  auto gone = test::kiln({"--store", store, "path-info", path});
+  INFO(gone.out << gone.err);
+  CHECK(gone.status != 0);
 }

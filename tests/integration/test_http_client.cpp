@@ -162,3 +162,68 @@ TEST_CASE("large files stream to the sink in pieces", "[cache][http]")
   CHECK(sink.s == data);
   CHECK(sink.pieces > 10);
 }
+
+TEST_CASE("a hostile cache is cut off: redirects, encodings, size, drip, stall", "[cache][http][hostile]")
+{
+  ScriptedServer other;   // another origin, which must never see the token
+  std::string leaked;
+  other.server().Get("/elsewhere", [&](const httplib::Request& req, httplib::Response& res) {
+    leaked = req.get_header_value("Authorization");
+    res.set_content("from elsewhere", "text/plain");
+  });
+  ScriptedServer s;
+  std::string here;
+  s.server().Get("/moved", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = 302;
+    res.set_header("Location", "/target");
+  });
+  s.server().Get("/target", [&](const httplib::Request& req, httplib::Response& res) {
+    here = req.get_header_value("Authorization");
+    res.set_content("same origin", "text/plain");
+  });
+  s.server().Get("/away", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = 302;
+    res.set_header("Location", other.url() + "/elsewhere");
+  });
+  s.server().Get("/gzipped", [](const httplib::Request&, httplib::Response& res) {
+    res.set_header("Content-Encoding", "gzip");
+    res.set_content(std::string(1000, '\0'), "text/x-nix-narinfo");
+  });
+  s.server().Get("/huge", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(std::string(3 << 20, 'x'), "text/x-nix-narinfo");
+  });
+  s.server().Get("/drip", [](const httplib::Request&, httplib::Response& res) {
+    res.set_chunked_content_provider("text/plain", [](size_t offset, httplib::DataSink& sink) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      if (offset > 1000) {
+        sink.done();
+        return true;
+      }
+      return sink.write("x", 1);
+    });
+  });
+  CacheOptions options;
+  options.token = "t0ken";
+  options.small_file_deadline_s = 2;
+  options.read_timeout_s = 1;
+  options.retries = 1;
+  auto cache = open_binary_cache(s.url(), options);
+
+  // Same origin: followed, with the token; another origin: without it.
+  CHECK(cache->get_file("moved") == "same origin");
+  CHECK(here == "Bearer t0ken");
+  CHECK(cache->get_file("away") == "from elsewhere");
+  CHECK(leaked.empty());
+  // Never asked for: an encoding, a narinfo of megabytes.
+  CHECK_THROWS_WITH(cache->get_file("gzipped"), Catch::Contains("Content-Encoding 'gzip'"));
+  CHECK_THROWS_WITH(cache->get_file("huge"), Catch::Contains("larger than 1048576 bytes"));
+  // One byte every 300 ms never trips the idle timeout; the deadline ends it.
+  auto start = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH(cache->get_file("drip"), Catch::Contains("no complete answer within 2 s"));
+  auto took = std::chrono::steady_clock::now() - start;
+  CHECK(took < std::chrono::seconds(4));
+  // Nothing listening: one line that names the address.
+  auto nowhere = open_binary_cache("http://127.0.0.1:1", options);
+  CHECK_THROWS_WITH(nowhere->get_file("nix-cache-info"),
+                    Catch::Contains("cannot connect to 127.0.0.1:1"));
+}

@@ -43,23 +43,6 @@ private:
   static inline int s_count = 0;
 };
 
-int
-connect_to(int port)
-{
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in addr {};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  struct timeval timeout = {10, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  return fd;
-}
-
 // Send all of `data`; false if the peer went away (no SIGPIPE).
 bool
 send_all(int fd, std::string_view data)
@@ -137,7 +120,7 @@ parse_reply(const std::string& raw)
 Reply
 send_raw(int port, const std::string& raw)
 {
-  int fd = connect_to(port);
+  int fd = test::connect_loopback(port);
   REQUIRE(fd >= 0);
   send_all(fd, raw); // a refused upload may be answered before it is all sent
   Reply r = parse_reply(read_to_eof(fd));
@@ -609,7 +592,7 @@ TEST_CASE("SIGTERM: stop accepting, finish the download in flight, exit 0", "[se
   test::write_file(cache / "nar" / "big.nar", big);
   Server server(dir.path(), {cache.string()});
 
-  int fd = connect_to(server.port);
+  int fd = test::connect_loopback(server.port);
   REQUIRE(fd >= 0);
   REQUIRE(send_all(fd, "GET /nar/big.nar HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
   char buf[4096];
@@ -619,7 +602,7 @@ TEST_CASE("SIGTERM: stop accepting, finish the download in flight, exit 0", "[se
   // New connections are refused soon...
   bool refused = false;
   for (int i = 0; i < 100 && !refused; ++i) {
-    int other = connect_to(server.port);
+    int other = test::connect_loopback(server.port);
     refused = other < 0;
     if (other >= 0) {
       ::close(other);
@@ -775,7 +758,7 @@ TEST_CASE("kiln serve takes many connections at once without dropping any", "[se
         std::this_thread::yield();
       }
       auto t0 = std::chrono::steady_clock::now();
-      int fd = connect_to(server.port);
+      int fd = test::connect_loopback(server.port);
       if (fd < 0) {
         return;
       }
@@ -795,4 +778,26 @@ TEST_CASE("kiln serve takes many connections at once without dropping any", "[se
     CHECK(seconds[i] < 0.9);
   }
   CHECK(server.stop() == 0);
+}
+
+TEST_CASE("a second kiln serve on a port in use refuses to start", "[server]")
+{
+  TempDir dir;
+  Server first(dir.path(), {(dir / "cache").string()});
+  test::BackgroundProcess second({test::kiln_binary(), "serve", (dir / "cache").string(),
+                                  "--listen", "127.0.0.1:" + std::to_string(first.port)},
+                                 dir / "second.log");
+  // It either says it listens (the bug: SO_REUSEPORT shares the port) or
+  // fails; within 20 s either way.
+  bool said = second.wait_for_stderr("kiln", 20);
+  std::string err = second.stderr_text();
+  INFO(err);
+  REQUIRE(said);
+  CHECK_THAT(err, !Catch::Contains("listening on"));
+  CHECK_THAT(err, Catch::Contains("cannot listen on 127.0.0.1:" + std::to_string(first.port)) &&
+                    Catch::Contains("in use"));
+  CHECK(second.stop() != 0);
+  // The first one still answers, and said that without tokens it is read-only.
+  CHECK(request(first.port, "GET", "/nix-cache-info").status == 200);
+  CHECK_THAT(first.log(), Catch::Contains("read-only: no token has the write scope"));
 }

@@ -265,6 +265,37 @@ add_test_object(LocalStore& store, const std::string& name, const std::string& c
 }
 
 int
+connect_loopback(int port)
+{
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in addr {};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  struct timeval timeout = {10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  return fd;
+}
+
+const char* const k_two_step_project = R"(derivations:
+  header:
+    builder: /bin/sh
+    tools: [/bin/sh, /bin/busybox]
+    args: ["-c", "busybox mkdir -p $out/include && busybox echo '#define GREETING 1' > $out/include/greeting.h"]
+  app:
+    builder: /bin/sh
+    tools: [/bin/sh, /bin/busybox]
+    srcs: [./src]
+    deps: [header]
+    env: {MODE: release}
+    args: ["-c", "busybox mkdir $out && busybox cat $header/include/greeting.h $src/main.c > $out/main.c && busybox echo $header > $out/uses && busybox echo $MODE > $out/mode"]
+)";
+
+int
 free_port()
 {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -447,7 +478,8 @@ Nginx::Nginx(const std::function<std::string(int port)>& site) : m_port(free_por
              "user root;\n"
              "error_log " + (m_dir / "logs" / "error.log").string() + ";\n"
              "pid " + (m_dir / "nginx.pid").string() + ";\n"
-             "events { worker_connections 256; }\n"
+             "worker_rlimit_nofile 8192;\n"
+             "events { worker_connections 4096; }\n"
              "http {\n"
              "  access_log off;\n"
              "  client_body_temp_path " + (m_dir / "tmp").string() + ";\n"

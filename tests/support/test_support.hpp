@@ -97,6 +97,14 @@ std::string nar_of(const fs::path& path);
 // A TCP port on 127.0.0.1 that was free a moment ago.
 int free_port();
 
+// A TCP connection to 127.0.0.1:`port` whose reads time out after 10 s;
+// -1 if refused.
+int connect_loopback(int port);
+
+// A kiln.yaml of two steps (header, then app, which refers to it and reads
+// ./src/main.c), built with busybox: for builds, pushes and substitutions.
+extern const char* const k_two_step_project;
+
 // A process started in the background, killed (SIGTERM, then SIGKILL) at
 // scope end. stderr goes to a file that `wait_for_stderr` reads.
 class BackgroundProcess

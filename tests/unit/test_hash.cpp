@@ -116,3 +116,56 @@ TEST_CASE("streaming hashing equals one-shot hashing, however the input is cut",
   CHECK(sink.bytes_written() == data.size());
   CHECK(sink.finish() == whole);
 }
+
+namespace {
+
+// A source that never ends, counting what was asked of it.
+class EndlessSource : public Source
+{
+public:
+  size_t
+  read(char* buf, size_t len) override
+  {
+    std::fill_n(buf, len, 'x');
+    served += len;
+    return len;
+  }
+  uint64_t served = 0;
+};
+
+} // namespace
+
+TEST_CASE("the validating reader hashes, counts and verifies what passes through it", "[hash]")
+{
+  StringSource in("hello world");
+  ValidatingSource checked(in, HashAlgo::sha256, 11);
+  char buf[4];
+  std::string got;
+  while (size_t n = checked.read(buf, sizeof buf)) {
+    got.append(buf, n);
+  }
+  CHECK(got == "hello world");
+  CHECK(checked.count() == 11);
+  CHECK_NOTHROW(checked.verify(11, hash_string(HashAlgo::sha256, "hello world")));
+
+  StringSource in2("hello world");
+  ValidatingSource wrong(in2, HashAlgo::sha256);
+  wrong.drain();
+  CHECK_THROWS_WITH(wrong.verify(11, hash_string(HashAlgo::sha256, "hello")),
+                    Catch::Contains("NAR hash mismatch"));
+  StringSource in3("hello");
+  ValidatingSource short_one(in3, HashAlgo::sha256);
+  short_one.drain();
+  CHECK_THROWS_WITH(short_one.verify(11, hash_string(HashAlgo::sha256, "hello")),
+                    Catch::Contains("NAR size mismatch: expected 11 bytes, got 5"));
+}
+
+TEST_CASE("the validating reader stops an endless stream one byte past its limit", "[hash]")
+{
+  EndlessSource endless;
+  ValidatingSource capped(endless, HashAlgo::sha256, 1000, "body");
+  CHECK_THROWS_WITH(capped.drain(), Catch::Contains("body is larger than the 1000 bytes"));
+  // It never asked for more than the limit and one byte: nothing large was
+  // buffered or written on the way.
+  CHECK(endless.served == 1001);
+}

@@ -20,8 +20,14 @@ struct CacheOptions
   std::string token;            // sent as "Authorization: Bearer <token>"
   unsigned connections = 16;    // parallel HTTP connections
   int connect_timeout_s = 15;
-  int read_timeout_s = 300;
+  int read_timeout_s = 30;      // the longest silence within a response
   int retries = 4;              // extra attempts on 5xx, 408, 429 and network errors
+  // Total time for one request, its retries included, however slowly the
+  // server drips: small files (narinfo, nix-cache-info, HEAD), and NARs.
+  int small_file_deadline_s = 60;
+  int transfer_deadline_s = 3600;
+  // The largest small file read whole (a narinfo is a few hundred bytes).
+  uint64_t max_small_file = 1 << 20;
 };
 
 // A cache that could not be reached or answered with an error.

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 
 namespace kiln {
 
@@ -64,14 +65,49 @@ public:
   // size transferred.
   std::unique_ptr<PreparedPath> fetch_prepared(LocalStore& store, const NarInfo& narinfo,
                                                uint64_t& bytes);
+  // Create or replace the narinfo of `narinfo.info.path`.
+  void put_narinfo(const NarInfo& narinfo);
+
+  // --- Never silent: what this cache could not give, said once a run ---
+
+  // Where the lines below go (the CLI prints them); none by default.
+  using Reporter = std::function<void(const std::string& line)>;
+  void set_reporter(Reporter reporter);
+  // Count `path` as not taken from this cache for `reason` (one kind of
+  // reason, without the path: "signed only by ci-old (…)").
+  void reject(const StorePath& path, const std::string& reason);
+  // Say each reason once, with its count ("warning: cache URL: 74 paths
+  // …; not using them"), and forget them. Also done when the client goes.
+  void report();
+  // A failure at the transport level (refused, DNS, TLS, 5xx after
+  // retries, a stall): the cache is not asked again in this run, and one
+  // line says so. Later calls throw CacheError at once.
+  void disable(const std::string& why);
+  bool disabled() const;
+  ~CacheClient();
 
 private:
   std::unique_ptr<BinaryCache> m_backend;
   StoreDir m_store_dir;
   NegativeCache* m_negative;
+  // Calls the backend; a CacheError disables this cache.
+  template <typename F>
+  auto guarded(F call) -> decltype(call());
+  void check_enabled() const;
+
   std::mutex m_mutex;
   std::optional<CacheInfo> m_info;
+  mutable std::mutex m_health_mutex;
+  Reporter m_reporter;
+  std::map<std::string, std::set<StorePath>> m_rejected;   // reason → paths
+  std::optional<std::string> m_disabled;
 };
+
+// Can every path of `paths` be substituted from `caches` under `policy`,
+// the valid signatures for one NAR being combined across the caches that
+// hold it? (The build's substitution hook; rejections are counted.)
+bool can_substitute(const std::vector<CacheClient*>& caches, const TrustPolicy& policy,
+                    const StoreDir& store_dir, const std::vector<StorePath>& paths);
 
 // May `info`, as a cache describes it, be taken under `policy`? Yes if it is
 // signed by enough distinct trusted keys, if the policy needs no signature,
@@ -117,14 +153,30 @@ struct PushResult
 {
   std::vector<StorePath> uploaded;
   std::vector<StorePath> already_present;
+  std::vector<StorePath> signed_in_cache;   // already there; this store's signatures added
   uint64_t bytes_uploaded = 0;
 };
 
 // Upload what `cache` lacks of (the closures of) `paths`: ask about all of
 // them first, in parallel; upload NARs, largest first; then narinfos, each
 // only after those of its references (the cache never holds an incomplete
-// closure).
+// closure). A narinfo already there for the same NAR gains the local
+// signatures and `options.key`'s (never losing one); one for another NAR
+// hash is an Error naming both hashes (a build that is not reproducible).
 PushResult push(LocalStore& store, CacheClient& cache, const std::vector<StorePath>& paths,
                 const PushOptions& options = {});
+
+// Add the local store's signatures of `cached.info.path` (and `key`'s, if
+// given) to the narinfo `cached` that `cache` holds; false if it had them
+// all. The same NAR hash, size and references, or an Error naming both.
+bool add_signatures_in_cache(LocalStore& store, CacheClient& cache, const NarInfo& cached,
+                             const SecretKey* key);
+
+// `kiln sign`: add `key`'s signature to `paths` in the local store and,
+// with a `cache`, to their narinfos there (a path the cache lacks is an
+// Error). Returns the paths that gained a signature.
+std::vector<StorePath> sign_paths(LocalStore& store, CacheClient* cache,
+                                  const std::vector<StorePath>& paths, const SecretKey& key,
+                                  unsigned connections = 16);
 
 } // namespace kiln

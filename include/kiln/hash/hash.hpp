@@ -92,6 +92,37 @@ private:
   uint64_t m_count = 0;
 };
 
+// The one validating reader, for the client and the server alike: hashes
+// and counts what is read through it, and refuses to read past `limit`
+// bytes (a body larger than it claims, or a decompression bomb, is cut off
+// before it is written anywhere). It lives here, not in util, because it
+// hashes. `what` names the stream in errors ("NAR", "compressed file").
+class ValidatingSource : public Source
+{
+public:
+  ValidatingSource(Source& in, HashAlgo algo, std::optional<uint64_t> limit = std::nullopt,
+                   std::string what = "NAR");
+  size_t read(char* buf, size_t len) override;
+  uint64_t
+  count() const
+  {
+    return m_hash.bytes_written();
+  }
+  // Read what remains (it counts and is hashed too).
+  void drain();
+  // The digest; the reader can't be used after.
+  Hash finish();
+  // finish(), then throw FormatError ("NAR size mismatch: …", "NAR hash
+  // mismatch: …") unless the size and hash are these.
+  void verify(uint64_t expected_size, const Hash& expected_hash);
+
+private:
+  Source& m_in;
+  HashSink m_hash;
+  std::optional<uint64_t> m_limit;
+  std::string m_what;
+};
+
 Hash hash_string(HashAlgo algo, std::string_view data);
 // Hash the bytes of a regular file ("flat" hashing).
 Hash hash_file(HashAlgo algo, const std::string& path);

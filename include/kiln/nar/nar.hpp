@@ -55,6 +55,19 @@ public:
   virtual void create_symlink(const std::string& path, const std::string& target) = 0;
 };
 
+// Accepts and forgets a parsed NAR's events: for checking an archive
+// (parse_nar does the checking) without restoring it.
+class NullFsObjectSink : public FsObjectSink
+{
+public:
+  void create_directory(const std::string&) override {}
+  void end_directory(const std::string&) override {}
+  void begin_regular_file(const std::string&, bool, uint64_t) override {}
+  void file_data(std::string_view) override {}
+  void end_regular_file() override {}
+  void create_symlink(const std::string&, const std::string&) override {}
+};
+
 // Serialises events into NAR bytes.
 class NarWriter : public FsObjectSink
 {
