@@ -126,7 +126,7 @@ json_lines(const std::string& text)
 
 } // namespace
 
-TEST_CASE("kiln test runs what cargo test runs; results are cached, failures are not",
+TEST_CASE("kiln test runs what cargo test runs: results are cached, failures are not",
           "[cargo][test]")
 {
   TempDir dir;
