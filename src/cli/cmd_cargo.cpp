@@ -344,7 +344,8 @@ int
 cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common,
               cargo::CargoCommand command)
 {
-  OutputOptions output{ctx.quiet, args.verbose, parse_message_format(args.message_format)};
+  OutputOptions output{ctx.quiet, args.verbose, parse_message_format(args.message_format),
+                       common.json};
   cargo::CargoRequest request = args.request(command);
   auto& store = ctx.store();
   auto project = cargo::CargoProject::load(request, store.root() / "var" / "cargo");
