@@ -30,7 +30,7 @@ host_platform()
 std::filesystem::path
 log_path(const LocalStore& store, const StorePath& drv)
 {
-  return store.root() / "logs" / (drv.base() + ".log");
+  return store.build_log_path(drv);
 }
 
 std::map<std::string, StorePath>
@@ -136,15 +136,14 @@ class EarlyFolder
 {
 public:
   EarlyFolder(const LocalStore& store, const StorePath& output)
-    : m_folder(store.root() / "tmp", "early-" + output.base() + "-",
-               "a folder for the early artifacts of '" + output.base() + "'")
+    : m_folder(store.make_temp_folder("early-" + output.base()))
   {
     fs::permissions(path(), fs::perms::owner_all | fs::perms::group_read |
                               fs::perms::group_exec | fs::perms::others_read |
                               fs::perms::others_exec);
   }
 
-  const fs::path& path() const { return m_folder.path(); }
+  const fs::path& path() const { return m_folder->path(); }
 
   void
   add(const fs::path& file)
@@ -158,7 +157,7 @@ public:
   }
 
 private:
-  TempFolder m_folder;
+  std::unique_ptr<TempFolder> m_folder;
 };
 
 // The early artifacts announced so far, by output path; an entry goes once
@@ -294,12 +293,8 @@ public:
       m_pipelining(sandbox_mode() == SandboxMode::namespaces)
   {
     if (options.jobserver) {
-      static std::atomic<unsigned> serial{0};
-      fs::create_directories(store.root() / "tmp");
-      m_jobserver = std::make_unique<Jobserver>(
-        store.root() / "tmp" /
-          ("jobserver-" + std::to_string(::getpid()) + "-" + std::to_string(serial++)),
-        std::max(1u, options.jobs));
+      m_jobserver = std::make_unique<Jobserver>(store.new_temp_path("jobserver"),
+                                                std::max(1u, options.jobs));
     }
   }
 
@@ -309,6 +304,9 @@ public:
     RealiseHooks hooks;
     hooks.is_present = [this](const StorePath& drv) { return is_present(drv); };
     hooks.is_substitutable = [this](const StorePath& drv) { return is_substitutable(drv); };
+    hooks.claim = [this](const StorePath& drv) -> std::shared_ptr<void> {
+      return m_store.claim(outputs_of(m_store, m_graph.derivation(drv)));
+    };
     hooks.substitute = [this](const StorePath& drv) { substitute(drv); };
     hooks.prepare = [this](const StorePath& drv) { m_frontend.prepare(drv); };
     hooks.build = [this](const StorePath& drv, BuildContext& context) { build(drv, context); };
@@ -342,6 +340,8 @@ private:
   is_present(const StorePath& drv) const
   {
     auto outputs = outputs_of(m_store, m_graph.derivation(drv));
+    // Rooted first: an output found valid stays so while this build needs it.
+    m_store.add_temp_roots({outputs.begin(), outputs.end()});
     return std::all_of(outputs.begin(), outputs.end(),
                        [&](const StorePath& out) { return m_store.is_valid(out); });
   }
@@ -466,7 +466,6 @@ private:
     std::vector<std::shared_ptr<EarlyFolder>> early_held;
     add_inputs(spec, drv, context, early_held);
     SandboxOptions sandbox;
-    fs::create_directories(m_store.root() / "logs");
     sandbox.log_file = log_path(m_store, drv_path);
     std::map<std::string, fs::path> output_dirs;
     sandbox.on_start = [&](const std::map<std::string, fs::path>& dirs) { output_dirs = dirs; };
@@ -556,6 +555,19 @@ private:
   std::vector<std::string> m_push_errors;
 };
 
+// The graph's .drvs and sources stay in the store while this process builds.
+void
+keep_inputs(LocalStore& store, const BuildGraph& graph)
+{
+  std::set<StorePath> used;
+  for (const auto& drv : graph.topological_order()) {
+    used.insert(drv);
+    const auto& srcs = graph.derivation(drv).input_srcs;
+    used.insert(srcs.begin(), srcs.end());
+  }
+  store.add_temp_roots(used);
+}
+
 } // namespace
 
 // --- Frontend and BuildObserver defaults ---
@@ -630,7 +642,9 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
     const Derivation* drv = frontend.derivation(p);
     return drv ? *drv : read_derivation(store, p);
   };
+  store.add_temp_roots({drvs.begin(), drvs.end()});
   auto graph = BuildGraph::from_targets(drvs, read, store.store_dir());
+  keep_inputs(store, graph);
   Realiser realiser(store, options, frontend, observer, graph);
   RealiseHooks hooks = realiser.hooks();
   RealiseOptions realise_options;

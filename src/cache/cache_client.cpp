@@ -649,4 +649,23 @@ substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const Tru
   return result;
 }
 
+std::unique_ptr<PreparedPath>
+fetch_again(LocalStore& store, const std::vector<CacheClient*>& caches, const TrustPolicy& policy,
+            const PathInfo& info, std::vector<std::string>& errors)
+{
+  for (auto* cache : caches) {
+    try {
+      auto narinfo = cache->query(info.path, true);
+      if (!narinfo || !is_trusted(policy, store.store_dir(), narinfo->info) ||
+          !(narinfo->info.nar_hash == info.nar_hash) || narinfo->info.nar_size != info.nar_size) {
+        continue;
+      }
+      uint64_t bytes = 0;
+      return cache->fetch_prepared(store, *narinfo, bytes);
+    } catch (const std::exception& e) {
+      errors.push_back(cache->url() + ": " + e.what());
+    }
+  }
+  return nullptr;
+}
 } // namespace kiln

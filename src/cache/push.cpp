@@ -19,20 +19,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A file in $TMPDIR that is deleted when this object goes away.
+// A file of this process's in the store's tmp/, deleted when this object
+// goes away; if the process is killed first, the next `kiln gc` deletes it.
 class TempFile
 {
 public:
-  TempFile()
+  explicit TempFile(const LocalStore& store) : m_path(store.new_temp_path("push-nar"))
   {
-    const char* dir = std::getenv("TMPDIR");
-    std::string pattern = std::string(dir && *dir ? dir : "/tmp") + "/kiln-nar-XXXXXX";
-    int fd = ::mkstemp(pattern.data());
-    if (fd < 0) {
-      throw_errno("creating a temporary file");
+    m_fd.reset(::open(m_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!m_fd) {
+      throw_errno("creating the temporary file '" + m_path.string() + "'");
     }
-    m_fd.reset(fd);
-    m_path = pattern;
   }
   ~TempFile()
   {
@@ -126,7 +123,7 @@ NarInfo
 upload_nar(LocalStore& store, CacheClient& cache, const PathInfo& info, const PushOptions& options)
 {
   const StoreDir& store_dir = store.store_dir();
-  TempFile file;
+  TempFile file(store);
   HashSink file_hash;
   HashSink nar_hash;
   {

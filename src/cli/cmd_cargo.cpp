@@ -348,7 +348,7 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
                        common.json};
   cargo::CargoRequest request = args.request(command);
   auto& store = ctx.store();
-  auto project = cargo::CargoProject::load(request, store.root() / "var" / "cargo");
+  auto project = cargo::CargoProject::load(request, store.state_dir("cargo"));
   for (const auto& w : project->warnings()) {
     std::cerr << "kiln: warning: " << w << "\n";
   }

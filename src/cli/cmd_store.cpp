@@ -55,6 +55,8 @@ problem_kind(VerifyProblem::Kind kind)
     return "bad-content-address";
   case VerifyProblem::Kind::stray:
     return "stray";
+  case VerifyProblem::Kind::dependent:
+    return "dependent";
   }
   return "unknown";
 }
@@ -138,7 +140,9 @@ register_store_commands(CLI::App& app, Context& ctx)
               "anything is wrong");
   verify->add_flag("--no-contents", verify_args->no_contents, "Skip re-hashing contents");
   verify->add_flag("--repair", verify_args->repair,
-                   "Restore read-only permissions and timestamps of intact paths");
+                   "Restore read-only permissions and timestamps of intact paths, and fetch "
+                   "corrupt or missing paths again from the substituters (trusted copies of "
+                   "the very same contents only)");
   verify->add_flag("--remove-corrupt", verify_args->remove_corrupt,
                    "Invalidate and delete corrupt or missing paths and everything that "
                    "references them");
@@ -149,6 +153,18 @@ register_store_commands(CLI::App& app, Context& ctx)
       options.check_contents = !verify_args->no_contents;
       options.repair = verify_args->repair;
       options.remove_corrupt = verify_args->remove_corrupt;
+      BuildOptions caches;
+      if (options.repair) {
+        caches = ctx.build_options(false, 0, 0);
+        options.refetch = [&](const PathInfo& info) {
+          std::vector<std::string> errors;
+          auto prepared = fetch_again(ctx.store(), caches.caches, caches.policy, info, errors);
+          for (const auto& e : errors) {
+            note("warning: fetching '" + ctx.store().print(info.path) + "' again: " + e);
+          }
+          return prepared;
+        };
+      }
       auto result = ctx.store().verify(options);
       if (verify_args->json) {
         nlohmann::json j;
@@ -261,6 +277,7 @@ register_store_commands(CLI::App& app, Context& ctx)
     bool print_roots = false;
     bool json = false;
     std::vector<std::string> roots;
+    unsigned timeout = 0;
   };
   auto gc_args = std::make_shared<GcArgs>();
   auto* gc = app.add_subcommand(
@@ -273,6 +290,9 @@ register_store_commands(CLI::App& app, Context& ctx)
                  "Also keep what this symlink points to, or the store paths listed in this "
                  "file (one per line)");
   gc->add_flag("--json", gc_args->json, "Print the result as JSON");
+  gc->add_option("--timeout", gc_args->timeout,
+                 "Fail if the store's GC lock (held by kiln processes adding paths) is not "
+                 "free within this many seconds (default: lock-timeout)");
   gc->callback([&ctx, gc_args] {
     ctx.action = [&ctx, gc_args] {
       auto& st = ctx.store();
@@ -284,6 +304,9 @@ register_store_commands(CLI::App& app, Context& ctx)
       }
       GcOptions options;
       options.dry_run = gc_args->dry_run;
+      if (gc_args->timeout > 0) {
+        options.timeout = std::chrono::seconds(gc_args->timeout);
+      }
       if (!gc_args->max_freed.empty()) {
         options.max_freed = parse_size(gc_args->max_freed);
       }
@@ -298,6 +321,7 @@ register_store_commands(CLI::App& app, Context& ctx)
         j["live"] = result.live;
         j["bytesFreed"] = result.bytes_freed;
         j["straysRemoved"] = result.strays_removed;
+        j["tempRoots"] = result.temp_roots;
         j["deleted"] = nlohmann::json::array();
         for (const auto& p : result.deleted) {
           j["deleted"].push_back(st.print(p));

@@ -45,7 +45,9 @@ Context::store()
 {
   if (!m_store) {
     const auto& s = settings();
-    m_store = std::make_unique<LocalStore>(LocalStoreConfig{s.store, s.store_dir});
+    LocalStoreConfig config{s.store, s.store_dir};
+    config.lock_timeout = std::chrono::seconds(s.lock_timeout);
+    m_store = std::make_unique<LocalStore>(std::move(config));
   }
   return *m_store;
 }
@@ -58,7 +60,7 @@ Context::open_cache(const std::string& url)
   options.token = s.token_for(url);
   options.connections = s.connections;
   if (!m_negative) {
-    m_negative = std::make_unique<NegativeCache>(store().root() / "var" / "narinfo-negative",
+    m_negative = std::make_unique<NegativeCache>(store().state_dir("narinfo-negative"),
                                                  std::chrono::seconds(s.negative_ttl));
   }
   // A local folder is cheap to ask again: "not there" is remembered only

@@ -471,6 +471,30 @@ private:
     return nullptr;
   }
 
+  struct Claim
+  {
+    std::shared_ptr<void> held;
+    bool realised_elsewhere = false;
+    std::string error;
+  };
+
+  // Claim `drv` for this process (RealiseHooks::claim), without the lock.
+  Claim
+  take_claim(const StorePath& drv)
+  {
+    Claim claim;
+    if (!m_hooks.claim) {
+      return claim;
+    }
+    try {
+      claim.held = m_hooks.claim(drv);
+      claim.realised_elsewhere = m_hooks.is_present(drv);
+    } catch (const std::exception& e) {
+      claim.error = e.what();
+    }
+    return claim;
+  }
+
   void
   work(ReadyQueue& queue, bool substituting)
   {
@@ -488,11 +512,22 @@ private:
       if (m_results.count(drv)) {
         continue; // skipped meanwhile
       }
-      std::string error;
+      if (!substituting) {
+        m_running.insert(drv); // its worker decides what becomes of it now
+      }
+      lock.unlock();
+      Claim claim = take_claim(drv);
+      lock.lock();
+      if (claim.realised_elsewhere) {
+        m_running.erase(drv);
+        finish(drv, {StepStatus::present, ""});
+        m_wake.notify_all();
+        continue;
+      }
+      std::string error = claim.error;
       bool token = false;
       std::vector<StorePath> early;
       if (!substituting) {
-        m_running.insert(drv); // its worker decides what becomes of it now
         if (m_hooks.prepare || m_options.jobserver) {
           // What needs no job token (writing sources) comes before taking
           // one: while the other builds work, the next are made ready.

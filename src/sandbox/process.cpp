@@ -253,6 +253,17 @@ parent_gone(int go_fd)
   return ::poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR)) != 0;
 }
 
+// Whether kiln has ended. The parent-death signal comes only for a death
+// after it was armed: a child checks this once it is, so that it never
+// outlives a kiln that died while it was starting (another child's copy
+// of the go pipe would hide that from parent_gone).
+bool
+kiln_died(int parent_pidfd)
+{
+  struct pollfd pfd = {parent_pidfd, POLLIN, 0};
+  return parent_pidfd >= 0 && ::poll(&pfd, 1, 0) == 1;
+}
+
 // fork() without glibc's atfork machinery (see above).
 pid_t
 raw_fork()
@@ -277,7 +288,7 @@ close_from(int first)
 }
 
 [[noreturn]] void
-exec_builder(const ChildConfig& config)
+exec_builder(const ChildConfig& config, pid_t supervisor)
 {
   // Nothing of the parent's signal state may leak into the build: kiln
   // ignores SIGPIPE, and ignored signals survive exec.
@@ -294,6 +305,9 @@ exec_builder(const ChildConfig& config)
   // If the supervising process dies, so does the builder (in namespaces
   // mode the kernel sees to the rest; in clean-env mode this is all we get).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != supervisor) {
+    ::_exit(1); // the supervisor died before the signal was armed
+  }
   struct rlimit no_core = {0, 0};
   ::setrlimit(RLIMIT_CORE, &no_core);
   // The status pipe is fd 3: closed by a successful exec, there to report
@@ -388,12 +402,13 @@ supervise_builder(const ChildConfig& config, bool subreaper)
   status_fd = 3;
   close_from(4);
 
+  pid_t supervisor = ::getpid();
   pid_t builder = raw_fork();
   if (builder < 0) {
     fail(status_fd, phase_fork, errno);
   }
   if (builder == 0) {
-    exec_builder(config);
+    exec_builder(config, supervisor);
   }
   // The log pipe must close once the build's processes are gone.
   ::close(0);
@@ -513,6 +528,9 @@ namespace_child(const ChildConfig& config)
 {
   int status_fd = config.status_fd;
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (kiln_died(config.parent_pidfd)) {
+    ::_exit(1);
+  }
   // Modes in the plan are meant as written.
   ::umask(0);
   if (config.wait_go_first && !wait_go(config.go_fd)) {
@@ -576,7 +594,7 @@ namespace_child(const ChildConfig& config)
   // make sure the parent did not die meanwhile (it holds the go pipe's
   // write end open until the build is over).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (parent_gone(config.go_fd)) {
+  if (parent_gone(config.go_fd) || kiln_died(config.parent_pidfd)) {
     ::_exit(1);
   }
   // A user namespace gives this process every capability in it; the build
@@ -601,6 +619,9 @@ namespace_child(const ChildConfig& config)
 clean_child(const ChildConfig& config)
 {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (kiln_died(config.parent_pidfd)) {
+    ::_exit(1);
+  }
   if (::setsid() < 0) {
     fail(config.status_fd, phase_session, errno);
   }
@@ -763,6 +784,13 @@ support()
 {
   static const Support k_support = probe();
   return k_support;
+}
+
+int
+own_pidfd()
+{
+  static const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0));
+  return pidfd;
 }
 
 pid_t

@@ -7,16 +7,15 @@
 //     root/         where the new root is mounted (namespaces mode)
 //     build.log     stdout and stderr of the build
 //
-// The work folder lives in the store's tmp/, whose contents garbage
-// collection deletes as debris: a build therefore holds the store's GC lock
-// shared (the on-disk protocol of store/README.md), which also keeps its
-// inputs from being collected while it runs.
+// The work folder is a temporary of this process in the store's tmp/
+// (LocalStore::make_temp_folder): garbage collection leaves it alone while
+// kiln lives and deletes it once kiln is gone. The inputs are kept from
+// collection by the caller (temporary roots), not by the sandbox.
 #include "sandbox_impl.hpp"
 
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
 #include <kiln/util/jobserver.hpp>
-#include <kiln/util/lock.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -60,23 +59,20 @@ constexpr const char* k_home = "/homeless";
 // Where a build sees the jobserver fifo.
 constexpr const char* k_jobserver_inside = "/.kiln/jobserver";
 
-// The build's private folder under the store's tmp/, and a shared hold on
-// the GC lock for as long as it exists. Deleted (before the lock goes) when
-// the last owner lets go.
+// The build's private folder under the store's tmp/, deleted when the last
+// owner lets go.
 class WorkDir
 {
 public:
   WorkDir(const LocalStore& store, const std::string& name)
-    : m_gc_lock(store.root() / "locks" / "gc.lock", LockMode::shared),
-      m_folder(store.root() / "tmp", "build-" + safe_name(name) + "-",
-               "a work folder for build '" + name + "'")
+    : m_folder(store.make_temp_folder("build-" + safe_name(name)))
   {
   }
 
   const fs::path&
   path() const
   {
-    return m_folder.path();
+    return m_folder->path();
   }
 
 private:
@@ -92,8 +88,7 @@ private:
     return safe;
   }
 
-  FileLock m_gc_lock;
-  TempFolder m_folder; // after the lock: deleted before GC may run
+  std::unique_ptr<TempFolder> m_folder;
 };
 
 SandboxMode
@@ -897,6 +892,7 @@ run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& 
   config.log_fd = log_pipe.write_end.get();
   config.status_fd = status_pipe.write_end.get();
   config.go_fd = go_pipe.read_end.get();
+  config.parent_pidfd = own_pidfd();
 
   pid_t pid = mode == SandboxMode::namespaces ? spawn_in_namespaces(config, !root)
                                               : spawn_clean(config);

@@ -161,12 +161,19 @@ struct ChildConfig
   int log_fd = -1;        // stdout and stderr of the builder
   int status_fd = -1;     // ChildMessages
   int go_fd = -1;         // the parent writes a byte once the id maps are written
+  // A pidfd of kiln (readable once it has ended): a child that finds it
+  // readable after arming its parent-death signal was orphaned before.
+  int parent_pidfd = -1;
   bool wait_go_first = false;      // unprivileged: the user namespace comes with clone()
   bool drop_ids = false;           // root: become uid/gid after setting up
   uid_t uid = 0;
   gid_t gid = 0;
   bool user_ns_after_drop = false; // root: then enter a user namespace
 };
+
+// A pidfd of this process, for ChildConfig::parent_pidfd; -1 where the
+// kernel has none.
+int own_pidfd();
 
 // Start a build in new namespaces (namespaces mode): the returned process is
 // PID 1 of the build's PID namespace; killing it kills the build.

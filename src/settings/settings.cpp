@@ -244,6 +244,8 @@ Settings::table()
     {"connections", "KILN_CONNECTIONS", "parallel requests to binary caches (default 16)"},
     {"negative-ttl", "KILN_NEGATIVE_TTL",
      "seconds to remember that a cache lacks a path (default 300; 0: never)"},
+    {"lock-timeout", "KILN_LOCK_TIMEOUT",
+     "seconds to wait for another kiln's store lock before giving up (default 0: no limit)"},
   };
   return settings;
 }
@@ -279,6 +281,8 @@ Settings::set(const std::string& key, const std::string& value, const std::strin
     connections = parse_count(value, what, 1);
   } else if (key == "negative-ttl") {
     negative_ttl = parse_count(value, what, 0);
+  } else if (key == "lock-timeout") {
+    lock_timeout = parse_count(value, what, 0);
   } else {
     throw UsageError(origin + ": unknown setting '" + key + "'");
   }

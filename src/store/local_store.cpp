@@ -1,4 +1,5 @@
 #include "database.hpp"
+#include "temp_roots.hpp"
 
 #include <kiln/nar/nar.hpp>
 #include <kiln/store/local_store.hpp>
@@ -14,6 +15,7 @@
 #include <array>
 #include <atomic>
 #include <ctime>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <random>
@@ -310,10 +312,17 @@ struct LocalStore::Impl
   mutable std::mutex db_mutex; // one connection, shared by this object's threads
   std::mutex lock_mutex;
   std::weak_ptr<FileLock> shared_gc;
+  std::chrono::seconds lock_timeout;
+  std::function<void(const std::string&)> on_wait;
+  std::shared_ptr<detail::TempRoots> temp_roots;
 
   Impl(const LocalStoreConfig& config)
     : store_dir(config.store_dir),
-      root(fs::absolute(config.root).lexically_normal())
+      root(fs::absolute(config.root).lexically_normal()),
+      lock_timeout(config.lock_timeout),
+      on_wait(config.on_wait ? config.on_wait : [](const std::string& message) {
+        std::cerr << "kiln: " << message << "\n";
+      })
   {
     if (root.has_filename() == false && root.has_parent_path() && root != root.root_path()) {
       root = root.parent_path();
@@ -322,7 +331,9 @@ struct LocalStore::Impl
     tmp = root / "tmp";
     locks = root / "locks";
     gcroots = root / "gcroots";
-    for (const auto& dir : {root, objects, tmp, locks, gcroots, gcroots / "auto", root / "db"}) {
+    temp_roots = detail::TempRoots::of(root / "temproots");
+    for (const auto& dir : {root, objects, tmp, locks, gcroots, gcroots / "auto", root / "db",
+                            root / "temproots"}) {
       std::error_code ec;
       fs::create_directories(dir, ec);
       if (ec) {
@@ -360,25 +371,94 @@ struct LocalStore::Impl
     }
   }
 
-  FileLock
-  gc_lock(LockMode mode) const
+  LockWait
+  lock_wait(std::string what, std::chrono::milliseconds announce_after) const
   {
-    return FileLock(locks / "gc.lock", mode);
+    LockWait wait;
+    wait.what = std::move(what);
+    wait.timeout = lock_timeout;
+    wait.on_wait = on_wait;
+    wait.announce_after = announce_after;
+    return wait;
   }
 
+  // Exclusive: collecting garbage. Shared: adding, or rooting, briefly.
+  FileLock
+  gc_lock(LockMode mode, std::optional<std::chrono::seconds> timeout = std::nullopt) const
+  {
+    auto wait = lock_wait(mode == LockMode::exclusive ? "the store's GC lock"
+                                                      : "the garbage collector",
+                          std::chrono::seconds(1));
+    if (timeout) {
+      wait.timeout = *timeout;
+    }
+    return FileLock(locks / "gc.lock", mode, wait);
+  }
+
+  // Short: held while one process registers the path.
   FileLock
   path_lock(const StorePath& path) const
   {
-    return FileLock(locks / (std::string(path.hash_part()) + ".lock"), LockMode::exclusive);
+    return FileLock(locks / (std::string(path.hash_part()) + ".lock"), LockMode::exclusive,
+                    lock_wait("the lock of '" + store_dir.print(path) + "'", std::chrono::seconds(1)));
   }
 
+  // Long: held while one process builds or substitutes the path.
+  FileLock
+  claim_lock(const StorePath& path) const
+  {
+    return FileLock(locks / (std::string(path.hash_part()) + ".claim"), LockMode::exclusive,
+                    lock_wait("another kiln building " + store_dir.print(path),
+                              std::chrono::milliseconds(0)));
+  }
+
+  // A name under tmp/ for a temporary that is debris if this process dies
+  // (used while holding the GC lock, or deleted at once).
   fs::path
-  new_temp_path(const std::string& purpose) const
+  debris_path(const std::string& purpose) const
   {
     static std::atomic<unsigned> counter{0};
     std::random_device rd;
     return tmp / (purpose + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) +
                   "-" + std::to_string(rd() % 1000000));
+  }
+
+  // A name under tmp/ for a temporary of this process, which GC leaves alone
+  // while the process lives: tmp/<pid>-<purpose>-<n>.
+  fs::path
+  owned_temp_path(const std::string& purpose)
+  {
+    become_owner();
+    static std::atomic<unsigned> counter{0};
+    return tmp / (std::to_string(::getpid()) + "-" + purpose + "-" + std::to_string(counter++));
+  }
+
+  // This process's temporary roots file exists and is locked. A temporary
+  // named for this pid that is older than the file was a dead process's.
+  void
+  become_owner()
+  {
+    auto gc = shared_gc_lock();
+    temp_roots->ensure_owner([&] {
+      std::error_code ec;
+      for (const auto& entry : fs::directory_iterator(tmp, ec)) {
+        if (detail::temp_owner(entry.path().filename().string()) == ::getpid()) {
+          delete_path(entry.path());
+        }
+      }
+    });
+  }
+
+  void
+  add_temp_roots(const std::set<StorePath>& paths)
+  {
+    std::vector<std::string> names;
+    for (const auto& path : paths) {
+      names.push_back(path.base());
+    }
+    become_owner();
+    auto gc = shared_gc_lock();
+    temp_roots->add(names);
   }
 
   std::optional<int64_t>
@@ -483,13 +563,21 @@ struct LocalStore::Impl
   }
 
   // Move a finished, synced temporary object into place and register it.
-  // The caller holds the shared GC lock.
+  // The caller holds the shared GC lock and the path's lock.
   void
   commit_temp(const fs::path& temp, const PathInfo& info)
   {
-    fs::path final_path = objects / info.path.base();
+    move_into_store(temp, info.path);
+    register_path(info);
+  }
+
+  // Rename a temporary object to its place in the objects folder (whatever
+  // lies there is debris of a killed process: never registered).
+  void
+  move_into_store(const fs::path& temp, const StorePath& path)
+  {
+    fs::path final_path = objects / path.base();
     if (::access(final_path.c_str(), F_OK) == 0 || errno != ENOENT) {
-      // Left over by a killed process: it was never registered.
       delete_path(final_path);
     }
     // Moving a folder to another parent rewrites its "..", which needs write
@@ -513,7 +601,30 @@ struct LocalStore::Impl
       ::utimensat(AT_FDCWD, final_path.c_str(), times, 0);
     }
     fsync_directory(objects);
-    register_path(info);
+  }
+
+  // Make the finished, synced temporary `temp` the valid path `info.path`,
+  // unless that is valid already (then false). Its references must be
+  // valid. The path becomes a temporary root either way.
+  bool
+  commit_if_new(const fs::path& temp, const PathInfo& info)
+  {
+    auto gc = shared_gc_lock();
+    add_temp_roots({info.path});
+    {
+      std::lock_guard guard(db_mutex);
+      require_valid_references(info, "cannot add '" + store_dir.print(info.path) + "'");
+      if (path_id(info.path)) {
+        return false;
+      }
+    }
+    auto lock = path_lock(info.path);
+    std::lock_guard guard(db_mutex);
+    if (path_id(info.path)) {
+      return false;
+    }
+    commit_temp(temp, info);
+    return true;
   }
 
   std::optional<StorePath>
@@ -569,26 +680,38 @@ struct LocalStore::Impl
     }
   }
 
+  // Drop `paths` from the database in one transaction. Every referrer of
+  // each must be among them (or already invalid): all their references go
+  // first, so their order does not matter.
   void
   invalidate(const std::vector<StorePath>& paths)
   {
     Transaction txn(*db);
-    Statement id_of(*db, "SELECT id FROM ValidPaths WHERE path = ?");
-    Statement drop_refs(*db, "DELETE FROM Refs WHERE referrer = ?");
-    Statement drop(*db, "DELETE FROM ValidPaths WHERE id = ?");
+    std::vector<int64_t> ids;
     for (const auto& path : paths) {
-      id_of.bind(1, path.base());
-      if (!id_of.step()) {
-        id_of.reset();
-        continue;
+      if (auto id = path_id(path)) {
+        ids.push_back(*id);
       }
-      int64_t id = id_of.column_int(0);
-      id_of.reset();
+    }
+    Statement drop_refs(*db, "DELETE FROM Refs WHERE referrer = ?");
+    for (int64_t id : ids) {
       drop_refs.bind(1, id).run();
+    }
+    Statement drop(*db, "DELETE FROM ValidPaths WHERE id = ?");
+    for (int64_t id : ids) {
       drop.bind(1, id).run();
     }
     txn.commit();
   }
+
+  std::set<StorePath> gc_roots(const LocalStore& store, const GcOptions& options,
+                               GcResult& result);
+  std::vector<StorePath> deletion_order(const LocalStore& store, const std::set<StorePath>& live);
+  void remove_debris(const LocalStore& store, GcResult& result);
+  void refetch_corrupt(LocalStore& store, const VerifyOptions& options,
+                       std::vector<StorePath>& corrupt, VerifyResult& result);
+  void remove_corrupt(LocalStore& store, const std::vector<StorePath>& corrupt,
+                      VerifyResult& result);
 
   // Remove an invalid object from disk: rename it away first so that a
   // half-deleted tree never sits under its store name.
@@ -596,7 +719,7 @@ struct LocalStore::Impl
   remove_from_disk(const fs::path& object)
   {
     uint64_t size = tree_size(object);
-    fs::path trash = new_temp_path("trash");
+    fs::path trash = debris_path("trash");
     if (::rename(object.c_str(), trash.c_str()) != 0) {
       if (errno == ENOENT) {
         return 0;
@@ -636,6 +759,80 @@ std::string
 LocalStore::print(const StorePath& path) const
 {
   return m->store_dir.print(path);
+}
+
+std::unique_ptr<TempFolder>
+LocalStore::make_temp_folder(const std::string& purpose) const
+{
+  m->become_owner();
+  return std::make_unique<TempFolder>(m->tmp, std::to_string(::getpid()) + "-" + purpose + "-",
+                                      "a temporary folder (" + purpose + ")");
+}
+
+fs::path
+LocalStore::new_temp_path(const std::string& purpose) const
+{
+  return m->owned_temp_path(purpose);
+}
+
+fs::path
+LocalStore::build_log_path(const StorePath& drv) const
+{
+  fs::path logs = m->root / "logs";
+  std::error_code ec;
+  fs::create_directories(logs, ec);
+  if (ec) {
+    throw Error("creating the build log folder '" + logs.string() + "': " + ec.message());
+  }
+  return logs / (drv.base() + ".log");
+}
+
+fs::path
+LocalStore::state_dir(const std::string& module) const
+{
+  fs::path dir = m->root / "var" / module;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    throw Error("creating the state folder '" + dir.string() + "': " + ec.message());
+  }
+  return dir;
+}
+
+void
+LocalStore::add_temp_roots(const std::set<StorePath>& paths)
+{
+  m->add_temp_roots(paths);
+}
+
+std::unique_ptr<PathClaim>
+LocalStore::claim(const std::vector<StorePath>& paths)
+{
+  // In one order everywhere, so that two processes claiming overlapping sets
+  // never wait for each other in a circle.
+  std::set<StorePath> sorted(paths.begin(), paths.end());
+  std::vector<FileLock> locks;
+  for (const auto& path : sorted) {
+    locks.push_back(m->claim_lock(path));
+  }
+  return std::make_unique<PathClaim>(std::move(locks));
+}
+
+void
+LocalStore::replace_contents(PreparedPath& prepared)
+{
+  const PathInfo& info = prepared.m_info;
+  auto gc = m->shared_gc_lock();
+  auto lock = m->path_lock(info.path);
+  auto registered = query_path_info(info.path);
+  if (!registered || !(registered->nar_hash == info.nar_hash) ||
+      registered->nar_size != info.nar_size) {
+    throw Error("cannot repair '" + print(info.path) +
+                "': the fetched copy is not what the store registered for it");
+  }
+  m->remove_from_disk(physical_path(info.path));
+  m->move_into_store(prepared.m_temp, info.path);
+  prepared.m_committed = true;
 }
 
 StorePath
@@ -703,9 +900,9 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
     ca.hash = hash.finish();
   }
   StorePath path = m->store_dir.make_fixed_output_path(name, ca);
-  auto gc = m->shared_gc_lock();
+  m->add_temp_roots({path});
   if (!is_valid(path)) {
-    fs::path temp = m->new_temp_path("add");
+    fs::path temp = m->owned_temp_path("add");
     try {
       // Copy while hashing again, so that what is stored is exactly what was
       // hashed, even if the source changes meanwhile.
@@ -719,16 +916,12 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
       if (!(hash.finish() == ca.hash)) {
         throw Error("'" + source.string() + "' changed while it was being added; try again");
       }
-      auto lock = m->path_lock(path);
-      if (!is_valid(path)) {
-        PathInfo info(path);
-        info.nar_hash = ca.hash;
-        info.nar_size = nar_size;
-        info.ca = ca;
-        sync_filesystem_of(temp);
-        std::lock_guard guard(m->db_mutex);
-        m->commit_temp(temp, info);
-      }
+      PathInfo info(path);
+      info.nar_hash = ca.hash;
+      info.nar_size = nar_size;
+      info.ca = ca;
+      sync_filesystem_of(temp);
+      m->commit_if_new(temp, info);
       delete_path(temp);
     } catch (...) {
       delete_path(temp);
@@ -747,6 +940,7 @@ LocalStore::add_text(const std::string& name, std::string_view contents,
 {
   Hash content_hash = hash_string(HashAlgo::sha256, contents);
   StorePath path = m->store_dir.make_text_path(name, content_hash, references);
+  m->add_temp_roots({path});
   if (is_valid(path)) {
     return path;
   }
@@ -768,8 +962,8 @@ LocalStore::add_text(const std::string& name, std::string_view contents,
   return path;
 }
 
-PreparedPath::PreparedPath(PathInfo info, fs::path temp, std::shared_ptr<void> gc_lock)
-  : m_info(std::move(info)), m_temp(std::move(temp)), m_gc_lock(std::move(gc_lock))
+PreparedPath::PreparedPath(PathInfo info, fs::path temp)
+  : m_info(std::move(info)), m_temp(std::move(temp))
 {
 }
 
@@ -791,6 +985,7 @@ LocalStore::add_nar(const PathInfo& info, Source& nar)
     std::lock_guard guard(m->db_mutex);
     m->require_valid_references(info, "cannot add '" + print(info.path) + "'");
   }
+  m->add_temp_roots({info.path});
   if (is_valid(info.path)) {
     return;
   }
@@ -808,9 +1003,8 @@ LocalStore::prepare_nar(const PathInfo& info, Source& nar)
                   info.ca->to_string() + " (that would be '" + print(expected) + "')");
     }
   }
-  auto gc = m->shared_gc_lock();
-  fs::path temp = m->new_temp_path("import");
-  std::unique_ptr<PreparedPath> prepared(new PreparedPath(info, temp, gc));
+  fs::path temp = m->owned_temp_path("import");
+  std::unique_ptr<PreparedPath> prepared(new PreparedPath(info, temp));
   // Capped at NarSize: a lying cache cannot fill tmp/ before the check.
   ValidatingSource checked(nar, info.nar_hash.algo(), info.nar_size);
   try {
@@ -826,21 +1020,9 @@ LocalStore::prepare_nar(const PathInfo& info, Source& nar)
 void
 LocalStore::commit(PreparedPath& prepared)
 {
-  const PathInfo& info = prepared.m_info;
-  {
-    std::lock_guard guard(m->db_mutex);
-    m->require_valid_references(info, "cannot add '" + print(info.path) + "'");
+  if (m->commit_if_new(prepared.m_temp, prepared.m_info)) {
+    prepared.m_committed = true;
   }
-  if (is_valid(info.path)) {
-    return;
-  }
-  auto lock = m->path_lock(info.path);
-  if (is_valid(info.path)) {
-    return;
-  }
-  std::lock_guard guard(m->db_mutex);
-  m->commit_temp(prepared.m_temp, info);
-  prepared.m_committed = true;
 }
 
 PathInfo
@@ -848,7 +1030,6 @@ LocalStore::register_output(const StorePath& path, const fs::path& built,
                             const std::set<StorePath>& candidates,
                             const std::optional<StorePath>& deriver, const std::string& build_mode)
 {
-  auto gc = m->shared_gc_lock();
   canonicalise(built);
   std::set<std::string> hashes = {std::string(path.hash_part())};
   for (const auto& c : candidates) {
@@ -871,18 +1052,11 @@ LocalStore::register_output(const StorePath& path, const fs::path& built,
   }
   info.deriver = deriver;
   info.build_mode = build_mode;
-  {
-    std::lock_guard guard(m->db_mutex);
-    m->require_valid_references(info, "cannot register output '" + print(path) + "'");
-  }
-  auto lock = m->path_lock(path);
-  if (is_valid(path)) {
-    delete_path(built);
+  sync_filesystem_of(built);
+  if (!m->commit_if_new(built, info)) {
+    delete_path(built); // registered by another process meanwhile
     return *query_path_info(path);
   }
-  sync_filesystem_of(built);
-  std::lock_guard guard(m->db_mutex);
-  m->commit_temp(built, info);
   return info;
 }
 
@@ -1010,92 +1184,138 @@ LocalStore::stray_entries() const
   return strays;
 }
 
-GcResult
-LocalStore::collect_garbage(const GcOptions& options)
-{
-  GcResult result;
-  auto gc = m->gc_lock(LockMode::exclusive);
+namespace {
 
+// The paths an --root argument keeps: what a symlink points to, or the
+// paths a file lists (one a line, # comments).
+std::set<StorePath>
+extra_roots(const LocalStore& store, const fs::path& extra)
+{
+  std::error_code ec;
+  if (fs::is_symlink(fs::symlink_status(extra, ec))) {
+    return {store.resolve(extra.string())};
+  }
+  if (!fs::exists(extra, ec)) {
+    throw UsageError("root file '" + extra.string() + "' does not exist");
+  }
   std::set<StorePath> roots;
-  for (const auto& [link, path] : find_roots()) {
+  std::string text = read_file(extra);
+  size_t line_no = 0;
+  for (size_t pos = 0; pos <= text.size();) {
+    size_t end = std::min(text.find('\n', pos), text.size());
+    std::string line = text.substr(pos, end - pos);
+    ++line_no;
+    pos = end + 1;
+    if (line.empty() || line[0] == '#') {
+      continue;
+    }
+    try {
+      roots.insert(store.resolve(line));
+    } catch (const UsageError& e) {
+      throw UsageError(extra.string() + ":" + std::to_string(line_no) + ": " + e.what());
+    }
+  }
+  return roots;
+}
+
+} // namespace
+
+std::set<StorePath>
+LocalStore::Impl::gc_roots(const LocalStore& store, const GcOptions& options, GcResult& result)
+{
+  std::set<StorePath> roots;
+  for (const auto& [link, path] : store.find_roots()) {
     roots.insert(path);
   }
   for (const auto& extra : options.extra_roots) {
-    std::error_code ec;
-    if (fs::is_symlink(fs::symlink_status(extra, ec))) {
-      roots.insert(resolve(extra.string()));
-      continue;
-    }
-    if (!fs::exists(extra, ec)) {
-      throw UsageError("root file '" + extra.string() + "' does not exist");
-    }
-    // A file listing store paths, one per line.
-    std::string text = read_file(extra);
-    size_t line_no = 0;
-    size_t pos = 0;
-    while (pos <= text.size()) {
-      size_t end = text.find('\n', pos);
-      if (end == std::string::npos) {
-        end = text.size();
+    roots.merge(extra_roots(store, extra));
+  }
+  for (const auto& name : temp_roots->others_roots()) {
+    try {
+      if (roots.insert(StorePath(name)).second) {
+        ++result.temp_roots;
       }
-      std::string line = text.substr(pos, end - pos);
-      ++line_no;
-      pos = end + 1;
-      if (line.empty() || line[0] == '#') {
-        continue;
-      }
-      try {
-        roots.insert(resolve(line));
-      } catch (const UsageError& e) {
-        throw UsageError(extra.string() + ":" + std::to_string(line_no) + ": " + e.what());
-      }
+    } catch (const FormatError&) {
+      // Not a store path: nothing to keep.
     }
   }
   std::set<StorePath> live_roots;
   for (const auto& root : roots) {
-    if (is_valid(root)) {
+    if (store.is_valid(root)) {
       live_roots.insert(root);
     }
   }
   result.roots = live_roots.size();
-  std::set<StorePath> live = closure(live_roots);
-  result.live = live.size();
+  return live_roots;
+}
 
-  // Dead paths, deleted referrers first so that the closure invariant holds
-  // after every step, even if GC is interrupted or stopped by --max-freed.
-  std::map<StorePath, std::set<StorePath>> dead_referrers;
-  for (const auto& path : valid_paths()) {
+// Dead paths in an order that deletes referrers first, so that the closure
+// invariant holds after every step, even if GC is interrupted or stopped by
+// --max-freed.
+std::vector<StorePath>
+LocalStore::Impl::deletion_order(const LocalStore& store, const std::set<StorePath>& live)
+{
+  std::map<StorePath, size_t> pending; // dead referrers not deleted yet
+  std::vector<StorePath> ready;
+  for (const auto& path : store.valid_paths()) {
     if (!live.count(path)) {
-      auto refs = referrers(path);
+      auto refs = store.referrers(path);
       refs.erase(path);
-      dead_referrers[path] = refs;
+      pending[path] = refs.size();
+      if (refs.empty()) {
+        ready.push_back(path);
+      }
     }
   }
   std::vector<StorePath> order;
-  std::set<StorePath> placed;
-  std::vector<StorePath> ready;
-  for (const auto& [path, refs] : dead_referrers) {
-    if (refs.empty()) {
-      ready.push_back(path);
-    }
-  }
-  std::map<StorePath, size_t> pending;
-  for (const auto& [path, refs] : dead_referrers) {
-    pending[path] = refs.size();
-  }
   while (!ready.empty()) {
     StorePath path = ready.back();
     ready.pop_back();
     order.push_back(path);
-    auto info = query_path_info(path);
+    auto info = store.query_path_info(path);
     for (const auto& ref : info->references) {
       if (ref != path && pending.count(ref) && --pending[ref] == 0) {
         ready.push_back(ref);
       }
     }
   }
+  return order;
+}
 
-  for (const auto& path : order) {
+// With the GC lock held exclusively nothing is being added: whatever is in
+// the objects folder but not valid is debris of a crash, and so is every
+// temporary whose owner is gone and every lock file nobody holds.
+void
+LocalStore::Impl::remove_debris(const LocalStore& store, GcResult& result)
+{
+  for (const auto& stray : store.stray_entries()) {
+    result.bytes_freed += remove_from_disk(stray);
+    ++result.strays_removed;
+  }
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(tmp, ec)) {
+    pid_t owner = detail::temp_owner(entry.path().filename().string());
+    if (owner != 0 && temp_roots->owner_alive(owner)) {
+      continue;
+    }
+    result.bytes_freed += tree_size(entry.path());
+    delete_path(entry.path());
+  }
+  for (const auto& entry : fs::directory_iterator(locks, ec)) {
+    if (entry.path().filename() != "gc.lock") {
+      FileLock::remove_if_unused(entry.path());
+    }
+  }
+}
+
+GcResult
+LocalStore::collect_garbage(const GcOptions& options)
+{
+  GcResult result;
+  auto gc = m->gc_lock(LockMode::exclusive, options.timeout);
+  std::set<StorePath> live = closure(m->gc_roots(*this, options, result));
+  result.live = live.size();
+  for (const auto& path : m->deletion_order(*this, live)) {
     if (options.max_freed && result.bytes_freed >= *options.max_freed) {
       break;
     }
@@ -1110,24 +1330,8 @@ LocalStore::collect_garbage(const GcOptions& options)
     }
     result.bytes_freed += m->remove_from_disk(physical_path(path));
   }
-
   if (!options.dry_run) {
-    // Nothing is being added (we hold the GC lock exclusively): whatever is
-    // on disk but not valid, and every temporary, is debris of a crash.
-    std::error_code ec;
-    for (const auto& stray : stray_entries()) {
-      result.bytes_freed += m->remove_from_disk(stray);
-      ++result.strays_removed;
-    }
-    for (const auto& entry : fs::directory_iterator(m->tmp, ec)) {
-      result.bytes_freed += tree_size(entry.path());
-      delete_path(entry.path());
-    }
-    for (const auto& entry : fs::directory_iterator(m->locks, ec)) {
-      if (entry.path().filename() != "gc.lock") {
-        fs::remove(entry.path(), ec);
-      }
-    }
+    m->remove_debris(*this, result);
   }
   return result;
 }
@@ -1196,38 +1400,106 @@ LocalStore::verify(const VerifyOptions& options)
                                "removal; `kiln gc` deletes it)"});
   }
 
+  if (options.repair && options.refetch) {
+    m->refetch_corrupt(*this, options, corrupt, result);
+  }
   if (options.remove_corrupt && !corrupt.empty()) {
-    // Removing a path breaks every closure containing it: remove those too.
-    std::set<StorePath> doomed;
-    std::vector<StorePath> todo = corrupt;
-    while (!todo.empty()) {
-      StorePath path = todo.back();
-      todo.pop_back();
-      if (!doomed.insert(path).second) {
-        continue;
-      }
-      for (const auto& referrer : referrers(path)) {
-        todo.push_back(referrer);
-      }
-    }
-    std::vector<StorePath> list(doomed.begin(), doomed.end());
-    {
-      std::lock_guard guard(m->db_mutex);
-      m->invalidate(list);
-    }
-    for (const auto& path : list) {
-      m->remove_from_disk(physical_path(path));
-    }
-    for (auto& problem : result.problems) {
-      if (problem.kind == VerifyProblem::Kind::missing ||
-          problem.kind == VerifyProblem::Kind::corrupt) {
-        problem.fixed = true;
-        problem.detail += " (removed, with " + std::to_string(list.size() - 1) +
-                          " paths that depended on it or others)";
-      }
-    }
+    m->remove_corrupt(*this, corrupt, result);
   }
   return result;
+}
+
+namespace {
+
+// The problem reported for `printed` (a corrupt or missing path).
+VerifyProblem*
+problem_of(VerifyResult& result, const std::string& printed)
+{
+  for (auto& problem : result.problems) {
+    if (problem.path == printed && (problem.kind == VerifyProblem::Kind::missing ||
+                                    problem.kind == VerifyProblem::Kind::corrupt)) {
+      return &problem;
+    }
+  }
+  return nullptr;
+}
+
+} // namespace
+
+// --repair: fetch each corrupt path again, as `nix store repair` does; what
+// no cache has stays corrupt (and in `corrupt`).
+void
+LocalStore::Impl::refetch_corrupt(LocalStore& store, const VerifyOptions& options,
+                                  std::vector<StorePath>& corrupt, VerifyResult& result)
+{
+  std::vector<StorePath> left;
+  for (const auto& path : corrupt) {
+    VerifyProblem* problem = problem_of(result, store.print(path));
+    try {
+      auto info = store.query_path_info(path);
+      auto prepared = info ? options.refetch(*info) : nullptr;
+      if (!prepared) {
+        problem->detail += " (no trusted cache has it)";
+        left.push_back(path);
+        continue;
+      }
+      store.replace_contents(*prepared);
+      problem->fixed = true;
+      problem->detail += " (fetched again from a cache)";
+    } catch (const std::exception& e) {
+      problem->detail += " (fetching it again failed: " + std::string(e.what()) + ")";
+      left.push_back(path);
+    }
+  }
+  corrupt = std::move(left);
+}
+
+// --remove-corrupt: a corrupt path goes with every path that references it,
+// transitively (their closures are incomplete without it), each reported.
+void
+LocalStore::Impl::remove_corrupt(LocalStore& store, const std::vector<StorePath>& corrupt,
+                                 VerifyResult& result)
+{
+  std::map<StorePath, StorePath> doomed; // path -> the corrupt path it goes with
+  std::vector<std::pair<StorePath, StorePath>> todo;
+  for (const auto& path : corrupt) {
+    todo.emplace_back(path, path);
+  }
+  while (!todo.empty()) {
+    auto [path, cause] = todo.back();
+    todo.pop_back();
+    if (!doomed.emplace(path, cause).second) {
+      continue;
+    }
+    for (const auto& referrer : store.referrers(path)) {
+      todo.emplace_back(referrer, cause);
+    }
+  }
+  std::vector<StorePath> list;
+  for (const auto& [path, cause] : doomed) {
+    list.push_back(path);
+  }
+  {
+    std::lock_guard guard(db_mutex);
+    invalidate(list);
+  }
+  for (const auto& [path, cause] : doomed) {
+    std::string removed = "removed";
+    try {
+      remove_from_disk(store.physical_path(path));
+    } catch (const std::exception& e) {
+      removed = "invalidated, but not deleted (" + std::string(e.what()) + "; `kiln gc` will)";
+    }
+    if (VerifyProblem* problem = problem_of(result, store.print(path))) {
+      problem->fixed = true;
+      problem->detail += " (" + removed + ")";
+      continue;
+    }
+    result.problems.push_back({VerifyProblem::Kind::dependent, store.print(path),
+                               "references the corrupt '" + store.print(cause) + "' (" +
+                                 removed + " with it)",
+                               true});
+  }
 }
 
 } // namespace kiln

@@ -271,6 +271,53 @@ TEST_CASE("verify finds corruption, missing paths and bad permissions", "[store]
   }
 }
 
+TEST_CASE("verify with remove-corrupt removes a corrupt path with two levels of referrers, and the rest",
+          "[store][verify]")
+{
+  TempDir dir;
+  LocalStore store({dir / "s"});
+  // base <- middle <- top (and top <- app): removing base breaks them all.
+  // Names sort so that the database is asked to drop a path before its
+  // referrers, which a foreign key refuses unless references go first.
+  auto base = import(store, "a-base", "B", {});
+  auto middle = import(store, "b-middle", "M", {base});
+  auto top = import(store, "c-top", "T", {middle, base});
+  auto app = import(store, "d-app", "A", {top});
+  auto other = import(store, "e-other", "O", {});      // corrupt too, no referrers
+  auto healthy = import(store, "f-healthy", "H", {});  // untouched
+  auto corrupt = [&](const StorePath& path, const std::string& text) {
+    fs::permissions(store.physical_path(path), fs::perms::owner_write, fs::perm_options::add);
+    test::write_file(store.physical_path(path), text);
+  };
+  corrupt(base, "tampered");
+  corrupt(other, "tampered too");
+
+  VerifyOptions remove;
+  remove.remove_corrupt = true;
+  auto result = store.verify(remove);
+  CHECK(result.ok());
+  std::map<std::string, VerifyProblem::Kind> reported;
+  for (const auto& p : result.problems) {
+    INFO(p.path << ": " << p.detail);
+    CHECK(p.fixed);
+    reported[p.path] = p.kind;
+  }
+  CHECK(reported == std::map<std::string, VerifyProblem::Kind>{
+                      {store.print(base), VerifyProblem::Kind::corrupt},
+                      {store.print(middle), VerifyProblem::Kind::dependent},
+                      {store.print(top), VerifyProblem::Kind::dependent},
+                      {store.print(app), VerifyProblem::Kind::dependent},
+                      {store.print(other), VerifyProblem::Kind::corrupt}});
+  for (const auto& gone : {base, middle, top, app, other}) {
+    CHECK_FALSE(store.is_valid(gone));
+    CHECK_FALSE(fs::exists(fs::symlink_status(store.physical_path(gone))));
+  }
+  CHECK(store.is_valid(healthy));
+  CHECK(store.verify({}).problems.empty());
+  CHECK(test::run({"sqlite3", (dir / "s" / "db" / "db.sqlite").string(), "PRAGMA integrity_check"})
+          .out == "ok\n");
+}
+
 TEST_CASE("resolve accepts logical paths, base names, physical paths and links", "[store]")
 {
   TempDir dir;

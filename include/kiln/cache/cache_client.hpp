@@ -140,6 +140,16 @@ SubstituteResult substitute(LocalStore& store, const std::vector<CacheClient*>& 
                             const TrustPolicy& policy, const std::vector<StorePath>& paths,
                             const SubstituteOptions& options = {});
 
+// A fresh copy of the valid path `info.path` (for `kiln store verify
+// --repair`): from the first of `caches` whose narinfo is trusted by
+// `policy` and names the NAR hash and size the store registered, prepared
+// (downloaded and checked) but not yet in place; nullptr if none has it.
+// A cache that fails is skipped; the errors are in `errors`.
+std::unique_ptr<PreparedPath> fetch_again(LocalStore& store,
+                                          const std::vector<CacheClient*>& caches,
+                                          const TrustPolicy& policy, const PathInfo& info,
+                                          std::vector<std::string>& errors);
+
 struct PushOptions
 {
   std::string compression = "zstd";

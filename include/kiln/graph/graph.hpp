@@ -100,6 +100,12 @@ struct RealiseHooks
   // Can every output of `drv` be substituted? (look-ups only; may run on
   // several threads at once)
   std::function<bool(const StorePath& drv)> is_substitutable;
+  // Before substituting or building `drv`: take what keeps other processes
+  // from realising it at the same time (its outputs' claims), waiting while
+  // another holds it; released when the step ends. If `drv` is present
+  // afterwards, another process realised it: nothing is done, and it counts
+  // as present. Throws if it cannot be had. Unset: nothing is taken.
+  std::function<std::shared_ptr<void>(const StorePath& drv)> claim;
   // Substitute the outputs of `drv`; throws on failure.
   std::function<void(const StorePath& drv)> substitute;
   // Before a build takes its job token: what needs none (e.g. writing its

@@ -130,15 +130,14 @@ struct BuildOutcome
   // The build's private folder under the store's tmp/ (outputs, build
   // folder, log unless placed elsewhere).
   std::filesystem::path work_dir;
-  // Keeps the store's GC lock shared and owns work_dir: while any copy of
-  // this outcome lives, garbage collection cannot delete the outputs (tmp/ is
-  // debris to GC); once the last copy goes, work_dir is deleted. Drop it
-  // before collecting garbage in the same process, or GC waits for it.
+  // Owns work_dir, a temporary of this process (LocalStore::make_temp_folder,
+  // which GC leaves alone while the process lives): once the last copy of
+  // this outcome goes, work_dir is deleted.
   std::shared_ptr<const void> lease;
 };
 
 // Run the build step `spec`: inputs are found with `store.physical_path`,
-// scratch space is taken under `store.root()/"tmp"`. Nothing is registered
+// scratch space is a temporary folder of the store's. Nothing is registered
 // in the store. Returns the outcome of the build (success, or why it
 // failed); throws SandboxError if the step is malformed or the sandbox
 // cannot be set up.

@@ -35,6 +35,7 @@ struct Settings
   unsigned jobs = 1;
   unsigned connections = 16;             // parallel requests to binary caches
   unsigned negative_ttl = 300;           // seconds a "not in this cache" answer is remembered
+  unsigned lock_timeout = 0;             // seconds to wait for a store lock (0: no limit)
   // Bearer tokens per cache URL prefix (config file key `cache-tokens`).
   std::map<std::string, std::string> cache_tokens;
 

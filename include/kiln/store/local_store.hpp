@@ -5,24 +5,31 @@
 //   store/<hash>-<name>   the objects, read-only
 //   db/db.sqlite          valid paths and references (WAL mode)
 //   gcroots/              symlinks to objects (or to links elsewhere: auto/)
-//   locks/                gc.lock and per-path locks
-//   tmp/                  objects being added
+//   locks/                gc.lock, per-path locks and claims
+//   temproots/<pid>       the temporary roots of each running kiln process
+//   tmp/<pid>-…           temporaries of the process <pid>
+//   logs/, var/<module>/  build logs; state that only saves time
 //
 // Invariants, kept across crashes and concurrent kiln processes:
 //  - a path is valid only once its content is complete, synced, and every
 //    path it references is valid;
 //  - adding is atomic: build under tmp/, sync, rename into store/, register;
 //  - two processes adding the same path do the work once (per-path lock);
-//  - garbage collection runs exclusively; additions hold a shared lock.
+//  - garbage collection runs exclusively; additions hold a shared lock;
+//  - what a running process made or is about to use is a temporary root,
+//    and its temporaries are its own: both go when the process does.
 #pragma once
 
 #include <kiln/hash/hash.hpp>
 #include <kiln/nar/nar.hpp>
 #include <kiln/store/store_path.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/lock.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -60,6 +67,14 @@ struct LocalStoreConfig
 {
   std::filesystem::path root;                       // where the store lives on disk
   std::string store_dir{k_default_store_dir};       // the logical store directory
+  // How long to wait for another process's lock (the GC lock, a path another
+  // kiln is building) before giving up with LockTimeout; zero: as long as it
+  // takes.
+  std::chrono::seconds lock_timeout{0};
+  // Told when this store waits for another process ("waiting for another
+  // kiln building /kiln/store/… (held by pid 12)"). Unset: printed to
+  // stderr, prefixed "kiln: ".
+  std::function<void(const std::string& message)> on_wait{};
 };
 
 struct AddOptions
@@ -74,6 +89,9 @@ struct GcOptions
   std::vector<std::filesystem::path> extra_roots;   // symlinks, or files listing paths
   std::optional<uint64_t> max_freed;                // stop once this much is freed
   bool dry_run = false;
+  // Give up if the GC lock is not free within this long (instead of the
+  // store's lock_timeout).
+  std::optional<std::chrono::seconds> timeout;
 };
 
 struct GcResult
@@ -83,18 +101,27 @@ struct GcResult
   size_t roots = 0;
   size_t live = 0;
   size_t strays_removed = 0;
+  size_t temp_roots = 0;                            // paths running processes hold
 };
+
+class PreparedPath;
 
 struct VerifyOptions
 {
   bool check_contents = true;   // re-hash every valid path
   bool repair = false;          // fix permissions and timestamps of intact paths
   bool remove_corrupt = false;  // invalidate and delete corrupt paths and their referrers
+  // With repair: fetch a corrupt or missing path again (whole, checked against
+  // its registered NAR hash) into the prepared object returned, or nullptr
+  // when no cache has it. Unset: corrupt paths are only reported.
+  std::function<std::unique_ptr<PreparedPath>(const PathInfo& info)> refetch;
 };
 
 struct VerifyProblem
 {
-  enum class Kind { missing, corrupt, wrong_metadata, bad_content_address, stray };
+  // dependent: valid, but it references a corrupt path (reported when it is
+  // removed with it).
+  enum class Kind { missing, corrupt, wrong_metadata, bad_content_address, stray, dependent };
   Kind kind;
   std::string path;     // logical path, or the on-disk name for strays
   std::string detail;
@@ -127,11 +154,21 @@ public:
 
 private:
   friend class LocalStore;
-  PreparedPath(PathInfo info, std::filesystem::path temp, std::shared_ptr<void> gc_lock);
+  PreparedPath(PathInfo info, std::filesystem::path temp);
   PathInfo m_info;
-  std::filesystem::path m_temp;
-  std::shared_ptr<void> m_gc_lock; // keeps GC from deleting m_temp
+  std::filesystem::path m_temp; // this process's own, under tmp/: GC leaves it
   bool m_committed = false;
+};
+
+// Held while this process builds or substitutes paths (LocalStore::claim):
+// another kiln process that wants one of them waits until it is dropped.
+class PathClaim
+{
+public:
+  explicit PathClaim(std::vector<FileLock> locks) : m_locks(std::move(locks)) {}
+
+private:
+  std::vector<FileLock> m_locks;
 };
 
 class LocalStore
@@ -146,6 +183,34 @@ public:
   const std::filesystem::path& root() const;
   std::filesystem::path physical_path(const StorePath& path) const;
   std::string print(const StorePath& path) const;
+
+  // --- Where things live (store/README.md): no one else composes these ---
+
+  // A new folder under tmp/ for this process (tmp/<pid>-<purpose>-XXXXXX),
+  // deleted when the object goes. GC leaves it alone while this process
+  // lives and deletes it once the process is gone.
+  std::unique_ptr<TempFolder> make_temp_folder(const std::string& purpose) const;
+  // A fresh name under tmp/ for a temporary file of this process (a fifo, a
+  // NAR being uploaded), held against GC likewise; nothing is created.
+  std::filesystem::path new_temp_path(const std::string& purpose) const;
+  // The build log of `drv`: logs/<drv>.log (the folder exists).
+  std::filesystem::path build_log_path(const StorePath& drv) const;
+  // Where `module` keeps its state (var/<module>/: caches that only save
+  // time, safe to delete). Created if missing.
+  std::filesystem::path state_dir(const std::string& module) const;
+
+  // --- Temporary roots and claims ---
+
+  // Keep `paths` (and so their closures) from garbage collection until this
+  // process ends. Call it before relying on a path being valid: a path that
+  // is valid after this call stays valid. What this process adds, imports
+  // or registers is rooted so already.
+  void add_temp_roots(const std::set<StorePath>& paths);
+  // Claim `paths` for building or substituting them here. If another kiln
+  // process holds one, wait for it (saying "waiting for another kiln
+  // building …") up to the lock timeout; check afterwards whether they
+  // became valid meanwhile.
+  std::unique_ptr<PathClaim> claim(const std::vector<StorePath>& paths);
 
   // Resolve user input to a store path: a logical path (possibly with a
   // sub-path), a base name, a physical path into the store, or a symlink to
@@ -198,6 +263,9 @@ public:
   std::vector<std::pair<std::filesystem::path, StorePath>> find_roots() const;
 
   GcResult collect_garbage(const GcOptions& options);
+  // Make a prepared object (its NAR hash equal to the one registered) the
+  // contents of the valid path it names, replacing what is on disk.
+  void replace_contents(PreparedPath& prepared);
   // Entries of the objects folder that are not valid paths: debris of
   // interrupted additions or removals.
   std::vector<std::filesystem::path> stray_entries() const;
