@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
+#include <future>
+
 namespace kiln::cargo {
 
 namespace fs = std::filesystem;
@@ -143,7 +145,10 @@ check_bootstrap_cfgs(const Workspace& ws, const Plan& plan, const Toolchain& too
                                   [&](const std::vector<std::string>& f) -> const CfgSet& {
                                     return toolchain.cfg(u.triple, f);
                                   });
-    by_triple[u.triple] = {toolchain.cfg(u.triple, flags), toolchain.cfg(u.triple, flags, true)};
+    auto bootstrap = std::async(std::launch::async,
+                                [&] { return toolchain.cfg(u.triple, flags, true); });
+    const CfgSet& normal = toolchain.cfg(u.triple, flags);
+    by_triple[u.triple] = {normal, bootstrap.get()};
   }
   for (const auto& [id, pkg] : ws.packages) {
     for (const auto& dep : pkg.dependencies) {
@@ -211,9 +216,13 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir)
     CargoConfig::load(request.cwd, cargo_home(request.env), request.config_args, request.env));
   p->m_warnings = p->m_config->warnings();
   p->m_build_config = std::make_unique<BuildConfig>(*p->m_config, p->m_warnings);
-  p->m_toolchain = detect_toolchain(request.cwd, *p->m_build_config, request.env, state_dir);
+  p->m_toolchain = locate_toolchain(request.cwd, *p->m_build_config, request.env, state_dir);
+  // Hashing a toolchain this store has not seen takes as long as cargo's
+  // answers: both at once. Nothing below reads the identity before get().
+  std::future<void> identified =
+    std::async(std::launch::async, [t = p->m_toolchain.get()] { identify_toolchain(*t); });
 
-  CargoQueries queries(state_dir, request.cwd, request.env, p->m_toolchain->identity,
+  CargoQueries queries(state_dir, request.cwd, request.env, p->m_toolchain->located_key(),
                        common_files(*p->m_config, request.cwd));
   std::vector<std::string> metadata = {p->m_toolchain->cargo.string(), "metadata",
                                        "--format-version", "1"};
@@ -240,6 +249,7 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir)
     }
     throw UsageError("cargo: " + (said.starts_with("error: ") ? said.substr(7) : said));
   }
+  identified.get();
   p->m_workspace = parse_workspace(answers[0]);
   PlanContext context;
   context.host = p->m_toolchain->host;

@@ -1,6 +1,7 @@
 #include <kiln/cargo/toolchain.hpp>
 #include <kiln/hash/hash.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/parallel.hpp>
 #include <kiln/util/process.hpp>
 
 #include "digest_cache.hpp"
@@ -90,13 +91,13 @@ digest_text(DigestCache& digests, const fs::path& path)
 }
 
 // The compiler by content: rustc, the libraries beside it, the host's
-// rustlib (standard library, rust-lld, gcc-ld).
+// rustlib (standard library, rust-lld, gcc-ld). About 500 MB for a rustup
+// toolchain: the parts are hashed on two threads.
 std::string
 compiler_identity(const Toolchain& t, DigestCache& digests)
 {
-  std::string text = t.version;
-  text += "rustc " + digest_text(digests, t.rustc) + "\n";
   std::error_code ec;
+  std::vector<std::pair<std::string, fs::path>> parts = {{"rustc", t.rustc}};
   std::vector<fs::path> libs;
   for (const auto& entry : fs::directory_iterator(t.sysroot / "lib", ec)) {
     if (entry.path().filename().string().find(".so") != std::string::npos) {
@@ -105,10 +106,15 @@ compiler_identity(const Toolchain& t, DigestCache& digests)
   }
   std::sort(libs.begin(), libs.end());
   for (const auto& lib : libs) {
-    text += "lib/" + lib.filename().string() + " " + digest_text(digests, lib) + "\n";
+    parts.emplace_back("lib/" + lib.filename().string(), lib);
   }
-  text += "rustlib/" + t.host + " " +
-          digest_text(digests, t.sysroot / "lib" / "rustlib" / t.host) + "\n";
+  parts.emplace_back("rustlib/" + t.host, t.sysroot / "lib" / "rustlib" / t.host);
+  std::vector<std::string> digest(parts.size());
+  parallel_for(parts.size(), 2, [&](size_t i) { digest[i] = digest_text(digests, parts[i].second); });
+  std::string text = t.version;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    text += parts[i].first + " " + digest[i] + "\n";
+  }
   return t.version + "content " +
          hash_string(HashAlgo::sha256, text).to_string(HashFormat::nix32, true);
 }
@@ -196,11 +202,14 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
   for (const auto& f : rustflags) {
     key += "\x1f" + f;
   }
-  std::lock_guard guard(m_mutex);
-  auto it = m_cfg.find(key);
-  if (it != m_cfg.end()) {
-    return it->second;
+  {
+    std::lock_guard guard(m_mutex);
+    if (auto it = m_cfg.find(key); it != m_cfg.end()) {
+      return it->second;
+    }
   }
+  // Asked without the lock: two queries (the bootstrap one beside the
+  // normal one) run at once.
   // Remembered on disk by the toolchain's identity, triple and flags.
   fs::path cached = state_dir / ("cfg-" + hash_string(HashAlgo::sha256, identity + "\n" + key)
                                             .to_string(HashFormat::base16, false)
@@ -227,11 +236,12 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
   // proc_macro (a property of the crate, not the target).
   set.erase("debug_assertions");
   set.erase("proc_macro");
+  std::lock_guard guard(m_mutex);
   return m_cfg.emplace(key, std::move(set)).first->second;
 }
 
 std::unique_ptr<Toolchain>
-detect_toolchain(const fs::path& cwd, const BuildConfig& config, const Environment& env,
+locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environment& env,
                  const fs::path& state_dir)
 {
   auto t = std::make_unique<Toolchain>();
@@ -267,9 +277,6 @@ detect_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
   } else {
     detect_programs(*t, cwd, config, env);
   }
-  // Contents: every file's metadata is looked at each time (a changed byte
-  // changes a file's times), its bytes only when they changed.
-  t->identity = compiler_identity(*t, *t->digests);
   std::string linker_version, linker_key;
   if (!t->linker.empty()) {
     fs::path real = fs::canonical(t->linker);
@@ -277,10 +284,8 @@ detect_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
     linker_version = cached.is_object() && cached.value("linker_key", "") == linker_key
                        ? cached.value("linker_version", "")
                        : capture({t->linker.string(), "--version"});
-    t->linker_identity = linker_version.substr(0, linker_version.find('\n')) + " " +
-                         digest_text(*t->digests, real);
+    t->linker_version = linker_version.substr(0, linker_version.find('\n'));
   }
-  t->digests->save();
   json record = {{"key", key},           {"rustc", t->rustc.string()},
                  {"rustc_key", stat_key(t->rustc)}, {"rustdoc", t->rustdoc.string()},
                  {"cargo", t->cargo.string()},      {"sysroot", t->sysroot.string()},
@@ -296,6 +301,34 @@ detect_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
     }
   }
   return t;
+}
+
+void
+identify_toolchain(Toolchain& t)
+{
+  // Every file's metadata is looked at each time (a changed byte changes a
+  // file's times), its bytes only when they changed.
+  t.identity = compiler_identity(t, *t.digests);
+  if (!t.linker.empty()) {
+    t.linker_identity = t.linker_version + " " + digest_text(*t.digests, fs::canonical(t.linker));
+  }
+  t.digests->save();
+}
+
+std::unique_ptr<Toolchain>
+detect_toolchain(const fs::path& cwd, const BuildConfig& config, const Environment& env,
+                 const fs::path& state_dir)
+{
+  auto t = locate_toolchain(cwd, config, env, state_dir);
+  identify_toolchain(*t);
+  return t;
+}
+
+std::string
+Toolchain::located_key() const
+{
+  return version + "\n" + rustc.string() + " " + stat_key(rustc) + "\n" + sysroot.string() + "\n" +
+         cargo.string() + "\n";
 }
 
 } // namespace kiln::cargo

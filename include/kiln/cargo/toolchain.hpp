@@ -36,6 +36,7 @@ public:
   // The C compiler driver rustc links with (`cc`), and its identity (its
   // version line and the digest of the program).
   std::filesystem::path linker;
+  std::string linker_version;             // the first line of `cc --version`
   std::string linker_identity;
 
   // The standard library of `triple` by content (for the host: part of
@@ -49,6 +50,11 @@ public:
   // `bootstrap`, as rustc answers under RUSTC_BOOTSTRAP=1.
   const CfgSet& cfg(const std::string& triple, const std::vector<std::string>& rustflags,
                     bool bootstrap = false) const;
+
+  // Which toolchain this is, without its contents (the version text and
+  // where the programs are): the key of answers that depend on the
+  // toolchain's choice, not on its bytes (cargo's plan).
+  std::string located_key() const;
 
   // Set by detect_toolchain: where answers are remembered.
   std::filesystem::path state_dir;
@@ -68,5 +74,14 @@ private:
 std::unique_ptr<Toolchain> detect_toolchain(const std::filesystem::path& cwd,
                                             const BuildConfig& config, const Environment& env,
                                             const std::filesystem::path& state_dir);
+
+// detect_toolchain in two steps, so that the hashing (seconds on a store
+// that has not seen the toolchain) can run beside other work: where the
+// programs are and what they say (`identity` and `linker_identity` still
+// empty), then their contents.
+std::unique_ptr<Toolchain> locate_toolchain(const std::filesystem::path& cwd,
+                                            const BuildConfig& config, const Environment& env,
+                                            const std::filesystem::path& state_dir);
+void identify_toolchain(Toolchain& toolchain);
 
 } // namespace kiln::cargo
