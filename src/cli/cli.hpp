@@ -44,6 +44,9 @@ public:
   // A build's policy from the settings: the substituters (opened here, kept
   // by the context), trust, jobs, connections; and these limits.
   BuildOptions build_options(bool keep_going, unsigned timeout, unsigned max_silent_time);
+  // After a build: with max-store-size set, evict least recently used paths
+  // until the store is under it (a warning if the store is busy).
+  void apply_size_cap();
 
   // The command to run once parsing succeeded.
   std::function<int()> action;

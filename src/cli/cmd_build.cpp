@@ -172,6 +172,7 @@ build_files(Context& ctx, const BuildArgs& args, const std::string& push_to)
       std::cout << dir.print(out) << "\n";
     }
   }
+  ctx.apply_size_cap();
   return status;
 }
 

@@ -90,6 +90,33 @@ link_products(LocalStore& store, const cargo::CargoProject& project, const cargo
   }
 }
 
+// Every unit output of this build that is in the store, listed in the
+// target folder as a root list: `kiln gc` keeps a project's compiled
+// dependencies while its target/kiln/ exists (the size cap may still take
+// them, least recently used first).
+void
+keep_project_units(LocalStore& store, const cargo::CargoProject& project,
+                   const cargo::CargoBuild& build, cargo::CargoCommand command)
+{
+  const cargo::Plan& plan = project.plan();
+  if (plan.roots.empty()) {
+    return;
+  }
+  std::set<StorePath> kept;
+  for (const auto& made : build.units.units) {
+    if (store.is_valid(made.out)) {
+      kept.insert(made.out);
+    }
+  }
+  std::string name = std::string(cargo::to_string(command)) + "-" +
+                     plan.units[plan.roots.front()].profile.dir_name;
+  store.add_root_list(project.workspace().target_dir / "kiln" / "roots" / name, kept);
+  // The whole project was used now, also the units this build did not need
+  // to look at (a build script whose run is present): under the size cap a
+  // project is kept or given up whole, least recently built first.
+  store.add_temp_roots(kept);
+}
+
 } // namespace
 
 namespace {
@@ -407,7 +434,11 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
   }
   // Not `kiln run`'s: its stdout is the program's.
   link_products(store, *project, build, args, common, command == cargo::CargoCommand::run);
+  if (!common.no_link) {
+    keep_project_units(store, *project, build, command);
+  }
   out.print_finished(build);
+  ctx.apply_size_cap();
   if (command == cargo::CargoCommand::run) {
     return run_product(store, *project, build, args);
   }

@@ -61,6 +61,72 @@ problem_kind(VerifyProblem::Kind kind)
   return "unknown";
 }
 
+// kiln store info: how big the store is, and who keeps what.
+void
+register_store_info(CLI::App& store_command, Context& ctx)
+{
+  auto json_output = std::make_shared<bool>(false);
+  auto* info = store_command.add_subcommand(
+    "info", "Show the store's size, paths and roots, and the projects that keep the most");
+  info->add_flag("--json", *json_output, "Print the figures as JSON");
+  info->callback([&ctx, json_output] {
+    ctx.action = [&ctx, json_output] {
+      auto& st = ctx.store();
+      StoreStats stats = st.stats();
+      auto roots = st.find_roots();
+      std::map<std::filesystem::path, std::set<StorePath>> lists;
+      for (const auto& [file, path] : st.find_root_lists()) {
+        if (st.is_valid(path)) {
+          lists[file].insert(path);
+        }
+      }
+      struct Project
+      {
+        std::filesystem::path file;
+        size_t paths;
+        uint64_t bytes;
+      };
+      std::vector<Project> projects;
+      for (const auto& [file, paths] : lists) {
+        uint64_t bytes = 0;
+        auto closure = st.closure(paths);
+        for (const auto& p : closure) {
+          bytes += st.query_path_info(p)->nar_size;
+        }
+        projects.push_back({file, closure.size(), bytes});
+      }
+      std::sort(projects.begin(), projects.end(),
+                [](const Project& a, const Project& b) { return a.bytes > b.bytes; });
+      const auto& cap = ctx.settings().max_store_size;
+      if (*json_output) {
+        nlohmann::json j = {{"store", st.root().string()}, {"paths", stats.paths},
+                            {"narSize", stats.nar_bytes},  {"roots", roots.size()},
+                            {"maxStoreSize", cap ? nlohmann::json(*cap) : nlohmann::json()}};
+        j["projects"] = nlohmann::json::array();
+        for (const auto& p : projects) {
+          j["projects"].push_back({{"rootList", p.file.string()}, {"paths", p.paths},
+                                   {"narSize", p.bytes}});
+        }
+        std::cout << j.dump(2) << "\n";
+        return 0;
+      }
+      std::cout << "store:          " << st.root().string() << "\n"
+                << "size:           " << human_size(stats.nar_bytes) << " in " << stats.paths
+                << " paths" << (cap ? " (max-store-size " + human_size(*cap) + ")" : "") << "\n"
+                << "roots:          " << roots.size() << " links, " << projects.size()
+                << " project root lists\n";
+      if (!projects.empty()) {
+        std::cout << "largest projects (closure of their units):\n";
+        for (size_t i = 0; i < projects.size() && i < 10; ++i) {
+          std::cout << "  " << human_size(projects[i].bytes) << " in " << projects[i].paths
+                    << " paths  " << projects[i].file.string() << "\n";
+        }
+      }
+      return 0;
+    };
+  });
+}
+
 } // namespace
 
 void
@@ -68,6 +134,7 @@ register_store_commands(CLI::App& app, Context& ctx)
 {
   auto* store = app.add_subcommand("store", "Manage the local store");
   store->require_subcommand(1);
+  register_store_info(*store, ctx);
 
   // kiln store add
   struct AddArgs
@@ -273,6 +340,7 @@ register_store_commands(CLI::App& app, Context& ctx)
   struct GcArgs
   {
     std::string max_freed;
+    std::string max_size;
     bool dry_run = false;
     bool print_roots = false;
     bool json = false;
@@ -284,6 +352,9 @@ register_store_commands(CLI::App& app, Context& ctx)
     "gc", "Delete store paths that no GC root reaches (roots: symlinks in <store>/gcroots, links "
           "made with --root, and --root files)");
   gc->add_option("--max-freed", gc_args->max_freed, "Stop after freeing this much (e.g. 500M)");
+  gc->add_option("--max-size", gc_args->max_size,
+                 "Delete only until the store is this small (e.g. 20G), least recently used "
+                 "first; projects' root lists give way, other roots do not");
   gc->add_flag("-n,--dry-run", gc_args->dry_run, "Only print what would be deleted");
   gc->add_flag("--print-roots", gc_args->print_roots, "List the GC roots and exit");
   gc->add_option("--root", gc_args->roots,
@@ -300,6 +371,9 @@ register_store_commands(CLI::App& app, Context& ctx)
         for (const auto& [link, path] : st.find_roots()) {
           std::cout << link.string() << " -> " << st.print(path) << "\n";
         }
+        for (const auto& [file, path] : st.find_root_lists()) {
+          std::cout << file.string() << " -> " << st.print(path) << " (root list)\n";
+        }
         return 0;
       }
       GcOptions options;
@@ -309,6 +383,9 @@ register_store_commands(CLI::App& app, Context& ctx)
       }
       if (!gc_args->max_freed.empty()) {
         options.max_freed = parse_size(gc_args->max_freed);
+      }
+      if (!gc_args->max_size.empty()) {
+        options.max_size = parse_size(gc_args->max_size);
       }
       for (const auto& r : gc_args->roots) {
         options.extra_roots.emplace_back(r);
@@ -376,6 +453,8 @@ register_config_commands(CLI::App& app, Context& ctx)
         {"jobs", std::to_string(s.jobs)},
         {"connections", std::to_string(s.connections)},
         {"negative-ttl", std::to_string(s.negative_ttl)},
+        {"lock-timeout", std::to_string(s.lock_timeout)},
+        {"max-store-size", s.max_store_size ? std::to_string(*s.max_store_size) : ""},
       };
       nlohmann::json j = nlohmann::json::object();
       for (const auto& settingInfo : Settings::table()) {

@@ -4,6 +4,7 @@
 
 #include <kiln/cargo/units.hpp>
 #include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
 
 #include <sys/stat.h>
 
@@ -126,6 +127,29 @@ PushCache::report(const BuildResult& build) const
     std::fprintf(stderr, "%12s %zu paths to %s\n", "Pushed", build.pushed, m_url.c_str());
   }
   return build.push_errors.empty();
+}
+
+void
+Context::apply_size_cap()
+{
+  const auto& cap = settings().max_store_size;
+  if (!cap) {
+    return;
+  }
+  GcOptions options;
+  options.max_size = *cap;
+  // A build must not hang on another kiln's long lock: the next one evicts.
+  options.timeout = std::chrono::seconds(10);
+  try {
+    GcResult result = store().collect_garbage(options);
+    if (!result.deleted.empty() && !quiet) {
+      std::cerr << "kiln: the store was over max-store-size (" << human_size(*cap)
+                << "): evicted " << result.deleted.size() << " least recently used paths, freed "
+                << human_size(result.bytes_freed) << "\n";
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "kiln: warning: max-store-size not applied: " << e.what() << "\n";
+  }
 }
 
 BuildOptions

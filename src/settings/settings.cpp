@@ -246,6 +246,9 @@ Settings::table()
      "seconds to remember that a cache lacks a path (default 300; 0: never)"},
     {"lock-timeout", "KILN_LOCK_TIMEOUT",
      "seconds to wait for another kiln's store lock before giving up (default 0: no limit)"},
+    {"max-store-size", "KILN_MAX_STORE_SIZE",
+     "after a build, evict least recently used paths until the store is this small (e.g. 20G; "
+     "default: no cap)"},
   };
   return settings;
 }
@@ -283,6 +286,12 @@ Settings::set(const std::string& key, const std::string& value, const std::strin
     negative_ttl = parse_count(value, what, 0);
   } else if (key == "lock-timeout") {
     lock_timeout = parse_count(value, what, 0);
+  } else if (key == "max-store-size") {
+    try {
+      max_store_size = parse_size(value);
+    } catch (const std::exception& e) {
+      throw UsageError(what + ": " + e.what());
+    }
   } else {
     throw UsageError(origin + ": unknown setting '" + key + "'");
   }

@@ -16,9 +16,12 @@
 #include <atomic>
 #include <ctime>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <random>
+#include <sstream>
+#include <tuple>
 
 namespace kiln {
 
@@ -53,6 +56,10 @@ CREATE TABLE IF NOT EXISTS Refs (
   PRIMARY KEY (referrer, reference)
 );
 CREATE INDEX IF NOT EXISTS RefsByReference ON Refs(reference);
+CREATE TABLE IF NOT EXISTS LastUse (      -- for the size cap: least recently used goes first
+  path INTEGER PRIMARY KEY REFERENCES ValidPaths(id) ON DELETE CASCADE,
+  time INTEGER NOT NULL                   -- milliseconds since the epoch
+);
 )sql";
 
 std::string
@@ -315,6 +322,9 @@ struct LocalStore::Impl
   std::chrono::seconds lock_timeout;
   std::function<void(const std::string&)> on_wait;
   std::shared_ptr<detail::TempRoots> temp_roots;
+  // Paths this process used since the last flush_uses (base names).
+  std::mutex uses_mutex;
+  std::set<std::string> pending_uses;
 
   Impl(const LocalStoreConfig& config)
     : store_dir(config.store_dir),
@@ -459,6 +469,33 @@ struct LocalStore::Impl
     become_owner();
     auto gc = shared_gc_lock();
     temp_roots->add(names);
+    // What a process roots is what it uses: the size cap's "last used".
+    std::lock_guard guard(uses_mutex);
+    pending_uses.insert(names.begin(), names.end());
+  }
+
+  void
+  flush_uses()
+  {
+    std::set<std::string> names;
+    {
+      std::lock_guard guard(uses_mutex);
+      names.swap(pending_uses);
+    }
+    if (names.empty()) {
+      return;
+    }
+    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+    std::lock_guard guard(db_mutex);
+    Transaction txn(*db);
+    Statement upsert(*db, "INSERT INTO LastUse (path, time) SELECT id, ? FROM ValidPaths "
+                          "WHERE path = ? ON CONFLICT (path) DO UPDATE SET time = excluded.time");
+    for (const auto& name : names) {
+      upsert.bind(1, now).bind(2, name).run();
+    }
+    txn.commit();
   }
 
   std::optional<int64_t>
@@ -642,14 +679,14 @@ struct LocalStore::Impl
   }
 
   void
-  collect_roots(const fs::path& dir, bool is_auto,
-                std::vector<std::pair<fs::path, StorePath>>& out) const
+  collect_roots(const fs::path& dir, bool is_auto, std::vector<std::pair<fs::path, StorePath>>& out,
+                std::vector<std::pair<fs::path, StorePath>>* lists) const
   {
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
       auto status = entry.symlink_status();
       if (fs::is_directory(status)) {
-        collect_roots(entry.path(), is_auto || entry.path().filename() == "auto", out);
+        collect_roots(entry.path(), is_auto || entry.path().filename() == "auto", out, lists);
         continue;
       }
       if (!fs::is_symlink(status)) {
@@ -674,10 +711,38 @@ struct LocalStore::Impl
             out.emplace_back(indirect, *path);
           }
         }
+      } else if (fs::is_regular_file(indirect_status)) {
+        // A root list (add_root_list): a project's units, one path a line.
+        if (lists) {
+          for (const auto& path : read_root_list(indirect)) {
+            lists->emplace_back(indirect, path);
+          }
+        }
       } else if (is_auto && !fs::exists(indirect_status)) {
         fs::remove(entry.path(), ec);
       }
     }
+  }
+
+  // The store paths a root list names; lines that name none are skipped
+  // (the file is kiln's own, but it lives in the user's tree).
+  std::vector<StorePath>
+  read_root_list(const fs::path& file) const
+  {
+    std::vector<StorePath> paths;
+    std::string text;
+    try {
+      text = read_file(file);
+    } catch (const std::exception&) {
+      return paths;
+    }
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+      if (auto path = store_path_of_target(line)) {
+        paths.push_back(*path);
+      }
+    }
+    return paths;
   }
 
   // Drop `paths` from the database in one transaction. Every referrer of
@@ -704,9 +769,16 @@ struct LocalStore::Impl
     txn.commit();
   }
 
-  std::set<StorePath> gc_roots(const LocalStore& store, const GcOptions& options,
+  struct GcRoots
+  {
+    std::set<StorePath> hard;    // links, --root, temporary roots: never deleted
+    std::set<StorePath> listed;  // in root lists: kept by gc, given up under the size cap
+  };
+  GcRoots gc_roots(const LocalStore& store, const GcOptions& options,
                                GcResult& result);
   std::vector<StorePath> deletion_order(const LocalStore& store, const std::set<StorePath>& live);
+  void order_for_size_cap(const LocalStore& store, const std::set<StorePath>& listed_live,
+                          std::vector<StorePath>& order);
   void remove_debris(const LocalStore& store, GcResult& result);
   void refetch_corrupt(LocalStore& store, const VerifyOptions& options,
                        std::vector<StorePath>& corrupt, VerifyResult& result);
@@ -735,7 +807,14 @@ LocalStore::LocalStore(LocalStoreConfig config) : m(std::make_unique<Impl>(confi
 {
 }
 
-LocalStore::~LocalStore() = default;
+LocalStore::~LocalStore()
+{
+  try {
+    m->flush_uses();
+  } catch (const std::exception&) {
+    // Only the size cap's ordering: never worth failing for.
+  }
+}
 
 const StoreDir&
 LocalStore::store_dir() const
@@ -1161,8 +1240,51 @@ std::vector<std::pair<fs::path, StorePath>>
 LocalStore::find_roots() const
 {
   std::vector<std::pair<fs::path, StorePath>> out;
-  m->collect_roots(m->gcroots, false, out);
+  m->collect_roots(m->gcroots, false, out, nullptr);
   return out;
+}
+
+void
+LocalStore::add_root_list(const fs::path& file, const std::set<StorePath>& paths)
+{
+  std::error_code ec;
+  fs::path absolute = fs::absolute(file, ec).lexically_normal();
+  std::string text = "# kiln: store paths kept from garbage collection while this file exists\n";
+  for (const auto& path : paths) {
+    text += print(path) + "\n";
+  }
+  fs::create_directories(absolute.parent_path());
+  write_file_atomic(absolute, text);
+  std::string id =
+    nix32_encode(compress_hash(hash_string(HashAlgo::sha256, absolute.string()).bytes(), 20));
+  replace_symlink(absolute, m->gcroots / "auto" / id);
+}
+
+std::vector<std::pair<fs::path, StorePath>>
+LocalStore::find_root_lists() const
+{
+  std::vector<std::pair<fs::path, StorePath>> links, lists;
+  m->collect_roots(m->gcroots, false, links, &lists);
+  return lists;
+}
+
+void
+LocalStore::flush_uses()
+{
+  m->flush_uses();
+}
+
+StoreStats
+LocalStore::stats() const
+{
+  StoreStats stats;
+  std::lock_guard guard(m->db_mutex);
+  Statement q(*m->db, "SELECT COUNT(*), COALESCE(SUM(nar_size), 0) FROM ValidPaths");
+  if (q.step()) {
+    stats.paths = static_cast<size_t>(q.column_int(0));
+    stats.nar_bytes = static_cast<uint64_t>(q.column_int(1));
+  }
+  return stats;
 }
 
 std::vector<fs::path>
@@ -1220,11 +1342,13 @@ extra_roots(const LocalStore& store, const fs::path& extra)
 
 } // namespace
 
-std::set<StorePath>
+LocalStore::Impl::GcRoots
 LocalStore::Impl::gc_roots(const LocalStore& store, const GcOptions& options, GcResult& result)
 {
   std::set<StorePath> roots;
-  for (const auto& [link, path] : store.find_roots()) {
+  std::vector<std::pair<fs::path, StorePath>> links, lists;
+  collect_roots(gcroots, false, links, &lists);
+  for (const auto& [link, path] : links) {
     roots.insert(path);
   }
   for (const auto& extra : options.extra_roots) {
@@ -1239,14 +1363,19 @@ LocalStore::Impl::gc_roots(const LocalStore& store, const GcOptions& options, Gc
       // Not a store path: nothing to keep.
     }
   }
-  std::set<StorePath> live_roots;
+  GcRoots out;
   for (const auto& root : roots) {
     if (store.is_valid(root)) {
-      live_roots.insert(root);
+      out.hard.insert(root);
     }
   }
-  result.roots = live_roots.size();
-  return live_roots;
+  for (const auto& [file, path] : lists) {
+    if (!out.hard.count(path) && store.is_valid(path)) {
+      out.listed.insert(path);
+    }
+  }
+  result.roots = out.hard.size() + out.listed.size();
+  return out;
 }
 
 // Dead paths in an order that deletes referrers first, so that the closure
@@ -1308,17 +1437,83 @@ LocalStore::Impl::remove_debris(const LocalStore& store, GcResult& result)
   }
 }
 
+// Under the size cap: what no root keeps before what only a root list
+// keeps, each least recently used first. A path counts as used as recently
+// as its most recent dead referrer, which must go before it.
+void
+LocalStore::Impl::order_for_size_cap(const LocalStore& store, const std::set<StorePath>& listed_live,
+                                     std::vector<StorePath>& order)
+{
+  std::map<StorePath, int64_t> used;
+  {
+    std::lock_guard guard(db_mutex);
+    Statement q(*db, "SELECT v.path, u.time FROM LastUse u JOIN ValidPaths v ON v.id = u.path");
+    while (q.step()) {
+      used[StorePath(q.column_text(0))] = q.column_int(1);
+    }
+  }
+  std::set<StorePath> dead(order.begin(), order.end());
+  struct Key
+  {
+    bool listed;
+    int64_t used;
+    size_t position;   // in `order`, which deletes referrers first
+  };
+  std::map<StorePath, Key> keys;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const StorePath& path = order[i];
+    Key key{listed_live.count(path) > 0, used.count(path) ? used[path] : 0, i};
+    for (const auto& referrer : store.referrers(path)) {
+      if (referrer != path && dead.count(referrer)) {
+        key.listed = key.listed || keys.at(referrer).listed;
+        key.used = std::max(key.used, keys.at(referrer).used);
+      }
+    }
+    keys.emplace(path, key);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](const StorePath& a, const StorePath& b) {
+    const Key& x = keys.at(a);
+    const Key& y = keys.at(b);
+    return std::tie(x.listed, x.used, x.position) < std::tie(y.listed, y.used, y.position);
+  });
+}
+
 GcResult
 LocalStore::collect_garbage(const GcOptions& options)
 {
   GcResult result;
+  m->flush_uses();
   auto gc = m->gc_lock(LockMode::exclusive, options.timeout);
-  std::set<StorePath> live = closure(m->gc_roots(*this, options, result));
+  auto roots = m->gc_roots(*this, options, result);
+  std::set<StorePath> hard_live = closure(roots.hard);
+  std::set<StorePath> all_roots = roots.hard;
+  all_roots.insert(roots.listed.begin(), roots.listed.end());
+  std::set<StorePath> live = closure(all_roots);
+  uint64_t over = 0;
+  std::vector<StorePath> order;
+  if (options.max_size) {
+    // Only as much as brings the store under the cap, in the cap's order;
+    // root lists give way to it, nothing else does.
+    uint64_t size = stats().nar_bytes;
+    over = size > *options.max_size ? size - *options.max_size : 0;
+    std::set<StorePath> listed_live;
+    std::set_difference(live.begin(), live.end(), hard_live.begin(), hard_live.end(),
+                        std::inserter(listed_live, listed_live.end()));
+    order = m->deletion_order(*this, hard_live);
+    m->order_for_size_cap(*this, listed_live, order);
+    live = hard_live;
+  } else {
+    order = m->deletion_order(*this, live);
+  }
   result.live = live.size();
-  for (const auto& path : m->deletion_order(*this, live)) {
-    if (options.max_freed && result.bytes_freed >= *options.max_freed) {
+  uint64_t freed_nar = 0;
+  for (const auto& path : order) {
+    if ((options.max_freed && result.bytes_freed >= *options.max_freed) ||
+        (options.max_size && freed_nar >= over)) {
       break;
     }
+    auto info = query_path_info(path);
+    freed_nar += info ? info->nar_size : 0;
     result.deleted.push_back(path);
     if (options.dry_run) {
       result.bytes_freed += tree_size(physical_path(path));

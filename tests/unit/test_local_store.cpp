@@ -8,6 +8,10 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
 using namespace kiln;
 using test::TempDir;
 namespace fs = std::filesystem;
@@ -362,4 +366,133 @@ TEST_CASE("register_output finds the references a build's files hold, wherever t
   auto info = store.register_output(out, built, candidates, std::nullopt, "namespaces");
   CHECK(info.references == std::set<StorePath>{path.at("inside-a-run"), path.at("at-the-end"),
                                                 path.at("in-a-link")});
+}
+
+namespace {
+
+// A text object of `size` bytes referencing `refs`, "used" now (a root of
+// this process), and a pause so that later uses are later.
+StorePath
+used_text(LocalStore& store, const std::string& name, size_t size, const std::set<StorePath>& refs)
+{
+  std::string contents(size, 'x');
+  for (const auto& r : refs) {
+    contents += store.print(r) + "\n";
+  }
+  return store.add_text(name, contents, refs);
+}
+
+void
+use_now(LocalStore& store, const std::set<StorePath>& paths)
+{
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  store.add_temp_roots(paths);
+  store.flush_uses();
+}
+
+uint64_t
+nar_size_of(const LocalStore& store, const std::set<StorePath>& paths)
+{
+  uint64_t total = 0;
+  for (const auto& p : store.closure(paths)) {
+    total += store.query_path_info(p)->nar_size;
+  }
+  return total;
+}
+
+} // namespace
+
+TEST_CASE("root lists keep a project's units from gc while the file exists", "[store][gc]")
+{
+  TempDir dir;
+  LocalStore store({dir / "s"});
+  auto dep = used_text(store, "dep", 100, {});
+  auto bin = used_text(store, "bin", 100, {dep});
+  auto other = used_text(store, "other", 100, {});
+  store.add_root_list(dir / "project" / "target" / "kiln" / "roots" / "build-debug", {bin});
+  auto listed = store.find_root_lists();
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].second == bin);
+  CHECK(listed[0].first == dir / "project" / "target" / "kiln" / "roots" / "build-debug");
+
+  auto result = store.collect_garbage({});
+  CHECK(result.deleted == std::vector<StorePath>{other});
+  CHECK(store.is_valid(bin));
+  CHECK(store.is_valid(dep));
+
+  // The project's target folder goes: so does what it kept.
+  fs::remove_all(dir / "project" / "target");
+  store.collect_garbage({});
+  CHECK_FALSE(store.is_valid(bin));
+  CHECK_FALSE(store.is_valid(dep));
+  CHECK(store.find_root_lists().empty());
+}
+
+TEST_CASE("the size cap evicts the least recently used first, keeps the most recent project whole, "
+          "and never what a link roots",
+          "[store][gc]")
+{
+  TempDir dir;
+  LocalStore store({dir / "s"});
+  auto shared = used_text(store, "shared", 2000, {});
+  auto a_dep = used_text(store, "a-dep", 20000, {shared});
+  auto a_bin = used_text(store, "a-bin", 20000, {a_dep});
+  auto b_dep = used_text(store, "b-dep", 20000, {shared});
+  auto b_bin = used_text(store, "b-bin", 20000, {b_dep});
+  auto garbage = used_text(store, "garbage", 20000, {});
+  auto linked = used_text(store, "linked", 20000, {});
+  store.add_root(dir / "result", linked);
+  store.add_root_list(dir / "a" / "roots", {a_bin, a_dep});
+  store.add_root_list(dir / "b" / "roots", {b_bin, b_dep});
+  // B was used last week, A and the garbage just now: A is the most recent.
+  use_now(store, {shared, b_dep, b_bin});
+  use_now(store, {garbage});
+  use_now(store, {shared, a_dep, a_bin});
+
+  uint64_t a_size = nar_size_of(store, {a_bin});
+  uint64_t linked_size = nar_size_of(store, {linked});
+  uint64_t total = store.stats().nar_bytes;
+  REQUIRE(total > a_size + linked_size);
+
+  SECTION("a store under the cap loses nothing")
+  {
+    GcOptions options;
+    options.max_size = total;
+    CHECK(store.collect_garbage(options).deleted.empty());
+  }
+  SECTION("just over: what no root keeps goes first, and nothing more")
+  {
+    GcOptions options;
+    options.max_size = total - 100;
+    auto result = store.collect_garbage(options);
+    CHECK(result.deleted == std::vector<StorePath>{garbage});
+    CHECK(store.is_valid(b_bin));
+  }
+  SECTION("a cap smaller than both projects keeps the most recently used one whole")
+  {
+    GcOptions options;
+    options.max_size = a_size + linked_size;
+    auto result = store.collect_garbage(options);
+    CHECK(store.stats().nar_bytes <= a_size + linked_size);
+    CHECK_FALSE(store.is_valid(garbage));
+    CHECK_FALSE(store.is_valid(b_bin));
+    CHECK_FALSE(store.is_valid(b_dep));
+    for (const auto& p : {a_bin, a_dep, shared, linked}) {
+      CHECK(store.is_valid(p));
+    }
+    // Referrers went before what they reference: b-bin before b-dep.
+    auto pos = [&](const StorePath& p) {
+      return std::find(result.deleted.begin(), result.deleted.end(), p) - result.deleted.begin();
+    };
+    CHECK(pos(b_bin) < pos(b_dep));
+    CHECK(store.verify({}).ok());
+  }
+  SECTION("a cap of one byte keeps only what links root")
+  {
+    GcOptions options;
+    options.max_size = 1;
+    store.collect_garbage(options);
+    CHECK(store.is_valid(linked));
+    CHECK(store.stats().paths == 1);
+  }
 }

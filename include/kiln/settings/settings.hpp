@@ -36,6 +36,7 @@ struct Settings
   unsigned connections = 16;             // parallel requests to binary caches
   unsigned negative_ttl = 300;           // seconds a "not in this cache" answer is remembered
   unsigned lock_timeout = 0;             // seconds to wait for a store lock (0: no limit)
+  std::optional<uint64_t> max_store_size;  // the size cap applied after builds
   // Bearer tokens per cache URL prefix (config file key `cache-tokens`).
   std::map<std::string, std::string> cache_tokens;
 

@@ -88,6 +88,10 @@ struct GcOptions
 {
   std::vector<std::filesystem::path> extra_roots;   // symlinks, or files listing paths
   std::optional<uint64_t> max_freed;                // stop once this much is freed
+  // The size cap: delete only until the valid paths' NAR sizes add up to at
+  // most this, least recently used first, what no root keeps before what
+  // only a root list keeps (nothing else a root keeps ever goes).
+  std::optional<uint64_t> max_size;
   bool dry_run = false;
   // Give up if the GC lock is not free within this long (instead of the
   // store's lock_timeout).
@@ -102,6 +106,12 @@ struct GcResult
   size_t live = 0;
   size_t strays_removed = 0;
   size_t temp_roots = 0;                            // paths running processes hold
+};
+
+struct StoreStats
+{
+  size_t paths = 0;
+  uint64_t nar_bytes = 0;                           // the valid paths' NAR sizes added up
 };
 
 class PreparedPath;
@@ -261,6 +271,16 @@ public:
   void add_root(const std::filesystem::path& link, const StorePath& path);
   // All GC roots: the link and what it keeps alive.
   std::vector<std::pair<std::filesystem::path, StorePath>> find_roots() const;
+  // Write `file` listing `paths` and register it as a root list: gc keeps
+  // them while the file exists (a project's units, in its target folder);
+  // the size cap may take them, least recently used first.
+  void add_root_list(const std::filesystem::path& file, const std::set<StorePath>& paths);
+  // Every root list's entries: the file and a path it keeps.
+  std::vector<std::pair<std::filesystem::path, StorePath>> find_root_lists() const;
+  // Write down when this process last used the paths it rooted (for the
+  // size cap); also done by collect_garbage and when the object goes.
+  void flush_uses();
+  StoreStats stats() const;
 
   GcResult collect_garbage(const GcOptions& options);
   // Make a prepared object (its NAR hash equal to the one registered) the
