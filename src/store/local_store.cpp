@@ -1253,8 +1253,17 @@ LocalStore::add_root_list(const fs::path& file, const std::set<StorePath>& paths
   for (const auto& path : paths) {
     text += print(path) + "\n";
   }
-  fs::create_directories(absolute.parent_path());
-  write_file_atomic(absolute, text);
+  std::string before;
+  try {
+    before = read_file(absolute);
+  } catch (const std::exception&) {
+    // Not there yet.
+  }
+  // A no-op build finds its list as it left it: no write, no sync.
+  if (before != text) {
+    fs::create_directories(absolute.parent_path());
+    write_file_atomic(absolute, text);
+  }
   std::string id =
     nix32_encode(compress_hash(hash_string(HashAlgo::sha256, absolute.string()).bytes(), 20));
   replace_symlink(absolute, m->gcroots / "auto" / id);
