@@ -80,14 +80,6 @@ json_lines(const std::string& text)
   return out;
 }
 
-test::RunOptions
-in(const fs::path& dir)
-{
-  test::RunOptions options;
-  options.cwd = dir;
-  return options;
-}
-
 // `kiln gc` in a loop on another thread until the object goes; counts the
 // runs and records any that failed.
 class GcLoop
@@ -201,7 +193,7 @@ TEST_CASE("kiln gc in a loop never breaks a kiln build, and what is rooted stays
   int failures = 0;
   for (int round = 0; round < 6; ++round) {
     test::write_file(dir / "kiln.yaml", graph_yaml(5, "round" + std::to_string(round), 0.15));
-    auto r = test::kiln({"--store", store, "build", "-j", "2"}, in(dir.path()));
+    auto r = test::kiln({"--store", store, "build", "-j", "2"}, test::in_dir(dir.path()));
     if (r.status != 0) {
       ++failures;
       UNSCOPED_INFO("round " << round << ": " << r.err);
@@ -235,7 +227,7 @@ TEST_CASE("kiln gc in a loop never breaks a cargo kiln build", "[cargo][concurre
   fs::remove_all(ws / "target");
   std::string store = (dir / "store").string();
   GcLoop gc(store);
-  auto r = test::kiln({"--store", store, "build", "-j", "2"}, in(ws));
+  auto r = test::kiln({"--store", store, "build", "-j", "2"}, test::in_dir(ws));
   gc.stop();
   INFO(r.err);
   CHECK(r.status == 0);
@@ -256,10 +248,10 @@ TEST_CASE("two builds of one graph at once build each derivation once", "[build]
                                 /*diamond=*/true));
     test::RunResult a, b;
     std::thread first([&] {
-      a = test::kiln({"--store", store, "build", "--json", "--no-link", "-j", "2"}, in(dir.path()));
+      a = test::kiln({"--store", store, "build", "--json", "--no-link", "-j", "2"}, test::in_dir(dir.path()));
     });
     std::thread second([&] {
-      b = test::kiln({"--store", store, "build", "--json", "--no-link", "-j", "2"}, in(dir.path()));
+      b = test::kiln({"--store", store, "build", "--json", "--no-link", "-j", "2"}, test::in_dir(dir.path()));
     });
     first.join();
     second.join();
@@ -319,12 +311,12 @@ TEST_CASE("a waiting kiln names the lock and its holder, and gives up at its tim
   REQUIRE(wait_until([&] { return !processes_with("busybox sleep 3").empty(); },
                      std::chrono::seconds(30)));
   auto impatient = test::kiln({"--store", store, "--lock-timeout", "1", "build", "--no-link"},
-                              in(dir.path()));
+                              test::in_dir(dir.path()));
   CHECK(impatient.status != 0);
   CHECK_THAT(impatient.err,
              Catch::Contains("waiting for another kiln building /kiln/store/") &&
                Catch::Contains("-c1 (held by pid " + std::to_string(builder.pid()) + ")"));
-  auto patient = test::kiln({"--store", store, "build", "--no-link", "--json"}, in(dir.path()));
+  auto patient = test::kiln({"--store", store, "build", "--no-link", "--json"}, test::in_dir(dir.path()));
   INFO(patient.err);
   CHECK(patient.status == 0);
   CHECK_THAT(patient.out, Catch::Contains("\"status\":\"present\""));

@@ -18,14 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-test::RunOptions
-in(const fs::path& dir)
-{
-  test::RunOptions options;
-  options.cwd = dir;
-  return options;
-}
-
 fs::path
 copy_workspace(const fs::path& to)
 {
@@ -54,16 +46,6 @@ unit_outputs(const std::string& json_lines)
   return paths;
 }
 
-uint64_t
-closure_size(const LocalStore& store, const std::set<StorePath>& paths)
-{
-  uint64_t total = 0;
-  for (const auto& p : store.closure(paths)) {
-    total += store.query_path_info(p)->nar_size;
-  }
-  return total;
-}
-
 } // namespace
 
 TEST_CASE("a cargo project's units stay through kiln gc while its target/kiln exists, and the "
@@ -84,7 +66,7 @@ TEST_CASE("a cargo project's units stay through kiln gc while its target/kiln ex
     std::ofstream(two / "mylib" / "src" / "lib.rs", std::ios::app) << "\npub fn two() {}\n";
   }
 
-  auto built_one = test::kiln({"--store", store_arg, "build", "-j", "2", "--json"}, in(one));
+  auto built_one = test::kiln({"--store", store_arg, "build", "-j", "2", "--json"}, test::in_dir(one));
   INFO(built_one.err);
   REQUIRE(built_one.status == 0);
   auto units_one = unit_outputs(built_one.out);
@@ -123,7 +105,7 @@ TEST_CASE("a cargo project's units stay through kiln gc while its target/kiln ex
 
   SECTION("a cap smaller than both projects keeps the most recently used one whole")
   {
-    auto built_two = test::kiln({"--store", store_arg, "build", "-j", "2", "--json"}, in(two));
+    auto built_two = test::kiln({"--store", store_arg, "build", "-j", "2", "--json"}, test::in_dir(two));
     INFO(built_two.err);
     REQUIRE(built_two.status == 0);
     auto units_two = unit_outputs(built_two.out);
@@ -137,13 +119,13 @@ TEST_CASE("a cargo project's units stay through kiln gc while its target/kiln ex
       for (const auto& [link, path] : store.find_roots()) {
         kept.insert(path);
       }
-      cap = closure_size(store, kept);
+      cap = test::closure_nar_size(store, kept);
       REQUIRE(cap < store.stats().nar_bytes);
     }
     // A no-op build of the second project: it is now the most recently used.
     auto again = test::kiln({"--store", store_arg, "--max-store-size", std::to_string(cap), "build",
                              "-j", "2"},
-                            in(two));
+                            test::in_dir(two));
     INFO(again.err);
     REQUIRE(again.status == 0);
     CHECK_THAT(again.err, Catch::Contains("over max-store-size") && Catch::Contains("evicted"));

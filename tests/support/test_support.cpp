@@ -177,6 +177,24 @@ kiln_binary()
   return KILN_BINARY;
 }
 
+RunOptions
+in_dir(const std::filesystem::path& dir)
+{
+  RunOptions options;
+  options.cwd = dir;
+  return options;
+}
+
+uint64_t
+closure_nar_size(const LocalStore& store, const std::set<StorePath>& paths)
+{
+  uint64_t total = 0;
+  for (const auto& p : store.closure(paths)) {
+    total += store.query_path_info(p)->nar_size;
+  }
+  return total;
+}
+
 RunResult
 kiln(const std::vector<std::string>& args, const RunOptions& options)
 {

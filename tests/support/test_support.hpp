@@ -4,6 +4,7 @@
 
 #include <kiln/store/local_store.hpp>
 
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -63,6 +64,10 @@ RunResult run(const std::vector<std::string>& argv, const RunOptions& options = 
 
 // Run the kiln binary under test with `args`.
 RunResult kiln(const std::vector<std::string>& args, const RunOptions& options = {});
+// Options that run a program in `dir`.
+RunOptions in_dir(const std::filesystem::path& dir);
+// The NAR sizes of `paths` and everything they reference, added up.
+uint64_t closure_nar_size(const LocalStore& store, const std::set<StorePath>& paths);
 
 // Path of the kiln binary under test.
 std::string kiln_binary();

@@ -390,16 +390,6 @@ use_now(LocalStore& store, const std::set<StorePath>& paths)
   store.flush_uses();
 }
 
-uint64_t
-nar_size_of(const LocalStore& store, const std::set<StorePath>& paths)
-{
-  uint64_t total = 0;
-  for (const auto& p : store.closure(paths)) {
-    total += store.query_path_info(p)->nar_size;
-  }
-  return total;
-}
-
 } // namespace
 
 TEST_CASE("root lists keep a project's units from gc while the file exists", "[store][gc]")
@@ -449,8 +439,8 @@ TEST_CASE("the size cap evicts the least recently used first, keeps the most rec
   use_now(store, {garbage});
   use_now(store, {shared, a_dep, a_bin});
 
-  uint64_t a_size = nar_size_of(store, {a_bin});
-  uint64_t linked_size = nar_size_of(store, {linked});
+  uint64_t a_size = test::closure_nar_size(store, {a_bin});
+  uint64_t linked_size = test::closure_nar_size(store, {linked});
   uint64_t total = store.stats().nar_bytes;
   REQUIRE(total > a_size + linked_size);
 
