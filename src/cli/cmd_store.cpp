@@ -127,16 +127,10 @@ register_store_info(CLI::App& store_command, Context& ctx)
   });
 }
 
-} // namespace
-
+// kiln store add
 void
-register_store_commands(CLI::App& app, Context& ctx)
+register_store_add(CLI::App& store_command, Context& ctx)
 {
-  auto* store = app.add_subcommand("store", "Manage the local store");
-  store->require_subcommand(1);
-  register_store_info(*store, ctx);
-
-  // kiln store add
   struct AddArgs
   {
     std::vector<std::string> paths;
@@ -144,7 +138,7 @@ register_store_commands(CLI::App& app, Context& ctx)
     std::string root;
   };
   auto add_args = std::make_shared<AddArgs>();
-  auto* add = store->add_subcommand(
+  auto* add = store_command.add_subcommand(
     "add", "Copy files or folders into the store, content-addressed (as nix-store --add), and "
            "print their store paths");
   add->add_option("PATH", add_args->paths, "What to add")->required()->check(existing_path());
@@ -170,10 +164,14 @@ register_store_commands(CLI::App& app, Context& ctx)
       return 0;
     };
   });
+}
 
-  // kiln store locate
+// kiln store locate
+void
+register_store_locate(CLI::App& store_command, Context& ctx)
+{
   auto locate_args = std::make_shared<std::vector<std::string>>();
-  auto* locate = store->add_subcommand(
+  auto* locate = store_command.add_subcommand(
     "locate", "Print where store paths lie on disk (the store may sit anywhere; paths are named "
               "under the logical store directory)");
   locate->add_option("PATH", *locate_args, "Store paths")->required();
@@ -192,8 +190,12 @@ register_store_commands(CLI::App& app, Context& ctx)
       return status;
     };
   });
+}
 
-  // kiln store verify
+// kiln store verify
+void
+register_store_verify(CLI::App& store_command, Context& ctx)
+{
   struct VerifyArgs
   {
     bool no_contents = false;
@@ -202,7 +204,7 @@ register_store_commands(CLI::App& app, Context& ctx)
     bool json = false;
   };
   auto verify_args = std::make_shared<VerifyArgs>();
-  auto* verify = store->add_subcommand(
+  auto* verify = store_command.add_subcommand(
     "verify", "Re-hash every valid path and check the database against the disk; exit 1 if "
               "anything is wrong");
   verify->add_flag("--no-contents", verify_args->no_contents, "Skip re-hashing contents");
@@ -275,8 +277,12 @@ register_store_commands(CLI::App& app, Context& ctx)
       return result.ok() ? 0 : 1;
     };
   });
+}
 
-  // kiln path-info
+// kiln path-info
+void
+register_path_info(CLI::App& app, Context& ctx)
+{
   struct InfoArgs
   {
     std::vector<std::string> paths;
@@ -335,8 +341,12 @@ register_store_commands(CLI::App& app, Context& ctx)
       return status;
     };
   });
+}
 
-  // kiln gc
+// kiln gc
+void
+register_gc(CLI::App& app, Context& ctx)
+{
   struct GcArgs
   {
     std::string max_freed;
@@ -421,6 +431,21 @@ register_store_commands(CLI::App& app, Context& ctx)
       return 0;
     };
   });
+}
+
+} // namespace
+
+void
+register_store_commands(CLI::App& app, Context& ctx)
+{
+  auto* store = app.add_subcommand("store", "Manage the local store");
+  store->require_subcommand(1);
+  register_store_info(*store, ctx);
+  register_store_add(*store, ctx);
+  register_store_locate(*store, ctx);
+  register_store_verify(*store, ctx);
+  register_path_info(app, ctx);
+  register_gc(app, ctx);
 }
 
 void
