@@ -192,6 +192,7 @@ register_cache_gc_command(CLI::App& app, Context& ctx)
                  "(e.g. 50G)");
   gc->add_flag("-n,--dry-run", args->dry_run, "Only print what would be deleted");
   gc->add_flag("--json", args->json, "Print the result as JSON");
+  register_cache_check_command(*cache, ctx);
   gc->callback([&ctx, args] {
     ctx.action = [&ctx, args] {
       CacheGcOptions options;
@@ -337,7 +338,7 @@ register_cache_commands(CLI::App& app, Context& ctx)
 
   auto run_push = [&ctx](const std::string& url, const std::vector<std::string>& texts,
                          const std::string& key_file, const std::string& compression,
-                         bool closure) {
+                         bool closure, bool drvs) {
     auto cache = ctx.open_cache(url);
     std::optional<SecretKey> secret;
     std::string file = key_file.empty() ? ctx.settings().secret_key_file : key_file;
@@ -350,7 +351,20 @@ register_cache_commands(CLI::App& app, Context& ctx)
     options.connections = ctx.settings().connections;
     options.closure = closure;
     options.progress = progress_printer(ctx);
-    auto result = push(ctx.store(), *cache, resolve_all(ctx, texts), options);
+    auto paths = resolve_all(ctx, texts);
+    if (drvs) {
+      // Each path's derivation too, with its closure (kiln cache check).
+      for (size_t i = 0, n = paths.size(); i < n; ++i) {
+        auto info = ctx.store().query_path_info(paths[i]);
+        if (info && info->deriver && ctx.store().is_valid(*info->deriver)) {
+          paths.push_back(*info->deriver);
+        } else if (!ctx.quiet) {
+          note("warning: the derivation of " + ctx.store().print(paths[i]) +
+               " is not in this store; not pushed");
+        }
+      }
+    }
+    auto result = push(ctx.store(), *cache, paths, options);
     if (!ctx.quiet) {
       note("pushed " + std::to_string(result.uploaded.size()) + " paths (" +
            human_size(result.bytes_uploaded) + ") to " + url + "; " +
@@ -368,7 +382,7 @@ register_cache_commands(CLI::App& app, Context& ctx)
     ctx.action = [&ctx, copy_args, run_push] {
       if (!copy_args->to.empty()) {
         return run_push(copy_args->to, copy_args->paths, copy_args->secret_key_file,
-                        copy_args->compression, !copy_args->no_closure);
+                        copy_args->compression, !copy_args->no_closure, false);
       }
       std::vector<std::string> urls = copy_args->from;
       if (urls.empty()) {
@@ -409,6 +423,7 @@ register_cache_commands(CLI::App& app, Context& ctx)
     std::vector<std::string> paths;
     std::string compression = "zstd";
     bool no_closure = false;
+    bool push_drvs = false;
   };
   auto push_args = std::make_shared<PushArgs>();
   auto* push_cmd = app.add_subcommand(
@@ -419,10 +434,13 @@ register_cache_commands(CLI::App& app, Context& ctx)
   push_cmd->add_option("--compression", push_args->compression, "zstd, xz or none")
     ->capture_default_str();
   push_cmd->add_flag("--no-closure", push_args->no_closure, "Push only the paths named");
+  push_cmd->add_flag("--push-drvs", push_args->push_drvs,
+                     "Also push each path's derivation (.drv) with its closure, so that anyone "
+                     "can build it again and compare (kiln cache check)");
   push_cmd->callback([&ctx, push_args, run_push] {
     ctx.action = [push_args, run_push] {
       return run_push(push_args->url, push_args->paths, "", push_args->compression,
-                      !push_args->no_closure);
+                      !push_args->no_closure, push_args->push_drvs);
     };
   });
 }

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <csignal>
+#include <cstdio>
 #include <iostream>
 
 namespace kiln::cli {
@@ -124,6 +125,28 @@ PushCache::report(const BuildResult& build) const
     std::fprintf(stderr, "%12s %zu paths to %s\n", "Pushed", build.pushed, m_url.c_str());
   }
   return build.push_errors.empty();
+}
+
+bool
+PushCache::push_derivations(const std::vector<StorePath>& drvs)
+{
+  if (!m_cache || drvs.empty()) {
+    return true;
+  }
+  PushOptions options;
+  options.key = m_key ? &*m_key : nullptr;
+  options.connections = m_ctx.settings().connections;
+  try {
+    auto result = push(m_ctx.store(), *m_cache, drvs, options);
+    if (!m_ctx.quiet) {
+      std::fprintf(stderr, "%12s %zu paths of derivations (.drv files and sources) to %s\n",
+                   "Pushed", result.uploaded.size(), m_url.c_str());
+    }
+    return true;
+  } catch (const std::exception& e) {
+    std::cerr << "kiln: error: pushing derivations to " << m_url << ": " << e.what() << "\n";
+    return false;
+  }
 }
 
 BuildOptions

@@ -115,6 +115,18 @@ struct CargoBuild
 CargoBuild build_project(LocalStore& store, const CargoProject& project,
                          const BuildOptions& options, CargoObserver& observer);
 
+// --push-drvs: write the .drv of every unit of `build` (and the sources
+// they compile) into the store, inputs first, so that the derivations can
+// be pushed with their closures. Returns them.
+std::vector<StorePath> write_unit_derivations(LocalStore& store, const CargoBuild& build);
+
+// `kiln build --check`: build every unit of `build` (a finished build of
+// `project`) once more and compare its output with the one in the store
+// (check_derivations). Units are realised first where they are not (the
+// inputs of substituted ones), silently.
+CheckResult check_units(LocalStore& store, const CargoProject& project, const CargoBuild& build,
+                        const BuildOptions& options, const CheckOptions& check);
+
 // Remember each unit's inputs as this build planned them (in the project's
 // state), for explain_units.
 void record_build(const CargoProject& project, const InstantiatedPlan& units);

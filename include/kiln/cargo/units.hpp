@@ -142,6 +142,27 @@ private:
   mutable std::map<size_t, bool> m_pushable;
 };
 
+// Cargo units known only by their .drv files (kiln cache check): the
+// builder "builtin:rust-unit" with this machine's toolchain, the unit's
+// inputs read from the derivation. A unit built with another toolchain
+// (compiler, standard library, linker, by content) cannot be built here.
+class DrvUnitFrontend : public Frontend
+{
+public:
+  DrvUnitFrontend(const LocalStore& store, const Toolchain& toolchain, unsigned jobs);
+  void builtin_builder(const Derivation& drv, BuildSpec& spec) const override;
+  // Why `drv` (a Cargo unit) cannot be built the same way here; nullopt if
+  // it can (or is not a Cargo unit).
+  std::optional<std::string> cannot_build(const Derivation& drv) const;
+
+private:
+  const LocalStore& m_store;
+  const Toolchain& m_toolchain;
+  unsigned m_jobs;
+  std::filesystem::path m_self;
+  std::filesystem::path m_helper;
+};
+
 // Does a build-script run's output (its directives) show reads of the host
 // beyond what its inputs name (host_files, host_env)? The reads, if so.
 std::vector<std::string> unrecorded_host_reads(const UnitInputs& run,
