@@ -260,6 +260,7 @@ CargoProject::instantiate(LocalStore& store) const
     }
   };
   context.run_tests = m_request.command == CargoCommand::test && !m_request.no_run;
+  context.cap_lints = m_request.cap_lints;
   context.test_args = m_request.test_args;
   context.rerun = m_request.rerun;
   if (m_request.command == CargoCommand::clippy) {

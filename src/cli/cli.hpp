@@ -63,6 +63,7 @@ void register_cache_commands(CLI::App& app, Context& ctx);
 void register_derivation_commands(CLI::App& app, Context& ctx);
 void register_build_commands(CLI::App& app, Context& ctx);
 void register_cargo_commands(CLI::App& app, Context& ctx);
+void register_install_commands(CLI::App& app, Context& ctx);
 void register_serve_commands(CLI::App& app, Context& ctx);
 void register_doctor_commands(CLI::App& app, Context& ctx);
 // kiln cache check (a subcommand of `cache`).

@@ -256,6 +256,7 @@ main(int argc, char** argv)
   cli::register_derivation_commands(app, ctx);
   cli::register_build_commands(app, ctx);
   cli::register_cargo_commands(app, ctx);
+  cli::register_install_commands(app, ctx);
   cli::register_serve_commands(app, ctx);
   cli::register_doctor_commands(app, ctx);
 

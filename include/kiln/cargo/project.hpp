@@ -56,6 +56,10 @@ struct CargoRequest
   std::string rerun;
   // The caller's environment as cargo would see it.
   Environment env;
+  // Cap every package's lints (--cap-lints allow, no [lints] flags), path
+  // packages too: `kiln install` builds a registry crate from a copy, as
+  // cargo install builds it from the registry.
+  bool cap_lints = false;
 };
 
 class CargoProject

@@ -91,6 +91,8 @@ struct InstantiateContext
   bool run_tests = false;
   std::vector<std::string> test_args;
   std::string rerun;
+  // Every package's lints capped, as for registry packages (kiln install).
+  bool cap_lints = false;
 };
 
 // Compute every unit's inputs and derivation. Source trees are hashed (not
