@@ -229,3 +229,31 @@ TEST_CASE("the examples are reproducible: c-hello and a Cargo workspace, also fr
   CHECK(report["unchecked"] == 0);
   CHECK(report["reproducible"].get<int>() >= 5);
 }
+
+TEST_CASE("the demo app (examples/rust-app, 74 units on Debian's crates) is reproducible",
+          "[.differential][check]")
+{
+  TempDir dir;
+  fs::create_directories(dir / "app");
+  for (const auto& entry : fs::directory_iterator(k_examples / "rust-app")) {
+    std::string n = entry.path().filename().string();
+    if (n != "target" && n != "result" && !n.starts_with("result-")) {
+      fs::copy(entry.path(), dir / "app" / n, fs::copy_options::recursive);
+    }
+  }
+  test::RunOptions in_app;
+  in_app.cwd = dir / "app";
+  auto r = test::kiln({"--store", (dir / "store").string(), "build", "--check", "--json"}, in_app);
+  INFO(r.err);
+  CHECK(r.status == 0);
+  size_t checked = 0;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    auto j = json::parse(line);
+    if (j.contains("check")) {
+      CHECK(j["check"] == "reproducible");
+      ++checked;
+    }
+  }
+  CHECK(checked >= 70);
+}
