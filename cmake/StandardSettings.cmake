@@ -5,6 +5,11 @@ target_compile_options(kiln_standard_settings INTERFACE -Wall -Wextra -Wpedantic
 target_compile_definitions(kiln_standard_settings INTERFACE
   $<$<CONFIG:Debug>:_GLIBCXX_ASSERTIONS>
   KILN_VERSION="${PROJECT_VERSION}")
+# Third-party headers come in as SYSTEM includes, so -Werror holds kiln's
+# code only.
+if(KILN_WERROR)
+  target_compile_options(kiln_standard_settings INTERFACE -Werror)
+endif()
 if(KILN_SANITIZE)
   target_compile_options(kiln_standard_settings INTERFACE
     -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)

@@ -141,37 +141,24 @@ referrers_first(std::vector<Entry>& entries, const std::map<std::string, size_t>
   return order;
 }
 
-} // namespace
-
-CacheGcResult
-collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
+// What a cache folder holds: every narinfo, how many narinfos name each NAR
+// file, and the debris of interrupted writes.
+struct CacheScan
 {
-  std::error_code ec;
-  if (!fs::is_directory(folder, ec)) {
-    throw UsageError("'" + folder.string() + "' is not a folder");
-  }
-  const Clock::time_point now = options.now.value_or(Clock::now());
-  CacheGcResult result;
-
-  CacheInfo info;
-  bool has_cache_info = false;
-  if (fs::exists(folder / "nix-cache-info", ec)) {
-    info = CacheInfo::parse(read_file(folder / "nix-cache-info", true),
-                            (folder / "nix-cache-info").string());
-    has_cache_info = true;
-  }
-  result.store_dir = info.store_dir;
-  StoreDir store_dir(info.store_dir);
-
-  // Every narinfo, and how many narinfos name each NAR file.
   std::vector<Entry> entries;
   std::map<std::string, size_t> by_hash;
   std::map<std::string, size_t> nar_users;
   std::vector<fs::path> temporaries;
+};
+
+CacheScan
+scan_cache(const fs::path& folder, const StoreDir& store_dir, CacheGcResult& result)
+{
+  CacheScan scan;
   for (const auto& dirent : fs::directory_iterator(folder)) {
     std::string name = dirent.path().filename().string();
     if (is_temporary(name)) {
-      temporaries.push_back(dirent.path());
+      scan.temporaries.push_back(dirent.path());
       continue;
     }
     if (!name.ends_with(".narinfo") || !dirent.is_regular_file()) {
@@ -189,7 +176,7 @@ collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
     } catch (const FormatError& e) {
       result.warnings.push_back(std::string(e.what()) + " (left alone)");
       if (auto url = salvage_url(text)) {
-        ++nar_users[*url];   // never released: its NAR stays
+        ++scan.nar_users[*url];   // never released: its NAR stays
       }
       continue;
     }
@@ -201,7 +188,7 @@ collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
       entry.nar_key = narinfo->url;
       entry.nar_bytes = nar->size;
       entry.effective = std::max(entry.effective, nar->last_used);
-      ++nar_users[entry.nar_key];
+      ++scan.nar_users[entry.nar_key];
     } else {
       result.warnings.push_back(dirent.path().string() + " names '" + narinfo->url +
                                 "', which is missing");
@@ -211,14 +198,17 @@ collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
         entry.reference_hashes.emplace_back(ref.hash_part());
       }
     }
-    by_hash[std::string(entry.path.hash_part())] = entries.size();
-    entries.push_back(std::move(entry));
+    scan.by_hash[std::string(entry.path.hash_part())] = scan.entries.size();
+    scan.entries.push_back(std::move(entry));
   }
-  if (!has_cache_info && entries.empty()) {
-    throw UsageError("'" + folder.string() +
-                     "' is not a binary cache folder (no nix-cache-info, no narinfo)");
-  }
+  return scan;
+}
 
+// The entries in the order they may go: least recently used first (a path's
+// use counts for everything it references), never one that is pinned.
+std::vector<size_t>
+eviction_order(std::vector<Entry>& entries, const std::map<std::string, size_t>& by_hash)
+{
   // Effective last use flows from referrers to references.
   std::vector<size_t> order = referrers_first(entries, by_hash);
   for (size_t i : order) {
@@ -244,10 +234,18 @@ collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
     return rank[a] < rank[b];
   });
 
+  return victims;
+}
+
+// Drops paths in eviction order while they are too old or the cache too big.
+void
+drop_paths(const fs::path& folder, CacheScan& scan, const std::vector<size_t>& victims,
+           const CacheGcOptions& options, Clock::time_point now, CacheGcResult& result)
+{
   uint64_t total = 0;
   {
     std::set<std::string> counted;
-    for (const auto& e : entries) {
+    for (const auto& e : scan.entries) {
       total += e.narinfo_bytes;
       if (!e.nar_key.empty() && counted.insert(e.nar_key).second) {
         total += e.nar_bytes;
@@ -260,14 +258,14 @@ collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
   }
   size_t dropped = 0;
   for (size_t i : victims) {
-    const Entry& e = entries[i];
+    const Entry& e = scan.entries[i];
     bool too_old = cutoff && e.effective < *cutoff;
     bool too_big = options.max_size && total > *options.max_size;
     if (e.pinned || !(too_old || too_big)) {
       break;
     }
     CacheGcPath gone{e.path, e.narinfo_bytes, e.effective};
-    bool last_user = !e.nar_key.empty() && --nar_users[e.nar_key] == 0;
+    bool last_user = !e.nar_key.empty() && --scan.nar_users[e.nar_key] == 0;
     if (last_user) {
       gone.bytes += e.nar_bytes;
     }
@@ -284,24 +282,31 @@ collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
     ++dropped;
   }
   for (size_t k = dropped; k < victims.size(); ++k) {
-    const Entry& e = entries[victims[k]];
+    const Entry& e = scan.entries[victims[k]];
     result.kept.push_back({e.path, e.narinfo_bytes + e.nar_bytes, e.effective});
   }
   result.bytes_kept = total;
 
-  // NAR files no narinfo names, and debris of interrupted writes, once
-  // they are older than any upload in flight could be.
+}
+
+// NAR files no narinfo names, and debris of interrupted writes, once they
+// are older than any upload in flight could be.
+void
+remove_orphans(const fs::path& folder, CacheScan& scan, const CacheGcOptions& options,
+               Clock::time_point now, CacheGcResult& result)
+{
+  std::error_code ec;
   const Clock::time_point orphan_cutoff = now - options.orphan_grace;
   if (fs::is_directory(folder / "nar", ec)) {
     for (const auto& dirent : fs::directory_iterator(folder / "nar")) {
       std::string key = "nar/" + dirent.path().filename().string();
-      // nar_users still lists the NARs that went with their paths.
-      if (!nar_users.count(key) && dirent.is_regular_file()) {
-        temporaries.push_back(dirent.path());
+      // scan.nar_users still lists the NARs that went with their paths.
+      if (!scan.nar_users.count(key) && dirent.is_regular_file()) {
+        scan.temporaries.push_back(dirent.path());
       }
     }
   }
-  for (const auto& path : temporaries) {
+  for (const auto& path : scan.temporaries) {
     auto st = stat_file(path);
     if (st && st->modified < orphan_cutoff) {
       if (!options.dry_run) {
@@ -311,6 +316,38 @@ collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
       result.orphans_removed.push_back(path.lexically_relative(folder).string());
     }
   }
+}
+
+} // namespace
+
+CacheGcResult
+collect_cache_garbage(const fs::path& folder, const CacheGcOptions& options)
+{
+  std::error_code ec;
+  if (!fs::is_directory(folder, ec)) {
+    throw UsageError("'" + folder.string() + "' is not a folder");
+  }
+  const Clock::time_point now = options.now.value_or(Clock::now());
+  CacheGcResult result;
+
+  CacheInfo info;
+  bool has_cache_info = false;
+  if (fs::exists(folder / "nix-cache-info", ec)) {
+    info = CacheInfo::parse(read_file(folder / "nix-cache-info", true),
+                            (folder / "nix-cache-info").string());
+    has_cache_info = true;
+  }
+  result.store_dir = info.store_dir;
+  StoreDir store_dir(info.store_dir);
+
+  CacheScan scan = scan_cache(folder, store_dir, result);
+  if (!has_cache_info && scan.entries.empty()) {
+    throw UsageError("'" + folder.string() +
+                     "' is not a binary cache folder (no nix-cache-info, no narinfo)");
+  }
+  std::vector<size_t> victims = eviction_order(scan.entries, scan.by_hash);
+  drop_paths(folder, scan, victims, options, now, result);
+  remove_orphans(folder, scan, options, now, result);
   return result;
 }
 

@@ -1,6 +1,7 @@
 // UnitInputs: the named inputs of a unit, their JSON form, and what differs
 // between two (unit_derivation.cpp makes the derivation from them).
 #include <kiln/cargo/inputs.hpp>
+#include <kiln/derivation/derivation.hpp>
 #include <kiln/cargo/unit_builder.hpp>
 #include <kiln/hash/hash.hpp>
 
@@ -179,59 +180,15 @@ inputs_from_json(const std::string& text)
   return i;
 }
 
-namespace {
-
-std::string
-short_text(const json& value)
-{
-  std::string text = value.dump();
-  return text.size() <= 160 ? text : text.substr(0, 157) + "...";
-}
-
-// Objects differ key by key; anything else as a whole.
-void
-diff_values(const std::string& name, const json& a, const json& b, std::vector<std::string>& out)
-{
-  if (a == b) {
-    return;
-  }
-  if (a.is_object() && b.is_object()) {
-    std::set<std::string> keys;
-    for (const auto& [k, v] : a.items()) {
-      keys.insert(k);
-    }
-    for (const auto& [k, v] : b.items()) {
-      keys.insert(k);
-    }
-    for (const auto& k : keys) {
-      diff_values(name + "." + k, a.contains(k) ? a.at(k) : json(nullptr),
-                  b.contains(k) ? b.at(k) : json(nullptr), out);
-    }
-    return;
-  }
-  if (a.is_array() && b.is_array() && name == "externs") {
-    std::map<std::string, json> before, after;
-    for (const auto& e : a) {
-      before[e.at("name")] = e;
-    }
-    for (const auto& e : b) {
-      after[e.at("name")] = e;
-    }
-    diff_values("externs", json(before), json(after), out);
-    return;
-  }
-  out.push_back(name + ": " + short_text(a) + " → " + short_text(b));
-}
-
-} // namespace
-
 std::vector<std::string>
 diff_inputs(const UnitInputs& before, const UnitInputs& after)
 {
   std::vector<std::string> out;
   json a = to_json_value(before), b = to_json_value(after);
   for (const auto& [key, value] : a.items()) {
-    diff_values(key, value, b.at(key), out);
+    for (auto& line : json_differences(key, value.dump(), b.at(key).dump())) {
+      out.push_back(std::move(line));
+    }
   }
   return out;
 }

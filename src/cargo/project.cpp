@@ -242,7 +242,8 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir)
 InstantiatedPlan
 CargoProject::instantiate(LocalStore& store) const
 {
-  InstantiateContext context{m_workspace, m_plan, *m_toolchain, *m_build_config, m_state_dir};
+  InstantiateContext context{.ws = m_workspace, .plan = m_plan, .toolchain = *m_toolchain,
+                             .config = *m_build_config, .state_dir = m_state_dir};
   HostReadsRecord record(m_state_dir / "host-reads.json");
   const Environment& env = m_request.env;
   context.host_inputs = [&](const CargoPackage& pkg, UnitInputs& run) {

@@ -60,6 +60,22 @@ push(std::vector<std::string>& args, std::initializer_list<std::string> items)
   args.insert(args.end(), items);
 }
 
+// The unit's features as cfgs, and every declared feature as the values
+// `--check-cfg` accepts (cargo's build_base_args and rustdoc's alike).
+void
+feature_args(std::vector<std::string>& args, const UnitInputs& i)
+{
+  for (const auto& f : i.features) {
+    push(args, {"--cfg", "feature=\"" + f + "\""});
+  }
+  std::string declared;
+  for (const auto& f : i.declared_features) {
+    declared += (declared.empty() ? "" : ", ") + ("\"" + f + "\"");
+  }
+  push(args, {"--check-cfg", "cfg(docsrs,test)", "--check-cfg",
+              "cfg(feature, values(" + declared + "))"});
+}
+
 void
 lto_args(std::vector<std::string>& args, const UnitInputs& i)
 {
@@ -151,14 +167,7 @@ rustc_args(const UnitInputs& i, const std::string& metadata)
   } else if (test) {
     push(args, {"--cfg", "test"});
   }
-  for (const auto& f : i.features) {
-    push(args, {"--cfg", "feature=\"" + f + "\""});
-  }
-  std::string declared;
-  for (const auto& f : i.declared_features) {
-    declared += (declared.empty() ? "" : ", ") + ("\"" + f + "\"");
-  }
-  push(args, {"--check-cfg", "cfg(docsrs,test)", "--check-cfg", "cfg(feature, values(" + declared + "))"});
+  feature_args(args, i);
   push(args, {"-C", "metadata=" + metadata, "-C", "extra-filename=-" + metadata});
   if (i.profile.rpath) {
     push(args, {"-C", "rpath"});
@@ -424,14 +433,7 @@ doctest_instructions(const UnitInputs& i)
     push(args, {"-L", "dependency=" + l});
   }
   lto_args(args, i);
-  for (const auto& f : i.features) {
-    push(args, {"--cfg", "feature=\"" + f + "\""});
-  }
-  std::string declared;
-  for (const auto& f : i.declared_features) {
-    declared += (declared.empty() ? "" : ", ") + ("\"" + f + "\"");
-  }
-  push(args, {"--check-cfg", "cfg(docsrs,test)", "--check-cfg", "cfg(feature, values(" + declared + "))"});
+  feature_args(args, i);
   args.insert(args.end(), i.rustdocflags.begin(), i.rustdocflags.end());
   json spec = {{"mode", "doctest"},
                {"program", "@RUSTDOC@"},

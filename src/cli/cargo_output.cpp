@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 namespace kiln::cli {
@@ -385,11 +386,19 @@ CargoOutput::finish(const cargo::CargoBuild& build)
     }
   }
   const StoreDir& dir = m_store.store_dir();
+  // A failed test run is reported once, with the other results (report_tests).
+  std::set<StorePath> test_runs;
+  for (const auto& run : build.units.test_runs) {
+    test_runs.insert(run.drv);
+  }
   for (const auto& [drv, result] : build.result.steps) {
-    if (result.status != StepStatus::failed) {
+    if (result.status != StepStatus::failed || test_runs.count(drv)) {
       continue;
     }
     auto unit = unit_of(drv);
+    if (unit && m_plan.units[*unit].mode == cargo::UnitMode::doctest) {
+      continue;
+    }
     std::string what = unit ? cargo::describe(m_plan.units[*unit]) : dir.print(drv);
     // rustc's diagnostics, as cargo shows them: the step's output, unless it
     // was shown as it came.
@@ -558,6 +567,7 @@ CargoOutput::report_tests(const cargo::CargoBuild& build)
   }
   size_t passed = 0, cached = 0, failed = 0;
   const StoreDir& dir = m_store.store_dir();
+  std::ostream& report = m_options.json_lines ? std::cerr : std::cout;
   for (const auto& run : runs) {
     const cargo::Unit& u = m_plan.units[run.unit];
     auto step = build.result.steps.find(run.made->drv);
@@ -573,8 +583,8 @@ CargoOutput::report_tests(const cargo::CargoBuild& build)
       std::cerr << header << "\n";
       std::error_code ec;
       fs::path log = log_path(m_store, run.made->drv);
-      std::cout << (fs::exists(log, ec) ? without_builder_messages(read_file(log))
-                                        : step->second.error + "\n");
+      report << (fs::exists(log, ec) ? without_builder_messages(read_file(log))
+                                     : step->second.error + "\n");
       std::cerr << "error: test failed, to rerun pass `" << rerun_hint(u) << "` (log: kiln log "
                 << dir.print(run.made->drv) << ")\n";
       continue;
@@ -594,7 +604,7 @@ CargoOutput::report_tests(const cargo::CargoBuild& build)
     std::error_code ec;
     fs::path output = m_store.physical_path(run.made->out) / "output.txt";
     if (fs::exists(output, ec)) {
-      std::cout << read_file(output) << std::flush;
+      report << read_file(output) << std::flush;
     }
   }
   if (!m_options.quiet && !runs.empty()) {

@@ -24,6 +24,9 @@ struct OutputOptions
   bool quiet = false;
   int verbose = 0;
   MessageFormat format = MessageFormat::human;
+  // stdout carries kiln's JSON lines (--json): the test harnesses' reports
+  // go to stderr.
+  bool json_lines = false;
 };
 
 class CargoOutput : public cargo::CargoObserver

@@ -167,7 +167,53 @@ register_sign_command(CLI::App& app, Context& ctx)
 }
 
 void
-register_cache_gc_command(CLI::App& app, Context& ctx)
+print_cache_gc_result(const CacheGcResult& result, bool dry_run, bool json, bool quiet)
+{
+  StoreDir store_dir(result.store_dir);
+  auto seconds = [](std::chrono::system_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+  };
+  if (json) {
+    nlohmann::json j;
+    j["dryRun"] = dry_run;
+    j["deleted"] = nlohmann::json::array();
+    for (const auto& d : result.deleted) {
+      j["deleted"].push_back({{"path", store_dir.print(d.path)},
+                              {"bytes", d.bytes},
+                              {"lastUsed", seconds(d.last_used)}});
+    }
+    j["bytesFreed"] = result.bytes_freed;
+    j["kept"] = result.kept.size();
+    j["bytesKept"] = result.bytes_kept;
+    j["orphansRemoved"] = result.orphans_removed;
+    j["warnings"] = result.warnings;
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  for (const auto& w : result.warnings) {
+    note("warning: " + w);
+  }
+  const char* verb = dry_run ? "would delete " : "deleted ";
+  for (const auto& d : result.deleted) {
+    std::cout << verb << store_dir.print(d.path) << " (" << human_size(d.bytes)
+              << ", last used " << format_time(d.last_used) << ")\n";
+  }
+  for (const auto& o : result.orphans_removed) {
+    std::cout << verb << o << " (no narinfo names it)\n";
+  }
+  if (!quiet) {
+    note(std::string(verb) + std::to_string(result.deleted.size()) + " paths" +
+         (result.orphans_removed.empty()
+            ? ""
+            : " and " + std::to_string(result.orphans_removed.size()) + " orphaned files") +
+         ", " + (dry_run ? "freeing " : "freed ") + human_size(result.bytes_freed) +
+         "; kept " + std::to_string(result.kept.size()) + " paths (" +
+         human_size(result.bytes_kept) + ")");
+  }
+}
+
+void
+register_cache_gc_command(CLI::App& cache, Context& ctx)
 {
   struct GcArgs
   {
@@ -178,9 +224,7 @@ register_cache_gc_command(CLI::App& app, Context& ctx)
     bool json = false;
   };
   auto args = std::make_shared<GcArgs>();
-  auto* cache = app.add_subcommand("cache", "Maintain binary-cache folders");
-  cache->require_subcommand(1);
-  auto* gc = cache->add_subcommand(
+  auto* gc = cache.add_subcommand(
     "gc", "Drop the least recently used paths of a cache folder (last use: the latest access "
           "or modification time of a path's narinfo and NAR), never one that a kept path "
           "references; NAR files with their narinfos");
@@ -192,7 +236,6 @@ register_cache_gc_command(CLI::App& app, Context& ctx)
                  "(e.g. 50G)");
   gc->add_flag("-n,--dry-run", args->dry_run, "Only print what would be deleted");
   gc->add_flag("--json", args->json, "Print the result as JSON");
-  register_cache_check_command(*cache, ctx);
   gc->callback([&ctx, args] {
     ctx.action = [&ctx, args] {
       CacheGcOptions options;
@@ -207,61 +250,61 @@ register_cache_gc_command(CLI::App& app, Context& ctx)
       }
       options.dry_run = args->dry_run;
       auto result = collect_cache_garbage(cache_folder_of(args->url), options);
-      StoreDir store_dir(result.store_dir);
-      auto seconds = [](std::chrono::system_clock::time_point t) {
-        return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
-      };
-      if (args->json) {
-        nlohmann::json j;
-        j["dryRun"] = options.dry_run;
-        j["deleted"] = nlohmann::json::array();
-        for (const auto& d : result.deleted) {
-          j["deleted"].push_back({{"path", store_dir.print(d.path)},
-                                  {"bytes", d.bytes},
-                                  {"lastUsed", seconds(d.last_used)}});
-        }
-        j["bytesFreed"] = result.bytes_freed;
-        j["kept"] = result.kept.size();
-        j["bytesKept"] = result.bytes_kept;
-        j["orphansRemoved"] = result.orphans_removed;
-        j["warnings"] = result.warnings;
-        std::cout << j.dump(2) << "\n";
-        return 0;
-      }
-      for (const auto& w : result.warnings) {
-        note("warning: " + w);
-      }
-      const char* verb = options.dry_run ? "would delete " : "deleted ";
-      for (const auto& d : result.deleted) {
-        std::cout << verb << store_dir.print(d.path) << " (" << human_size(d.bytes)
-                  << ", last used " << format_time(d.last_used) << ")\n";
-      }
-      for (const auto& o : result.orphans_removed) {
-        std::cout << verb << o << " (no narinfo names it)\n";
-      }
-      if (!ctx.quiet) {
-        note(std::string(verb) + std::to_string(result.deleted.size()) + " paths" +
-             (result.orphans_removed.empty()
-                ? ""
-                : " and " + std::to_string(result.orphans_removed.size()) + " orphaned files") +
-             ", " + (options.dry_run ? "freeing " : "freed ") + human_size(result.bytes_freed) +
-             "; kept " + std::to_string(result.kept.size()) + " paths (" +
-             human_size(result.bytes_kept) + ")");
-      }
+      print_cache_gc_result(result, options.dry_run, args->json, ctx.quiet);
       return 0;
     };
   });
 }
 
-} // namespace
+// `kiln push` and `kiln copy --to`: upload what the cache lacks, signed
+// with the given key file or the configured one; with `drvs`, each path's
+// derivation too, with its closure (for kiln cache check).
+int
+push_paths(Context& ctx, const std::string& url, const std::vector<std::string>& texts,
+           const std::string& key_file, const std::string& compression, bool closure,
+           bool drvs)
+{
+  auto cache = ctx.open_cache(url);
+  std::optional<SecretKey> secret;
+  std::string file = key_file.empty() ? ctx.settings().secret_key_file : key_file;
+  if (!file.empty()) {
+    secret = SecretKey::read_file(file);
+  }
+  PushOptions options;
+  options.compression = compression;
+  options.key = secret ? &*secret : nullptr;
+  options.connections = ctx.settings().connections;
+  options.closure = closure;
+  options.progress = progress_printer(ctx);
+  auto paths = resolve_all(ctx, texts);
+  if (drvs) {
+    for (size_t i = 0, n = paths.size(); i < n; ++i) {
+      auto info = ctx.store().query_path_info(paths[i]);
+      if (info && info->deriver && ctx.store().is_valid(*info->deriver)) {
+        paths.push_back(*info->deriver);
+      } else if (!ctx.quiet) {
+        note("warning: the derivation of " + ctx.store().print(paths[i]) +
+             " is not in this store; not pushed");
+      }
+    }
+  }
+  auto result = push(ctx.store(), *cache, paths, options);
+  if (!ctx.quiet) {
+    note("pushed " + std::to_string(result.uploaded.size()) + " paths (" +
+         human_size(result.bytes_uploaded) + ") to " + url + "; " +
+         std::to_string(result.already_present.size() + result.signed_in_cache.size()) +
+         " were already there" +
+         (result.signed_in_cache.empty()
+            ? ""
+            : " (" + std::to_string(result.signed_in_cache.size()) + " gained signatures)") +
+         (secret ? "" : "; not signed (no --secret-key-file)"));
+  }
+  return 0;
+}
 
 void
-register_cache_commands(CLI::App& app, Context& ctx)
+register_key_commands(CLI::App& app, Context& ctx)
 {
-  register_use_command(app, ctx);
-  register_sign_command(app, ctx);
-  register_cache_gc_command(app, ctx);
-
   auto* key = app.add_subcommand("key", "Create and inspect signing keys (Ed25519, Nix format)");
   key->require_subcommand(1);
 
@@ -305,7 +348,11 @@ register_cache_commands(CLI::App& app, Context& ctx)
       return 0;
     };
   });
+}
 
+void
+register_copy_command(CLI::App& app, Context& ctx)
+{
   struct CopyArgs
   {
     std::vector<std::string> from;
@@ -336,53 +383,12 @@ register_cache_commands(CLI::App& app, Context& ctx)
                  "Ignore remembered 'not in this cache' answers");
   copy->add_option("PATH", copy_args->paths, "Store paths")->required();
 
-  auto run_push = [&ctx](const std::string& url, const std::vector<std::string>& texts,
-                         const std::string& key_file, const std::string& compression,
-                         bool closure, bool drvs) {
-    auto cache = ctx.open_cache(url);
-    std::optional<SecretKey> secret;
-    std::string file = key_file.empty() ? ctx.settings().secret_key_file : key_file;
-    if (!file.empty()) {
-      secret = SecretKey::read_file(file);
-    }
-    PushOptions options;
-    options.compression = compression;
-    options.key = secret ? &*secret : nullptr;
-    options.connections = ctx.settings().connections;
-    options.closure = closure;
-    options.progress = progress_printer(ctx);
-    auto paths = resolve_all(ctx, texts);
-    if (drvs) {
-      // Each path's derivation too, with its closure (kiln cache check).
-      for (size_t i = 0, n = paths.size(); i < n; ++i) {
-        auto info = ctx.store().query_path_info(paths[i]);
-        if (info && info->deriver && ctx.store().is_valid(*info->deriver)) {
-          paths.push_back(*info->deriver);
-        } else if (!ctx.quiet) {
-          note("warning: the derivation of " + ctx.store().print(paths[i]) +
-               " is not in this store; not pushed");
-        }
-      }
-    }
-    auto result = push(ctx.store(), *cache, paths, options);
-    if (!ctx.quiet) {
-      note("pushed " + std::to_string(result.uploaded.size()) + " paths (" +
-           human_size(result.bytes_uploaded) + ") to " + url + "; " +
-           std::to_string(result.already_present.size() + result.signed_in_cache.size()) +
-           " were already there" +
-           (result.signed_in_cache.empty()
-              ? ""
-              : " (" + std::to_string(result.signed_in_cache.size()) + " gained signatures)") +
-           (secret ? "" : "; not signed (no --secret-key-file)"));
-    }
-    return 0;
-  };
 
-  copy->callback([&ctx, copy_args, run_push] {
-    ctx.action = [&ctx, copy_args, run_push] {
+  copy->callback([&ctx, copy_args] {
+    ctx.action = [&ctx, copy_args] {
       if (!copy_args->to.empty()) {
-        return run_push(copy_args->to, copy_args->paths, copy_args->secret_key_file,
-                        copy_args->compression, !copy_args->no_closure, false);
+        return push_paths(ctx, copy_args->to, copy_args->paths, copy_args->secret_key_file,
+                          copy_args->compression, !copy_args->no_closure, false);
       }
       std::vector<std::string> urls = copy_args->from;
       if (urls.empty()) {
@@ -416,7 +422,11 @@ register_cache_commands(CLI::App& app, Context& ctx)
       return result.failed.empty() ? 0 : 1;
     };
   });
+}
 
+void
+register_push_command(CLI::App& app, Context& ctx)
+{
   struct PushArgs
   {
     std::string url;
@@ -437,12 +447,28 @@ register_cache_commands(CLI::App& app, Context& ctx)
   push_cmd->add_flag("--push-drvs", push_args->push_drvs,
                      "Also push each path's derivation (.drv) with its closure, so that anyone "
                      "can build it again and compare (kiln cache check)");
-  push_cmd->callback([&ctx, push_args, run_push] {
-    ctx.action = [push_args, run_push] {
-      return run_push(push_args->url, push_args->paths, "", push_args->compression,
-                      !push_args->no_closure, push_args->push_drvs);
+  push_cmd->callback([&ctx, push_args] {
+    ctx.action = [&ctx, push_args] {
+      return push_paths(ctx, push_args->url, push_args->paths, "", push_args->compression,
+                        !push_args->no_closure, push_args->push_drvs);
     };
   });
+}
+
+} // namespace
+
+void
+register_cache_commands(CLI::App& app, Context& ctx)
+{
+  register_use_command(app, ctx);
+  register_sign_command(app, ctx);
+  auto* cache = app.add_subcommand("cache", "Maintain binary-cache folders");
+  cache->require_subcommand(1);
+  register_cache_gc_command(*cache, ctx);
+  register_cache_check_command(*cache, ctx);
+  register_key_commands(app, ctx);
+  register_copy_command(app, ctx);
+  register_push_command(app, ctx);
 }
 
 } // namespace kiln::cli

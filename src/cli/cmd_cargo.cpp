@@ -381,7 +381,8 @@ int
 cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common,
               cargo::CargoCommand command)
 {
-  OutputOptions output{ctx.quiet, args.verbose, parse_message_format(args.message_format)};
+  OutputOptions output{ctx.quiet, args.verbose, parse_message_format(args.message_format),
+                       common.json};
   if (args.push_drvs && args.push_to.empty()) {
     throw UsageError("--push-drvs goes with --push-to CACHE");
   }

@@ -51,16 +51,34 @@ resolve_drv(Context& ctx, const std::string& text)
   return path;
 }
 
-} // namespace
+// `kiln derivation show` without --json: one line per field.
+void
+print_derivation(const LocalStore& store, const StorePath& path, const Derivation& drv)
+{
+  std::cout << store.print(path) << "\n";
+  for (const auto& [name, out] : drv.outputs) {
+    std::cout << "  output " << name << ": " << out.path << "\n";
+  }
+  std::cout << "  platform: " << drv.platform << "\n  builder: " << drv.builder << "\n";
+  for (const auto& a : drv.args) {
+    std::cout << "  arg: " << a << "\n";
+  }
+  for (const auto& [k, v] : drv.env) {
+    std::cout << "  env " << k << "=" << v << "\n";
+  }
+  for (const auto& [input, names] : drv.input_drvs) {
+    std::cout << "  input derivation: " << store.print(input) << "\n";
+  }
+  for (const auto& src : drv.input_srcs) {
+    std::cout << "  input source: " << store.print(src) << "\n";
+  }
+}
 
 void
-register_derivation_commands(CLI::App& app, Context& ctx)
+register_derivation_add(CLI::App& derivation, Context& ctx)
 {
-  auto* derivation = app.add_subcommand("derivation", "Import and inspect derivations (.drv)");
-  derivation->require_subcommand(1);
-
   auto add_files = std::make_shared<std::vector<std::string>>();
-  auto* add = derivation->add_subcommand(
+  auto* add = derivation.add_subcommand(
     "add", "Check .drv files and add them to the store (inputs first); print their store paths");
   add->add_option("FILE", *add_files, ".drv files (ATerm)")->required()->check(existing_path());
   add->callback([&ctx, add_files] {
@@ -90,7 +108,11 @@ register_derivation_commands(CLI::App& app, Context& ctx)
       return 0;
     };
   });
+}
 
+void
+register_derivation_show(CLI::App& derivation, Context& ctx)
+{
   struct ShowArgs
   {
     std::vector<std::string> paths;
@@ -98,7 +120,7 @@ register_derivation_commands(CLI::App& app, Context& ctx)
     bool recursive = false;
   };
   auto show_args = std::make_shared<ShowArgs>();
-  auto* show = derivation->add_subcommand("show", "Print derivations");
+  auto* show = derivation.add_subcommand("show", "Print derivations");
   show->add_option("PATH", show_args->paths, ".drv store paths")->required();
   show->add_flag("--json", show_args->json,
                  "As JSON, in the shape of nix show-derivation ({drv path: {outputs, inputSrcs, "
@@ -129,23 +151,7 @@ register_derivation_commands(CLI::App& app, Context& ctx)
           all[store.print(path)] = derivation_json(drv, store.store_dir());
           continue;
         }
-        std::cout << store.print(path) << "\n";
-        for (const auto& [name, out] : drv.outputs) {
-          std::cout << "  output " << name << ": " << out.path << "\n";
-        }
-        std::cout << "  platform: " << drv.platform << "\n  builder: " << drv.builder << "\n";
-        for (const auto& a : drv.args) {
-          std::cout << "  arg: " << a << "\n";
-        }
-        for (const auto& [k, v] : drv.env) {
-          std::cout << "  env " << k << "=" << v << "\n";
-        }
-        for (const auto& [input, names] : drv.input_drvs) {
-          std::cout << "  input derivation: " << store.print(input) << "\n";
-        }
-        for (const auto& src : drv.input_srcs) {
-          std::cout << "  input source: " << store.print(src) << "\n";
-        }
+        print_derivation(store, path, drv);
       }
       if (show_args->json) {
         std::cout << all.dump(2) << "\n";
@@ -153,7 +159,11 @@ register_derivation_commands(CLI::App& app, Context& ctx)
       return 0;
     };
   });
+}
 
+void
+register_why_rebuild(CLI::App& app, Context& ctx)
+{
   auto why_args = std::make_shared<std::pair<std::string, std::string>>();
   auto* why = app.add_subcommand(
     "why-rebuild", "Explain, input by input, why two derivations (say, before and after "
@@ -180,6 +190,19 @@ register_derivation_commands(CLI::App& app, Context& ctx)
       return 1;
     };
   });
+}
+
+} // namespace
+
+void
+register_derivation_commands(CLI::App& app, Context& ctx)
+{
+  auto* derivation = app.add_subcommand("derivation", "Import and inspect derivations (.drv)");
+  derivation->require_subcommand(1);
+
+  register_derivation_add(*derivation, ctx);
+  register_derivation_show(*derivation, ctx);
+  register_why_rebuild(app, ctx);
 }
 
 } // namespace kiln::cli

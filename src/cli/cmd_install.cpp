@@ -180,7 +180,8 @@ install_one(Context& ctx, const InstallArgs& args, const std::optional<std::stri
   }
   PushCache push_cache(ctx, args.push_to);
   options.push_to = push_cache.target();
-  CargoOutput out(*project, store, OutputOptions{ctx.quiet, args.verbose, MessageFormat::human});
+  CargoOutput out(*project, store,
+                  OutputOptions{ctx.quiet, args.verbose, MessageFormat::human, args.common.json});
   cargo::CargoBuild build = cargo::build_project(store, *project, options, out);
   out.finish(build);
   int status = build.succeeded() ? 0 : 1;

@@ -415,18 +415,11 @@ add_derivation(LocalStore& store, const Derivation& drv)
 
 namespace {
 
-std::string
-quote(const std::string& s)
-{
-  std::string out;
-  print_string(out, s.size() > 200 ? s.substr(0, 200) + "…" : s);
-  return out;
-}
-
-// Two JSON values, object fields one by one: "NAME.features: [...] → [...]".
+// Objects differ key by key; an array of objects with a "name" each, element
+// by element (as a map by name); anything else as a whole.
 void
 diff_json(const std::string& name, const nlohmann::json& a, const nlohmann::json& b,
-          const std::function<void(const std::string&)>& say)
+          std::vector<std::string>& out)
 {
   if (a == b) {
     return;
@@ -441,15 +434,62 @@ diff_json(const std::string& name, const nlohmann::json& a, const nlohmann::json
     }
     for (const auto& k : keys) {
       diff_json(name + "." + k, a.contains(k) ? a.at(k) : nlohmann::json(nullptr),
-                b.contains(k) ? b.at(k) : nlohmann::json(nullptr), say);
+                b.contains(k) ? b.at(k) : nlohmann::json(nullptr), out);
     }
     return;
+  }
+  auto named = [](const nlohmann::json& v) {
+    return v.is_array() && !v.empty() &&
+           std::all_of(v.begin(), v.end(), [](const nlohmann::json& e) {
+             return e.is_object() && e.contains("name") && e.at("name").is_string();
+           });
+  };
+  if (named(a) && named(b)) {
+    nlohmann::json before = nlohmann::json::object(), after = nlohmann::json::object();
+    for (const auto& e : a) {
+      before[e.at("name").get<std::string>()] = e;
+    }
+    for (const auto& e : b) {
+      after[e.at("name").get<std::string>()] = e;
+    }
+    if (before.size() == a.size() && after.size() == b.size()) {
+      diff_json(name, before, after, out);
+      return;
+    }
   }
   auto text = [](const nlohmann::json& v) {
     std::string t = v.dump();
     return t.size() <= 200 ? t : t.substr(0, 197) + "...";
   };
-  say(name + ": " + text(a) + " → " + text(b));
+  out.push_back(name + ": " + text(a) + " → " + text(b));
+}
+
+} // namespace
+
+std::vector<std::string>
+json_differences(const std::string& name, std::string_view a, std::string_view b)
+{
+  auto x = nlohmann::json::parse(a, nullptr, false);
+  auto y = nlohmann::json::parse(b, nullptr, false);
+  std::vector<std::string> out;
+  if (x.is_discarded() || y.is_discarded()) {
+    if (a != b) {
+      out.push_back(name + " differs");
+    }
+    return out;
+  }
+  diff_json(name, x, y, out);
+  return out;
+}
+
+namespace {
+
+std::string
+quote(const std::string& s)
+{
+  std::string out;
+  print_string(out, s.size() > 200 ? s.substr(0, 200) + "…" : s);
+  return out;
 }
 
 void
@@ -488,7 +528,9 @@ explain(const Derivation& a, const Derivation& b, const StoreDir& dir, const Drv
       auto x = nlohmann::json::parse(value, nullptr, false);
       auto y = nlohmann::json::parse(it->second, nullptr, false);
       if (x.is_object() && y.is_object()) {
-        diff_json("environment " + key, x, y, say);
+        for (const auto& line : json_differences("environment " + key, value, it->second)) {
+          say(line);
+        }
       } else {
         say("environment " + key + ": " + quote(value) + " → " + quote(it->second));
       }

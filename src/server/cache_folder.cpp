@@ -306,32 +306,34 @@ CacheFolder::verify_nar(int fd, const NarInfo& narinfo, const std::string& where
   }
 }
 
-CacheFolder::Published
-CacheFolder::publish_narinfo(std::string_view hash_part, std::string_view text)
+NarInfo
+CacheFolder::parse_upload(std::string_view hash_part, std::string_view text,
+                          const std::string& where) const
 {
-  const std::string where = label() + "/" + std::string(hash_part) + ".narinfo";
-
-  // 1. Well-formed, and about this key.
   std::optional<NarInfo> parsed;
   try {
     parsed = NarInfo::parse(text, m_store_dir, where);
   } catch (const FormatError& e) {
     throw HttpError(400, "invalid", e.what());
   }
-  NarInfo& narinfo = *parsed;
-  const StorePath& path = narinfo.info.path;
+  const StorePath& path = parsed->info.path;
   if (path.hash_part() != hash_part) {
     throw HttpError(400, "invalid",
                     where + ": its StorePath '" + m_store_dir.print(path) +
                       "' does not have the hash part " + std::string(hash_part));
   }
-  if (!narinfo.url.starts_with("nar/") || !is_nar_file_name(narinfo.url.substr(4))) {
+  if (!parsed->url.starts_with("nar/") || !is_nar_file_name(parsed->url.substr(4))) {
     throw HttpError(400, "invalid",
-                    where + ": URL '" + narinfo.url + "' is not nar/<name>.nar[.ext]");
+                    where + ": URL '" + parsed->url + "' is not nar/<name>.nar[.ext]");
   }
-  const std::string nar_file = narinfo.url.substr(4);
+  return std::move(*parsed);
+}
 
-  // 2. The closure invariant: its references are here already.
+// The closure invariant: a path's references are here before it is.
+void
+CacheFolder::check_closure(const NarInfo& narinfo, const std::string& where) const
+{
+  const StorePath& path = narinfo.info.path;
   std::string missing;
   for (const auto& ref : narinfo.info.references) {
     if (ref != path && !has_narinfo(ref.hash_part())) {
@@ -344,58 +346,75 @@ CacheFolder::publish_narinfo(std::string_view hash_part, std::string_view text)
                       "' references paths this cache does not have (upload them first): " +
                       missing);
   }
+}
 
-  // 3. Signed by a key this cache trusts, or by the cache itself.
-  const std::string fingerprint = path_fingerprint(m_store_dir, narinfo.info);
-  bool sign_here = false;
-  if (!m_trust.accepts(fingerprint, narinfo.info.signatures)) {
-    if (!m_secret) {
-      throw HttpError(403, "unsigned",
-                      where + ": '" + m_store_dir.print(path) +
-                        "' is not signed by a key this cache trusts" +
-                        (m_trust.empty() ? " (it trusts none)"
-                                         : ": " + m_trust.explain(fingerprint,
-                                                                  narinfo.info.signatures)));
-    }
-    sign_here = true;
+// Signed by a key this cache trusts (false), or to be signed by the cache
+// itself (true); else refused.
+bool
+CacheFolder::needs_server_signature(const NarInfo& narinfo, const std::string& fingerprint,
+                                    const std::string& where) const
+{
+  if (m_trust.accepts(fingerprint, narinfo.info.signatures)) {
+    return false;
   }
-
-  KeyedLocks::Guard path_lock(m_locks, "h:" + std::string(hash_part));
-
-  // Already published: the same object gains signatures; another is a conflict.
-  if (auto existing_text = read_narinfo(hash_part)) {
-    std::optional<NarInfo> existing;
-    try {
-      existing = NarInfo::parse(*existing_text, m_store_dir, where);
-    } catch (const FormatError&) {
-      // A corrupt narinfo on disk is replaced below like a missing one.
-    }
-    if (existing) {
-      const PathInfo& old = existing->info;
-      if (old.path != path || !(old.nar_hash == narinfo.info.nar_hash) ||
-          old.nar_size != narinfo.info.nar_size || old.references != narinfo.info.references) {
-        throw HttpError(409, "conflict",
-                        where + ": '" + m_store_dir.print(old.path) +
-                          "' is already published with NAR hash " + hash_text(old.nar_hash) +
-                          "; refusing to replace it with " + hash_text(narinfo.info.nar_hash));
-      }
-      size_t before = existing->info.signatures.size();
-      for (const auto& sig : narinfo.info.signatures) {
-        existing->info.signatures.insert(sig);
-      }
-      if (sign_here) {
-        existing->info.signatures.insert(m_secret->sign(fingerprint).to_string());
-      }
-      if (existing->info.signatures.size() == before) {
-        return {200, "already published", false};
-      }
-      write_file_atomic(m_config.path / (std::string(hash_part) + ".narinfo"),
-                        existing->to_string(m_store_dir));
-      return {200, "already published; signatures added", sign_here};
-    }
+  if (!m_secret) {
+    throw HttpError(403, "unsigned",
+                    where + ": '" + m_store_dir.print(narinfo.info.path) +
+                      "' is not signed by a key this cache trusts" +
+                      (m_trust.empty()
+                         ? " (it trusts none)"
+                         : ": " + m_trust.explain(fingerprint, narinfo.info.signatures)));
   }
+  return true;
+}
 
-  // 4. Its NAR: published ones are immutable; else claim the staged upload.
+// Already published: the same object gains signatures, another is a
+// conflict; nullopt when nothing (readable) is published yet. The caller
+// holds the path's lock.
+std::optional<CacheFolder::Published>
+CacheFolder::merge_signatures(std::string_view hash_part, const NarInfo& narinfo,
+                              const std::string& fingerprint, bool sign_here,
+                              const std::string& where)
+{
+  auto existing_text = read_narinfo(hash_part);
+  if (!existing_text) {
+    return std::nullopt;
+  }
+  std::optional<NarInfo> existing;
+  try {
+    existing = NarInfo::parse(*existing_text, m_store_dir, where);
+  } catch (const FormatError&) {
+    return std::nullopt;   // a corrupt narinfo on disk is replaced like a missing one
+  }
+  const PathInfo& old = existing->info;
+  if (old.path != narinfo.info.path || !(old.nar_hash == narinfo.info.nar_hash) ||
+      old.nar_size != narinfo.info.nar_size || old.references != narinfo.info.references) {
+    throw HttpError(409, "conflict",
+                    where + ": '" + m_store_dir.print(old.path) +
+                      "' is already published with NAR hash " + hash_text(old.nar_hash) +
+                      "; refusing to replace it with " + hash_text(narinfo.info.nar_hash));
+  }
+  size_t before = existing->info.signatures.size();
+  for (const auto& sig : narinfo.info.signatures) {
+    existing->info.signatures.insert(sig);
+  }
+  if (sign_here) {
+    existing->info.signatures.insert(m_secret->sign(fingerprint).to_string());
+  }
+  if (existing->info.signatures.size() == before) {
+    return Published{200, "already published", false};
+  }
+  write_file_atomic(m_config.path / (std::string(hash_part) + ".narinfo"),
+                    existing->to_string(m_store_dir));
+  return Published{200, "already published; signatures added", sign_here};
+}
+
+// The narinfo's NAR: a published one is immutable and is checked; else the
+// staged upload is claimed, checked and published.
+void
+CacheFolder::publish_nar(const NarInfo& narinfo, const std::string& where)
+{
+  const std::string nar_file = narinfo.url.substr(4);
   KeyedLocks::Guard nar_lock(m_locks, "u:" + nar_file);
   const fs::path published = m_config.path / "nar" / nar_file;
   const fs::path staged = staging_dir() / nar_file;
@@ -403,43 +422,60 @@ CacheFolder::publish_narinfo(std::string_view hash_part, std::string_view text)
   if (auto fd = open_nar(nar_file, size)) {
     verify_nar(fd->get(), narinfo, label() + "/" + narinfo.url);
     ::unlink(staged.c_str()); // a redundant second upload
-  } else {
-    // Renaming the upload aside first means that what is verified is what
-    // gets published, even if the same name is uploaded again meanwhile.
-    fs::path claimed = staging_dir() / (nar_file + "." + random_suffix() + ".claim");
-    if (::rename(staged.c_str(), claimed.c_str()) != 0) {
-      if (errno == ENOENT) {
-        throw HttpError(409, "missing_nar",
-                        where + ": its NAR '" + narinfo.url +
-                          "' has not been uploaded (PUT it before the narinfo)");
-      }
-      throw_errno("claiming '" + staged.string() + "'");
-    }
-    try {
-      UniqueFd cfd(::open(claimed.c_str(), O_RDONLY | O_CLOEXEC));
-      if (!cfd) {
-        throw_errno("opening '" + claimed.string() + "'");
-      }
-      verify_nar(cfd.get(), narinfo, "the uploaded " + narinfo.url);
-      // Never replace a published NAR (others' narinfos may point at it).
-      if (::renameat2(AT_FDCWD, claimed.c_str(), AT_FDCWD, published.c_str(), RENAME_NOREPLACE) !=
-          0) {
-        throw_errno("publishing '" + published.string() + "'");
-      }
-    } catch (...) {
-      ::unlink(claimed.c_str());
-      throw;
-    }
-    fsync_directory(m_config.path / "nar");
+    return;
   }
+  // Renaming the upload aside first means that what is verified is what
+  // gets published, even if the same name is uploaded again meanwhile.
+  fs::path claimed = staging_dir() / (nar_file + "." + random_suffix() + ".claim");
+  if (::rename(staged.c_str(), claimed.c_str()) != 0) {
+    if (errno == ENOENT) {
+      throw HttpError(409, "missing_nar",
+                      where + ": its NAR '" + narinfo.url +
+                        "' has not been uploaded (PUT it before the narinfo)");
+    }
+    throw_errno("claiming '" + staged.string() + "'");
+  }
+  try {
+    UniqueFd cfd(::open(claimed.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!cfd) {
+      throw_errno("opening '" + claimed.string() + "'");
+    }
+    verify_nar(cfd.get(), narinfo, "the uploaded " + narinfo.url);
+    // Never replace a published NAR (others' narinfos may point at it).
+    if (::renameat2(AT_FDCWD, claimed.c_str(), AT_FDCWD, published.c_str(), RENAME_NOREPLACE) !=
+        0) {
+      throw_errno("publishing '" + published.string() + "'");
+    }
+  } catch (...) {
+    ::unlink(claimed.c_str());
+    throw;
+  }
+  fsync_directory(m_config.path / "nar");
+}
 
-  // 5. The narinfo, atomically, after its NAR.
+CacheFolder::Published
+CacheFolder::publish_narinfo(std::string_view hash_part, std::string_view text)
+{
+  const std::string where = label() + "/" + std::string(hash_part) + ".narinfo";
+  NarInfo narinfo = parse_upload(hash_part, text, where);
+  check_closure(narinfo, where);
+  const std::string fingerprint = path_fingerprint(m_store_dir, narinfo.info);
+  bool sign_here = needs_server_signature(narinfo, fingerprint, where);
+
+  KeyedLocks::Guard path_lock(m_locks, "h:" + std::string(hash_part));
+  if (auto merged = merge_signatures(hash_part, narinfo, fingerprint, sign_here, where)) {
+    return *merged;
+  }
+  publish_nar(narinfo, where);
+  // The narinfo last, atomically: a reader never finds one without its NAR.
   if (sign_here) {
     narinfo.info.signatures.insert(m_secret->sign(fingerprint).to_string());
   }
   write_file_atomic(m_config.path / (std::string(hash_part) + ".narinfo"),
                     narinfo.to_string(m_store_dir));
-  return {201, "published " + m_store_dir.print(path) + (sign_here ? " (signed by the server)" : ""),
+  return {201,
+          "published " + m_store_dir.print(narinfo.info.path) +
+            (sign_here ? " (signed by the server)" : ""),
           sign_here};
 }
 

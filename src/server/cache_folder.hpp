@@ -167,6 +167,16 @@ public:
 private:
   // Check `narinfo` against the NAR in `fd`; throws HttpError 400.
   void verify_nar(int fd, const NarInfo& narinfo, const std::string& where) const;
+  // The steps of publish_narinfo, each throwing its HttpError.
+  NarInfo parse_upload(std::string_view hash_part, std::string_view text,
+                       const std::string& where) const;
+  void check_closure(const NarInfo& narinfo, const std::string& where) const;
+  bool needs_server_signature(const NarInfo& narinfo, const std::string& fingerprint,
+                              const std::string& where) const;
+  std::optional<Published> merge_signatures(std::string_view hash_part, const NarInfo& narinfo,
+                                            const std::string& fingerprint, bool sign_here,
+                                            const std::string& where);
+  void publish_nar(const NarInfo& narinfo, const std::string& where);
 
   ServedCache m_config;
   StoreDir m_store_dir;

@@ -169,22 +169,182 @@ valid_cache_name(const std::string& name)
   return true;
 }
 
+// The settings every cache inherits unless it sets its own.
+struct CacheDefaults
+{
+  std::string store_dir;
+  int priority = 40;
+};
+
+std::vector<ServedCache>
+read_caches(const ConfigReader& r, const YAML::Node& caches, const CacheDefaults& defaults)
+{
+  if (!caches.IsMap()) {
+    r.fail(caches, "caches must map cache names to their settings");
+  }
+  std::vector<ServedCache> out;
+  std::set<std::string> names;
+  for (const auto& entry : caches) {
+    ServedCache cache;
+    cache.name = r.string(entry.first, "a cache name");
+    if (!valid_cache_name(cache.name)) {
+      r.fail(entry.first, "'" + cache.name +
+                            "' is not a valid cache name (letters, digits, '-', '_', '.'; "
+                            "not nar, metrics, nix-cache-info)");
+    }
+    if (!names.insert(cache.name).second) {
+      r.fail(entry.first, "cache '" + cache.name + "' is defined twice");
+    }
+    const YAML::Node& c = entry.second;
+    if (!c.IsMap()) {
+      r.fail(entry.first, "cache '" + cache.name + "' must be a mapping with at least 'path'");
+    }
+    std::string what = "cache '" + cache.name + "'";
+    r.check_keys(c, {"path", "private", "secret-key-file", "trusted-keys", "store-dir", "priority"},
+                 what);
+    if (!c["path"]) {
+      r.fail(entry.first, what + " has no 'path'");
+    }
+    cache.path = r.path(c["path"], what + ": path");
+    cache.store_dir = defaults.store_dir;
+    cache.priority = defaults.priority;
+    if (auto n = c["private"]) {
+      cache.is_private = r.boolean(n, what + ": private");
+    }
+    if (auto n = c["secret-key-file"]) {
+      cache.secret_key_file = r.path(n, what + ": secret-key-file").string();
+    }
+    if (auto n = c["trusted-keys"]) {
+      cache.trusted_keys = r.strings(n, what + ": trusted-keys");
+    }
+    if (auto n = c["store-dir"]) {
+      cache.store_dir = r.string(n, what + ": store-dir");
+      try {
+        StoreDir check(cache.store_dir);
+      } catch (const Error& e) {
+        r.fail(n, what + ": store-dir: " + e.what());
+      }
+    }
+    if (auto n = c["priority"]) {
+      cache.priority = static_cast<int>(r.integer(n, what + ": priority", -1000000, 1000000));
+    }
+    out.push_back(std::move(cache));
+  }
+  return out;
+}
+
+std::vector<AccessToken>
+read_tokens(const ConfigReader& r, const YAML::Node& tokens, const std::vector<ServedCache>& caches)
+{
+  if (!tokens.IsSequence()) {
+    r.fail(tokens, "tokens must be a list of {token, caches, scopes}");
+  }
+  std::set<std::string> names;
+  for (const auto& cache : caches) {
+    names.insert(cache.name);
+  }
+  std::vector<AccessToken> out;
+  std::set<std::string> secrets;
+  size_t index = 0;
+  for (const auto& t : tokens) {
+    std::string what = "tokens[" + std::to_string(index++) + "]";
+    if (!t.IsMap()) {
+      r.fail(t, what + " must be a mapping");
+    }
+    r.check_keys(t, {"token", "token-file", "name", "caches", "scopes"}, what);
+    AccessToken token;
+    if (t["token"] && t["token-file"]) {
+      r.fail(t, what + " has both 'token' and 'token-file'");
+    }
+    if (auto n = t["token"]) {
+      token.secret = r.string(n, what + ": token");
+    } else if (auto f = t["token-file"]) {
+      fs::path p = r.path(f, what + ": token-file");
+      try {
+        token.secret = std::string(trim(read_file(p)));
+      } catch (const Error& e) {
+        r.fail(f, what + ": token-file: " + e.what());
+      }
+    } else {
+      r.fail(t, what + " needs 'token' or 'token-file'");
+    }
+    if (token.secret.empty()) {
+      r.fail(t, what + ": the token is empty");
+    }
+    for (char c : token.secret) {
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
+        r.fail(t, what + ": the token contains spaces or control characters");
+      }
+    }
+    if (!secrets.insert(token.secret).second) {
+      r.fail(t, what + ": the same token is listed twice");
+    }
+    token.label = what;
+    if (auto n = t["name"]) {
+      token.label = r.string(n, what + ": name");
+    }
+    if (!t["caches"]) {
+      r.fail(t, what + " needs 'caches' (cache names, or \"*\")");
+    }
+    token.caches = r.strings(t["caches"], what + ": caches");
+    for (const auto& name : token.caches) {
+      if (name != "*" && name != "/" && !names.count(name)) {
+        r.fail(t["caches"], what + ": there is no cache named '" + name + "'");
+      }
+    }
+    if (!t["scopes"]) {
+      r.fail(t, what + " needs 'scopes' (read, write)");
+    }
+    for (const auto& scope : r.strings(t["scopes"], what + ": scopes")) {
+      if (scope == "read") {
+        token.can_read = true;
+      } else if (scope == "write") {
+        token.can_write = true;
+        token.can_read = true;
+      } else {
+        r.fail(t["scopes"], what + ": unknown scope '" + scope + "' (read, write)");
+      }
+    }
+    out.push_back(std::move(token));
+  }
+  return out;
+}
+
+void
+read_tls(const ConfigReader& r, const YAML::Node& tls, ServerConfig& config)
+{
+  if (!tls.IsMap()) {
+    r.fail(tls, "tls must be a mapping with 'cert' and 'key'");
+  }
+  r.check_keys(tls, {"cert", "key"}, "tls");
+  if (!tls["cert"] || !tls["key"]) {
+    r.fail(tls, "tls needs both 'cert' and 'key'");
+  }
+  config.tls_cert = r.path(tls["cert"], "tls.cert").string();
+  config.tls_key = r.path(tls["key"], "tls.key").string();
+}
+
+YAML::Node
+load_yaml(const fs::path& file)
+{
+  std::error_code ec;
+  if (!fs::exists(file, ec)) {
+    throw UsageError("server config '" + file.string() + "' does not exist");
+  }
+  try {
+    return YAML::LoadFile(file.string());
+  } catch (const YAML::Exception& e) {
+    throw UsageError(file.string() + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+}
+
 } // namespace
 
 ServerConfig
 load_server_config(const fs::path& file, const std::string& store_dir)
 {
   ConfigReader r(file);
-  YAML::Node root;
-  std::error_code ec;
-  if (!fs::exists(file, ec)) {
-    throw UsageError("server config '" + file.string() + "' does not exist");
-  }
-  try {
-    root = YAML::LoadFile(file.string());
-  } catch (const YAML::Exception& e) {
-    throw UsageError(file.string() + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
-  }
+  YAML::Node root = load_yaml(file);
   ServerConfig config;
   config.store_dir = store_dir;
   if (!root || root.IsNull()) {
@@ -198,21 +358,20 @@ load_server_config(const fs::path& file, const std::string& store_dir)
                 "shutdown-grace", "priority", "tls", "caches", "tokens"},
                "the server config");
 
-  std::string default_store_dir = store_dir;
+  CacheDefaults defaults{store_dir};
   if (auto n = root["store-dir"]) {
-    default_store_dir = r.string(n, "store-dir");
+    defaults.store_dir = r.string(n, "store-dir");
     try {
-      StoreDir check(default_store_dir);
+      StoreDir check(defaults.store_dir);
     } catch (const Error& e) {
       r.fail(n, std::string("store-dir: ") + e.what());
     }
   }
-  int default_priority = 40;
   if (auto n = root["priority"]) {
-    default_priority = static_cast<int>(r.integer(n, "priority", -1000000, 1000000));
+    defaults.priority = static_cast<int>(r.integer(n, "priority", -1000000, 1000000));
   }
-  config.store_dir = default_store_dir;
-  config.priority = default_priority;
+  config.store_dir = defaults.store_dir;
+  config.priority = defaults.priority;
   if (auto n = root["listen"]) {
     try {
       std::tie(config.host, config.port) = parse_listen_address(r.string(n, "listen"));
@@ -243,137 +402,14 @@ load_server_config(const fs::path& file, const std::string& store_dir)
     config.shutdown_grace = std::chrono::seconds(r.integer(n, "shutdown-grace", 0, 86400));
   }
   if (auto tls = root["tls"]) {
-    if (!tls.IsMap()) {
-      r.fail(tls, "tls must be a mapping with 'cert' and 'key'");
-    }
-    r.check_keys(tls, {"cert", "key"}, "tls");
-    if (!tls["cert"] || !tls["key"]) {
-      r.fail(tls, "tls needs both 'cert' and 'key'");
-    }
-    config.tls_cert = r.path(tls["cert"], "tls.cert").string();
-    config.tls_key = r.path(tls["key"], "tls.key").string();
+    read_tls(r, tls, config);
   }
 
-  std::set<std::string> names;
   if (auto caches = root["caches"]) {
-    if (!caches.IsMap()) {
-      r.fail(caches, "caches must map cache names to their settings");
-    }
-    for (const auto& entry : caches) {
-      ServedCache cache;
-      cache.name = r.string(entry.first, "a cache name");
-      if (!valid_cache_name(cache.name)) {
-        r.fail(entry.first, "'" + cache.name +
-                              "' is not a valid cache name (letters, digits, '-', '_', '.'; "
-                              "not nar, metrics, nix-cache-info)");
-      }
-      if (!names.insert(cache.name).second) {
-        r.fail(entry.first, "cache '" + cache.name + "' is defined twice");
-      }
-      const YAML::Node& c = entry.second;
-      if (!c.IsMap()) {
-        r.fail(entry.first, "cache '" + cache.name + "' must be a mapping with at least 'path'");
-      }
-      std::string what = "cache '" + cache.name + "'";
-      r.check_keys(c, {"path", "private", "secret-key-file", "trusted-keys", "store-dir", "priority"},
-                   what);
-      if (!c["path"]) {
-        r.fail(entry.first, what + " has no 'path'");
-      }
-      cache.path = r.path(c["path"], what + ": path");
-      cache.store_dir = default_store_dir;
-      cache.priority = default_priority;
-      if (auto n = c["private"]) {
-        cache.is_private = r.boolean(n, what + ": private");
-      }
-      if (auto n = c["secret-key-file"]) {
-        cache.secret_key_file = r.path(n, what + ": secret-key-file").string();
-      }
-      if (auto n = c["trusted-keys"]) {
-        cache.trusted_keys = r.strings(n, what + ": trusted-keys");
-      }
-      if (auto n = c["store-dir"]) {
-        cache.store_dir = r.string(n, what + ": store-dir");
-        try {
-          StoreDir check(cache.store_dir);
-        } catch (const Error& e) {
-          r.fail(n, what + ": store-dir: " + e.what());
-        }
-      }
-      if (auto n = c["priority"]) {
-        cache.priority = static_cast<int>(r.integer(n, what + ": priority", -1000000, 1000000));
-      }
-      config.caches.push_back(std::move(cache));
-    }
+    config.caches = read_caches(r, caches, defaults);
   }
-
   if (auto tokens = root["tokens"]) {
-    if (!tokens.IsSequence()) {
-      r.fail(tokens, "tokens must be a list of {token, caches, scopes}");
-    }
-    std::set<std::string> secrets;
-    size_t index = 0;
-    for (const auto& t : tokens) {
-      std::string what = "tokens[" + std::to_string(index++) + "]";
-      if (!t.IsMap()) {
-        r.fail(t, what + " must be a mapping");
-      }
-      r.check_keys(t, {"token", "token-file", "name", "caches", "scopes"}, what);
-      AccessToken token;
-      if (t["token"] && t["token-file"]) {
-        r.fail(t, what + " has both 'token' and 'token-file'");
-      }
-      if (auto n = t["token"]) {
-        token.secret = r.string(n, what + ": token");
-      } else if (auto f = t["token-file"]) {
-        fs::path p = r.path(f, what + ": token-file");
-        try {
-          token.secret = std::string(trim(read_file(p)));
-        } catch (const Error& e) {
-          r.fail(f, what + ": token-file: " + e.what());
-        }
-      } else {
-        r.fail(t, what + " needs 'token' or 'token-file'");
-      }
-      if (token.secret.empty()) {
-        r.fail(t, what + ": the token is empty");
-      }
-      for (char c : token.secret) {
-        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
-          r.fail(t, what + ": the token contains spaces or control characters");
-        }
-      }
-      if (!secrets.insert(token.secret).second) {
-        r.fail(t, what + ": the same token is listed twice");
-      }
-      token.label = what;
-      if (auto n = t["name"]) {
-        token.label = r.string(n, what + ": name");
-      }
-      if (!t["caches"]) {
-        r.fail(t, what + " needs 'caches' (cache names, or \"*\")");
-      }
-      token.caches = r.strings(t["caches"], what + ": caches");
-      for (const auto& name : token.caches) {
-        if (name != "*" && name != "/" && !names.count(name)) {
-          r.fail(t["caches"], what + ": there is no cache named '" + name + "'");
-        }
-      }
-      if (!t["scopes"]) {
-        r.fail(t, what + " needs 'scopes' (read, write)");
-      }
-      for (const auto& scope : r.strings(t["scopes"], what + ": scopes")) {
-        if (scope == "read") {
-          token.can_read = true;
-        } else if (scope == "write") {
-          token.can_write = true;
-          token.can_read = true;
-        } else {
-          r.fail(t["scopes"], what + ": unknown scope '" + scope + "' (read, write)");
-        }
-      }
-      config.tokens.push_back(std::move(token));
-    }
+    config.tokens = read_tokens(r, tokens, config.caches);
   }
   return config;
 }

@@ -1,6 +1,7 @@
 // The HTTP side of `kiln serve`: routes, access control, streaming, the
 // access log, /metrics and graceful shutdown, over cpp-httplib 0.11.4.
 #include "cache_folder.hpp"
+#include "http_support.hpp"
 
 #include <kiln/cache/binary_cache.hpp>
 #include <kiln/hash/hash.hpp>
@@ -29,7 +30,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr uint64_t k_small_body_limit = 1 << 20; // narinfo, nix-cache-info
-constexpr size_t k_max_ranges = 16;
 
 // httplib::Server or SSLServer, plus the two shutdown steps 0.11.4 lacks
 // (its stop() also cuts off responses being streamed).
@@ -61,200 +61,6 @@ public:
     this->svr_sock_ = INVALID_SOCKET;
   }
 };
-
-// What the access log and metrics need to know about the request this
-// worker thread is serving (httplib serves a request, its body and its
-// response on one thread).
-struct RequestState
-{
-  bool active = false;
-  std::chrono::steady_clock::time_point start;
-  httplib::Ranges ranges;     // taken out of the request, see take_ranges()
-  bool streamed = false;      // the body came from a content provider
-  uint64_t streamed_bytes = 0;
-  std::string user = "-";     // token label
-};
-
-thread_local RequestState t_request;
-
-void
-begin_request()
-{
-  if (!t_request.active) {
-    t_request = RequestState{};
-    t_request.active = true;
-    t_request.start = std::chrono::steady_clock::now();
-  }
-}
-
-// httplib 0.11.4 applies Range headers to every response body, error
-// messages included, and to a content provider's length without bounds
-// checks (bytes=990-2000 of a 1000-byte file announces 1011 bytes and then
-// breaks off). So the ranges are taken out of every request before routing,
-// and only the NAR route puts them back, clamped to the file (RFC 9110
-// §14.1.2). httplib's Request object is not const (it is a local of
-// Server::process_request); handlers just receive a const reference.
-void
-take_ranges(const httplib::Request& req)
-{
-  auto& mutable_req = const_cast<httplib::Request&>(req);
-  t_request.ranges = std::move(mutable_req.ranges);
-  mutable_req.ranges.clear();
-}
-
-// Clamp `ranges` to a file of `size` bytes; false if none is satisfiable.
-bool
-normalize_ranges(httplib::Ranges& ranges, uint64_t size)
-{
-  httplib::Ranges out;
-  auto last_byte = static_cast<ssize_t>(size) - 1;
-  for (auto [first, last] : ranges) {
-    if (first < 0) { // suffix: the last `last` bytes
-      if (last <= 0) {
-        continue;
-      }
-      first = std::max<ssize_t>(0, static_cast<ssize_t>(size) - last);
-      last = last_byte;
-    } else {
-      if (first > last_byte) {
-        continue;
-      }
-      if (last < 0 || last > last_byte) {
-        last = last_byte;
-      }
-      if (last < first) {
-        continue;
-      }
-    }
-    out.emplace_back(first, last);
-  }
-  if (out.empty()) {
-    return false;
-  }
-  if (out.size() > k_max_ranges) {
-    out.clear(); // too many pieces: send the whole file (a server may ignore Range)
-  }
-  ranges = std::move(out);
-  return true;
-}
-
-void
-set_body(httplib::Response& res, const std::string& text, const char* type)
-{
-  res.headers.erase("Content-Type");
-  res.set_content(text, type);
-}
-
-// Send the response, then close the connection: for requests whose body
-// was not read (it must never be parsed as the next request). httplib
-// closes a connection when writing a response fails, so the body comes
-// from a content provider that reports failure once it has written it all.
-void
-close_after(httplib::Response& res, bool set_length)
-{
-  auto body = std::make_shared<std::string>(std::move(res.body));
-  if (body->empty()) {
-    *body = "\n";
-  }
-  res.body.clear();
-  std::string type = res.get_header_value("Content-Type");
-  res.headers.erase("Content-Type");
-  if (!res.has_header("Connection")) {
-    res.set_header("Connection", "close");
-  }
-  if (set_length) {
-    // write_response() without routing sets no Content-Length itself.
-    res.set_header("Content-Length", std::to_string(body->size()));
-  }
-  t_request.streamed = true;
-  t_request.streamed_bytes = body->size();
-  res.set_content_provider(body->size(), type.empty() ? "text/plain" : type,
-                           [body](size_t offset, size_t length, httplib::DataSink& sink) {
-                             if (offset < body->size()) {
-                               sink.write(body->data() + offset,
-                                          std::min(length, body->size() - offset));
-                             }
-                             return false;
-                           });
-}
-
-void
-respond_error(httplib::Response& res, const HttpError& e)
-{
-  res.status = e.status();
-  if (e.status() == 401) {
-    if (!res.has_header("WWW-Authenticate")) {
-      res.set_header("WWW-Authenticate", "Bearer realm=\"kiln\"");
-    }
-  }
-  std::string message = e.what();
-  std::replace(message.begin(), message.end(), '\n', ' ');
-  set_body(res, message + "\n", "text/plain; charset=utf-8");
-}
-
-std::string
-lower(std::string s)
-{
-  for (auto& c : s) {
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return s;
-}
-
-// The token a request presents: "Bearer TOKEN", or the password of Basic
-// auth (what Nix sends from a netrc file). "" for an unusable header.
-std::optional<std::string>
-presented_token(const httplib::Request& req)
-{
-  if (!req.has_header("Authorization")) {
-    return std::nullopt;
-  }
-  std::string value = std::string(trim(req.get_header_value("Authorization")));
-  auto space = value.find(' ');
-  if (space == std::string::npos) {
-    return std::string();
-  }
-  std::string scheme = lower(value.substr(0, space));
-  std::string credentials = std::string(trim(std::string_view(value).substr(space + 1)));
-  if (scheme == "bearer") {
-    return credentials;
-  }
-  if (scheme == "basic") {
-    try {
-      auto bytes = base64_decode(credentials);
-      std::string pair(bytes.begin(), bytes.end());
-      auto colon = pair.find(':');
-      return colon == std::string::npos ? pair : pair.substr(colon + 1);
-    } catch (const Error&) {
-      return std::string();
-    }
-  }
-  return std::string();
-}
-
-// Printable, bounded, quote-free text for the log.
-std::string
-sanitize(std::string_view text)
-{
-  std::string out;
-  for (char c : text.substr(0, 300)) {
-    auto u = static_cast<unsigned char>(c);
-    out += (u < 0x20 || u == 0x7f || c == '"') ? '?' : c;
-  }
-  if (text.size() > 300) {
-    out += "...";
-  }
-  return out;
-}
-
-std::string
-status_class(int status)
-{
-  if (status < 100 || status > 599) {
-    return "other";
-  }
-  return std::to_string(status / 100) + "xx";
-}
 
 } // namespace
 

@@ -181,6 +181,50 @@ TEST_CASE("cargo frontend: the example workspace builds and behaves as cargo's b
   }
 }
 
+TEST_CASE("cargo frontend: a cache it cannot use is named with the reason, not skipped silently",
+          "[cargo][signatures]")
+{
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  test::kiln({"key", "generate", "old-ci", "--secret-file", (dir / "old.sk").string()});
+  test::kiln({"key", "generate", "new-ci", "--secret-file", (dir / "new.sk").string()});
+  auto new_key = test::output_of(test::kiln({"key", "public", (dir / "new.sk").string()}), "key");
+  std::string cache = "file://" + (dir / "cache").string();
+  auto filled = kiln_in(ws, {"--store", (dir / "a").string(), "--secret-key-file",
+                             (dir / "old.sk").string(), "build", "-p", "toolkit", "--push-to",
+                             cache});
+  INFO(filled.err);
+  REQUIRE(filled.status == 0);
+
+  // A runner that trusts only another key: it builds, and says why once.
+  fs::remove_all(ws / "target");
+  auto r = kiln_in(ws, {"--store", (dir / "b").string(), "--substituters", cache,
+                        "--trusted-public-keys", new_key, "build", "-p", "toolkit", "--json"});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK_THAT(r.err, Catch::Contains("warning: cache " + cache + ": ") &&
+                      Catch::Contains("signed only by old-ci"));
+  size_t warnings = 0;
+  for (size_t at = r.err.find("warning: cache "); at != std::string::npos;
+       at = r.err.find("warning: cache ", at + 1)) {
+    ++warnings;
+  }
+  CHECK(warnings == 1);
+  for (const auto& u : json_lines(r.out)) {
+    CHECK(u["status"] == "built");
+  }
+
+  // A cache nobody answers at: named, with the failure, and left alone for the run.
+  auto port = test::free_port();
+  std::string gone = "http://127.0.0.1:" + std::to_string(port) + "/main";
+  auto down = kiln_in(ws, {"--store", (dir / "c").string(), "--substituters", gone,
+                           "--trusted-public-keys", new_key, "build", "-p", "toolkit"});
+  INFO(down.err);
+  REQUIRE(down.status == 0);
+  CHECK_THAT(down.err, Catch::Contains("warning: cache " + gone) &&
+                         Catch::Contains("127.0.0.1:" + std::to_string(port)));
+}
+
 TEST_CASE("cargo frontend: outputs are the same bytes in another folder and store", "[cargo]")
 {
   TempDir dir;

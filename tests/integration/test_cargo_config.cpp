@@ -371,7 +371,7 @@ TEST_CASE("what a build script reads of the host is part of its identity: a chan
   CHECK(test::run({(proj / "target" / "kiln" / "debug" / "p").string()}).out == "foo 2.0\n");
 }
 
-TEST_CASE("rust-toolchain.toml picks the toolchain for kiln as for cargo; --timings writes a report",
+TEST_CASE("rust-toolchain.toml picks the toolchain for kiln as for cargo, and --timings writes a report",
           "[cargo][config]")
 {
   auto toolchains = test::run({"rustup", "toolchain", "list"});

@@ -205,3 +205,56 @@ fn main() -> Result<()> {
     println!("{json}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["logsum", "unused.log"];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    const LOG: &str = "\
+2025-03-14T09:00:20Z INFO  [db] query users by id finished in 7ms
+2025-03-14T09:00:45Z INFO  [http] GET /api/orders status=200 in 93ms
+2025-03-14T09:01:00Z ERROR [http] POST /api/login status=500 in 1200ms
+not a log line
+";
+
+    #[test]
+    fn counts_levels_components_and_unparsed_lines() {
+        let s = summarise(LOG, &args(&[])).unwrap();
+        assert_eq!(s.lines, 4);
+        assert_eq!(s.matched, 3);
+        assert_eq!(s.unparsed, 1);
+        assert_eq!(s.levels["INFO"], 2);
+        assert_eq!(s.levels["ERROR"], 1);
+        assert_eq!(s.components["http"], 2);
+    }
+
+    #[test]
+    fn reads_statuses_and_latencies() {
+        let s = summarise(LOG, &args(&[])).unwrap();
+        assert_eq!(s.http_status["200"], 1);
+        assert_eq!(s.http_status["500"], 1);
+        assert_eq!(s.latency.count, 3);
+        assert_eq!(s.latency.max_ms, 1200);
+        assert_eq!(s.latency.mean_ms, (7 + 93 + 1200) / 3);
+    }
+
+    #[test]
+    fn grep_keeps_only_matching_messages() {
+        let s = summarise(LOG, &args(&["--grep", "api/"])).unwrap();
+        assert_eq!(s.matched, 2);
+        assert!(summarise(LOG, &args(&["--grep", "("])).is_err());
+    }
+
+    #[test]
+    fn top_words_are_sorted_and_cut() {
+        let s = summarise(LOG, &args(&["--top", "2", "--min-len", "3"])).unwrap();
+        assert_eq!(s.top_words.len(), 2);
+        assert!(s.top_words[0].count >= s.top_words[1].count);
+    }
+}

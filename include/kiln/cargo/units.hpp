@@ -80,17 +80,17 @@ struct InstantiateContext
   std::filesystem::path state_dir;
   // clippy-driver by content, for `kiln clippy` (workspace members' check
   // units run through it, with these arguments); empty otherwise.
-  std::string clippy;
-  std::vector<std::string> clippy_args;
+  std::string clippy{};
+  std::vector<std::string> clippy_args{};
   bool clippy_selected_only = false;      // --no-deps: only the packages asked for
   // Fills in what a build-script run of the package reads of the host
   // (UnitInputs::host_env, host_files); unset: nothing.
-  std::function<void(const CargoPackage& package, UnitInputs& run)> host_inputs;
+  std::function<void(const CargoPackage& package, UnitInputs& run)> host_inputs{};
   // `kiln test`: run the test harnesses, with these arguments (and, when
   // set, a nonce that makes every run new: --rerun).
   bool run_tests = false;
-  std::vector<std::string> test_args;
-  std::string rerun;
+  std::vector<std::string> test_args{};
+  std::string rerun{};
   // Every package's lints capped, as for registry packages (kiln install).
   bool cap_lints = false;
 };

@@ -94,6 +94,12 @@ Derivation read_derivation(const LocalStore& store, const StorePath& drv_path);
 // must be valid and its output paths must be the ones its inputs imply.
 StorePath add_derivation(LocalStore& store, const Derivation& drv);
 
+// What differs between two JSON texts, object fields one by one
+// ("NAME.features: [...] → [...]"); arrays of named objects element by
+// element. Texts that are not JSON differ as a whole.
+std::vector<std::string> json_differences(const std::string& name, std::string_view a,
+                                          std::string_view b);
+
 // Why do two derivations differ? One line per difference, input by input;
 // an environment variable holding a JSON object field by field; differing
 // input derivations of the same name explained recursively, indented (or
