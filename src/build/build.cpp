@@ -4,6 +4,7 @@
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
 #include <kiln/util/jobserver.hpp>
+#include <kiln/util/parallel.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -281,6 +282,20 @@ private:
   std::mutex m_mutex;
 };
 
+// A build outside the scheduler (a second build, for a check): its inputs
+// are all valid, nothing starts early on it.
+class PlainContext : public BuildContext
+{
+public:
+  const std::vector<StorePath>& early_inputs() const override { return m_none; }
+  void early_ready() override {}
+  void work_done() override {}
+  bool wait_for_inputs() override { return true; }
+
+private:
+  std::vector<StorePath> m_none;
+};
+
 // One build_derivations call: the scheduler's hooks, over the store, the
 // caches, the sandbox and the frontend.
 class Realiser
@@ -326,6 +341,83 @@ public:
   }
 
   Jobserver* jobserver() const { return m_jobserver.get(); }
+
+  // Build `drv_path` once more (its inputs valid), registering nothing;
+  // with a job token of its own, as the scheduler gives a build.
+  BuildOutcome
+  rebuild(const StorePath& drv_path)
+  {
+    m_frontend.prepare(drv_path);
+    const Derivation& drv = m_graph.derivation(drv_path);
+    BuildSpec spec = step_of(drv);
+    PlainContext context;
+    std::vector<std::shared_ptr<EarlyFolder>> none;
+    add_inputs(spec, drv, context, none);
+    SandboxOptions sandbox;
+    sandbox.log_file = m_store.build_log_path(drv_path).replace_extension(".check.log");
+    // The builder's messages are for a first build (early artifacts, the
+    // commands it runs); its output is in the log.
+    BuilderMessages messages({}, [](const nlohmann::json&) {});
+    sandbox.on_output = [&](std::string_view chunk) { messages.feed(chunk); };
+    struct Token
+    {
+      Jobserver* jobserver;
+      explicit Token(Jobserver* j) : jobserver(j)
+      {
+        if (jobserver) {
+          jobserver->acquire();
+        }
+      }
+      ~Token()
+      {
+        if (jobserver) {
+          jobserver->release();
+        }
+      }
+    } token(m_jobserver.get());
+    BuildOutcome outcome = run_build(m_store, spec, sandbox);
+    if (!outcome.success) {
+      throw Error("building '" + m_dir.print(drv_path) + "' again failed: " + outcome.error +
+                  "\n--- last lines of the log (full log: " + outcome.log_file.string() +
+                  ") ---\n" + outcome.log_tail);
+    }
+    return outcome;
+  }
+
+  // Build `drv_path` again and compare each output with the valid one.
+  DerivationCheck
+  check(const StorePath& drv_path, const CheckOptions& options)
+  {
+    DerivationCheck result;
+    try {
+      BuildOutcome outcome = rebuild(drv_path);
+      const Derivation& drv = m_graph.derivation(drv_path);
+      for (const auto& [name, built] : outcome.output_dirs) {
+        OutputCheck out{name, m_dir.parse(drv.outputs.at(name).path), false, {}, std::nullopt};
+        auto info = m_store.query_path_info(out.path);
+        HashSink hash;
+        dump_path(built, hash);
+        out.same = info && hash.finish() == info->nar_hash;
+        if (!out.same) {
+          fs::path valid = m_store.physical_path(out.path);
+          out.differences = diff_trees(valid, built, options.max_differences);
+          if (options.keep) {
+            fs::path kept = valid.string() + "-check";
+            std::error_code ec;
+            if (fs::exists(fs::symlink_status(kept, ec))) {
+              delete_path(kept);
+            }
+            fs::rename(built, kept);
+            out.kept = kept;
+          }
+        }
+        result.outputs.push_back(std::move(out));
+      }
+    } catch (const std::exception& e) {
+      result.error = e.what();
+    }
+    return result;
+  }
 
   void
   report_pushes(BuildResult& result)
@@ -634,16 +726,73 @@ BuildResult::succeeded(const std::vector<StorePath>& drvs) const
   });
 }
 
+bool
+DerivationCheck::reproducible() const
+{
+  return error.empty() && !outputs.empty() &&
+         std::all_of(outputs.begin(), outputs.end(), [](const OutputCheck& o) { return o.same; });
+}
+
+namespace {
+
+DrvReader
+reader_for(LocalStore& store, const Frontend& frontend)
+{
+  return [&](const StorePath& p) {
+    const Derivation* drv = frontend.derivation(p);
+    return drv ? *drv : read_derivation(store, p);
+  };
+}
+
+} // namespace
+
+CheckResult
+check_derivations(LocalStore& store, const std::vector<StorePath>& drvs, const BuildOptions& options,
+                  const Frontend& frontend, BuildObserver& observer, const CheckOptions& check)
+{
+  auto graph = BuildGraph::from_targets(drvs, reader_for(store, frontend), store.store_dir());
+  std::vector<StorePath> all = graph.topological_order();
+  CheckResult result;
+  result.realised = build_derivations(store, all, options, frontend, observer);
+  std::vector<StorePath> todo;
+  for (const auto& drv : all) {
+    if (result.realised.succeeded({drv})) {
+      todo.push_back(drv);
+    }
+  }
+  Realiser realiser(store, options, frontend, observer, graph);
+  std::mutex mutex;
+  parallel_for(todo.size(), std::max(1u, options.jobs), [&](size_t i) {
+    if (check.progress) {
+      std::lock_guard guard(mutex);
+      check.progress(todo[i], nullptr);
+    }
+    DerivationCheck checked = realiser.check(todo[i], check);
+    std::lock_guard guard(mutex);
+    auto& stored = result.checks[todo[i]] = std::move(checked);
+    if (check.progress) {
+      check.progress(todo[i], &stored);
+    }
+  });
+  return result;
+}
+
+Rebuild
+rebuild_derivation(LocalStore& store, const StorePath& drv, const BuildOptions& options,
+                   const Frontend& frontend, BuildObserver& observer)
+{
+  auto graph = BuildGraph::from_targets({drv}, reader_for(store, frontend), store.store_dir());
+  Realiser realiser(store, options, frontend, observer, graph);
+  BuildOutcome outcome = realiser.rebuild(drv);
+  return Rebuild{outcome.output_dirs, outcome.lease};
+}
+
 BuildResult
 build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
                   const BuildOptions& options, const Frontend& frontend, BuildObserver& observer)
 {
-  DrvReader read = [&](const StorePath& p) {
-    const Derivation* drv = frontend.derivation(p);
-    return drv ? *drv : read_derivation(store, p);
-  };
   store.add_temp_roots({drvs.begin(), drvs.end()});
-  auto graph = BuildGraph::from_targets(drvs, read, store.store_dir());
+  auto graph = BuildGraph::from_targets(drvs, reader_for(store, frontend), store.store_dir());
   keep_inputs(store, graph);
   Realiser realiser(store, options, frontend, observer, graph);
   RealiseHooks hooks = realiser.hooks();

@@ -280,6 +280,54 @@ private:
 
 } // namespace
 
+void
+CacheClient::fetch_to_folder(const NarInfo& narinfo, const std::filesystem::path& target)
+{
+  std::string what = "'" + m_store_dir.print(narinfo.info.path) + "' from " + url();
+  if (narinfo.url.find("://") != std::string::npos) {
+    throw CacheError("cannot fetch " + what + ": absolute NAR URL '" + narinfo.url +
+                     "' is not supported");
+  }
+  std::filesystem::path download = target.string() + ".download";
+  struct Remove
+  {
+    std::filesystem::path path;
+    ~Remove()
+    {
+      std::error_code ec;
+      std::filesystem::remove(path, ec);
+    }
+  } remove_download{download};
+  {
+    UniqueFd fd(::open(download.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd) {
+      throw_errno("creating '" + download.string() + "'");
+    }
+    FdSink sink(fd.get());
+    bool found = guarded([&] { return m_backend->get_file(narinfo.url, sink); });
+    sink.flush();
+    if (!found) {
+      throw CacheError("cannot fetch " + what + ": its NAR '" + narinfo.url +
+                       "' is missing from the cache");
+    }
+  }
+  UniqueFd in(::open(download.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) {
+    throw_errno("opening '" + download.string() + "'");
+  }
+  FdSource file(in.get());
+  ValidatingSource raw(file, HashAlgo::sha256, narinfo.file_size, "compressed file");
+  auto nar = make_decompression_source(narinfo.compression, raw);
+  ValidatingSource checked(*nar, HashAlgo::sha256, narinfo.info.nar_size);
+  try {
+    restore_nar(checked, target);
+    checked.drain();
+    checked.verify(narinfo.info.nar_size, narinfo.info.nar_hash);
+  } catch (const std::exception& e) {
+    throw Error("cannot fetch " + what + ": " + e.what());
+  }
+}
+
 std::unique_ptr<PreparedPath>
 CacheClient::fetch_prepared(LocalStore& store, const NarInfo& narinfo, uint64_t& bytes)
 {

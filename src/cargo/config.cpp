@@ -28,6 +28,17 @@ current_environment()
   return env;
 }
 
+fs::path
+cargo_home_of(const Environment& env)
+{
+  auto it = env.find("CARGO_HOME");
+  if (it != env.end() && !it->second.empty()) {
+    return it->second;
+  }
+  auto home = env.find("HOME");
+  return fs::path(home != env.end() ? home->second : "/") / ".cargo";
+}
+
 namespace {
 
 const char*

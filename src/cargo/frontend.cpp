@@ -13,6 +13,7 @@
 #include <functional>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 namespace kiln::cargo {
 
@@ -65,6 +66,99 @@ host_paths_of(const UnitInputs& run)
   return {paths.begin(), paths.end()};
 }
 
+// This executable, and kiln-rust-unit beside kiln (a build tree) or in
+// ../libexec/kiln (an install), if there; without it, kiln itself does the
+// work (`kiln __rust-unit`).
+std::pair<fs::path, fs::path>
+builder_programs()
+{
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  for (const fs::path& candidate :
+       {self.parent_path() / "kiln-rust-unit",
+        self.parent_path().parent_path() / "libexec" / "kiln" / "kiln-rust-unit"}) {
+    if (::access(candidate.c_str(), X_OK) == 0) {
+      return {self, candidate};
+    }
+  }
+  return {self, fs::path()};
+}
+
+// The sandboxed step of a rust-unit derivation: kiln-rust-unit with the
+// toolchain, the host's C toolchain and what a build script reads of the
+// host visible. `inputs` (the unit's, if known) names a configured linker
+// and the host paths a build-script run reads.
+void
+rust_unit_step(const LocalStore& store, const Toolchain& toolchain, unsigned jobs,
+               const fs::path& self, const fs::path& helper, const UnitInputs* inputs,
+               BuildSpec& spec)
+{
+  spec.builder = helper.empty() ? self.string() : helper.string();
+  spec.args = helper.empty() ? std::vector<std::string>{"__rust-unit"} : std::vector<std::string>{};
+  // The inputs are for people (why-rebuild, --explain): the builder follows
+  // the instructions derived from them, and a big list of host files would
+  // not fit in an environment variable.
+  spec.env.erase(k_inputs_env);
+  spec.env["KILN_UNIT_RUSTC"] = toolchain.rustc.string();
+  spec.env["KILN_UNIT_RUSTDOC"] = toolchain.rustdoc.string();
+  spec.env["KILN_UNIT_CARGO"] = toolchain.cargo.string();
+  spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, jobs));
+  spec.env["KILN_UNIT_CLIPPY_DRIVER"] = (toolchain.sysroot / "bin" / "clippy-driver").string();
+  spec.env["KILN_UNIT_RUST_LIB"] = (toolchain.sysroot / "lib" / "rustlib" / toolchain.host / "lib").string();
+  // Build scripts run with libkiln-trace.so preloaded, to learn the host
+  // files they read; what is kiln's or the toolchain's is not the host's.
+  fs::path program = helper.empty() ? self : helper;
+  fs::path shim = program.parent_path() / "libkiln-trace.so";
+  std::error_code shim_ec;
+  if (fs::exists(shim, shim_ec)) {
+    spec.env["KILN_UNIT_TRACE"] = shim.string();
+    spec.env["KILN_UNIT_TRACE_IGNORE"] =
+      store.store_dir().path() + ":" + store.root().string() + ":" +
+      toolchain.sysroot.string() + ":" + program.parent_path().string() + ":" +
+      toolchain.cargo.parent_path().string();
+  }
+  // The toolchain and the host's C toolchain (rustc links with cc), read-only.
+  // Folders first: what lies inside them (kiln's own libraries) is covered.
+  // The builder program as its folder when the builder's user may enter
+  // it: a folder is not run through ldd (its libraries are in /usr). A
+  // private folder (mode 0700) hides it; then the file itself, with its
+  // libraries.
+  std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
+                                 "/etc/ld.so.cache", toolchain.sysroot,
+                                 world_enterable(program.parent_path()) ? program.parent_path()
+                                                                        : program};
+  std::vector<fs::path> declared = std::move(spec.tools);
+  spec.tools.clear();
+  for (const auto& t : tools) {
+    std::error_code e;
+    if (fs::exists(fs::symlink_status(t, e))) {
+      spec.tools.push_back(t);
+    }
+  }
+  spec.tools.insert(spec.tools.end(), declared.begin(), declared.end());
+  if (spec.env.count("KILN_UNIT_TRACE")) {
+    spec.tools.push_back(spec.env["KILN_UNIT_TRACE"]);
+  }
+  if (!toolchain.cargo.empty() &&
+      !toolchain.cargo.string().starts_with(toolchain.sysroot.string())) {
+    spec.tools.push_back(toolchain.cargo);
+  }
+  if (inputs) {
+    // A linker named in cargo's configuration, wherever it is.
+    if (auto found = inputs->linker_path.empty() ? std::nullopt : find_program(inputs->linker_path)) {
+      spec.tools.push_back(*found);
+    }
+    // What a build script reads of the host, visible where it is, as under
+    // cargo: the paths its variables name and the files it was seen reading.
+    std::string keep;
+    for (const auto& path : host_paths_of(*inputs)) {
+      spec.tools.push_back(path);
+      keep += (keep.empty() ? "" : ":") + path.string();
+    }
+    spec.env["KILN_UNIT_TRACE_KEEP"] = keep;
+  }
+}
+
 } // namespace
 
 UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
@@ -77,18 +171,7 @@ UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const Instantiat
   for (size_t i = 0; i < units.test_runs.size(); ++i) {
     m_test_run_of.emplace(units.test_runs[i].drv, i);
   }
-  std::error_code ec;
-  m_self = fs::read_symlink("/proc/self/exe", ec);
-  // kiln-rust-unit beside kiln (a build tree) or in ../libexec/kiln (an
-  // install); without it, kiln itself does the work (`kiln __rust-unit`).
-  for (const fs::path& candidate :
-       {m_self.parent_path() / "kiln-rust-unit",
-        m_self.parent_path().parent_path() / "libexec" / "kiln" / "kiln-rust-unit"}) {
-    if (::access(candidate.c_str(), X_OK) == 0) {
-      m_helper = candidate;
-      break;
-    }
-  }
+  std::tie(m_self, m_helper) = builder_programs();
 }
 
 std::optional<size_t>
@@ -182,75 +265,67 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
   // Done already when the scheduler prepared the build; kept for callers
   // that build without a prepare step.
   m_units.materialize(m_store, derivation_path(drv, m_store.store_dir()));
-  spec.builder = m_helper.empty() ? m_self.string() : m_helper.string();
-  spec.args = m_helper.empty() ? std::vector<std::string>{"__rust-unit"} : std::vector<std::string>{};
-  // The inputs are for people (why-rebuild, --explain): the builder follows
-  // the instructions derived from them, and a big list of host files would
-  // not fit in an environment variable.
-  spec.env.erase(k_inputs_env);
-  spec.env["KILN_UNIT_RUSTC"] = m_toolchain.rustc.string();
-  spec.env["KILN_UNIT_RUSTDOC"] = m_toolchain.rustdoc.string();
-  spec.env["KILN_UNIT_CARGO"] = m_toolchain.cargo.string();
-  spec.env["KILN_UNIT_JOBS"] = std::to_string(std::max(1u, m_jobs));
-  spec.env["KILN_UNIT_CLIPPY_DRIVER"] = (m_toolchain.sysroot / "bin" / "clippy-driver").string();
-  spec.env["KILN_UNIT_RUST_LIB"] = (m_toolchain.sysroot / "lib" / "rustlib" / m_toolchain.host / "lib").string();
-  // Build scripts run with libkiln-trace.so preloaded, to learn the host
-  // files they read; what is kiln's or the toolchain's is not the host's.
-  fs::path shim = (m_helper.empty() ? m_self : m_helper).parent_path() / "libkiln-trace.so";
-  std::error_code shim_ec;
-  if (fs::exists(shim, shim_ec)) {
-    spec.env["KILN_UNIT_TRACE"] = shim.string();
-    spec.env["KILN_UNIT_TRACE_IGNORE"] =
-      m_store.store_dir().path() + ":" + m_store.root().string() + ":" +
-      m_toolchain.sysroot.string() + ":" +
-      (m_helper.empty() ? m_self : m_helper).parent_path().string() + ":" +
-      m_toolchain.cargo.parent_path().string();
-  }
-  // The toolchain and the host's C toolchain (rustc links with cc), read-only.
-  // Folders first: what lies inside them (kiln's own libraries) is covered.
-  // The builder program as its folder when the builder's user may enter
-  // it: a folder is not run through ldd (its libraries are in /usr). A
-  // private folder (mode 0700) hides it; then the file itself, with its
-  // libraries.
-  fs::path builder = m_helper.empty() ? m_self : m_helper;
-  std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
-                                 "/etc/ld.so.cache", m_toolchain.sysroot,
-                                 world_enterable(builder.parent_path()) ? builder.parent_path()
-                                                                        : builder};
-  std::vector<fs::path> declared = std::move(spec.tools);
-  spec.tools.clear();
-  for (const auto& t : tools) {
-    std::error_code e;
-    if (fs::exists(fs::symlink_status(t, e))) {
-      spec.tools.push_back(t);
-    }
-  }
-  spec.tools.insert(spec.tools.end(), declared.begin(), declared.end());
-  if (spec.env.count("KILN_UNIT_TRACE")) {
-    spec.tools.push_back(spec.env["KILN_UNIT_TRACE"]);
-  }
-  if (!m_toolchain.cargo.empty() &&
-      !m_toolchain.cargo.string().starts_with(m_toolchain.sysroot.string())) {
-    spec.tools.push_back(m_toolchain.cargo);
-  }
   StorePath drv_path = derivation_path(drv, m_store.store_dir());
   auto unit = unit_of(drv_path);
   auto test_run = test_run_of(drv_path);
-  if (unit || test_run) {
-    const UnitInputs& inputs = unit ? m_units.units[*unit].inputs : m_units.test_runs[*test_run].inputs;
-    // A linker named in cargo's configuration, wherever it is.
-    if (auto found = inputs.linker_path.empty() ? std::nullopt : find_program(inputs.linker_path)) {
-      spec.tools.push_back(*found);
-    }
-    // What a build script reads of the host, visible where it is, as under
-    // cargo: the paths its variables name and the files it was seen reading.
-    std::string keep;
-    for (const auto& path : host_paths_of(inputs)) {
-      spec.tools.push_back(path);
-      keep += (keep.empty() ? "" : ":") + path.string();
-    }
-    spec.env["KILN_UNIT_TRACE_KEEP"] = keep;
+  const UnitInputs* inputs = unit       ? &m_units.units[*unit].inputs
+                             : test_run ? &m_units.test_runs[*test_run].inputs
+                                        : nullptr;
+  rust_unit_step(m_store, m_toolchain, m_jobs, m_self, m_helper, inputs, spec);
+}
+
+// --- DrvUnitFrontend ---
+
+DrvUnitFrontend::DrvUnitFrontend(const LocalStore& store, const Toolchain& toolchain, unsigned jobs)
+  : m_store(store), m_toolchain(toolchain), m_jobs(jobs)
+{
+  std::tie(m_self, m_helper) = builder_programs();
+}
+
+std::optional<std::string>
+DrvUnitFrontend::cannot_build(const Derivation& drv) const
+{
+  if (drv.builder != k_rust_unit_builder) {
+    return std::nullopt;
   }
+  auto it = drv.env.find(k_inputs_env);
+  if (it == drv.env.end()) {
+    return "a Cargo unit without its inputs (" + std::string(k_inputs_env) + ")";
+  }
+  UnitInputs inputs = inputs_from_json(it->second);
+  auto first_line = [](const std::string& text) { return text.substr(0, text.find('\n')); };
+  if (inputs.compiler != m_toolchain.identity) {
+    return "it was built with another Rust toolchain (" + first_line(inputs.compiler) +
+           "; here: " + first_line(m_toolchain.identity) + ")";
+  }
+  if (!inputs.standard_library.empty() && inputs.standard_library != "host") {
+    try {
+      if (inputs.standard_library != m_toolchain.target_identity(inputs.target_triple)) {
+        return "it was built with another standard library for " + inputs.target_triple;
+      }
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+  }
+  if (!inputs.linker.empty() && inputs.linker_path.empty() &&
+      inputs.linker != m_toolchain.linker_identity) {
+    return "it was linked with another C compiler (" + first_line(inputs.linker) + "; here: " +
+           first_line(m_toolchain.linker_identity) + ")";
+  }
+  return std::nullopt;
+}
+
+void
+DrvUnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
+{
+  if (drv.builder != k_rust_unit_builder) {
+    Frontend::builtin_builder(drv, spec);
+  }
+  if (auto why = cannot_build(drv)) {
+    throw Error("cannot build '" + drv.name + "' here: " + *why);
+  }
+  UnitInputs inputs = inputs_from_json(drv.env.at(k_inputs_env));
+  rust_unit_step(m_store, m_toolchain, m_jobs, m_self, m_helper, &inputs, spec);
 }
 
 } // namespace kiln::cargo

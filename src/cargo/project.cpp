@@ -45,17 +45,6 @@ CargoBuild::succeeded() const
 
 namespace {
 
-fs::path
-cargo_home(const Environment& env)
-{
-  auto it = env.find("CARGO_HOME");
-  if (it != env.end() && !it->second.empty()) {
-    return it->second;
-  }
-  auto home = env.find("HOME");
-  return fs::path(home != env.end() ? home->second : "/") / ".cargo";
-}
-
 // The files every answer of cargo's depends on: configuration files (and
 // where one could appear), toolchain files, the manifests from the folder up.
 std::vector<fs::path>
@@ -213,7 +202,7 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir)
   p->m_request = request;
   p->m_state_dir = state_dir;
   p->m_config = std::make_unique<CargoConfig>(
-    CargoConfig::load(request.cwd, cargo_home(request.env), request.config_args, request.env));
+    CargoConfig::load(request.cwd, cargo_home_of(request.env), request.config_args, request.env));
   p->m_warnings = p->m_config->warnings();
   p->m_build_config = std::make_unique<BuildConfig>(*p->m_config, p->m_warnings);
   p->m_toolchain = locate_toolchain(request.cwd, *p->m_build_config, request.env, state_dir);
@@ -282,6 +271,7 @@ CargoProject::instantiate(LocalStore& store) const
     }
   };
   context.run_tests = m_request.command == CargoCommand::test && !m_request.no_run;
+  context.cap_lints = m_request.cap_lints;
   context.test_args = m_request.test_args;
   context.rerun = m_request.rerun;
   if (m_request.command == CargoCommand::clippy) {
@@ -359,6 +349,38 @@ build_project(LocalStore& store, const CargoProject& project, const BuildOptions
     build = build_once(store, project, options, observer);
   }
   return build;
+}
+
+std::vector<StorePath>
+write_unit_derivations(LocalStore& store, const CargoBuild& build)
+{
+  DrvReader read = [&](const StorePath& p) {
+    auto it = build.units.derivations.find(p);
+    return it != build.units.derivations.end() ? it->second : read_derivation(store, p);
+  };
+  std::vector<StorePath> drvs;
+  for (const auto& unit : build.units.units) {
+    drvs.push_back(unit.drv);
+  }
+  auto order = BuildGraph::from_targets(drvs, read, store.store_dir()).topological_order();
+  for (const auto& drv : order) {
+    build.units.materialize(store, drv);
+  }
+  return order;
+}
+
+CheckResult
+check_units(LocalStore& store, const CargoProject& project, const CargoBuild& build,
+            const BuildOptions& options, const CheckOptions& check)
+{
+  UnitFrontend frontend(store, project.plan(), build.units, project.toolchain(), options.jobs,
+                        &project.request().env);
+  BuildObserver silent;
+  std::vector<StorePath> drvs;
+  for (const auto& unit : build.units.units) {
+    drvs.push_back(unit.drv);
+  }
+  return check_derivations(store, drvs, options, frontend, silent, check);
 }
 
 namespace {

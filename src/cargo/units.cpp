@@ -234,8 +234,10 @@ public:
     in.profile = u.profile;
     in.lto = lto_name(u.lto);
     in.rustflags = rustflags(u);
-    in.cap_lints = !pkg.is_local();
-    in.lint_flags = pkg.lint_flags;
+    in.cap_lints = !pkg.is_local() || m_ctx.cap_lints;
+    if (!m_ctx.cap_lints) {
+      in.lint_flags = pkg.lint_flags;
+    }
     in.primary = m_primary.count(pkg.id) > 0;
     in.driver = "rustc";
     if (!m_ctx.clippy.empty() && pkg.is_member &&

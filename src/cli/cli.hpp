@@ -66,8 +66,11 @@ void register_cache_commands(CLI::App& app, Context& ctx);
 void register_derivation_commands(CLI::App& app, Context& ctx);
 void register_build_commands(CLI::App& app, Context& ctx);
 void register_cargo_commands(CLI::App& app, Context& ctx);
+void register_install_commands(CLI::App& app, Context& ctx);
 void register_serve_commands(CLI::App& app, Context& ctx);
 void register_doctor_commands(CLI::App& app, Context& ctx);
+// kiln cache check (a subcommand of `cache`).
+void register_cache_check_command(CLI::App& cache, Context& ctx);
 
 // --push-to CACHE: the cache and the key to sign with, for BuildOptions,
 // and the summary once the build is done.
@@ -80,6 +83,10 @@ public:
   // Print what was pushed (unless quiet) and each push error; false if there
   // was one.
   bool report(const BuildResult& build) const;
+  // --push-drvs: push these derivations (.drv files in the store) with
+  // their closures (input derivations, sources), so that anyone can build
+  // them again (kiln cache check). Prints what was pushed; false on error.
+  bool push_derivations(const std::vector<StorePath>& drvs);
 
 private:
   Context& m_ctx;

@@ -1,4 +1,5 @@
 // kiln build, kiln log
+#include "check_report.hpp"
 #include "cli.hpp"
 #include "cmd_cargo.hpp"
 
@@ -53,6 +54,7 @@ struct BuildArgs
   bool no_link = false;
   unsigned timeout = 0;
   unsigned max_silent_time = 0;
+  bool check = false;
 };
 
 struct Targets
@@ -111,8 +113,11 @@ targets_of(Context& ctx, const BuildArgs& args)
 
 // kiln build with a kiln.yaml, or of .drv paths.
 int
-build_files(Context& ctx, const BuildArgs& args, const std::string& push_to)
+build_files(Context& ctx, const BuildArgs& args, const std::string& push_to, bool push_drvs)
 {
+  if (push_drvs && push_to.empty()) {
+    throw UsageError("--push-drvs goes with --push-to CACHE");
+  }
   Targets targets = targets_of(ctx, args);
   const auto& drvs = targets.drvs;
   auto& label = targets.label;
@@ -123,7 +128,21 @@ build_files(Context& ctx, const BuildArgs& args, const std::string& push_to)
   options.push_to = push_cache.target();
   Frontend frontend;
   StepLines lines(frontend, !ctx.quiet && !args.json);
-  auto build = build_derivations(store, drvs, options, frontend, lines);
+  auto describe = [&](const StorePath& drv) {
+    return label.count(drv) ? label[drv] : frontend.describe(drv);
+  };
+  CheckResult checked;
+  BuildResult build;
+  if (args.check) {
+    CheckOptions check;
+    if (!ctx.quiet && !args.json) {
+      check.progress = check_progress(describe);
+    }
+    checked = check_derivations(store, drvs, options, frontend, lines, check);
+    build = checked.realised;
+  } else {
+    build = build_derivations(store, drvs, options, frontend, lines);
+  }
 
   // Each derivation's "out" path, read once.
   std::map<StorePath, std::string> out_of;
@@ -141,17 +160,26 @@ build_files(Context& ctx, const BuildArgs& args, const std::string& push_to)
       std::cerr << "kiln: error: " << result.error << "\n";
     }
     if (args.json) {
-      nlohmann::json j = {{"name", label.count(drv) ? label[drv] : frontend.describe(drv)},
+      nlohmann::json j = {{"name", describe(drv)},
                           {"drv", dir.print(drv)},
                           {"path", out_path(drv)},
                           {"status", to_string(result.status)}};
       if (!result.error.empty()) {
         j["error"] = result.error;
       }
+      if (auto c = checked.checks.find(drv); c != checked.checks.end()) {
+        j.update(check_json(c->second, dir));
+      }
       std::cout << j.dump() << std::endl;
     }
   }
   status = std::max(status, push_cache.report(build) ? 0 : 1);
+  if (push_drvs && !push_cache.push_derivations(drvs)) {
+    status = 1;
+  }
+  if (args.check) {
+    status = std::max(status, report_checks(checked, dir, describe, ctx.quiet));
+  }
   for (const auto& drv : drvs) {
     if (!build.succeeded({drv})) {
       status = 1;
@@ -199,6 +227,10 @@ register_build_commands(CLI::App& app, Context& ctx)
   build->add_option("--timeout", args->timeout, "Kill a build step after this many seconds");
   build->add_option("--max-silent-time", args->max_silent_time,
                     "Kill a build step silent for this many seconds");
+  build->add_flag("--check", args->check,
+                  "Build every derivation (every unit, for Cargo) once more and compare with the "
+                  "output in the store: say which are not reproducible and which files differ; "
+                  "keep each differing rebuild beside the output as …-check (exit status 1)");
   add_cargo_options(*build, *cargo_args);
   build->callback([&ctx, args, cargo_args, build, file_option] {
     // A Cargo project unless a build file or .drv paths are asked for.
@@ -210,12 +242,14 @@ register_build_commands(CLI::App& app, Context& ctx)
     if (cargo_project) {
       ctx.action = [&ctx, args, cargo_args] {
         BuildCommonArgs common{args->json, args->keep_going, args->no_link, args->timeout,
-                               args->max_silent_time};
+                               args->max_silent_time, args->check};
         return cargo_command(ctx, *cargo_args, common, cargo::CargoCommand::build);
       };
       return;
     }
-    ctx.action = [&ctx, args, cargo_args] { return build_files(ctx, *args, cargo_args->push_to); };
+    ctx.action = [&ctx, args, cargo_args] {
+      return build_files(ctx, *args, cargo_args->push_to, cargo_args->push_drvs);
+    };
   });
 
   auto log_target = std::make_shared<std::string>();

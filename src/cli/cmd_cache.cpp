@@ -213,7 +213,7 @@ print_cache_gc_result(const CacheGcResult& result, bool dry_run, bool json, bool
 }
 
 void
-register_cache_gc_command(CLI::App& app, Context& ctx)
+register_cache_gc_command(CLI::App& cache, Context& ctx)
 {
   struct GcArgs
   {
@@ -224,9 +224,7 @@ register_cache_gc_command(CLI::App& app, Context& ctx)
     bool json = false;
   };
   auto args = std::make_shared<GcArgs>();
-  auto* cache = app.add_subcommand("cache", "Maintain binary-cache folders");
-  cache->require_subcommand(1);
-  auto* gc = cache->add_subcommand(
+  auto* gc = cache.add_subcommand(
     "gc", "Drop the least recently used paths of a cache folder (last use: the latest access "
           "or modification time of a path's narinfo and NAR), never one that a kept path "
           "references; NAR files with their narinfos");
@@ -259,10 +257,12 @@ register_cache_gc_command(CLI::App& app, Context& ctx)
 }
 
 // `kiln push` and `kiln copy --to`: upload what the cache lacks, signed
-// with the given key file or the configured one.
+// with the given key file or the configured one; with `drvs`, each path's
+// derivation too, with its closure (for kiln cache check).
 int
 push_paths(Context& ctx, const std::string& url, const std::vector<std::string>& texts,
-           const std::string& key_file, const std::string& compression, bool closure)
+           const std::string& key_file, const std::string& compression, bool closure,
+           bool drvs)
 {
   auto cache = ctx.open_cache(url);
   std::optional<SecretKey> secret;
@@ -276,7 +276,19 @@ push_paths(Context& ctx, const std::string& url, const std::vector<std::string>&
   options.connections = ctx.settings().connections;
   options.closure = closure;
   options.progress = progress_printer(ctx);
-  auto result = push(ctx.store(), *cache, resolve_all(ctx, texts), options);
+  auto paths = resolve_all(ctx, texts);
+  if (drvs) {
+    for (size_t i = 0, n = paths.size(); i < n; ++i) {
+      auto info = ctx.store().query_path_info(paths[i]);
+      if (info && info->deriver && ctx.store().is_valid(*info->deriver)) {
+        paths.push_back(*info->deriver);
+      } else if (!ctx.quiet) {
+        note("warning: the derivation of " + ctx.store().print(paths[i]) +
+             " is not in this store; not pushed");
+      }
+    }
+  }
+  auto result = push(ctx.store(), *cache, paths, options);
   if (!ctx.quiet) {
     note("pushed " + std::to_string(result.uploaded.size()) + " paths (" +
          human_size(result.bytes_uploaded) + ") to " + url + "; " +
@@ -376,7 +388,7 @@ register_copy_command(CLI::App& app, Context& ctx)
     ctx.action = [&ctx, copy_args] {
       if (!copy_args->to.empty()) {
         return push_paths(ctx, copy_args->to, copy_args->paths, copy_args->secret_key_file,
-                        copy_args->compression, !copy_args->no_closure);
+                          copy_args->compression, !copy_args->no_closure, false);
       }
       std::vector<std::string> urls = copy_args->from;
       if (urls.empty()) {
@@ -421,6 +433,7 @@ register_push_command(CLI::App& app, Context& ctx)
     std::vector<std::string> paths;
     std::string compression = "zstd";
     bool no_closure = false;
+    bool push_drvs = false;
   };
   auto push_args = std::make_shared<PushArgs>();
   auto* push_cmd = app.add_subcommand(
@@ -431,10 +444,13 @@ register_push_command(CLI::App& app, Context& ctx)
   push_cmd->add_option("--compression", push_args->compression, "zstd, xz or none")
     ->capture_default_str();
   push_cmd->add_flag("--no-closure", push_args->no_closure, "Push only the paths named");
+  push_cmd->add_flag("--push-drvs", push_args->push_drvs,
+                     "Also push each path's derivation (.drv) with its closure, so that anyone "
+                     "can build it again and compare (kiln cache check)");
   push_cmd->callback([&ctx, push_args] {
     ctx.action = [&ctx, push_args] {
       return push_paths(ctx, push_args->url, push_args->paths, "", push_args->compression,
-                      !push_args->no_closure);
+                        !push_args->no_closure, push_args->push_drvs);
     };
   });
 }
@@ -446,7 +462,10 @@ register_cache_commands(CLI::App& app, Context& ctx)
 {
   register_use_command(app, ctx);
   register_sign_command(app, ctx);
-  register_cache_gc_command(app, ctx);
+  auto* cache = app.add_subcommand("cache", "Maintain binary-cache folders");
+  cache->require_subcommand(1);
+  register_cache_gc_command(*cache, ctx);
+  register_cache_check_command(*cache, ctx);
   register_key_commands(app, ctx);
   register_copy_command(app, ctx);
   register_push_command(app, ctx);

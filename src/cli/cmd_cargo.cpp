@@ -3,6 +3,7 @@
 // target/kiln/<profile>/ like cargo's own layout.
 #include "cmd_cargo.hpp"
 #include "cargo_output.hpp"
+#include "check_report.hpp"
 
 #include <kiln/util/error.hpp>
 #include <kiln/util/io.hpp>
@@ -212,6 +213,37 @@ run_tests_outside(LocalStore& store, const cargo::CargoProject& project,
   return status;
 }
 
+// kiln build --check: every unit built again and compared.
+int
+check_build(Context& ctx, const cargo::CargoProject& project, const cargo::CargoBuild& build,
+            const BuildOptions& options, bool json)
+{
+  auto& store = ctx.store();
+  std::map<StorePath, size_t> unit_of;
+  for (size_t i = 0; i < build.units.units.size(); ++i) {
+    unit_of.emplace(build.units.units[i].drv, i);
+  }
+  auto describe = [&](const StorePath& drv) {
+    auto it = unit_of.find(drv);
+    return it == unit_of.end() ? std::string(drv.name())
+                               : cargo::describe(project.plan().units[it->second]) + " [" +
+                                   cargo::to_string(project.plan().units[it->second].mode) + "]";
+  };
+  CheckOptions check;
+  if (!ctx.quiet && !json) {
+    check.progress = check_progress(describe);
+  }
+  CheckResult result = cargo::check_units(store, project, build, options, check);
+  if (json) {
+    for (const auto& [drv, c] : result.checks) {
+      nlohmann::json j = {{"name", describe(drv)}, {"drv", store.print(drv)}};
+      j.update(check_json(c, store.store_dir()));
+      std::cout << j.dump() << std::endl;
+    }
+  }
+  return report_checks(result, store.store_dir(), describe, ctx.quiet);
+}
+
 } // namespace
 
 cargo::CargoRequest
@@ -347,6 +379,10 @@ add_cargo_options(CLI::App& c, CargoArgs& a)
                "Push every path built (not substituted) to this cache as soon as it is built, "
                "signed with secret-key-file, with the cache's token")
     ->group(k_kiln_cargo_group);
+  c.add_flag("--push-drvs", a.push_drvs,
+             "With --push-to: also push every derivation (.drv) and the sources it builds from, "
+             "so that anyone can build it again and compare (kiln cache check)")
+    ->group(k_kiln_cargo_group);
   c.add_option("--explain", a.explain,
                "Say why a package's units are (or are not) built: what changed in their inputs "
                "since the last build; build nothing")
@@ -359,7 +395,8 @@ cargo_options_given(const CLI::App& command)
   for (const auto* option : command.get_options()) {
     std::string group = option->get_group();
     if ((group == k_cargo_group || group == k_target_group ||
-         (group == k_kiln_cargo_group && option->get_name() != "--push-to")) &&
+         (group == k_kiln_cargo_group && option->get_name() != "--push-to" &&
+          option->get_name() != "--push-drvs")) &&
         option->count() > 0) {
       return true;
     }
@@ -373,6 +410,9 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
 {
   OutputOptions output{ctx.quiet, args.verbose, parse_message_format(args.message_format),
                        common.json};
+  if (args.push_drvs && args.push_to.empty()) {
+    throw UsageError("--push-drvs goes with --push-to CACHE");
+  }
   cargo::CargoRequest request = args.request(command);
   auto& store = ctx.store();
   auto project = cargo::CargoProject::load(request, store.state_dir("cargo"));
@@ -420,6 +460,10 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
   if (!push_cache.report(build.result)) {
     status = failure;
   }
+  if (args.push_drvs && build.succeeded() &&
+      !push_cache.push_derivations(cargo::write_unit_derivations(store, build))) {
+    status = failure;
+  }
   if (common.json) {
     out.print_json(build);
   }
@@ -432,6 +476,9 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
   if (status != 0) {
     return status;
   }
+  if (common.check) {
+    status = check_build(ctx, *project, build, options, common.json);
+  }
   // Not `kiln run`'s: its stdout is the program's.
   link_products(store, *project, build, args, common, command == cargo::CargoCommand::run);
   if (!common.no_link) {
@@ -442,7 +489,7 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
   if (command == cargo::CargoCommand::run) {
     return run_product(store, *project, build, args);
   }
-  return 0;
+  return status;
 }
 
 namespace {

@@ -49,6 +49,7 @@ struct CargoArgs
   // kiln's
   bool link_libs = false;
   std::string push_to;
+  bool push_drvs = false;
   std::optional<std::string> explain;
 
   // What to ask cargo (and kiln) for.
@@ -68,6 +69,7 @@ struct BuildCommonArgs
   bool no_link = false;
   unsigned timeout = 0;
   unsigned max_silent_time = 0;
+  bool check = false;         // kiln build --check: build every unit again and compare
 };
 
 int cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common,

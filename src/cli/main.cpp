@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <csignal>
+#include <cstdio>
 #include <iostream>
 
 namespace kiln::cli {
@@ -152,6 +153,28 @@ Context::apply_size_cap()
   }
 }
 
+bool
+PushCache::push_derivations(const std::vector<StorePath>& drvs)
+{
+  if (!m_cache || drvs.empty()) {
+    return true;
+  }
+  PushOptions options;
+  options.key = m_key ? &*m_key : nullptr;
+  options.connections = m_ctx.settings().connections;
+  try {
+    auto result = push(m_ctx.store(), *m_cache, drvs, options);
+    if (!m_ctx.quiet) {
+      std::fprintf(stderr, "%12s %zu paths of derivations (.drv files and sources) to %s\n",
+                   "Pushed", result.uploaded.size(), m_url.c_str());
+    }
+    return true;
+  } catch (const std::exception& e) {
+    std::cerr << "kiln: error: pushing derivations to " << m_url << ": " << e.what() << "\n";
+    return false;
+  }
+}
+
 BuildOptions
 Context::build_options(bool keep_going, unsigned timeout, unsigned max_silent_time)
 {
@@ -259,6 +282,7 @@ main(int argc, char** argv)
   cli::register_derivation_commands(app, ctx);
   cli::register_build_commands(app, ctx);
   cli::register_cargo_commands(app, ctx);
+  cli::register_install_commands(app, ctx);
   cli::register_serve_commands(app, ctx);
   cli::register_doctor_commands(app, ctx);
 

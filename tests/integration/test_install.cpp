@@ -117,7 +117,7 @@ TEST_CASE("the man page and the bash completion cover every command", "[install]
 
   CHECK(test::run({"bash", "-n", bash.string()}).status == 0);
   CHECK_THAT(complete(bash, "kiln ca"), Catch::Equals("cache"));
-  CHECK_THAT(complete(bash, "kiln cache "), Catch::Equals("gc"));
+  CHECK_THAT(complete(bash, "kiln cache "), Catch::Equals("gc check"));
   CHECK_THAT(complete(bash, "kiln cache gc --ke"), Catch::Equals("--keep-days"));
   CHECK_THAT(complete(bash, "kiln --store /tmp do"), Catch::Equals("doctor"));
   CHECK_THAT(complete(bash, "kiln doctor --j"), Catch::Equals("--json --jobs"));

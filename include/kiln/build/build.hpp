@@ -7,6 +7,7 @@
 #include <kiln/cache/cache_client.hpp>
 #include <kiln/derivation/derivation.hpp>
 #include <kiln/graph/graph.hpp>
+#include <kiln/nar/tree_diff.hpp>
 #include <kiln/sandbox/sandbox.hpp>
 #include <kiln/signing/signing.hpp>
 #include <kiln/store/local_store.hpp>
@@ -14,6 +15,8 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -141,6 +144,65 @@ struct BuildResult
 BuildResult build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
                               const BuildOptions& options, const Frontend& frontend,
                               BuildObserver& observer);
+
+// --- Checking: is a derivation reproducible? ---
+
+// One output of a derivation built a second time, against the valid one.
+struct OutputCheck
+{
+  std::string name;                          // "out"
+  StorePath path;
+  bool same = false;                         // the same NAR, byte for byte
+  std::vector<TreeDifference> differences;   // first: the valid output, second: the rebuild
+  // Where the rebuild was kept for inspection (CheckOptions::keep): the
+  // valid output's folder with "-check" appended. Not valid: the next
+  // garbage collection deletes it.
+  std::optional<std::filesystem::path> kept;
+};
+
+struct DerivationCheck
+{
+  std::vector<OutputCheck> outputs;
+  std::string error;                         // the second build failed: why
+  bool reproducible() const;                 // built again, every output the same
+};
+
+struct CheckOptions
+{
+  bool keep = true;                          // keep a differing rebuild (OutputCheck::kept)
+  size_t max_differences = 20;               // per output (0: all)
+  // Called as each check starts (`done` null) and ends; one call at a time.
+  std::function<void(const StorePath& drv, const DerivationCheck* done)> progress;
+};
+
+struct CheckResult
+{
+  BuildResult realised;                      // what realising them first did
+  std::map<StorePath, DerivationCheck> checks;
+};
+
+// `kiln build --check`: realise `drvs` and every derivation they need
+// (present, substituted or built, as build_derivations does), then build
+// each of them once more, in the sandbox as any build, and compare what
+// it makes with the valid outputs — NAR for NAR; files that differ are
+// listed. Nothing is registered by the second builds. A derivation that
+// could not be realised is not checked.
+CheckResult check_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
+                              const BuildOptions& options, const Frontend& frontend,
+                              BuildObserver& observer, const CheckOptions& check = {});
+
+// A derivation built again, its outputs not registered: where each lies.
+// The folders (under the store's tmp/) live as long as `lease`.
+struct Rebuild
+{
+  std::map<std::string, std::filesystem::path> outputs;   // output name → folder
+  std::shared_ptr<const void> lease;
+};
+
+// Build `drv` once more; every output of its inputs must be valid. Throws
+// Error if the build fails. Its log is kept apart from the first build's.
+Rebuild rebuild_derivation(LocalStore& store, const StorePath& drv, const BuildOptions& options,
+                           const Frontend& frontend, BuildObserver& observer);
 
 // Where the log of building `drv` is kept.
 std::filesystem::path log_path(const LocalStore& store, const StorePath& drv);

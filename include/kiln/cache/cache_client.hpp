@@ -65,6 +65,10 @@ public:
   // size transferred.
   std::unique_ptr<PreparedPath> fetch_prepared(LocalStore& store, const NarInfo& narinfo,
                                                uint64_t& bytes);
+  // Restore the NAR `narinfo` describes at `target` (which must not exist),
+  // outside any store, checking its NAR hash and size: to look at what a
+  // cache holds (kiln cache check compares it with a rebuild).
+  void fetch_to_folder(const NarInfo& narinfo, const std::filesystem::path& target);
   // Create or replace the narinfo of `narinfo.info.path`.
   void put_narinfo(const NarInfo& narinfo);
 

@@ -33,6 +33,8 @@ namespace kiln::cargo {
 // library callers can pass their own).
 using Environment = std::map<std::string, std::string>;
 Environment current_environment();
+// Where cargo's home is in `env`: $CARGO_HOME, else ~/.cargo.
+std::filesystem::path cargo_home_of(const Environment& env);
 
 // Where a configuration value comes from.
 struct ConfigSource

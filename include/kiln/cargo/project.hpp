@@ -56,6 +56,10 @@ struct CargoRequest
   std::string rerun;
   // The caller's environment as cargo would see it.
   Environment env;
+  // Cap every package's lints (--cap-lints allow, no [lints] flags), path
+  // packages too: `kiln install` builds a registry crate from a copy, as
+  // cargo install builds it from the registry.
+  bool cap_lints = false;
 };
 
 class CargoProject
@@ -114,6 +118,18 @@ struct CargoBuild
 // Realise the plan's roots (and what they need).
 CargoBuild build_project(LocalStore& store, const CargoProject& project,
                          const BuildOptions& options, CargoObserver& observer);
+
+// --push-drvs: write the .drv of every unit of `build` (and the sources
+// they compile) into the store, inputs first, so that the derivations can
+// be pushed with their closures. Returns them.
+std::vector<StorePath> write_unit_derivations(LocalStore& store, const CargoBuild& build);
+
+// `kiln build --check`: build every unit of `build` (a finished build of
+// `project`) once more and compare its output with the one in the store
+// (check_derivations). Units are realised first where they are not (the
+// inputs of substituted ones), silently.
+CheckResult check_units(LocalStore& store, const CargoProject& project, const CargoBuild& build,
+                        const BuildOptions& options, const CheckOptions& check);
 
 // Remember each unit's inputs as this build planned them (in the project's
 // state), for explain_units.

@@ -91,6 +91,8 @@ struct InstantiateContext
   bool run_tests = false;
   std::vector<std::string> test_args{};
   std::string rerun{};
+  // Every package's lints capped, as for registry packages (kiln install).
+  bool cap_lints = false;
 };
 
 // Compute every unit's inputs and derivation. Source trees are hashed (not
@@ -140,6 +142,27 @@ private:
   std::filesystem::path m_helper;   // kiln-rust-unit, if found
   mutable std::mutex m_push_mutex;
   mutable std::map<size_t, bool> m_pushable;
+};
+
+// Cargo units known only by their .drv files (kiln cache check): the
+// builder "builtin:rust-unit" with this machine's toolchain, the unit's
+// inputs read from the derivation. A unit built with another toolchain
+// (compiler, standard library, linker, by content) cannot be built here.
+class DrvUnitFrontend : public Frontend
+{
+public:
+  DrvUnitFrontend(const LocalStore& store, const Toolchain& toolchain, unsigned jobs);
+  void builtin_builder(const Derivation& drv, BuildSpec& spec) const override;
+  // Why `drv` (a Cargo unit) cannot be built the same way here; nullopt if
+  // it can (or is not a Cargo unit).
+  std::optional<std::string> cannot_build(const Derivation& drv) const;
+
+private:
+  const LocalStore& m_store;
+  const Toolchain& m_toolchain;
+  unsigned m_jobs;
+  std::filesystem::path m_self;
+  std::filesystem::path m_helper;
 };
 
 // Does a build-script run's output (its directives) show reads of the host
