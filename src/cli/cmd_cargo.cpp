@@ -404,6 +404,21 @@ cargo_options_given(const CLI::App& command)
   return false;
 }
 
+BuildOptions
+cargo_build_options(Context& ctx, const cargo::CargoProject& project, bool keep_going,
+                    unsigned timeout, unsigned max_silent_time)
+{
+  BuildOptions options = ctx.build_options(keep_going, timeout, max_silent_time);
+  options.jobserver = true;
+  const auto& origins = ctx.settings().origins;
+  auto origin = origins.find("jobs");
+  auto config_jobs = project.build_config().jobs();
+  if (config_jobs && *config_jobs > 0 && (origin == origins.end() || origin->second == "default")) {
+    options.jobs = static_cast<unsigned>(*config_jobs);
+  }
+  return options;
+}
+
 int
 cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common,
               cargo::CargoCommand command)
@@ -430,16 +445,8 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
     }
     return 0;
   }
-  BuildOptions options = ctx.build_options(common.keep_going || args.no_fail_fast, common.timeout,
-                                          common.max_silent_time);
-  options.jobserver = true;
-  // build.jobs in cargo's configuration, unless kiln's own jobs setting says.
-  const auto& origins = ctx.settings().origins;
-  auto origin = origins.find("jobs");
-  auto config_jobs = project->build_config().jobs();
-  if (config_jobs && *config_jobs > 0 && (origin == origins.end() || origin->second == "default")) {
-    options.jobs = static_cast<unsigned>(*config_jobs);
-  }
+  BuildOptions options = cargo_build_options(ctx, *project, common.keep_going || args.no_fail_fast,
+                                             common.timeout, common.max_silent_time);
   PushCache push_cache(ctx, args.push_to);
   options.push_to = push_cache.target();
 

@@ -75,6 +75,11 @@ struct BuildCommonArgs
 int cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common,
                   cargo::CargoCommand command);
 
+// A Cargo build's policy: the settings' (ctx.build_options) with cargo's
+// jobserver, and cargo's build.jobs unless kiln's own jobs setting was given.
+BuildOptions cargo_build_options(Context& ctx, const cargo::CargoProject& project, bool keep_going,
+                                 unsigned timeout, unsigned max_silent_time);
+
 // Add the common build flags (--json, -k, --no-link, --timeout,
 // --max-silent-time) to a command.
 void add_build_common_options(CLI::App& command, BuildCommonArgs& args);

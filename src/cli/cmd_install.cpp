@@ -169,15 +169,8 @@ install_one(Context& ctx, const InstallArgs& args, const std::optional<std::stri
   installed.store = store.root().string();
   status_line(ctx.quiet, "Installing", installed.describe());
 
-  BuildOptions options = ctx.build_options(args.common.keep_going, args.common.timeout,
-                                           args.common.max_silent_time);
-  options.jobserver = true;
-  const auto& origins = ctx.settings().origins;
-  auto origin = origins.find("jobs");
-  auto config_jobs = project->build_config().jobs();
-  if (config_jobs && *config_jobs > 0 && (origin == origins.end() || origin->second == "default")) {
-    options.jobs = static_cast<unsigned>(*config_jobs);
-  }
+  BuildOptions options = cargo_build_options(ctx, *project, args.common.keep_going,
+                                             args.common.timeout, args.common.max_silent_time);
   PushCache push_cache(ctx, args.push_to);
   options.push_to = push_cache.target();
   CargoOutput out(*project, store,
