@@ -73,9 +73,9 @@ first_line(const std::string& text)
 
 } // namespace
 
-CargoQueries::CargoQueries(fs::path state_dir, fs::path cwd, const Environment& env,
+CargoQueries::CargoQueries(fs::path cache_dir, fs::path cwd, const Environment& env,
                            std::string toolchain, std::vector<fs::path> files)
-  : m_state_dir(std::move(state_dir)), m_cwd(std::move(cwd)), m_env(env),
+  : m_cache_dir(std::move(cache_dir)), m_cwd(std::move(cwd)), m_env(env),
     m_toolchain(std::move(toolchain)), m_files(std::move(files))
 {
 }
@@ -91,7 +91,7 @@ CargoQueries::answers(const std::vector<CargoQuery>& queries, bool offline,
   for (size_t q = 0; q < queries.size(); ++q) {
     std::string id = json(queries[q].argv).dump() + "\n" + json(queries[q].env).dump() + "\n" +
                      m_cwd.string() + "\n" + environment_key(m_env) + m_toolchain;
-    cache_files[q] = m_state_dir / ("query-" +
+    cache_files[q] = m_cache_dir / ("query-" +
                                     hash_string(HashAlgo::sha256, id)
                                       .to_string(HashFormat::base16, false)
                                       .substr(0, 32) +
@@ -139,7 +139,7 @@ CargoQueries::answers(const std::vector<CargoQuery>& queries, bool offline,
     }
     json record = {{"files", extra_names}, {"fingerprint", files_fingerprint(files)}, {"answer", result.out}};
     try {
-      fs::create_directories(m_state_dir);
+      fs::create_directories(m_cache_dir);
       write_file_atomic(cache_files[q], record.dump());
     } catch (const std::exception&) {
       // Only a cache.

@@ -39,7 +39,7 @@ class CargoQueries
 public:
   // `toolchain` is the toolchain's identity; `files` the files every answer
   // depends on (configuration, toolchain files), found or not.
-  CargoQueries(std::filesystem::path state_dir, std::filesystem::path cwd, const Environment& env,
+  CargoQueries(std::filesystem::path cache_dir, std::filesystem::path cwd, const Environment& env,
                std::string toolchain, std::vector<std::filesystem::path> files);
 
   // The answers to each query (run at once when not remembered); a failure
@@ -53,7 +53,7 @@ public:
             size_t q, const std::vector<std::string>& answers)>& more_files);
 
 private:
-  std::filesystem::path m_state_dir;
+  std::filesystem::path m_cache_dir;
   std::filesystem::path m_cwd;
   Environment m_env;
   std::string m_toolchain;

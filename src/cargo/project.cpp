@@ -196,22 +196,24 @@ unit_graph_argv(const CargoRequest& request, const fs::path& cargo)
 } // namespace
 
 std::unique_ptr<CargoProject>
-CargoProject::load(const CargoRequest& request, const fs::path& state_dir)
+CargoProject::load(const CargoRequest& request, const fs::path& state_dir,
+                   const fs::path& cache_dir)
 {
   std::unique_ptr<CargoProject> p(new CargoProject());
   p->m_request = request;
   p->m_state_dir = state_dir;
+  p->m_cache_dir = cache_dir;
   p->m_config = std::make_unique<CargoConfig>(
     CargoConfig::load(request.cwd, cargo_home_of(request.env), request.config_args, request.env));
   p->m_warnings = p->m_config->warnings();
   p->m_build_config = std::make_unique<BuildConfig>(*p->m_config, p->m_warnings);
-  p->m_toolchain = locate_toolchain(request.cwd, *p->m_build_config, request.env, state_dir);
+  p->m_toolchain = locate_toolchain(request.cwd, *p->m_build_config, request.env, cache_dir);
   // Hashing a toolchain this store has not seen takes as long as cargo's
   // answers: both at once. Nothing below reads the identity before get().
   std::future<void> identified =
     std::async(std::launch::async, [t = p->m_toolchain.get()] { identify_toolchain(*t); });
 
-  CargoQueries queries(state_dir, request.cwd, request.env, p->m_toolchain->located_key(),
+  CargoQueries queries(cache_dir, request.cwd, request.env, p->m_toolchain->located_key(),
                        common_files(*p->m_config, request.cwd));
   std::vector<std::string> metadata = {p->m_toolchain->cargo.string(), "metadata",
                                        "--format-version", "1"};
@@ -253,7 +255,7 @@ InstantiatedPlan
 CargoProject::instantiate(LocalStore& store) const
 {
   InstantiateContext context{.ws = m_workspace, .plan = m_plan, .toolchain = *m_toolchain,
-                             .config = *m_build_config, .state_dir = m_state_dir};
+                             .config = *m_build_config, .digest_dir = m_cache_dir};
   HostReadsRecord record(m_state_dir / "host-reads.json");
   const Environment& env = m_request.env;
   context.host_inputs = [&](const CargoPackage& pkg, UnitInputs& run) {

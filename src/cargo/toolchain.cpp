@@ -211,7 +211,7 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
   // Asked without the lock: two queries (the bootstrap one beside the
   // normal one) run at once.
   // Remembered on disk by the toolchain's identity, triple and flags.
-  fs::path cached = state_dir / ("cfg-" + hash_string(HashAlgo::sha256, identity + "\n" + key)
+  fs::path cached = cache_dir / ("cfg-" + hash_string(HashAlgo::sha256, identity + "\n" + key)
                                             .to_string(HashFormat::base16, false)
                                             .substr(0, 32));
   std::string text;
@@ -225,7 +225,7 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
                    bootstrap ? std::map<std::string, std::string>{{"RUSTC_BOOTSTRAP", "1"}}
                              : std::map<std::string, std::string>{});
     try {
-      fs::create_directories(state_dir);
+      fs::create_directories(cache_dir);
       write_file_atomic(cached, text);
     } catch (const std::exception&) {
       // Only a cache.
@@ -242,12 +242,12 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
 
 std::unique_ptr<Toolchain>
 locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environment& env,
-                 const fs::path& state_dir)
+                 const fs::path& cache_dir)
 {
   auto t = std::make_unique<Toolchain>();
-  t->state_dir = state_dir;
-  t->digests = std::make_shared<DigestCache>(state_dir / "toolchain-digests.json");
-  fs::path cache_file = state_dir / "toolchain.json";
+  t->cache_dir = cache_dir;
+  t->digests = std::make_shared<DigestCache>(cache_dir / "toolchain-digests.json");
+  fs::path cache_file = cache_dir / "toolchain.json";
   // Which programs are found, and what rustup would choose: if unchanged,
   // the programs (not yet their contents) are as last time.
   std::string rustc_name = env_or(env, "RUSTC", config.rustc().value_or("rustc"));
@@ -294,7 +294,7 @@ locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
                  {"linker_version", linker_version}};
   if (record != cached) {
     try {
-      fs::create_directories(state_dir);
+      fs::create_directories(cache_dir);
       write_file_atomic(cache_file, record.dump());
     } catch (const std::exception&) {
       // Only a cache.
@@ -317,9 +317,9 @@ identify_toolchain(Toolchain& t)
 
 std::unique_ptr<Toolchain>
 detect_toolchain(const fs::path& cwd, const BuildConfig& config, const Environment& env,
-                 const fs::path& state_dir)
+                 const fs::path& cache_dir)
 {
-  auto t = locate_toolchain(cwd, config, env, state_dir);
+  auto t = locate_toolchain(cwd, config, env, cache_dir);
   identify_toolchain(*t);
   return t;
 }

@@ -59,7 +59,7 @@ source_filter(const fs::path& root, bool local)
 class Sources
 {
 public:
-  explicit Sources(const fs::path& state_dir) : m_digests(state_dir / "source-digests.json") {}
+  explicit Sources(const fs::path& digest_dir) : m_digests(digest_dir / "source-digests.json") {}
   ~Sources() { m_digests.save(); }
 
   StorePath
@@ -547,7 +547,7 @@ InstantiatedPlan
 instantiate_plan(LocalStore& store, const InstantiateContext& context)
 {
   const StoreDir& dir = store.store_dir();
-  Sources sources(context.state_dir);
+  Sources sources(context.digest_dir);
   InstantiatedPlan made;
   DrvHasher hasher(dir, [&](const StorePath& p) {
     auto it = made.derivations.find(p);

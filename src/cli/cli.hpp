@@ -36,6 +36,9 @@ public:
   // line's); only before the store is opened.
   void adopt_settings(Settings settings);
   LocalStore& store();
+  // Where the Cargo frontend remembers digests and cargo's answers (the
+  // cache-dir setting's `cargo` folder: shared by the user's stores).
+  std::filesystem::path cargo_cache_dir();
   // A client for the binary cache at `url`, with the configured token,
   // connection count and negative cache.
   std::unique_ptr<CacheClient> open_cache(const std::string& url);

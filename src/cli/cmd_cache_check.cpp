@@ -218,7 +218,7 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
         auto config = cargo::CargoConfig::load(cwd, cargo::cargo_home_of(env), {}, env);
         std::vector<std::string> warnings;
         cargo::BuildConfig build_config(config, warnings);
-        toolchain = cargo::detect_toolchain(cwd, build_config, env, store.state_dir("cargo"));
+        toolchain = cargo::detect_toolchain(cwd, build_config, env, ctx.cargo_cache_dir());
       } catch (const std::exception& e) {
         no_toolchain = std::string("no Rust toolchain here: ") + e.what();
       }

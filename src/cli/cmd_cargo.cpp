@@ -430,7 +430,7 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
   }
   cargo::CargoRequest request = args.request(command);
   auto& store = ctx.store();
-  auto project = cargo::CargoProject::load(request, store.state_dir("cargo"));
+  auto project = cargo::CargoProject::load(request, store.state_dir("cargo"), ctx.cargo_cache_dir());
   for (const auto& w : project->warnings()) {
     std::cerr << "kiln: warning: " << w << "\n";
   }

@@ -131,7 +131,9 @@ install_one(Context& ctx, const InstallArgs& args, const std::optional<std::stri
   cargo::InstallRecords records(root);
 
   auto& store = ctx.store();
-  fs::path scratch = store.state_dir("cargo") / "install" / (crate ? spec.crate : "path");
+  // The crate's copy and lock file stay from one install to the next (any
+  // store's): cargo's answers about them are then remembered.
+  fs::path scratch = ctx.cargo_cache_dir() / "install" / (crate ? spec.crate : "path");
   fs::create_directories(scratch.parent_path());
   FileLock scratch_lock(scratch.string() + ".lock", LockMode::exclusive);
   std::vector<std::string> notes;
@@ -140,7 +142,7 @@ install_one(Context& ctx, const InstallArgs& args, const std::optional<std::stri
   for (const auto& n : notes) {
     std::cerr << "kiln: warning: " << n << "\n";
   }
-  auto project = cargo::CargoProject::load(request, store.state_dir("cargo"));
+  auto project = cargo::CargoProject::load(request, store.state_dir("cargo"), ctx.cargo_cache_dir());
   for (const auto& w : project->warnings()) {
     std::cerr << "kiln: warning: " << w << "\n";
   }

@@ -470,6 +470,7 @@ register_config_commands(CLI::App& app, Context& ctx)
       std::map<std::string, std::string> values = {
         {"store", s.store.string()},
         {"store-dir", s.store_dir},
+        {"cache-dir", s.cache_dir.string()},
         {"substituters", join(s.substituters)},
         {"trusted-public-keys", join(s.trusted_public_keys)},
         {"require-sigs", std::to_string(s.require_sigs)},

@@ -54,6 +54,12 @@ Context::store()
   return *m_store;
 }
 
+std::filesystem::path
+Context::cargo_cache_dir()
+{
+  return settings().cache_dir / "cargo";
+}
+
 std::unique_ptr<CacheClient>
 Context::open_cache(const std::string& url)
 {

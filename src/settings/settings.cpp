@@ -54,6 +54,14 @@ default_store(const EnvLookup& env)
   return base / "kiln";
 }
 
+fs::path
+default_cache_dir(const EnvLookup& env)
+{
+  auto cache = env("XDG_CACHE_HOME");
+  fs::path base = cache && !cache->empty() ? fs::path(*cache) : home_dir(env) / ".cache";
+  return base / "kiln";
+}
+
 // The YAML of a config file: null (empty) or a mapping.
 YAML::Node
 parse_config(const std::string& text, const fs::path& file)
@@ -235,6 +243,9 @@ Settings::table()
   static const std::vector<SettingInfo> settings = {
     {"store", "KILN_STORE", "where the store lives on disk (default $XDG_DATA_HOME/kiln)"},
     {"store-dir", "KILN_STORE_DIR", "logical store directory that paths are named under"},
+    {"cache-dir", "KILN_CACHE_DIR",
+     "where kiln remembers digests of the toolchain and sources and cargo's answers, by file "
+     "metadata, for every store (default $XDG_CACHE_HOME/kiln)"},
     {"substituters", "KILN_SUBSTITUTERS", "binary caches to substitute from (space-separated)"},
     {"trusted-public-keys", "KILN_TRUSTED_PUBLIC_KEYS", "keys whose signatures are trusted"},
     {"require-sigs", "KILN_REQUIRE_SIGS", "distinct trusted signatures a substitute needs"},
@@ -268,6 +279,11 @@ Settings::set(const std::string& key, const std::string& value, const std::strin
                        "' must be an absolute path without a trailing '/'");
     }
     store_dir = value;
+  } else if (key == "cache-dir") {
+    if (value.empty()) {
+      throw UsageError(what + ": the cache folder must not be empty");
+    }
+    cache_dir = value;
   } else if (key == "substituters") {
     substituters = split_words(value);
   } else if (key == "trusted-public-keys") {
@@ -348,6 +364,7 @@ load_settings(const std::map<std::string, std::string>& flags,
 {
   Settings settings;
   settings.store = default_store(env);
+  settings.cache_dir = default_cache_dir(env);
   unsigned cores = std::thread::hardware_concurrency();
   settings.jobs = cores > 0 ? cores : 1;
   for (const auto& info : Settings::table()) {

@@ -621,6 +621,52 @@ TEST_CASE("cargo frontend: --explain and why-rebuild name the input that changed
   CHECK(why.out.find("__kiln_unit") == std::string::npos);
 }
 
+TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, and an edited "
+          "manifest asks cargo again", "[cargo]")
+{
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  // A cargo on PATH that writes down each time it is run, then runs the real one.
+  fs::path real_cargo =
+    test::output_of(test::run({"sh", "-c", "command -v cargo"}), "the path of cargo");
+  fs::path log = dir / "cargo-calls";
+  test::write_file(dir / "bin" / "cargo",
+                   "#!/bin/sh\necho \"$*\" >>'" + log.string() + "'\nexec '" +
+                     real_cargo.string() + "' \"$@\"\n",
+                   true);
+  test::RunOptions opts;
+  opts.cwd = ws;
+  opts.env = {{"PATH", (dir / "bin").string() + ":" + std::getenv("PATH")},
+              {"KILN_CACHE_DIR", (dir / "cache").string()}};
+  auto plan = [&](const std::string& store) {
+    auto r = test::kiln({"--store", (dir / store).string(), "build", "--unit-graph"}, opts);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    return r.out;
+  };
+  auto calls = [&] {
+    std::error_code ec;
+    std::string text = fs::exists(log, ec) ? read_file(log) : "";
+    fs::remove(log, ec);
+    return text;
+  };
+
+  std::string first = plan("store-a");
+  CHECK_THAT(calls(), Catch::Contains("metadata") && Catch::Contains("--unit-graph"));
+  // What was learned lives in the cache folder, not in the store.
+  CHECK(fs::exists(dir / "cache" / "cargo" / "toolchain-digests.json"));
+  CHECK(!fs::exists(dir / "store-a" / "var" / "cargo" / "toolchain-digests.json"));
+
+  // Another, empty store: cargo is not asked again, and the plan is the same.
+  CHECK(plan("store-b") == first);
+  CHECK(calls().empty());
+
+  // An edited manifest (only a comment): the answers are cargo's again.
+  std::ofstream(ws / "mylib" / "Cargo.toml", std::ios::app) << "# edited\n";
+  CHECK(plan("store-c") == first);
+  CHECK_THAT(calls(), Catch::Contains("metadata"));
+}
+
 namespace {
 
 // The diagnostics' headlines ("warning: unneeded `return` statement"),

@@ -65,12 +65,15 @@ struct CargoRequest
 class CargoProject
 {
 public:
-  // Load and plan. `state_dir` remembers cargo's answers, digests and the
-  // toolchain between runs (by everything they depend on). Anything kiln
+  // Load and plan. `cache_dir` remembers cargo's answers, digests and the
+  // toolchain between runs, by everything they depend on (so it may be shared
+  // by every store of the user); `state_dir`, the store's own, what this
+  // store's builds learned (build scripts' host reads, the last builds). Anything kiln
   // would build differently from cargo is a CargoError naming it; harmless
   // differences are in warnings().
   static std::unique_ptr<CargoProject> load(const CargoRequest& request,
-                                            const std::filesystem::path& state_dir);
+                                            const std::filesystem::path& state_dir,
+                                            const std::filesystem::path& cache_dir);
 
   const CargoRequest& request() const { return m_request; }
   const CargoConfig& config() const { return *m_config; }
@@ -80,6 +83,7 @@ public:
   const Plan& plan() const { return m_plan; }
   const std::vector<std::string>& warnings() const { return m_warnings; }
   const std::filesystem::path& state_dir() const { return m_state_dir; }
+  const std::filesystem::path& cache_dir() const { return m_cache_dir; }
 
   // Every unit's inputs and derivation (sources hashed, nothing written).
   InstantiatedPlan instantiate(LocalStore& store) const;
@@ -88,6 +92,7 @@ private:
   CargoProject() = default;
   CargoRequest m_request;
   std::filesystem::path m_state_dir;
+  std::filesystem::path m_cache_dir;
   std::unique_ptr<CargoConfig> m_config;
   std::unique_ptr<BuildConfig> m_build_config;
   std::unique_ptr<Toolchain> m_toolchain;

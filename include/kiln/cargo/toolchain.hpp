@@ -57,7 +57,7 @@ public:
   std::string located_key() const;
 
   // Set by detect_toolchain: where answers are remembered.
-  std::filesystem::path state_dir;
+  std::filesystem::path cache_dir;
   std::shared_ptr<DigestCache> digests;
 
 private:
@@ -69,11 +69,11 @@ private:
 // Find the toolchain as cargo would from `cwd`: rustc from $RUSTC, else
 // build.rustc, else rustc on PATH (rustup's proxy picks the toolchain from
 // RUSTUP_TOOLCHAIN, rust-toolchain.toml above `cwd`, overrides, default);
-// cargo from $CARGO else PATH; cc. Identities are remembered in `state_dir`
+// cargo from $CARGO else PATH; cc. Identities are remembered in `cache_dir`
 // by file metadata, so a toolchain is hashed once.
 std::unique_ptr<Toolchain> detect_toolchain(const std::filesystem::path& cwd,
                                             const BuildConfig& config, const Environment& env,
-                                            const std::filesystem::path& state_dir);
+                                            const std::filesystem::path& cache_dir);
 
 // detect_toolchain in two steps, so that the hashing (seconds on a store
 // that has not seen the toolchain) can run beside other work: where the
@@ -81,7 +81,7 @@ std::unique_ptr<Toolchain> detect_toolchain(const std::filesystem::path& cwd,
 // empty), then their contents.
 std::unique_ptr<Toolchain> locate_toolchain(const std::filesystem::path& cwd,
                                             const BuildConfig& config, const Environment& env,
-                                            const std::filesystem::path& state_dir);
+                                            const std::filesystem::path& cache_dir);
 void identify_toolchain(Toolchain& toolchain);
 
 } // namespace kiln::cargo

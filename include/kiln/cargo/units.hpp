@@ -77,7 +77,7 @@ struct InstantiateContext
   const Toolchain& toolchain;
   const BuildConfig& config;
   // Where source digests are remembered between runs.
-  std::filesystem::path state_dir;
+  std::filesystem::path digest_dir;
   // clippy-driver by content, for `kiln clippy` (workspace members' check
   // units run through it, with these arguments); empty otherwise.
   std::string clippy{};

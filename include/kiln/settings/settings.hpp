@@ -26,6 +26,9 @@ struct SettingInfo
 struct Settings
 {
   std::filesystem::path store;             // where the store lives on disk
+  // What kiln learned of this machine's files, by their metadata: toolchain
+  // and source digests, cargo's answers. Shared by every store of the user.
+  std::filesystem::path cache_dir;
   std::string store_dir = "/kiln/store";   // the logical store directory
   std::vector<std::string> substituters;
   std::vector<std::string> trusted_public_keys;
