@@ -116,23 +116,15 @@ private:
   bool m_show;
 };
 
-int
-cache_check(Context& ctx, const CacheCheckArgs& args)
+// What to check: the paths given, or every path of a cache folder that a
+// derivation builds (--sample N of them), each with its narinfo and deriver.
+std::vector<PathCheck>
+select_checks(CacheClient& cache, const CacheCheckArgs& args, const StoreDir& dir)
 {
-  auto& store = ctx.store();
-  const StoreDir& dir = store.store_dir();
-  auto cache = ctx.open_cache(args.url);
-  if (cache->cache_info().store_dir != dir.path()) {
-    throw UsageError("the cache " + args.url + " is for the store " + cache->cache_info().store_dir +
-                     ", this store is " + dir.path());
-  }
-  bool show = !ctx.quiet && !args.json;
-
-  // What to check: paths given, or every path built by a derivation.
   std::vector<std::string> names = args.paths;
   bool listed = names.empty();
   if (listed) {
-    names = listed_paths(*cache, args.url);
+    names = listed_paths(cache, args.url);
   }
   std::vector<PathCheck> checks;
   for (const auto& name : names) {
@@ -141,7 +133,7 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
       throw UsageError("'" + name + "' is not a store path");
     }
     PathCheck c{*path, std::nullopt, std::nullopt, Verdict::unchecked, "", {}};
-    c.narinfo = cache->query(*path);
+    c.narinfo = cache.query(*path);
     if (!c.narinfo) {
       c.reason = "not in the cache";
     } else if (c.narinfo->info.ca || std::string(path->name()).ends_with(".drv")) {
@@ -171,8 +163,15 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
               [](const PathCheck& a, const PathCheck& b) { return a.path < b.path; });
     checks = std::move(candidates);
   }
+  return checks;
+}
 
-  // The derivations, with their closures, from the cache.
+// The checks' derivations, with their closures, from the cache; a check
+// whose derivation the cache lacks is left unchecked, saying so.
+void
+fetch_derivations(Context& ctx, CacheClient& cache, std::vector<PathCheck>& checks)
+{
+  auto& store = ctx.store();
   std::vector<StorePath> drvs;
   for (const auto& c : checks) {
     if (c.drv && !store.is_valid(*c.drv)) {
@@ -183,26 +182,37 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
   drvs.erase(std::unique(drvs.begin(), drvs.end()), drvs.end());
   SubstituteOptions fetch;
   fetch.connections = ctx.settings().connections;
-  substitute(store, {cache.get()}, ctx.trust_policy(), drvs, fetch);
+  substitute(store, {&cache}, ctx.trust_policy(), drvs, fetch);
   for (auto& c : checks) {
     if (c.drv && !store.is_valid(*c.drv)) {
-      c.reason = "its derivation " + dir.print(*c.drv) +
+      c.reason = "its derivation " + store.store_dir().print(*c.drv) +
                  " is not in the cache (push it with --push-drvs)";
       c.drv.reset();
     }
   }
+}
 
-  // Cargo units are built with this machine's toolchain, if it is theirs.
-  std::unique_ptr<cargo::Toolchain> toolchain;
-  std::string no_toolchain;
+// The derivations read, and this machine's toolchain for Cargo units (if
+// there is one: it must be theirs for a unit to be checked here).
+struct Rebuilders
+{
   std::map<StorePath, Derivation> derivations;
+  std::unique_ptr<cargo::Toolchain> toolchain;
+  std::string no_toolchain;                  // why there is none
+};
+
+void
+read_derivations(Context& ctx, std::vector<PathCheck>& checks, Rebuilders& r)
+{
+  auto& store = ctx.store();
+  const StoreDir& dir = store.store_dir();
   for (auto& c : checks) {
     if (!c.drv) {
       continue;
     }
-    auto it = derivations.find(*c.drv);
-    if (it == derivations.end()) {
-      it = derivations.emplace(*c.drv, read_derivation(store, *c.drv)).first;
+    auto it = r.derivations.find(*c.drv);
+    if (it == r.derivations.end()) {
+      it = r.derivations.emplace(*c.drv, read_derivation(store, *c.drv)).first;
     }
     bool has_output = std::any_of(it->second.outputs.begin(), it->second.outputs.end(),
                                   [&](const auto& o) { return o.second.path == dir.print(c.path); });
@@ -211,44 +221,50 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
       c.drv.reset();
       continue;
     }
-    if (it->second.builder == cargo::k_rust_unit_builder && !toolchain && no_toolchain.empty()) {
+    if (it->second.builder == cargo::k_rust_unit_builder && !r.toolchain && r.no_toolchain.empty()) {
       try {
         auto env = cargo::current_environment();
         fs::path cwd = fs::current_path();
         auto config = cargo::CargoConfig::load(cwd, cargo::cargo_home_of(env), {}, env);
         std::vector<std::string> warnings;
         cargo::BuildConfig build_config(config, warnings);
-        toolchain = cargo::detect_toolchain(cwd, build_config, env, ctx.cargo_cache_dir());
+        r.toolchain = cargo::detect_toolchain(cwd, build_config, env, ctx.cargo_cache_dir());
       } catch (const std::exception& e) {
-        no_toolchain = std::string("no Rust toolchain here: ") + e.what();
+        r.no_toolchain = std::string("no Rust toolchain here: ") + e.what();
       }
     }
   }
-  // Without a toolchain, a frontend that builds only what needs none.
-  static const cargo::Toolchain none;
-  cargo::DrvUnitFrontend frontend(store, toolchain ? *toolchain : none, ctx.settings().jobs);
+}
+
+// Cargo units this machine cannot build are left unchecked, saying why.
+void
+screen_cargo_units(const cargo::DrvUnitFrontend& frontend, const Rebuilders& r,
+                   std::vector<PathCheck>& checks)
+{
   for (auto& c : checks) {
     if (!c.drv) {
       continue;
     }
-    const Derivation& drv = derivations.at(*c.drv);
+    const Derivation& drv = r.derivations.at(*c.drv);
     if (drv.builder == cargo::k_rust_unit_builder) {
       std::optional<std::string> why =
-        toolchain ? frontend.cannot_build(drv) : std::optional<std::string>(no_toolchain);
+        r.toolchain ? frontend.cannot_build(drv) : std::optional<std::string>(r.no_toolchain);
       if (why) {
         c.reason = "cannot build it here: " + *why;
         c.drv.reset();
       }
     }
   }
+}
 
-  // Realise the inputs: from trusted caches (this one too, if trusted), or
-  // built here.
-  BuildOptions options = ctx.build_options(true, args.timeout, args.max_silent_time);
-  options.caches.push_back(cache.get());
-  options.jobserver = true;
+// Realise the derivations' inputs: from trusted caches (this one too, if
+// trusted), or built here. A check whose input fails has failed.
+void
+realise_inputs(LocalStore& store, const BuildOptions& options, const Frontend& frontend,
+               const Rebuilders& r, bool show, std::vector<PathCheck>& checks)
+{
   std::vector<StorePath> inputs;
-  for (const auto& [drv_path, drv] : derivations) {
+  for (const auto& [drv_path, drv] : r.derivations) {
     for (const auto& [input, outputs] : drv.input_drvs) {
       inputs.push_back(input);
     }
@@ -261,21 +277,135 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
     if (!c.drv) {
       continue;
     }
-    for (const auto& [input, outputs] : derivations.at(*c.drv).input_drvs) {
+    for (const auto& [input, outputs] : r.derivations.at(*c.drv).input_drvs) {
       if (!realised.succeeded({input})) {
-        auto r = realised.steps.find(input);
+        auto step = realised.steps.find(input);
         c.verdict = Verdict::failed;
-        c.reason = "its input " + dir.print(input) + " could not be realised" +
-                   (r != realised.steps.end() && !r->second.error.empty()
-                      ? ": " + r->second.error.substr(0, r->second.error.find('\n'))
+        c.reason = "its input " + store.store_dir().print(input) + " could not be realised" +
+                   (step != realised.steps.end() && !step->second.error.empty()
+                      ? ": " + step->second.error.substr(0, step->second.error.find('\n'))
                       : std::string());
         c.drv.reset();
         break;
       }
     }
   }
+}
 
-  // Build each again; compare with the cache's NAR.
+// Build one check's derivation again and compare its output's NAR with the
+// cache's; when they differ, fetch the cache's copy and list the files.
+void
+rebuild_and_compare(LocalStore& store, CacheClient& cache, const BuildOptions& options,
+                    const Frontend& frontend, const Derivation& drv, PathCheck& c)
+{
+  BuildObserver silent;
+  Rebuild rebuilt = rebuild_derivation(store, *c.drv, options, frontend, silent);
+  std::string output;
+  for (const auto& [name, out] : drv.outputs) {
+    if (out.path == store.store_dir().print(c.path)) {
+      output = name;
+    }
+  }
+  const fs::path& built = rebuilt.outputs.at(output);
+  HashSink hash;
+  dump_path(built, hash);
+  if (hash.finish() == c.narinfo->info.nar_hash) {
+    c.verdict = Verdict::reproducible;
+    return;
+  }
+  c.verdict = Verdict::differs;
+  TempFolder theirs(fs::temp_directory_path(), "kiln-cache-check-",
+                    "a folder for the cache's copy of " + c.path.base());
+  fs::path copy = theirs.path() / c.path.base();
+  cache.fetch_to_folder(*c.narinfo, copy);
+  c.differences = diff_trees(copy, built, 20);
+}
+
+void
+print_json_report(const std::string& url, const StoreDir& dir, const std::vector<PathCheck>& checks,
+                  const size_t (&count)[4])
+{
+  nlohmann::json j;
+  j["cache"] = url;
+  j["paths"] = nlohmann::json::array();
+  for (const auto& c : checks) {
+    nlohmann::json p = {{"path", dir.print(c.path)}, {"status", to_string(c.verdict)}};
+    if (c.narinfo && c.narinfo->info.deriver) {
+      p["drv"] = dir.print(*c.narinfo->info.deriver);
+    }
+    if (!c.reason.empty()) {
+      p["reason"] = c.reason;
+    }
+    if (c.verdict == Verdict::differs) {
+      p["differences"] = nlohmann::json::array();
+      for (const auto& d : c.differences) {
+        p["differences"].push_back({{"file", d.path}, {"what", d.what}});
+      }
+    }
+    j["paths"].push_back(p);
+  }
+  j["reproducible"] = count[0];
+  j["differ"] = count[1];
+  j["failed"] = count[2];
+  j["unchecked"] = count[3];
+  std::cout << j.dump(2) << "\n";
+}
+
+void
+print_text_report(const std::string& url, const StoreDir& dir, const std::vector<PathCheck>& checks,
+                  const size_t (&count)[4], bool quiet)
+{
+  for (const auto& c : checks) {
+    if (c.verdict == Verdict::reproducible) {
+      std::cout << dir.print(c.path) << ": reproducible\n";
+    } else if (c.verdict == Verdict::differs) {
+      std::cout << dir.print(c.path) << ": NOT reproducible (the cache's copy, then the rebuild)\n";
+      for (const auto& d : c.differences) {
+        std::cout << "    " << (d.path.empty() ? std::string("(the output itself)") : d.path)
+                  << ": " << d.what << "\n";
+      }
+    } else {
+      std::cout << dir.print(c.path) << ": "
+                << (c.verdict == Verdict::failed ? "failed: " : "not checked: ")
+                << c.reason.substr(0, c.reason.find('\n')) << "\n";
+    }
+  }
+  if (!quiet) {
+    note("checked " + std::to_string(count[0] + count[1] + count[2]) + " of " +
+         std::to_string(checks.size()) + " paths of " + url + ": " + std::to_string(count[0]) +
+         " reproducible, " + std::to_string(count[1]) + " not reproducible" +
+         (count[2] ? ", " + std::to_string(count[2]) + " failed to build" : std::string()) +
+         (count[3] ? "; " + std::to_string(count[3]) + " could not be checked" : std::string()));
+  }
+}
+
+int
+cache_check(Context& ctx, const CacheCheckArgs& args)
+{
+  auto& store = ctx.store();
+  const StoreDir& dir = store.store_dir();
+  auto cache = ctx.open_cache(args.url);
+  if (cache->cache_info().store_dir != dir.path()) {
+    throw UsageError("the cache " + args.url + " is for the store " + cache->cache_info().store_dir +
+                     ", this store is " + dir.path());
+  }
+  bool show = !ctx.quiet && !args.json;
+
+  std::vector<PathCheck> checks = select_checks(*cache, args, dir);
+  fetch_derivations(ctx, *cache, checks);
+  Rebuilders rebuilders;
+  read_derivations(ctx, checks, rebuilders);
+  // Without a toolchain, a frontend that builds only what needs none.
+  static const cargo::Toolchain none;
+  cargo::DrvUnitFrontend frontend(store, rebuilders.toolchain ? *rebuilders.toolchain : none,
+                                  ctx.settings().jobs);
+  screen_cargo_units(frontend, rebuilders, checks);
+
+  BuildOptions options = ctx.build_options(true, args.timeout, args.max_silent_time);
+  options.caches.push_back(cache.get());
+  options.jobserver = true;
+  realise_inputs(store, options, frontend, rebuilders, show, checks);
+
   std::vector<size_t> todo;
   for (size_t i = 0; i < checks.size(); ++i) {
     if (checks[i].drv) {
@@ -283,7 +413,6 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
     }
   }
   std::mutex mutex;
-  BuildObserver silent;
   parallel_for(todo.size(), std::max(1u, ctx.settings().jobs), [&](size_t k) {
     PathCheck& c = checks[todo[k]];
     if (show) {
@@ -291,27 +420,7 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
       std::fprintf(stderr, "%12s %s\n", "Checking", dir.print(c.path).c_str());
     }
     try {
-      Rebuild rebuilt = rebuild_derivation(store, *c.drv, options, frontend, silent);
-      const Derivation& drv = derivations.at(*c.drv);
-      std::string output;
-      for (const auto& [name, out] : drv.outputs) {
-        if (out.path == dir.print(c.path)) {
-          output = name;
-        }
-      }
-      const fs::path& built = rebuilt.outputs.at(output);
-      HashSink hash;
-      dump_path(built, hash);
-      if (hash.finish() == c.narinfo->info.nar_hash) {
-        c.verdict = Verdict::reproducible;
-      } else {
-        c.verdict = Verdict::differs;
-        TempFolder theirs(fs::temp_directory_path(), "kiln-cache-check-",
-                          "a folder for the cache's copy of " + c.path.base());
-        fs::path copy = theirs.path() / c.path.base();
-        cache->fetch_to_folder(*c.narinfo, copy);
-        c.differences = diff_trees(copy, built, 20);
-      }
+      rebuild_and_compare(store, *cache, options, frontend, rebuilders.derivations.at(*c.drv), c);
     } catch (const std::exception& e) {
       c.verdict = Verdict::failed;
       c.reason = e.what();
@@ -331,54 +440,9 @@ cache_check(Context& ctx, const CacheCheckArgs& args)
     ++count[static_cast<int>(c.verdict)];
   }
   if (args.json) {
-    nlohmann::json j;
-    j["cache"] = args.url;
-    j["paths"] = nlohmann::json::array();
-    for (const auto& c : checks) {
-      nlohmann::json p = {{"path", dir.print(c.path)}, {"status", to_string(c.verdict)}};
-      if (c.narinfo && c.narinfo->info.deriver) {
-        p["drv"] = dir.print(*c.narinfo->info.deriver);
-      }
-      if (!c.reason.empty()) {
-        p["reason"] = c.reason;
-      }
-      if (c.verdict == Verdict::differs) {
-        p["differences"] = nlohmann::json::array();
-        for (const auto& d : c.differences) {
-          p["differences"].push_back({{"file", d.path}, {"what", d.what}});
-        }
-      }
-      j["paths"].push_back(p);
-    }
-    j["reproducible"] = count[0];
-    j["differ"] = count[1];
-    j["failed"] = count[2];
-    j["unchecked"] = count[3];
-    std::cout << j.dump(2) << "\n";
+    print_json_report(args.url, dir, checks, count);
   } else {
-    for (const auto& c : checks) {
-      if (c.verdict == Verdict::reproducible) {
-        std::cout << dir.print(c.path) << ": reproducible\n";
-      } else if (c.verdict == Verdict::differs) {
-        std::cout << dir.print(c.path) << ": NOT reproducible (the cache's copy, then the rebuild)\n";
-        for (const auto& d : c.differences) {
-          std::cout << "    " << (d.path.empty() ? std::string("(the output itself)") : d.path)
-                    << ": " << d.what << "\n";
-        }
-      } else {
-        std::cout << dir.print(c.path) << ": "
-                  << (c.verdict == Verdict::failed ? "failed: " : "not checked: ")
-                  << c.reason.substr(0, c.reason.find('\n')) << "\n";
-      }
-    }
-    if (!ctx.quiet) {
-      note("checked " + std::to_string(count[0] + count[1] + count[2]) + " of " +
-           std::to_string(checks.size()) + " paths of " + args.url + ": " +
-           std::to_string(count[0]) + " reproducible, " + std::to_string(count[1]) +
-           " not reproducible" +
-           (count[2] ? ", " + std::to_string(count[2]) + " failed to build" : std::string()) +
-           (count[3] ? "; " + std::to_string(count[3]) + " could not be checked" : std::string()));
-    }
+    print_text_report(args.url, dir, checks, count, ctx.quiet);
   }
   return count[1] + count[2] > 0 ? 1 : 0;
 }

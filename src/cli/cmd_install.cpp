@@ -107,11 +107,10 @@ list_installs(const InstallArgs& args)
   return 0;
 }
 
-// Install one crate (or the package at --path).
-int
-install_one(Context& ctx, const InstallArgs& args, const std::optional<std::string>& crate)
+// What to install, as cargo install's arguments say.
+cargo::InstallSpec
+install_spec(const InstallArgs& args, const std::optional<std::string>& crate)
 {
-  auto env = cargo::current_environment();
   cargo::InstallSpec spec;
   if (crate) {
     spec.version = args.version;
@@ -127,6 +126,53 @@ install_one(Context& ctx, const InstallArgs& args, const std::optional<std::stri
   if (args.offline) {
     spec.config_args.push_back("net.offline=true");
   }
+  return spec;
+}
+
+// Link the built binaries into ROOT/bin, record the package and say what
+// changed, as cargo install does.
+int
+link_installed(Context& ctx, const InstallArgs& args, cargo::InstallRecords& records,
+               cargo::InstalledPackage& installed, const std::map<std::string, fs::path>& products,
+               int status)
+{
+  std::vector<std::string> names;
+  for (const auto& [bin, out_path] : installed.bins) {
+    names.push_back(bin);
+  }
+  std::string described = installed.describe();
+  auto changes = cargo::install_package(ctx.store(), records, installed, products, args.force);
+  if (changes.unchanged) {
+    status_line(ctx.quiet, "Ignored",
+                "package `" + described + "` is already installed, use --force to override");
+    return status;
+  }
+  for (const auto& bin : changes.added) {
+    status_line(ctx.quiet, "Installing", (records.bin_dir() / bin).string());
+  }
+  for (const auto& bin : changes.replaced) {
+    status_line(ctx.quiet, "Replacing", (records.bin_dir() / bin).string());
+  }
+  if (changes.previous && changes.previous->version != installed.version) {
+    status_line(ctx.quiet, "Replaced",
+                "package `" + changes.previous->describe() + "` with `" + described + "` (" +
+                  executables(names) + ")");
+  } else {
+    status_line(ctx.quiet, "Installed", "package `" + described + "` (" + executables(names) + ")");
+  }
+  if (!ctx.quiet && !on_path(records.bin_dir())) {
+    std::cerr << "kiln: warning: be sure to add `" << records.bin_dir().string()
+              << "` to your PATH to be able to run the installed binaries\n";
+  }
+  return status;
+}
+
+// Install one crate (or the package at --path).
+int
+install_one(Context& ctx, const InstallArgs& args, const std::optional<std::string>& crate)
+{
+  auto env = cargo::current_environment();
+  cargo::InstallSpec spec = install_spec(args, crate);
   fs::path root = cargo::install_root(args.root ? std::optional<fs::path>(*args.root) : std::nullopt, env);
   cargo::InstallRecords records(root);
 
@@ -202,35 +248,7 @@ install_one(Context& ctx, const InstallArgs& args, const std::optional<std::stri
     installed.bins[plan.units[r].target.name] = store.print(made.out);
     products[plan.units[r].target.name] = store.physical_path(made.out) / made.product;
   }
-  std::vector<std::string> names;
-  for (const auto& [bin, out_path] : installed.bins) {
-    names.push_back(bin);
-  }
-  std::string described = installed.describe();
-  auto changes = cargo::install_package(store, records, installed, products, args.force);
-  if (changes.unchanged) {
-    status_line(ctx.quiet, "Ignored",
-                "package `" + described + "` is already installed, use --force to override");
-    return status;
-  }
-  for (const auto& bin : changes.added) {
-    status_line(ctx.quiet, "Installing", (records.bin_dir() / bin).string());
-  }
-  for (const auto& bin : changes.replaced) {
-    status_line(ctx.quiet, "Replacing", (records.bin_dir() / bin).string());
-  }
-  if (changes.previous && changes.previous->version != installed.version) {
-    status_line(ctx.quiet, "Replaced",
-                "package `" + changes.previous->describe() + "` with `" + described + "` (" +
-                  executables(names) + ")");
-  } else {
-    status_line(ctx.quiet, "Installed", "package `" + described + "` (" + executables(names) + ")");
-  }
-  if (!ctx.quiet && !on_path(records.bin_dir())) {
-    std::cerr << "kiln: warning: be sure to add `" << records.bin_dir().string()
-              << "` to your PATH to be able to run the installed binaries\n";
-  }
-  return status;
+  return link_installed(ctx, args, records, installed, products, status);
 }
 
 } // namespace
