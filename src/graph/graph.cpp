@@ -120,7 +120,12 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
   BuildGraph result;
   Impl& g = *result.m;
   g.store_dir = store_dir;
+  // The graph holds at least the targets: room for them up front.
   g.index.reserve(targets.size());
+  g.nodes.reserve(targets.size());
+  g.drvs.reserve(targets.size());
+  g.inputs.reserve(targets.size());
+  g.input_indices.reserve(targets.size());
   // Breadth first: a derivation is numbered when first seen, and read in
   // that order (the queue is the list of nodes itself).
   auto number = [&](const StorePath& path) {
