@@ -508,192 +508,462 @@ can_substitute(const std::vector<CacheClient*>& caches, const TrustPolicy& polic
   });
 }
 
-SubstituteResult
-substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const TrustPolicy& policy,
-           const std::vector<StorePath>& paths, const SubstituteOptions& options)
+namespace {
+
+// The caches that can say what they are (nix-cache-info), asked at once;
+// the others take no further part, with a warning (a disabled cache has
+// said why itself).
+std::vector<CacheClient*>
+usable_caches(const std::vector<CacheClient*>& caches, unsigned connections,
+              const std::function<void(const std::string&)>& say)
 {
-  SubstituteResult result;
-  const StoreDir& store_dir = store.store_dir();
-  auto say = [&](const std::string& line) {
-    if (options.progress) {
-      options.progress(line);
+  std::vector<std::string> errors(caches.size());
+  parallel_for(caches.size(), connections, [&](size_t i) {
+    try {
+      caches[i]->cache_info();
+    } catch (const Error& e) {
+      errors[i] = e.what();
     }
+  });
+  std::vector<CacheClient*> usable;
+  for (size_t i = 0; i < caches.size(); ++i) {
+    if (errors[i].empty()) {
+      usable.push_back(caches[i]);
+    } else if (!caches[i]->disabled()) {
+      say("warning: skipping binary cache " + caches[i]->url() + ": " + errors[i]);
+    }
+  }
+  return usable;
+}
+
+// Why no cache's answer for a path was taken: each cache's error, or why
+// its signatures did not do.
+std::string
+why_not_taken(const std::vector<CacheClient*>& caches, const TrustPolicy& policy,
+              const StoreDir& store_dir, const std::vector<std::optional<NarInfo>>& answers,
+              const std::vector<std::string>& errors)
+{
+  std::string why;
+  for (size_t c = 0; c < caches.size(); ++c) {
+    const auto& answer = answers[c];
+    std::string reason = !errors[c].empty() ? errors[c]
+                         : answer ? caches[c]->url() + " " +
+                                      policy.explain(path_fingerprint(store_dir, answer->info),
+                                                     answer->info.signatures)
+                                  : "";
+    why += (why.empty() || reason.empty() ? "" : "; ") + reason;
+  }
+  return why.empty() ? "no binary cache has it" : why;
+}
+
+// One substitution of the closures of some paths, pipelined: a path's
+// references are looked up as soon as its narinfo is taken (not a level of
+// the closure at a time), its NAR is downloaded at once too, and it is made
+// valid as soon as it and everything it references are there. Requests
+// form one queue with `connections` in flight: look-ups first (they find
+// more work), then NARs. So a closure of small paths costs about its number
+// of requests × the round trip ÷ `connections`. Making paths valid is local
+// work the store does one path at a time: one more thread does it, beside
+// the requests, never holding up one.
+class Substitution
+{
+public:
+  Substitution(LocalStore& store, std::vector<CacheClient*> caches, const TrustPolicy& policy,
+               const SubstituteOptions& options, SubstituteResult& result)
+    : m_store(store), m_store_dir(store.store_dir()), m_caches(std::move(caches)),
+      m_policy(policy), m_options(options), m_result(result)
+  {
+  }
+
+  void
+  run(const std::vector<StorePath>& paths)
+  {
+    {
+      std::lock_guard guard(m_mutex);
+      for (const auto& p : paths) {
+        if (m_store.is_valid(p)) {
+          m_result.already_valid.push_back(p);
+        } else {
+          look_for(p);
+        }
+      }
+    }
+    work(); // this thread too; the others start as work comes
+    std::vector<std::thread> workers;
+    {
+      std::lock_guard guard(m_mutex);
+      workers = std::move(m_workers);
+    }
+    for (auto& w : workers) {
+      w.join();
+    }
+    if (m_error) {
+      std::rethrow_exception(m_error);
+    }
+    // What waits for a reference that never came (a cache describing a
+    // reference cycle) is not valid either: say so.
+    for (auto& [path, state] : m_paths) {
+      if (state.stage == Stage::waiting) {
+        m_result.failed.emplace(path, "its references could not all be made valid (a cycle?)");
+      }
+    }
+  }
+
+private:
+  enum class Stage { looking_up, fetching, waiting, valid, failed };
+
+  struct PathState
+  {
+    Stage stage = Stage::looking_up;
+    std::vector<std::optional<NarInfo>> answers;   // one per cache
+    std::vector<std::string> errors;               // one per cache
+    size_t answers_due = 0;
+    std::vector<Candidate> candidates;             // best first
+    size_t waiting_on = 0;                         // references not valid yet
+    std::vector<StorePath> dependents;             // known so far
+    std::unique_ptr<PreparedPath> prepared;        // downloaded, not yet valid
   };
 
-  // Caches that cannot even say what they are take no further part.
-  std::vector<CacheClient*> usable;
+  struct Lookup
   {
-    std::vector<std::string> errors(caches.size());
-    parallel_for(caches.size(), options.connections, [&](size_t i) {
-      try {
-        caches[i]->cache_info();
-      } catch (const Error& e) {
-        errors[i] = e.what();
-      }
-    });
-    for (size_t i = 0; i < caches.size(); ++i) {
-      if (errors[i].empty()) {
-        usable.push_back(caches[i]);
-      } else if (!caches[i]->disabled()) {
-        // (A disabled cache has said why itself.)
-        say("warning: skipping binary cache " + caches[i]->url() + ": " + errors[i]);
-      }
+    StorePath path;
+    size_t cache;
+  };
+
+  // With the lock held: look `path` up in every cache, once.
+  void
+  look_for(const StorePath& path)
+  {
+    auto [it, inserted] = m_paths.try_emplace(path);
+    if (!inserted) {
+      return;
     }
+    it->second.answers.resize(m_caches.size());
+    it->second.errors.resize(m_caches.size());
+    it->second.answers_due = m_caches.size();
+    for (size_t c = 0; c < m_caches.size(); ++c) {
+      m_lookups.push_back({path, c});
+    }
+    if (m_caches.empty()) {
+      fail_path(path, "no binary cache has it", true);
+    }
+    queued();
   }
 
-  std::map<StorePath, std::vector<Candidate>> plan;
-  std::set<StorePath> seen;
-  std::vector<StorePath> frontier;
-  for (const auto& p : paths) {
-    if (store.is_valid(p)) {
-      result.already_valid.push_back(p);
-    } else if (seen.insert(p).second) {
-      frontier.push_back(p);
-    }
+  // With the lock held: may a thread take a job now? At most one commit
+  // (the store makes paths valid one at a time anyway) and `connections`
+  // requests at once.
+  bool
+  runnable() const
+  {
+    return (!m_commits.empty() && !m_committing) ||
+           ((!m_lookups.empty() || !m_fetches.empty()) && m_requests < max_requests());
+  }
+  bool
+  queue_empty() const
+  {
+    return m_lookups.empty() && m_fetches.empty() && m_commits.empty();
+  }
+  unsigned
+  max_requests() const
+  {
+    return std::max(1u, m_options.connections);
   }
 
-  // Look up whole levels of the closure at once, every cache in parallel.
-  while (!frontier.empty()) {
-    size_t n_caches = usable.size();
-    std::vector<std::optional<NarInfo>> answers(frontier.size() * n_caches);
-    std::vector<std::string> errors(frontier.size() * n_caches);
-    parallel_for(answers.size(), options.connections, [&](size_t job) {
-      try {
-        answers[job] = usable[job % n_caches]->query(frontier[job / n_caches], options.refresh);
-      } catch (const Error& e) {
-        errors[job] = e.what();
-      }
-    });
-    std::vector<StorePath> next;
-    for (size_t i = 0; i < frontier.size(); ++i) {
-      const StorePath& path = frontier[i];
-      std::vector<std::optional<NarInfo>> path_answers(answers.begin() + i * n_caches,
-                                                       answers.begin() + (i + 1) * n_caches);
-      auto candidates = choose_answers(usable, policy, store_dir, path_answers);
-      if (candidates.empty()) {
-        std::string why;
-        for (size_t c = 0; c < n_caches; ++c) {
-          const auto& answer = path_answers[c];
-          std::string reason = !errors[i * n_caches + c].empty() ? errors[i * n_caches + c]
-                               : answer ? usable[c]->url() + " " +
-                                            policy.explain(path_fingerprint(store_dir, answer->info),
-                                                           answer->info.signatures)
-                                        : "";
-          why += (why.empty() || reason.empty() ? "" : "; ") + reason;
-        }
-        result.failed[path] = why.empty() ? "no binary cache has it" : why;
-        continue;
-      }
-      for (const auto& ref : candidates.front().narinfo.info.references) {
-        if (ref != path && !seen.count(ref) && !store.is_valid(ref)) {
-          seen.insert(ref);
-          next.push_back(ref);
-        }
-      }
-      plan.emplace(path, std::move(candidates));
+  // With the lock held, after queuing a job: another thread if the jobs
+  // queued outnumber the idle ones, up to `connections` + 1 in all.
+  void
+  queued()
+  {
+    size_t jobs = m_lookups.size() + m_fetches.size() + m_commits.size();
+    if (jobs > m_idle && m_workers.size() < max_requests()) {
+      m_workers.emplace_back([this] { work(); });
     }
-    frontier = std::move(next);
+    m_wake.notify_all();
   }
 
-  // Download everything at once, largest first, restoring and checking each
-  // into a temporary folder; make each valid as soon as everything it
-  // references is (so a long chain downloads in parallel, not link by link).
-  std::map<StorePath, size_t> waiting_on;
-  std::map<StorePath, std::vector<StorePath>> dependents;
-  for (const auto& [path, candidates] : plan) {
-    size_t count = 0;
-    for (const auto& ref : candidates.front().narinfo.info.references) {
-      if (ref != path && !store.is_valid(ref)) {
-        dependents[ref].push_back(path);
-        ++count;
-      }
-    }
-    waiting_on[path] = count;
-  }
-  std::mutex mutex;
-  std::map<StorePath, std::unique_ptr<PreparedPath>> prepared;
-
-  // Mark `path` failed and, transitively, everything that needs it.
-  std::function<void(const StorePath&, const std::string&)> fail_path =
-    [&](const StorePath& path, const std::string& why) {
-      if (result.failed.count(path)) {
+  void
+  work()
+  {
+    std::unique_lock lock(m_mutex);
+    while (true) {
+      ++m_idle;
+      m_wake.wait(lock, [&] { return runnable() || (m_busy == 0 && queue_empty()); });
+      --m_idle;
+      if (!runnable()) {
+        m_wake.notify_all(); // nothing queued, nothing running: done
         return;
       }
-      result.failed.emplace(path, why);
-      prepared.erase(path);
-      for (const auto& d : dependents[path]) {
-        fail_path(d, "its reference '" + store_dir.print(path) + "' could not be substituted");
+      ++m_busy;
+      bool committing = !m_commits.empty() && !m_committing;
+      if (committing) {
+        m_committing = true;
+      } else {
+        ++m_requests;
       }
-    };
-  for (auto failed = result.failed; const auto& [path, why] : failed) {
-    for (const auto& d : dependents[path]) {
-      fail_path(d, "its reference '" + store_dir.print(path) + "' could not be substituted: " + why);
+      try {
+        if (committing) {
+          StorePath path = std::move(m_commits.front());
+          m_commits.pop_front();
+          commit(path, lock);
+        } else {
+          run_request(lock);
+        }
+      } catch (...) {
+        if (!lock.owns_lock()) {
+          lock.lock();
+        }
+        if (!m_error) {
+          m_error = std::current_exception(); // not a cache's failure: rethrown at the end
+        }
+      }
+      if (committing) {
+        m_committing = false;
+      } else {
+        --m_requests;
+      }
+      --m_busy;
+      m_wake.notify_all(); // a slot is free, or all is done
     }
   }
 
-  // Commit `path` and then whatever was only waiting for it. Called with
-  // `mutex` held.
-  std::function<void(const StorePath&)> commit_ready = [&](const StorePath& path) {
-    auto it = prepared.find(path);
-    if (it == prepared.end() || waiting_on[path] != 0 || result.failed.count(path)) {
-      return;
+  // With `lock` held: the next request, look-ups first.
+  void
+  run_request(std::unique_lock<std::mutex>& lock)
+  {
+    if (!m_lookups.empty()) {
+      Lookup job = std::move(m_lookups.front());
+      m_lookups.pop_front();
+      lock.unlock();
+      look_up(job);
+    } else {
+      StorePath path = m_fetches.begin()->second;
+      m_fetches.erase(m_fetches.begin());
+      lock.unlock();
+      fetch(path);
     }
+    lock.lock();
+  }
+
+  // Ask one cache about one path; the last answer for it decides.
+  void
+  look_up(const Lookup& job)
+  {
+    std::optional<NarInfo> answer;
+    std::string error;
     try {
-      store.commit(*it->second);
+      answer = m_caches[job.cache]->query(job.path, m_options.refresh);
     } catch (const Error& e) {
-      fail_path(path, e.what());
+      error = e.what();
+    }
+    std::vector<std::optional<NarInfo>> answers;
+    std::vector<std::string> errors;
+    {
+      std::lock_guard guard(m_mutex);
+      PathState& state = m_paths.at(job.path);
+      state.answers[job.cache] = std::move(answer);
+      state.errors[job.cache] = std::move(error);
+      if (--state.answers_due > 0) {
+        return;
+      }
+      answers = std::move(state.answers);
+      errors = std::move(state.errors);
+    }
+    decide(job.path, answers, errors);
+  }
+
+  // Every cache has answered for `path`: take the best trusted answer (or
+  // fail), look its references up, and queue its download.
+  void
+  decide(const StorePath& path, const std::vector<std::optional<NarInfo>>& answers,
+         const std::vector<std::string>& errors)
+  {
+    auto candidates = choose_answers(m_caches, m_policy, m_store_dir, answers);
+    if (candidates.empty()) {
+      std::string why = why_not_taken(m_caches, m_policy, m_store_dir, answers, errors);
+      std::lock_guard guard(m_mutex);
+      fail_path(path, why, true);
       return;
     }
-    prepared.erase(it);
-    result.fetched.push_back(path);
-    say("fetched " + store_dir.print(path));
-    for (const auto& d : dependents[path]) {
-      --waiting_on[d];
-      commit_ready(d);
+    // References valid already need neither a look-up nor a wait.
+    std::vector<StorePath> missing;
+    for (const auto& ref : candidates.front().narinfo.info.references) {
+      if (ref != path && !m_store.is_valid(ref)) {
+        missing.push_back(ref);
+      }
     }
-  };
-
-  std::vector<StorePath> order;
-  for (const auto& [path, candidates] : plan) {
-    if (!result.failed.count(path)) {
-      order.push_back(path);
+    std::lock_guard guard(m_mutex);
+    PathState& state = m_paths.at(path);
+    // Large NARs first (they take longest); small ones newest first: the
+    // deepest found so far, which can be made valid soonest.
+    uint64_t size = candidates.front().narinfo.info.nar_size;
+    FetchOrder order{size >= k_large_nar ? size : 0, m_decided++};
+    state.candidates = std::move(candidates);
+    state.stage = Stage::fetching;
+    for (const auto& ref : missing) {
+      look_for(ref);
+      PathState& theirs = m_paths.at(ref);
+      if (theirs.stage == Stage::valid) {
+        continue;
+      }
+      theirs.dependents.push_back(path);
+      ++state.waiting_on;
+      if (theirs.stage == Stage::failed) {
+        fail_path(path, "its reference '" + m_store_dir.print(ref) + "' could not be substituted: " +
+                          m_result.failed.at(ref), false);
+      }
+    }
+    if (state.stage == Stage::fetching) {
+      m_fetches.emplace(order, path);
+      queued();
     }
   }
-  std::sort(order.begin(), order.end(), [&](const StorePath& a, const StorePath& b) {
-    return plan.at(a).front().narinfo.info.nar_size > plan.at(b).front().narinfo.info.nar_size;
-  });
-  parallel_for(order.size(), std::max(1u, options.connections), [&](size_t i) {
-    const StorePath& path = order[i];
+
+  // Download `path` from the best cache that has it, falling back to the
+  // next on failure; then make it valid if its references are.
+  void
+  fetch(const StorePath& path)
+  {
+    std::vector<Candidate> candidates;
     {
-      std::lock_guard guard(mutex);
-      if (result.failed.count(path)) {
-        return; // a reference already failed
+      std::lock_guard guard(m_mutex);
+      PathState& state = m_paths.at(path);
+      if (state.stage != Stage::fetching) {
+        return; // a reference failed meanwhile
       }
+      candidates = state.candidates;
     }
     std::string errors;
-    for (const auto& candidate : plan.at(path)) {
+    for (const auto& candidate : candidates) {
+      CacheClient& cache = *m_caches[candidate.cache];
       try {
         uint64_t bytes = 0;
-        auto ready = usable[candidate.cache]->fetch_prepared(store, candidate.narinfo, bytes);
-        std::lock_guard guard(mutex);
-        result.bytes_downloaded += bytes;
-        if (result.failed.count(path)) {
+        auto ready = cache.fetch_prepared(m_store, candidate.narinfo, bytes);
+        std::lock_guard guard(m_mutex);
+        m_result.bytes_downloaded += bytes;
+        PathState& state = m_paths.at(path);
+        if (state.stage != Stage::fetching) {
           return;
         }
-        prepared.emplace(path, std::move(ready));
-        commit_ready(path);
+        state.prepared = std::move(ready);
+        state.stage = Stage::waiting;
+        if (state.waiting_on == 0) {
+          m_commits.push_back(path);
+          queued();
+        }
         return;
       } catch (const CacheError& e) {
         // The cache disabled itself and said so; the next one may serve.
         errors += (errors.empty() ? "" : "; ") + std::string(e.what());
       } catch (const Error& e) {
         errors += (errors.empty() ? "" : "; ") + std::string(e.what());
-        usable[candidate.cache]->reject(path, "whose NAR failed verification");
+        cache.reject(path, "whose NAR failed verification");
       }
     }
-    std::lock_guard guard(mutex);
-    fail_path(path, errors);
-  });
+    std::lock_guard guard(m_mutex);
+    fail_path(path, errors, false);
+  }
+
+  // Make `path` valid (its references are), and queue what was waiting
+  // only for it. Called with `lock` held; the store works without it.
+  void
+  commit(const StorePath& path, std::unique_lock<std::mutex>& lock)
+  {
+    PathState& state = m_paths.at(path);
+    auto prepared = std::move(state.prepared);
+    lock.unlock();
+    std::string error;
+    try {
+      m_store.commit(*prepared);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    prepared.reset();
+    lock.lock();
+    if (!error.empty()) {
+      fail_path(path, error, false);
+      return;
+    }
+    state.stage = Stage::valid;
+    m_result.fetched.push_back(path);
+    say("fetched " + m_store_dir.print(path));
+    for (const auto& d : state.dependents) {
+      PathState& theirs = m_paths.at(d);
+      if (--theirs.waiting_on == 0 && theirs.stage == Stage::waiting) {
+        m_commits.push_back(d);
+      }
+    }
+    queued();
+  }
+
+  // With the lock held: `path` cannot be had, nor, transitively, what needs
+  // it. Its dependents are told `why` when `pass_on_why` (a look-up failed).
+  void
+  fail_path(const StorePath& path, const std::string& why, bool pass_on_why)
+  {
+    PathState& state = m_paths.at(path);
+    if (state.stage == Stage::failed || state.stage == Stage::valid) {
+      return;
+    }
+    state.stage = Stage::failed;
+    state.prepared.reset();
+    m_result.failed.emplace(path, why);
+    for (const auto& d : state.dependents) {
+      fail_path(d, "its reference '" + m_store_dir.print(path) + "' could not be substituted" +
+                     (pass_on_why ? ": " + why : ""),
+                false);
+    }
+  }
+
+  // With the lock held (progress lines come one at a time).
+  void
+  say(const std::string& line)
+  {
+    if (m_options.progress) {
+      m_options.progress(line);
+    }
+  }
+
+  LocalStore& m_store;
+  const StoreDir& m_store_dir;
+  std::vector<CacheClient*> m_caches;
+  const TrustPolicy& m_policy;
+  const SubstituteOptions& m_options;
+  SubstituteResult& m_result;
+
+  std::mutex m_mutex;
+  std::condition_variable m_wake;
+  std::map<StorePath, PathState> m_paths;
+  // Jobs: look-ups, downloads (the greatest FetchOrder first), commits.
+  using FetchOrder = std::pair<uint64_t, uint64_t>; // large NAR's size, serial
+  static constexpr uint64_t k_large_nar = 1 << 20;
+  std::deque<Lookup> m_lookups;
+  std::multimap<FetchOrder, StorePath, std::greater<>> m_fetches;
+  std::deque<StorePath> m_commits;
+  uint64_t m_decided = 0;
+  unsigned m_busy = 0;            // jobs running
+  unsigned m_requests = 0;        // of them, look-ups and downloads
+  bool m_committing = false;
+  size_t m_idle = 0;              // threads waiting for a job
+  std::vector<std::thread> m_workers; // besides run()'s
+  std::exception_ptr m_error;
+};
+
+} // namespace
+
+SubstituteResult
+substitute(LocalStore& store, const std::vector<CacheClient*>& caches, const TrustPolicy& policy,
+           const std::vector<StorePath>& paths, const SubstituteOptions& options)
+{
+  SubstituteResult result;
+  auto say = [&](const std::string& line) {
+    if (options.progress) {
+      options.progress(line);
+    }
+  };
+  Substitution substitution(store, usable_caches(caches, options.connections, say), policy,
+                            options, result);
+  substitution.run(paths);
   return result;
 }
 

@@ -122,7 +122,9 @@ public:
   ArchiveDecompressionSource(std::string_view method, Source& in)
     : m_method(method),
       m_in(in),
-      m_buffer(256 * 1024),
+      // Not zeroed: a small NAR touches only the pages it reads into (a
+      // substitution makes one of these per path).
+      m_buffer(std::make_unique_for_overwrite<char[]>(k_buffer_size)),
       m_owner(archive_read_new(), &archive_read_free),
       m_archive(m_owner.get())
   {
@@ -164,9 +166,8 @@ private:
   {
     auto* source = static_cast<ArchiveDecompressionSource*>(self);
     try {
-      *buffer = source->m_buffer.data();
-      return static_cast<la_ssize_t>(
-        source->m_in.read(source->m_buffer.data(), source->m_buffer.size()));
+      *buffer = source->m_buffer.get();
+      return static_cast<la_ssize_t>(source->m_in.read(source->m_buffer.get(), k_buffer_size));
     } catch (...) {
       source->m_error = std::current_exception();
       return -1;
@@ -183,9 +184,10 @@ private:
     throw FormatError("corrupt " + m_method + " data (" + what + "): " + (why ? why : "unknown error"));
   }
 
+  static constexpr size_t k_buffer_size = 256 * 1024;
   std::string m_method;
   Source& m_in;
-  std::vector<char> m_buffer;
+  std::unique_ptr<char[]> m_buffer;
   std::unique_ptr<struct archive, int (*)(struct archive*)> m_owner;
   struct archive* m_archive;
   std::exception_ptr m_error;

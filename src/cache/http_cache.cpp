@@ -458,7 +458,6 @@ private:
   void
   request(const char* method, const std::string& key, int deadline_s, F attempt)
   {
-    thread_local std::mt19937 rng(std::random_device{}());
     auto deadline = Clock::now() + std::chrono::seconds(deadline_s);
     for (int i = 0;; ++i) {
       Outcome outcome = attempt_following_redirects(key, deadline, deadline_s, attempt);
@@ -470,6 +469,9 @@ private:
                          m_last_error + (i > 0 ? " (after " + std::to_string(i + 1) + " attempts)" : ""));
       }
       // Exponential back-off with full jitter: 100 ms, 200 ms, … capped at 5 s.
+      // (Seeded on a thread's first retry: a download's own thread never
+      // pays for random_device when nothing fails.)
+      thread_local std::mt19937 rng(std::random_device{}());
       int cap = std::min(5000, 100 << i);
       std::this_thread::sleep_for(std::chrono::milliseconds(rng() % (cap + 1)));
     }

@@ -8,11 +8,12 @@
 
 #include <algorithm>
 #include <condition_variable>
-#include <deque>
+#include <cstdint>
+#include <cstring>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
 namespace kiln {
 
@@ -77,12 +78,30 @@ to_string(StepStatus status)
   return "unknown";
 }
 
+namespace {
+
+// The first 8 characters of a store path's hash part (40 bits of a hash):
+// cheap enough to compute again on every bucket step, which libstdc++ does.
+struct HashPartPrefix
+{
+  size_t
+  operator()(const StorePath& path) const noexcept
+  {
+    uint64_t h = 0;
+    std::memcpy(&h, path.hash_part().data(), sizeof h);
+    return std::hash<uint64_t>{}(h);
+  }
+};
+
+} // namespace
+
 struct BuildGraph::Impl
 {
   std::vector<StorePath> nodes;
-  std::unordered_map<StorePath, size_t> index;
+  std::unordered_map<StorePath, size_t, HashPartPrefix> index;
   std::vector<Derivation> drvs;
   std::vector<std::vector<StorePath>> inputs;
+  std::vector<std::vector<size_t>> input_indices;
   Graph graph;
   StoreDir store_dir;
 };
@@ -101,22 +120,36 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
   BuildGraph result;
   Impl& g = *result.m;
   g.store_dir = store_dir;
-  std::deque<StorePath> todo(targets.begin(), targets.end());
-  while (!todo.empty()) {
-    StorePath path = todo.front();
-    todo.pop_front();
-    if (g.index.count(path)) {
-      continue;
+  // The graph holds at least the targets: room for them up front.
+  g.index.reserve(targets.size());
+  g.nodes.reserve(targets.size());
+  g.drvs.reserve(targets.size());
+  g.inputs.reserve(targets.size());
+  g.input_indices.reserve(targets.size());
+  // Breadth first: a derivation is numbered when first seen, and read in
+  // that order (the queue is the list of nodes itself).
+  auto number = [&](const StorePath& path) {
+    auto [it, added] = g.index.try_emplace(path, g.nodes.size());
+    if (added) {
+      g.nodes.push_back(path);
     }
-    g.index.emplace(path, g.nodes.size());
-    g.nodes.push_back(path);
-    g.drvs.push_back(read(path));
+    return it->second;
+  };
+  for (const auto& target : targets) {
+    number(target);
+  }
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    g.drvs.push_back(read(g.nodes[i]));
     std::vector<StorePath> ins;
+    std::vector<size_t> numbers;
+    ins.reserve(g.drvs.back().input_drvs.size());
+    numbers.reserve(g.drvs.back().input_drvs.size());
     for (const auto& [input, outputs] : g.drvs.back().input_drvs) {
       ins.push_back(input);
-      todo.push_back(input);
+      numbers.push_back(number(input));
     }
     g.inputs.push_back(std::move(ins));
+    g.input_indices.push_back(std::move(numbers));
   }
   // Built in place: assigning a graph copies it (and GCC 12 warns inside
   // Boost about the copy).
@@ -124,8 +157,8 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
     boost::add_vertex(g.graph);
   }
   for (size_t i = 0; i < g.nodes.size(); ++i) {
-    for (const auto& input : g.inputs[i]) {
-      boost::add_edge(i, g.index.at(input), g.graph);
+    for (size_t j : g.input_indices[i]) {
+      boost::add_edge(i, j, g.graph);
     }
   }
   return result;
@@ -155,10 +188,41 @@ BuildGraph::inputs(const StorePath& drv) const
   return m->inputs.at(m->index.at(drv));
 }
 
+size_t
+BuildGraph::index_of(const StorePath& drv) const
+{
+  return m->index.at(drv);
+}
+
+const StorePath&
+BuildGraph::path(size_t index) const
+{
+  return m->nodes.at(index);
+}
+
+const std::vector<size_t>&
+BuildGraph::input_indices(size_t index) const
+{
+  return m->input_indices.at(index);
+}
+
 std::vector<StorePath>
 BuildGraph::topological_order() const
 {
+  auto order = topological_indices();
+  std::vector<StorePath> out;
+  out.reserve(order.size());
+  for (size_t v : order) {
+    out.push_back(m->nodes[v]);
+  }
+  return out;
+}
+
+std::vector<size_t>
+BuildGraph::topological_indices() const
+{
   std::vector<Vertex> order;
+  order.reserve(m->nodes.size());
   try {
     boost::topological_sort(m->graph, std::back_inserter(order));
   } catch (const boost::not_a_dag&) {
@@ -173,37 +237,34 @@ BuildGraph::topological_order() const
     text += cycle.empty() ? "?" : m->store_dir.print(m->nodes[cycle.back()]);
     throw CycleError("dependency cycle: " + text);
   }
-  std::vector<StorePath> out;
-  out.reserve(order.size());
-  for (Vertex v : order) {
-    out.push_back(m->nodes[v]);
-  }
-  return out;
+  return {order.begin(), order.end()};
 }
 
 namespace {
 
-enum class Plan { present, substitute, build };
+enum class Plan : uint8_t { unplanned, present, substitute, build };
 
-// Derivations ready to go, the most urgent first: those that start the
-// longest chain of work (the critical path), then those first made ready.
+// Derivations (by number) ready to go, the most urgent first: those that
+// start the longest chain of work (the critical path), then those first
+// made ready.
 class ReadyQueue
 {
 public:
-  explicit ReadyQueue(const std::unordered_map<StorePath, double>& priority) : m_priority(priority) {}
+  explicit ReadyQueue(const std::vector<double>& priority) : m_priority(priority) {}
 
   bool empty() const { return m_items.empty(); }
   void
-  push_back(const StorePath& drv)
+  push_back(size_t drv)
   {
-    auto it = m_priority.find(drv);
-    m_items.insert({it == m_priority.end() ? 0 : it->second, m_serial++, drv});
+    m_items.push_back({m_priority[drv], m_serial++, drv});
+    std::push_heap(m_items.begin(), m_items.end());
   }
-  StorePath
+  size_t
   pop_front()
   {
-    StorePath drv = m_items.begin()->drv;
-    m_items.erase(m_items.begin());
+    std::pop_heap(m_items.begin(), m_items.end());
+    size_t drv = m_items.back().drv;
+    m_items.pop_back();
     return drv;
   }
   template <typename F>
@@ -221,24 +282,30 @@ private:
   {
     double priority;
     uint64_t serial;
-    StorePath drv;
+    size_t drv;
+    // A max-heap: the "largest" item is the highest priority, then the
+    // lowest serial.
     bool
     operator<(const Item& other) const
     {
-      return priority != other.priority ? priority > other.priority : serial < other.serial;
+      return priority != other.priority ? priority < other.priority : serial > other.serial;
     }
   };
-  const std::unordered_map<StorePath, double>& m_priority;
-  std::set<Item> m_items;
+  const std::vector<double>& m_priority;
+  std::vector<Item> m_items;
   uint64_t m_serial = 0;
 };
 
-// The state of one realisation, shared by the worker threads.
+// The state of one realisation, shared by the worker threads. Derivations
+// are known by their number in the graph: each step's bookkeeping is a few
+// array accesses, whatever the graph's size.
 class Realisation
 {
 public:
   Realisation(const BuildGraph& graph, const RealiseHooks& hooks, const RealiseOptions& options)
-    : m_graph(graph), m_hooks(hooks), m_options(options)
+    : m_graph(graph), m_hooks(hooks), m_options(options), m_plan(graph.size(), Plan::unplanned),
+      m_results(graph.size()), m_waiting(graph.size(), 0), m_dependents(graph.size()),
+      m_priority(graph.size(), 0.0), m_running(graph.size(), 0), m_early(graph.size(), 0)
   {
   }
 
@@ -247,17 +314,21 @@ public:
   {
     // Refuse cycles before anything runs. Dependents first: a derivation's
     // priority is its cost plus that of its costliest chain of dependents.
-    auto order = m_graph.topological_order();
-    std::unordered_map<StorePath, double> chain; // of the dependents
+    auto order = m_graph.topological_indices();
+    std::vector<double> chain(m_graph.size(), 0.0); // of the dependents
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
-      double mine = chain[*it] + (m_hooks.cost ? m_hooks.cost(*it) : 1.0);
+      double mine = chain[*it] + (m_hooks.cost ? m_hooks.cost(m_graph.path(*it)) : 1.0);
       m_priority[*it] = mine;
-      for (const auto& input : m_graph.inputs(*it)) {
-        double& theirs = chain[input];
-        theirs = std::max(theirs, mine);
+      for (size_t input : m_graph.input_indices(*it)) {
+        chain[input] = std::max(chain[input], mine);
       }
     }
-    plan(targets);
+    std::vector<size_t> frontier;
+    frontier.reserve(targets.size());
+    for (const auto& target : targets) {
+      frontier.push_back(m_graph.index_of(target));
+    }
+    plan(std::move(frontier));
     std::vector<std::thread> workers;
     for (unsigned i = 0; i < std::max(1u, m_options.substitution_jobs); ++i) {
       workers.emplace_back([this] { work(m_substitute_queue, true); });
@@ -271,51 +342,77 @@ public:
     for (auto& w : workers) {
       w.join();
     }
-    return {m_results.begin(), m_results.end()};
+    std::map<StorePath, StepResult> results;
+    for (size_t i = 0; i < m_results.size(); ++i) {
+      if (m_results[i]) {
+        results.emplace(m_graph.path(i), std::move(*m_results[i]));
+      }
+    }
+    return results;
   }
 
 private:
+  const StorePath&
+  path(size_t drv) const
+  {
+    return m_graph.path(drv);
+  }
+
   void
-  started(const StorePath& drv, StepKind kind)
+  started(size_t drv, StepKind kind)
   {
     if (m_hooks.started) {
-      m_hooks.started(drv, kind);
+      m_hooks.started(path(drv), kind);
     }
   }
 
   // With the lock held: the result as recorded.
   void
-  finished(const StorePath& drv)
+  finished(size_t drv)
   {
     if (m_hooks.finished) {
-      m_hooks.finished(drv, m_results.at(drv));
+      m_hooks.finished(path(drv), *m_results[drv]);
     }
+  }
+
+  // With the lock held: has `drv` a result, and is it a failure?
+  bool
+  done(size_t drv) const
+  {
+    return m_results[drv].has_value();
+  }
+  bool
+  not_realised(size_t drv) const
+  {
+    return m_results[drv] && (m_results[drv]->status == StepStatus::failed ||
+                              m_results[drv]->status == StepStatus::skipped);
   }
 
   // Decide, level by level, what each needed derivation takes. Look-ups of
   // one level run in parallel. Called without the lock, before the workers
   // start, and from a worker when a substitution fails (with the lock not held).
   void
-  plan(std::vector<StorePath> frontier)
+  plan(std::vector<size_t> frontier)
   {
     while (!frontier.empty()) {
       std::vector<char> present(frontier.size(), 0);
       std::vector<char> substitutable(frontier.size(), 0);
       parallel_for(frontier.size(), std::max(1u, m_options.substitution_jobs), [&](size_t i) {
-        present[i] = m_hooks.is_present(frontier[i]);
+        const StorePath& drv = path(frontier[i]);
+        present[i] = m_hooks.is_present(drv);
         if (!present[i] && m_hooks.is_substitutable) {
           try {
-            substitutable[i] = m_hooks.is_substitutable(frontier[i]);
+            substitutable[i] = m_hooks.is_substitutable(drv);
           } catch (const std::exception&) {
             substitutable[i] = 0; // an unreachable cache means "build it"
           }
         }
       });
-      std::vector<StorePath> next;
+      std::vector<size_t> next;
       std::lock_guard guard(m_mutex);
       for (size_t i = 0; i < frontier.size(); ++i) {
-        const StorePath& drv = frontier[i];
-        if (m_plan.count(drv)) {
+        size_t drv = frontier[i];
+        if (m_plan[drv] != Plan::unplanned) {
           continue;
         }
         if (present[i]) {
@@ -340,16 +437,15 @@ private:
   // With the lock held: make `drv` a build, waiting for its inputs; inputs
   // not planned yet are added to `unplanned`.
   void
-  schedule_build(const StorePath& drv, std::vector<StorePath>& unplanned)
+  schedule_build(size_t drv, std::vector<size_t>& unplanned)
   {
     m_plan[drv] = Plan::build;
     size_t waiting = 0;
-    for (const auto& input : m_graph.inputs(drv)) {
+    const auto& inputs = m_graph.input_indices(drv);
+    for (size_t input : inputs) {
       m_dependents[input].push_back(drv);
-      auto done = m_results.find(input);
-      if (done != m_results.end()) {
-        if (done->second.status == StepStatus::failed ||
-            done->second.status == StepStatus::skipped) {
+      if (done(input)) {
+        if (not_realised(input)) {
           ++waiting; // finish() below marks it skipped
         }
         continue;
@@ -358,7 +454,7 @@ private:
         continue;
       }
       ++waiting;
-      if (!m_plan.count(input)) {
+      if (m_plan[input] == Plan::unplanned) {
         unplanned.push_back(input);
       }
     }
@@ -366,10 +462,8 @@ private:
     if (waiting == 0) {
       m_build_queue.push_back(drv);
     }
-    for (const auto& input : m_graph.inputs(drv)) {
-      auto done = m_results.find(input);
-      if (done != m_results.end() && (done->second.status == StepStatus::failed ||
-                                      done->second.status == StepStatus::skipped)) {
+    for (size_t input : inputs) {
+      if (not_realised(input)) {
         skip(drv, input);
         break;
       }
@@ -379,18 +473,18 @@ private:
   // With the lock held: does `dependent` start on `input`'s early artifact
   // (announced already), not on `input` being done?
   bool
-  starts_early_on(const StorePath& dependent, const StorePath& input) const
+  starts_early_on(size_t dependent, size_t input) const
   {
-    return m_early.count(input) && m_hooks.may_start_early &&
-           m_hooks.may_start_early(dependent, input);
+    return m_early[input] && m_hooks.may_start_early &&
+           m_hooks.may_start_early(path(dependent), path(input));
   }
 
   // The context of one running build.
   class Context : public BuildContext
   {
   public:
-    Context(Realisation& r, StorePath drv, std::vector<StorePath> early, bool holds_token)
-      : m_r(r), m_drv(std::move(drv)), m_early_inputs(std::move(early)), m_holds_token(holds_token)
+    Context(Realisation& r, size_t drv, std::vector<StorePath> early, bool holds_token)
+      : m_r(r), m_drv(drv), m_early_inputs(std::move(early)), m_holds_token(holds_token)
     {
     }
     ~Context() override { give_back_token(); }
@@ -419,22 +513,25 @@ private:
     }
 
     Realisation& m_r;
-    StorePath m_drv;
+    size_t m_drv;
     std::vector<StorePath> m_early_inputs;
     bool m_holds_token;
   };
 
   void
-  announce_early(const StorePath& drv)
+  announce_early(size_t drv)
   {
     std::lock_guard guard(m_mutex);
-    if (!m_early.insert(drv).second || !m_hooks.may_start_early) {
+    if (m_early[drv]) {
       return;
     }
-    for (const auto& dependent : m_dependents[drv]) {
-      auto planned = m_plan.find(dependent);
-      if (m_results.count(dependent) || planned == m_plan.end() ||
-          planned->second != Plan::build || !m_hooks.may_start_early(dependent, drv)) {
+    m_early[drv] = 1;
+    if (!m_hooks.may_start_early) {
+      return;
+    }
+    for (size_t dependent : m_dependents[drv]) {
+      if (done(dependent) || m_plan[dependent] != Plan::build ||
+          !m_hooks.may_start_early(path(dependent), path(drv))) {
         continue;
       }
       if (--m_waiting[dependent] == 0) {
@@ -446,29 +543,26 @@ private:
 
   // Wait until every input of `drv` is done; false if one was not realised.
   bool
-  wait_for_inputs(const StorePath& drv)
+  wait_for_inputs(size_t drv)
   {
     std::unique_lock lock(m_mutex);
-    const auto& inputs = m_graph.inputs(drv);
+    const auto& inputs = m_graph.input_indices(drv);
     m_wake.wait(lock, [&] {
-      return std::all_of(inputs.begin(), inputs.end(),
-                         [&](const StorePath& in) { return m_results.count(in) > 0; });
+      return std::all_of(inputs.begin(), inputs.end(), [&](size_t in) { return done(in); });
     });
     return !failed_input(drv);
   }
 
   // With the lock held: an input of `drv` that was not realised, if any.
-  const StorePath*
-  failed_input(const StorePath& drv) const
+  std::optional<size_t>
+  failed_input(size_t drv) const
   {
-    for (const auto& input : m_graph.inputs(drv)) {
-      auto done = m_results.find(input);
-      if (done != m_results.end() && (done->second.status == StepStatus::failed ||
-                                      done->second.status == StepStatus::skipped)) {
-        return &input;
+    for (size_t input : m_graph.input_indices(drv)) {
+      if (not_realised(input)) {
+        return input;
       }
     }
-    return nullptr;
+    return std::nullopt;
   }
 
   struct Claim
@@ -480,15 +574,15 @@ private:
 
   // Claim `drv` for this process (RealiseHooks::claim), without the lock.
   Claim
-  take_claim(const StorePath& drv)
+  take_claim(size_t drv)
   {
     Claim claim;
     if (!m_hooks.claim) {
       return claim;
     }
     try {
-      claim.held = m_hooks.claim(drv);
-      claim.realised_elsewhere = m_hooks.is_present(drv);
+      claim.held = m_hooks.claim(path(drv));
+      claim.realised_elsewhere = m_hooks.is_present(path(drv));
     } catch (const std::exception& e) {
       claim.error = e.what();
     }
@@ -508,18 +602,18 @@ private:
         }
         continue;
       }
-      StorePath drv = queue.pop_front();
-      if (m_results.count(drv)) {
+      size_t drv = queue.pop_front();
+      if (done(drv)) {
         continue; // skipped meanwhile
       }
       if (!substituting) {
-        m_running.insert(drv); // its worker decides what becomes of it now
+        m_running[drv] = 1; // its worker decides what becomes of it now
       }
       lock.unlock();
       Claim claim = take_claim(drv);
       lock.lock();
       if (claim.realised_elsewhere) {
-        m_running.erase(drv);
+        m_running[drv] = 0;
         finish(drv, {StepStatus::present, ""});
         m_wake.notify_all();
         continue;
@@ -534,7 +628,7 @@ private:
           lock.unlock();
           try {
             if (m_hooks.prepare) {
-              m_hooks.prepare(drv);
+              m_hooks.prepare(path(drv));
             }
             if (m_options.jobserver) {
               m_options.jobserver->acquire();
@@ -548,15 +642,15 @@ private:
             if (token) {
               m_options.jobserver->release();
             }
-            m_running.erase(drv);
+            m_running[drv] = 0;
             finish(drv, {StepStatus::skipped, "not started after an earlier failure"});
             m_wake.notify_all();
             continue;
           }
         }
-        for (const auto& input : m_graph.inputs(drv)) {
-          if (!m_results.count(input)) {
-            early.push_back(input); // started on its early artifact
+        for (size_t input : m_graph.input_indices(drv)) {
+          if (!done(input)) {
+            early.push_back(path(input)); // started on its early artifact
           }
         }
       }
@@ -564,10 +658,10 @@ private:
       started(drv, substituting ? StepKind::substituting : StepKind::building);
       try {
         if (substituting) {
-          m_hooks.substitute(drv);
+          m_hooks.substitute(path(drv));
         } else if (error.empty()) {
           Context context(*this, drv, std::move(early), token);
-          m_hooks.build(drv, context);
+          m_hooks.build(path(drv), context);
         }
       } catch (const std::exception& e) {
         error = e.what();
@@ -575,9 +669,9 @@ private:
       if (substituting && !error.empty()) {
         // A cache failed us: build it instead, which needs its inputs.
         if (m_hooks.substitution_failed) {
-          m_hooks.substitution_failed(drv, error);
+          m_hooks.substitution_failed(path(drv), error);
         }
-        std::vector<StorePath> unplanned;
+        std::vector<size_t> unplanned;
         lock.lock();
         schedule_build(drv, unplanned);
         m_wake.notify_all();
@@ -587,11 +681,11 @@ private:
         continue;
       }
       lock.lock();
-      m_running.erase(drv);
-      if (const StorePath* input = substituting ? nullptr : failed_input(drv)) {
+      m_running[drv] = 0;
+      if (auto input = substituting ? std::nullopt : failed_input(drv)) {
         // Started early on an input that then failed: whatever it did is void.
         finish(drv, {StepStatus::skipped,
-                     "input " + std::string(input->name()) + " could not be realised"});
+                     "input " + std::string(path(*input).name()) + " could not be realised"});
         finished(drv);
       } else if (error.empty()) {
         finish(drv, {substituting ? StepStatus::substituted : StepStatus::built, ""});
@@ -610,14 +704,13 @@ private:
 
   // With the lock held.
   void
-  finish(const StorePath& drv, StepResult result)
+  finish(size_t drv, StepResult result)
   {
     bool ok = result.status != StepStatus::failed && result.status != StepStatus::skipped;
     m_results[drv] = std::move(result);
     --m_unfinished;
-    for (const auto& dependent : m_dependents[drv]) {
-      auto planned = m_plan.find(dependent);
-      if (m_results.count(dependent) || planned == m_plan.end() || planned->second != Plan::build) {
+    for (size_t dependent : m_dependents[drv]) {
+      if (done(dependent) || m_plan[dependent] != Plan::build) {
         continue;
       }
       if (!ok) {
@@ -631,31 +724,29 @@ private:
   }
 
   void
-  skip(const StorePath& drv, const StorePath& because)
+  skip(size_t drv, size_t because)
   {
-    if (m_results.count(drv) || m_running.count(drv)) {
+    if (done(drv) || m_running[drv]) {
       return; // a running build finds out when it waits for its inputs
     }
     finish(drv, {StepStatus::skipped,
-                 "input " + std::string(because.name()) + " could not be realised"});
+                 "input " + std::string(path(because).name()) + " could not be realised"});
   }
 
   void
   stop_pending(const std::string& why)
   {
     for (auto* queue : {&m_build_queue, &m_substitute_queue}) {
-      queue->for_each([&](const StorePath& drv) {
-        if (!m_results.count(drv)) {
+      queue->for_each([&](size_t drv) {
+        if (!done(drv)) {
           m_results[drv] = {StepStatus::skipped, why};
           --m_unfinished;
         }
       });
       queue->clear();
     }
-    for (const auto& [drv, plan] : m_plan) {
-      auto waiting = m_waiting.find(drv);
-      if (plan == Plan::build && !m_results.count(drv) && waiting != m_waiting.end() &&
-          waiting->second > 0) {
+    for (size_t drv = 0; drv < m_plan.size(); ++drv) {
+      if (m_plan[drv] == Plan::build && !done(drv) && m_waiting[drv] > 0) {
         m_results[drv] = {StepStatus::skipped, why};
         --m_unfinished;
       }
@@ -667,15 +758,16 @@ private:
   const RealiseOptions& m_options;
   std::mutex m_mutex;
   std::condition_variable m_wake;
-  std::unordered_map<StorePath, Plan> m_plan;
-  std::unordered_map<StorePath, StepResult> m_results;
-  std::unordered_map<StorePath, size_t> m_waiting;
-  std::unordered_map<StorePath, std::vector<StorePath>> m_dependents;
-  std::unordered_map<StorePath, double> m_priority;
+  // By derivation number:
+  std::vector<Plan> m_plan;
+  std::vector<std::optional<StepResult>> m_results;
+  std::vector<size_t> m_waiting;
+  std::vector<std::vector<size_t>> m_dependents;
+  std::vector<double> m_priority;
+  std::vector<char> m_running;  // builds
+  std::vector<char> m_early;    // builds whose early artifact is ready
   ReadyQueue m_build_queue{m_priority};
   ReadyQueue m_substitute_queue{m_priority};
-  std::unordered_set<StorePath> m_running;  // builds
-  std::unordered_set<StorePath> m_early;    // builds whose early artifact is ready
   size_t m_unfinished = 0;
   bool m_stopping = false;
 };

@@ -1,14 +1,19 @@
 // The http(s):// backend against a scripted cpp-httplib server: status
-// mapping, retries with back-off, bearer tokens, streaming.
+// mapping, retries with back-off, bearer tokens, streaming; and substitution
+// over it, pipelined, with a bounded number of requests in flight.
 #include "support/test_support.hpp"
 
 #include <kiln/cache/binary_cache.hpp>
+#include <kiln/cache/cache_client.hpp>
 
 #include <catch2/catch.hpp>
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <set>
 #include <thread>
 
 using namespace kiln;
@@ -226,4 +231,87 @@ TEST_CASE("a hostile cache is cut off: redirects, encodings, size, drip, stall",
   auto nowhere = open_binary_cache("http://127.0.0.1:1", options);
   CHECK_THROWS_WITH(nowhere->get_file("nix-cache-info"),
                     Catch::Contains("cannot connect to 127.0.0.1:1"));
+}
+
+TEST_CASE("substitution is pipelined over a slow cache, within `connections`", "[cache][http][substitute]")
+{
+  // A closure with a chain 6 deep (top → c5 → … → c0) and 12 leaves, pushed
+  // to a folder that a server 30 ms away serves over keep-alive.
+  test::TempDir dir;
+  LocalStore a({dir / "a"});
+  LocalStore b({dir / "b"});
+  auto key = SecretKey::generate("slow-1");
+  std::set<StorePath> top_refs;
+  std::optional<StorePath> link;
+  for (int i = 0; i < 6; ++i) {
+    std::set<StorePath> refs;
+    if (link) {
+      refs.insert(*link);
+    }
+    link = test::add_test_object(a, "c" + std::to_string(i), test::random_bytes(3000, i), refs);
+  }
+  top_refs.insert(*link);
+  for (int i = 0; i < 12; ++i) {
+    top_refs.insert(test::add_test_object(a, "leaf" + std::to_string(i), "leaf " + std::to_string(i)));
+  }
+  auto top = test::add_test_object(a, "top", "top", top_refs);
+  auto folder = dir / "cache";
+  CacheClient up(open_binary_cache("file://" + folder.string()), a.store_dir());
+  PushOptions push_options;
+  push_options.key = &key;
+  push(a, up, {top}, push_options);
+
+  ScriptedServer s;
+  s.server().set_keep_alive_max_count(100000);
+  std::mutex mutex;
+  std::vector<std::string> requests; // in the order they arrived
+  std::set<int> client_ports;
+  int in_flight = 0;
+  int most_in_flight = 0;
+  s.server().Get(R"(/(.*))", [&](const httplib::Request& req, httplib::Response& res) {
+    {
+      std::lock_guard guard(mutex);
+      requests.push_back(req.matches[1]);
+      client_ports.insert(req.remote_port);
+      most_in_flight = std::max(most_in_flight, ++in_flight);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    auto file = folder / std::string(req.matches[1]);
+    if (std::filesystem::is_regular_file(file)) {
+      res.set_content(read_file(file), "application/octet-stream");
+    } else {
+      res.status = 404;
+    }
+    std::lock_guard guard(mutex);
+    --in_flight;
+  });
+
+  CacheOptions http;
+  http.connections = 4;
+  CacheClient down(open_binary_cache(s.url(), http), b.store_dir());
+  SubstituteOptions options;
+  options.connections = 4;
+  auto result = substitute(b, {&down}, TrustPolicy({key.public_key().to_string()}, 1), {top},
+                           options);
+  CHECK(result.failed.empty());
+  CHECK(result.fetched.size() == 19);
+  CHECK(b.closure({top}).size() == 19);
+  CHECK(b.verify({}).ok());
+
+  std::lock_guard guard(mutex);
+  CHECK(requests.size() == 1 + 19 + 19); // nix-cache-info, then a narinfo and a NAR each
+  // NARs are fetched while the closure is still being walked: the first NAR
+  // is asked for before the last narinfo (c0's, 7 round trips down).
+  auto is_nar = [](const std::string& r) { return r.starts_with("nar/"); };
+  auto first_nar = std::find_if(requests.begin(), requests.end(), is_nar);
+  auto last_narinfo = std::find_if(requests.rbegin(), requests.rend(),
+                                   [](const std::string& r) { return r.ends_with(".narinfo"); });
+  REQUIRE(first_nar != requests.end());
+  REQUIRE(last_narinfo != requests.rend());
+  CHECK(first_nar - requests.begin() < requests.rend() - last_narinfo - 1);
+  // Requests overlap, never more than `connections` at once, over
+  // connections that are kept and reused.
+  CHECK(most_in_flight >= 2);
+  CHECK(most_in_flight <= 4);
+  CHECK(client_ports.size() <= 4);
 }

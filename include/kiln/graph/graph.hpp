@@ -54,6 +54,16 @@ public:
   // Inputs first; throws CycleError naming a cycle.
   std::vector<StorePath> topological_order() const;
 
+  // --- The same by number: derivations are numbered 0 … size()-1 ---
+  // (the scheduler works on numbers: no look-up by path per step)
+
+  // The number of `drv`, which must be in the graph.
+  size_t index_of(const StorePath& drv) const;
+  const StorePath& path(size_t index) const;
+  // The numbers of the inputs of derivation `index`, as inputs() lists them.
+  const std::vector<size_t>& input_indices(size_t index) const;
+  std::vector<size_t> topological_indices() const;
+
 private:
   BuildGraph();
   struct Impl;
