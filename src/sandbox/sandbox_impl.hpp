@@ -25,6 +25,11 @@ namespace kiln::sandbox_impl {
 
 namespace fs = std::filesystem;
 
+// The build user's home, which does not exist (as Nix's).
+inline constexpr const char* k_home = "/homeless";
+// Where a build sees the jobserver fifo.
+inline constexpr const char* k_jobserver_inside = "/.kiln/jobserver";
+
 // --- tools.cpp ---
 
 // Every host path `tools` need to run, tools first: for a script its "#!"
@@ -108,6 +113,14 @@ private:
   std::vector<SetupStep> m_steps;
   std::map<std::string, Entry> m_entries;
 };
+
+// The new root of namespaces mode for `spec`, made at `work`/root: the
+// store folder with the `inputs` (a closure) over it, the build folder, a
+// minimal /dev, /proc, /tmp, the tools, and /etc naming the build user
+// (`inside_uid`, `inside_gid`).
+RootPlan plan_new_root(const LocalStore& store, const BuildSpec& spec,
+                       const std::set<StorePath>& inputs, const fs::path& work,
+                       const SandboxOptions& options, unsigned inside_uid, unsigned inside_gid);
 
 // --- process.cpp ---
 
