@@ -242,21 +242,32 @@ private:
     }
   }
 
+  // Read what pipe `fd` holds into `buf`: how many bytes, 0 if interrupted
+  // or if the pipe is closed (then `open` becomes false).
+  static size_t
+  read_pipe(int fd, char* buf, size_t size, bool& open, const char* what)
+  {
+    ssize_t n = ::read(fd, buf, size);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) {
+        return 0;
+      }
+      throw_errno(what);
+    }
+    if (n == 0) {
+      open = false;
+    }
+    return static_cast<size_t>(n);
+  }
+
   void
   read_log()
   {
-    ssize_t n = ::read(m_log_read, m_buf, sizeof m_buf);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) {
-        return;
-      }
-      throw_errno("reading the build's output");
-    }
+    size_t n = read_pipe(m_log_read, m_buf, sizeof m_buf, m_log_open, "reading the build's output");
     if (n == 0) {
-      m_log_open = false;
       return;
     }
-    std::string_view chunk(m_buf, static_cast<size_t>(n));
+    std::string_view chunk(m_buf, n);
     write_all(m_log_fd, chunk, "the build log");
     if (m_options.on_output) {
       m_options.on_output(chunk);
@@ -268,18 +279,12 @@ private:
   read_status()
   {
     char bytes[256];
-    ssize_t n = ::read(m_status_read, bytes, sizeof bytes);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) {
-        return;
-      }
-      throw_errno("reading the sandbox's status");
-    }
+    size_t n = read_pipe(m_status_read, bytes, sizeof bytes, m_status_open,
+                         "reading the sandbox's status");
     if (n == 0) {
-      m_status_open = false;
       return;
     }
-    m_status_bytes.append(bytes, static_cast<size_t>(n));
+    m_status_bytes.append(bytes, n);
     while (m_status_bytes.size() >= sizeof(ChildMessage)) {
       ChildMessage message;
       std::memcpy(&message, m_status_bytes.data(), sizeof message);
