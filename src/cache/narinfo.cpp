@@ -87,8 +87,10 @@ nar_extension(std::string_view method)
   return ".nar" + (it == k_extensions.end() ? std::string() : it->second);
 }
 
-NarInfo
-NarInfo::parse(std::string_view text, const StoreDir& store_dir, const std::string& where)
+namespace {
+
+// The fields of a narinfo as read so far: each line sets one.
+struct NarInfoFields
 {
   std::optional<StorePath> path;
   std::optional<Hash> nar_hash;
@@ -102,94 +104,117 @@ NarInfo::parse(std::string_view text, const StoreDir& store_dir, const std::stri
   std::set<std::string> sigs;
   std::optional<ContentAddress> ca;
   std::set<std::string> seen;
+};
 
+// Take the line `key`: `value` into `fields`. Throws FormatError (without
+// the place) for a value that is malformed.
+void
+read_field(NarInfoFields& fields, const std::string& key, const std::string& value,
+           const StoreDir& store_dir)
+{
+  if (key == "StorePath") {
+    fields.path = store_dir.parse(value);
+  } else if (key == "URL") {
+    if (value.empty()) {
+      throw FormatError("URL is empty");
+    }
+    fields.url = value;
+  } else if (key == "Compression") {
+    std::string method = value.empty() ? "bzip2" : value;
+    if (!is_known_compression(method)) {
+      throw FormatError("unknown compression '" + method + "'");
+    }
+    fields.compression = method;
+  } else if (key == "FileHash") {
+    fields.file_hash = Hash::parse_prefixed(value);
+  } else if (key == "FileSize") {
+    fields.file_size = parse_u64(value, "FileSize");
+  } else if (key == "NarHash") {
+    fields.nar_hash = Hash::parse_prefixed(value);
+    if (fields.nar_hash->algo() != HashAlgo::sha256) {
+      throw FormatError("NarHash must be sha256");
+    }
+  } else if (key == "NarSize") {
+    fields.nar_size = parse_u64(value, "NarSize");
+    if (*fields.nar_size == 0) {
+      throw FormatError("NarSize is 0");
+    }
+  } else if (key == "References") {
+    fields.references.emplace();
+    for (const auto& word : split_words(value)) {
+      fields.references->insert(StorePath(word));
+    }
+  } else if (key == "Deriver") {
+    if (value != "unknown-deriver" && !value.empty()) {
+      fields.deriver = StorePath(value);
+    }
+  } else if (key == "Sig") {
+    Signature::parse(value); // reject malformed signatures outright
+    fields.sigs.insert(value);
+  } else if (key == "CA") {
+    if (!value.empty()) {
+      fields.ca = ContentAddress::parse(value);
+    }
+  }
+  // Anything else (System, future keys) is ignored, as Nix does.
+}
+
+// The NarInfo `fields` describe, once every line is read; throws
+// FormatError naming `where` if a required field is missing.
+NarInfo
+to_narinfo(const NarInfoFields& fields, const std::string& where)
+{
+  if (!fields.path) {
+    throw FormatError(where + ": StorePath is missing");
+  }
+  if (!fields.url) {
+    throw FormatError(where + ": URL is missing");
+  }
+  if (!fields.nar_hash) {
+    throw FormatError(where + ": NarHash is missing");
+  }
+  if (!fields.nar_size) {
+    throw FormatError(where + ": NarSize is missing");
+  }
+  PathInfo info(*fields.path);
+  info.nar_hash = *fields.nar_hash;
+  info.nar_size = *fields.nar_size;
+  if (fields.references) {
+    info.references = *fields.references;
+  }
+  info.deriver = fields.deriver;
+  info.signatures = fields.sigs;
+  info.ca = fields.ca;
+  NarInfo result(info);
+  result.url = *fields.url;
+  result.compression = fields.compression.value_or("bzip2");
+  result.file_hash = fields.file_hash;
+  result.file_size = fields.file_size;
+  return result;
+}
+
+} // namespace
+
+NarInfo
+NarInfo::parse(std::string_view text, const StoreDir& store_dir, const std::string& where)
+{
+  NarInfoFields fields;
   for_each_line(text, where, Lines::strict, [&](const std::string& key, const std::string& value, size_t line) {
     std::string at = where + ":" + std::to_string(line);
     static const std::set<std::string> singletons = {"StorePath", "URL",        "Compression",
                                                      "FileHash",  "FileSize",   "NarHash",
                                                      "NarSize",   "References", "Deriver",
                                                      "CA"};
-    if (singletons.count(key) && !seen.insert(key).second) {
+    if (singletons.count(key) && !fields.seen.insert(key).second) {
       throw FormatError(at + ": '" + key + "' appears twice");
     }
     try {
-      if (key == "StorePath") {
-        path = store_dir.parse(value);
-      } else if (key == "URL") {
-        if (value.empty()) {
-          throw FormatError("URL is empty");
-        }
-        url = value;
-      } else if (key == "Compression") {
-        std::string method = value.empty() ? "bzip2" : value;
-        if (!is_known_compression(method)) {
-          throw FormatError("unknown compression '" + method + "'");
-        }
-        compression = method;
-      } else if (key == "FileHash") {
-        file_hash = Hash::parse_prefixed(value);
-      } else if (key == "FileSize") {
-        file_size = parse_u64(value, "FileSize");
-      } else if (key == "NarHash") {
-        nar_hash = Hash::parse_prefixed(value);
-        if (nar_hash->algo() != HashAlgo::sha256) {
-          throw FormatError("NarHash must be sha256");
-        }
-      } else if (key == "NarSize") {
-        nar_size = parse_u64(value, "NarSize");
-        if (*nar_size == 0) {
-          throw FormatError("NarSize is 0");
-        }
-      } else if (key == "References") {
-        references.emplace();
-        for (const auto& word : split_words(value)) {
-          references->insert(StorePath(word));
-        }
-      } else if (key == "Deriver") {
-        if (value != "unknown-deriver" && !value.empty()) {
-          deriver = StorePath(value);
-        }
-      } else if (key == "Sig") {
-        Signature::parse(value); // reject malformed signatures outright
-        sigs.insert(value);
-      } else if (key == "CA") {
-        if (!value.empty()) {
-          ca = ContentAddress::parse(value);
-        }
-      }
-      // Anything else (System, future keys) is ignored, as Nix does.
+      read_field(fields, key, value, store_dir);
     } catch (const FormatError& e) {
       throw FormatError(at + ": " + key + ": " + e.what());
     }
   });
-
-  if (!path) {
-    throw FormatError(where + ": StorePath is missing");
-  }
-  if (!url) {
-    throw FormatError(where + ": URL is missing");
-  }
-  if (!nar_hash) {
-    throw FormatError(where + ": NarHash is missing");
-  }
-  if (!nar_size) {
-    throw FormatError(where + ": NarSize is missing");
-  }
-  PathInfo info(*path);
-  info.nar_hash = *nar_hash;
-  info.nar_size = *nar_size;
-  if (references) {
-    info.references = *references;
-  }
-  info.deriver = deriver;
-  info.signatures = sigs;
-  info.ca = ca;
-  NarInfo result(info);
-  result.url = *url;
-  result.compression = compression.value_or("bzip2");
-  result.file_hash = file_hash;
-  result.file_size = file_size;
-  return result;
+  return to_narinfo(fields, where);
 }
 
 std::string

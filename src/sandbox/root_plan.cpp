@@ -1,4 +1,5 @@
-// The sandbox's root, planned in the parent as a list of steps.
+// The sandbox's root, planned in the parent as a list of steps (RootPlan),
+// and what the root of namespaces mode holds (plan_new_root).
 //
 // Planning happens in the parent, where allocating, throwing and reading
 // the host's file system are fine; the child, forked from a possibly
@@ -246,6 +247,77 @@ RootPlan::expose(const fs::path& host, int depth)
     add_dir(next);
     current = next;
   }
+}
+
+RootPlan
+plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<StorePath>& inputs,
+              const fs::path& work, const SandboxOptions& options, unsigned inside_uid,
+              unsigned inside_gid)
+{
+  const std::string& store_dir = store.store_dir().path();
+  const std::string& build_top = options.build_dir;
+  fs::path new_root = work / "root";
+  if (::mkdir(new_root.c_str(), 0755) != 0) {
+    throw_errno("creating '" + new_root.string() + "'");
+  }
+  RootPlan plan(new_root);
+  // The store folder is the build's own scratch folder (so that outputs can
+  // be files, folders or symlinks); each input is mounted over a stand-in.
+  plan.add_bind(work / "store", store_dir, false);
+  for (const auto& input : inputs) {
+    fs::path physical = store.physical_path(input);
+    std::string inside = store_dir + "/" + input.base();
+    struct stat st;
+    if (::lstat(physical.c_str(), &st) != 0) {
+      throw SandboxError("build '" + spec.name + "': input '" + inside + "' is missing from '" +
+                         physical.string() + "': " + std::strerror(errno));
+    }
+    if (S_ISLNK(st.st_mode)) {
+      // A mount would follow the link: recreate it instead.
+      plan.add_symlink(inside, fs::read_symlink(physical).string());
+    } else {
+      plan.add_bind(physical, inside, true);
+    }
+  }
+  for (const auto& [input, folder] : spec.early_inputs) {
+    plan.add_bind(folder, store_dir + "/" + input.base(), true);
+  }
+  if (spec.jobserver) {
+    plan.add_bind(*spec.jobserver, k_jobserver_inside, false);
+  }
+  plan.add_bind(work / "build", build_top, false);
+  for (const char* device : {"null", "zero", "full", "random", "urandom"}) {
+    std::string path = std::string("/dev/") + device;
+    plan.add_bind(path, path, false, false);
+  }
+  plan.add_mount("tmpfs", "/dev/shm", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777");
+  plan.add_symlink("/dev/fd", "/proc/self/fd");
+  plan.add_symlink("/dev/stdin", "/proc/self/fd/0");
+  plan.add_symlink("/dev/stdout", "/proc/self/fd/1");
+  plan.add_symlink("/dev/stderr", "/proc/self/fd/2");
+  plan.add_mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  plan.add_mount("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "mode=1777");
+  for (const auto& tool : tool_closure(spec.tools)) {
+    std::string text = tool.lexically_normal().string();
+    for (const std::string& reserved :
+         {store_dir, build_top, std::string("/proc"), std::string("/dev")}) {
+      if (is_within(text, reserved)) {
+        throw SandboxError("build '" + spec.name + "': tool '" + text + "' lies in '" + reserved +
+                           "', which the sandbox has its own of" +
+                           (reserved == store_dir ? " (declare store paths as inputs)" : ""));
+      }
+    }
+    plan.expose(tool);
+  }
+  // Programs that look up their user (id, ssh, some test suites) need one.
+  plan.add_file("/etc/passwd", "root:x:0:0:root:" + std::string(k_home) +
+                                 ":/noshell\nkiln:x:" + std::to_string(inside_uid) + ":" +
+                                 std::to_string(inside_gid) + ":kiln build user:" + k_home +
+                                 ":/noshell\nnobody:x:65534:65534:nobody:/:/noshell\n");
+  plan.add_file("/etc/group",
+                "root:x:0:\nkiln:!:" + std::to_string(inside_gid) + ":\nnogroup:x:65534:\n");
+  plan.add_file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
+  return plan;
 }
 
 } // namespace kiln::sandbox_impl

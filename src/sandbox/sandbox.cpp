@@ -1,4 +1,8 @@
-// run_build: from a BuildSpec to outputs on disk.
+// run_build: from a BuildSpec to outputs on disk. Its steps (BuildRun):
+// check the spec, take the closure of the inputs, make the work folder and
+// the log, prepare the builder's command line and environment (the new
+// root in namespaces mode, physical store paths in clean-env mode), start
+// it, supervise it (supervise.cpp) and judge the result.
 //
 //   <store>/tmp/build-<name>-XXXXXX/     the work folder (WorkDir)
 //     build/        the build folder (/build inside the namespaces)
@@ -18,9 +22,7 @@
 #include <kiln/util/jobserver.hpp>
 
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,13 +53,8 @@ detect_sandbox_support()
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 // 1980-01-01: what nixpkgs sets, the earliest time a zip file can hold.
 constexpr const char* k_source_date_epoch = "315532800";
-constexpr const char* k_home = "/homeless";
-// Where a build sees the jobserver fifo.
-constexpr const char* k_jobserver_inside = "/.kiln/jobserver";
 
 // The build's private folder under the store's tmp/, deleted when the last
 // owner lets go.
@@ -300,95 +297,6 @@ describe_phase(int32_t phase, const RootPlan* plan)
   }
 }
 
-// A running sandbox process: killed (the whole build with it) and reaped
-// if we leave before it ends.
-class Child
-{
-public:
-  Child(pid_t pid, SandboxMode mode) : m_pid(pid), m_mode(mode)
-  {
-  }
-  ~Child()
-  {
-    if (!m_reaped) {
-      kill_hard();
-      int status;
-      while (::waitpid(m_pid, &status, 0) < 0 && errno == EINTR) {
-      }
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  pid_t
-  pid() const
-  {
-    return m_pid;
-  }
-  // Ask the build to end now. PID 1 of the namespace takes everything with
-  // it; the clean-env supervisor kills its descendants on SIGTERM.
-  void
-  stop()
-  {
-    if (m_mode == SandboxMode::namespaces) {
-      ::kill(m_pid, SIGKILL);
-    } else {
-      ::kill(m_pid, SIGTERM);
-    }
-  }
-  // Everything in the build's session (clean-env), or its namespace.
-  void
-  kill_hard()
-  {
-    if (m_reaped) {
-      return;
-    }
-    if (m_mode == SandboxMode::clean_env) {
-      ::kill(-m_pid, SIGKILL);
-    }
-    ::kill(m_pid, SIGKILL);
-  }
-  // Reap without blocking; true once it has ended.
-  bool
-  poll_exit()
-  {
-    if (!m_reaped) {
-      int status;
-      pid_t r = ::waitpid(m_pid, &status, WNOHANG);
-      if (r == m_pid) {
-        m_reaped = true;
-        m_status = status;
-      }
-    }
-    return m_reaped;
-  }
-  void
-  wait()
-  {
-    while (!m_reaped) {
-      int status;
-      pid_t r = ::waitpid(m_pid, &status, 0);
-      if (r == m_pid) {
-        m_reaped = true;
-        m_status = status;
-      } else if (r < 0 && errno != EINTR) {
-        throw_errno("waiting for the build process");
-      }
-    }
-  }
-  int
-  status() const
-  {
-    return m_status;
-  }
-
-private:
-  pid_t m_pid;
-  SandboxMode m_mode;
-  bool m_reaped = false;
-  int m_status = 0;
-};
-
 struct Pipe
 {
   UniqueFd read_end;
@@ -403,176 +311,6 @@ make_pipe(const char* what)
     throw_errno(std::string("creating the ") + what + " pipe");
   }
   return {UniqueFd(fds[0]), UniqueFd(fds[1])};
-}
-
-enum class Killed { no, timeout, silence };
-
-struct Supervised
-{
-  std::optional<ChildMessage> setup_failure;
-  std::optional<ChildMessage> exec_failure;
-  std::optional<ChildMessage> exit;
-  Killed killed = Killed::no;
-};
-
-// Copy the build's output into the log until it ends, enforcing timeouts
-// and answering the child's request for id maps.
-Supervised
-supervise(Child& child, SandboxMode mode, int log_read, int status_read, int log_fd,
-          const BuildSpec& spec, const SandboxOptions& options,
-          const std::function<void()>& on_need_map)
-{
-  Supervised result;
-  auto start = Clock::now();
-  auto last_output = start;
-  // Clean-env mode: when to kill the whole session if SIGTERM was not enough.
-  bool hard_kill_pending = false;
-  Clock::time_point hard_kill_at{};
-  bool log_open = true;
-  bool status_open = true;
-  std::string status_bytes;
-  char buf[65536];
-
-  auto read_log = [&]() {
-    ssize_t n = ::read(log_read, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) {
-        return;
-      }
-      throw_errno("reading the build's output");
-    }
-    if (n == 0) {
-      log_open = false;
-      return;
-    }
-    std::string_view chunk(buf, static_cast<size_t>(n));
-    write_all(log_fd, chunk, "the build log");
-    if (options.on_output) {
-      options.on_output(chunk);
-    }
-    last_output = Clock::now();
-  };
-  auto read_status = [&]() {
-    char bytes[256];
-    ssize_t n = ::read(status_read, bytes, sizeof bytes);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) {
-        return;
-      }
-      throw_errno("reading the sandbox's status");
-    }
-    if (n == 0) {
-      status_open = false;
-      return;
-    }
-    status_bytes.append(bytes, static_cast<size_t>(n));
-    while (status_bytes.size() >= sizeof(ChildMessage)) {
-      ChildMessage message;
-      std::memcpy(&message, status_bytes.data(), sizeof message);
-      status_bytes.erase(0, sizeof message);
-      switch (message.kind) {
-      case ChildMessage::need_map: on_need_map(); break;
-      case ChildMessage::setup_failed: result.setup_failure = message; break;
-      case ChildMessage::exec_failed: result.exec_failure = message; break;
-      case ChildMessage::exited: result.exit = message; break;
-      default: break;
-      }
-    }
-  };
-  auto kill_for = [&](Killed why) {
-    result.killed = why;
-    child.stop();
-    if (mode == SandboxMode::clean_env) {
-      hard_kill_pending = true;
-      hard_kill_at = Clock::now() + std::chrono::seconds(5);
-    }
-  };
-
-  while (log_open || status_open) {
-    auto now = Clock::now();
-    // Wake at least every 200 ms: if the sandbox process is gone while
-    // something it could not kill still holds a pipe, stop waiting for it.
-    auto wake = now + std::chrono::milliseconds(200);
-    std::optional<Clock::time_point> deadline;
-    std::optional<Clock::time_point> silent_deadline;
-    if (result.killed == Killed::no) {
-      if (spec.timeout.count() > 0) {
-        deadline = start + spec.timeout;
-        wake = std::min(wake, *deadline);
-      }
-      if (spec.max_silent_time.count() > 0) {
-        silent_deadline = last_output + spec.max_silent_time;
-        wake = std::min(wake, *silent_deadline);
-      }
-    }
-    int wait_ms = static_cast<int>(std::max<int64_t>(
-      0, std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() + 1));
-    struct pollfd fds[2];
-    nfds_t count = 0;
-    int log_index = -1;
-    int status_index = -1;
-    if (log_open) {
-      log_index = static_cast<int>(count);
-      fds[count++] = {log_read, POLLIN, 0};
-    }
-    if (status_open) {
-      status_index = static_cast<int>(count);
-      fds[count++] = {status_read, POLLIN, 0};
-    }
-    int ready = ::poll(fds, count, wait_ms);
-    if (ready < 0 && errno != EINTR) {
-      throw_errno("waiting for the build");
-    }
-    if (ready > 0) {
-      if (log_index >= 0 && fds[log_index].revents) {
-        read_log();
-      }
-      if (status_index >= 0 && fds[status_index].revents) {
-        read_status();
-      }
-    }
-    now = Clock::now();
-    if (result.killed == Killed::no) {
-      if (deadline && now >= *deadline) {
-        kill_for(Killed::timeout);
-      } else if (silent_deadline && now >= *silent_deadline) {
-        kill_for(Killed::silence);
-      }
-    }
-    if (hard_kill_pending && now >= hard_kill_at) {
-      child.kill_hard();
-      hard_kill_pending = false;
-    }
-    if (child.poll_exit() && (log_open || status_open)) {
-      // Take what is already in the pipes, but do not wait for more.
-      for (int round = 0; round < 1024 && (log_open || status_open); ++round) {
-        struct pollfd left[2];
-        nfds_t n = 0;
-        if (log_open) {
-          left[n++] = {log_read, POLLIN, 0};
-        }
-        if (status_open) {
-          left[n++] = {status_read, POLLIN, 0};
-        }
-        if (::poll(left, n, 0) <= 0) {
-          break;
-        }
-        bool any = false;
-        for (nfds_t i = 0; i < n; ++i) {
-          if (left[i].revents) {
-            any = true;
-            left[i].fd == log_read ? read_log() : read_status();
-          }
-        }
-        if (!any) {
-          break;
-        }
-      }
-      break;
-    }
-  }
-  child.wait();
-  return result;
 }
 
 // The environment a build gets: the fixed allowlist, then what the
@@ -645,79 +383,6 @@ make_owned_dir(const fs::path& path, bool chown_to_builder, const SandboxOptions
   }
 }
 
-// The new root of namespaces mode: the store folder with the inputs over
-// it, the build folder, a minimal /dev, /proc, /tmp, the tools, and /etc.
-RootPlan
-plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<StorePath>& inputs,
-              const fs::path& work, const SandboxOptions& options, unsigned inside_uid,
-              unsigned inside_gid)
-{
-  const std::string& store_dir = store.store_dir().path();
-  const std::string& build_top = options.build_dir;
-  fs::path new_root = work / "root";
-  if (::mkdir(new_root.c_str(), 0755) != 0) {
-    throw_errno("creating '" + new_root.string() + "'");
-  }
-  RootPlan plan(new_root);
-  // The store folder is the build's own scratch folder (so that outputs can
-  // be files, folders or symlinks); each input is mounted over a stand-in.
-  plan.add_bind(work / "store", store_dir, false);
-  for (const auto& input : inputs) {
-    fs::path physical = store.physical_path(input);
-    std::string inside = store_dir + "/" + input.base();
-    struct stat st;
-    if (::lstat(physical.c_str(), &st) != 0) {
-      throw SandboxError("build '" + spec.name + "': input '" + inside + "' is missing from '" +
-                         physical.string() + "': " + std::strerror(errno));
-    }
-    if (S_ISLNK(st.st_mode)) {
-      // A mount would follow the link: recreate it instead.
-      plan.add_symlink(inside, fs::read_symlink(physical).string());
-    } else {
-      plan.add_bind(physical, inside, true);
-    }
-  }
-  for (const auto& [input, folder] : spec.early_inputs) {
-    plan.add_bind(folder, store_dir + "/" + input.base(), true);
-  }
-  if (spec.jobserver) {
-    plan.add_bind(*spec.jobserver, k_jobserver_inside, false);
-  }
-  plan.add_bind(work / "build", build_top, false);
-  for (const char* device : {"null", "zero", "full", "random", "urandom"}) {
-    std::string path = std::string("/dev/") + device;
-    plan.add_bind(path, path, false, false);
-  }
-  plan.add_mount("tmpfs", "/dev/shm", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777");
-  plan.add_symlink("/dev/fd", "/proc/self/fd");
-  plan.add_symlink("/dev/stdin", "/proc/self/fd/0");
-  plan.add_symlink("/dev/stdout", "/proc/self/fd/1");
-  plan.add_symlink("/dev/stderr", "/proc/self/fd/2");
-  plan.add_mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
-  plan.add_mount("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "mode=1777");
-  for (const auto& tool : tool_closure(spec.tools)) {
-    std::string text = tool.lexically_normal().string();
-    for (const std::string& reserved :
-         {store_dir, build_top, std::string("/proc"), std::string("/dev")}) {
-      if (is_within(text, reserved)) {
-        throw SandboxError("build '" + spec.name + "': tool '" + text + "' lies in '" + reserved +
-                           "', which the sandbox has its own of" +
-                           (reserved == store_dir ? " (declare store paths as inputs)" : ""));
-      }
-    }
-    plan.expose(tool);
-  }
-  // Programs that look up their user (id, ssh, some test suites) need one.
-  plan.add_file("/etc/passwd", "root:x:0:0:root:" + std::string(k_home) +
-                                 ":/noshell\nkiln:x:" + std::to_string(inside_uid) + ":" +
-                                 std::to_string(inside_gid) + ":kiln build user:" + k_home +
-                                 ":/noshell\nnobody:x:65534:65534:nobody:/:/noshell\n");
-  plan.add_file("/etc/group",
-                "root:x:0:\nkiln:!:" + std::to_string(inside_gid) + ":\nnogroup:x:65534:\n");
-  plan.add_file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
-  return plan;
-}
-
 // Why a build that exited 0 still failed: a declared output is missing or
 // not a file, folder or symlink, or something else was written into the
 // store folder. Nothing if all is well.
@@ -764,6 +429,297 @@ check_outputs(const BuildSpec& spec, const std::string& store_dir, const fs::pat
          (strays.size() == 1 ? "is not one of its outputs" : "are not its outputs");
 }
 
+// One run_build, in steps; the members are what the steps share.
+class BuildRun
+{
+public:
+  BuildRun(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& options)
+    : m_store(store), m_spec(spec), m_options(options), m_store_dir(store.store_dir().path())
+  {
+  }
+
+  BuildOutcome
+  run()
+  {
+    check_spec(m_spec, m_store_dir, m_options);
+    m_mode = choose_mode(m_options);
+    if (!m_spec.early_inputs.empty() && m_mode != SandboxMode::namespaces) {
+      throw SandboxError("build '" + m_spec.name + "': early inputs need the namespaces sandbox");
+    }
+    m_root = ::geteuid() == 0;
+    find_inputs();
+    make_folders();
+    open_log();
+    m_builder = m_spec.builder;
+    if (m_mode == SandboxMode::namespaces) {
+      prepare_namespaces();
+    } else {
+      prepare_clean_env();
+    }
+    m_exec.seal();
+    Child child(spawn(), m_mode);
+    Supervised result = watch(child);
+    return judge(result, child);
+  }
+
+private:
+  // Inputs are made visible with everything they reference, or the build
+  // would find dangling paths inside its inputs.
+  void
+  find_inputs()
+  {
+    try {
+      m_inputs = m_store.closure(m_spec.inputs);
+    } catch (const Error& e) {
+      throw SandboxError("build '" + m_spec.name + "': its inputs: " + e.what());
+    }
+  }
+
+  // The work folder, and in it the build folder and the store folder.
+  void
+  make_folders()
+  {
+    m_work = std::make_shared<WorkDir>(m_store, m_spec.name);
+    m_outcome.mode = m_mode;
+    m_outcome.work_dir = m_work->path();
+    m_outcome.lease = m_work;
+    m_build_folder = m_work->path() / "build";
+    m_store_folder = m_work->path() / "store";
+    bool give_away = m_mode == SandboxMode::namespaces && m_root;
+    make_owned_dir(m_build_folder, give_away, m_options);
+    make_owned_dir(m_store_folder, give_away, m_options);
+  }
+
+  void
+  open_log()
+  {
+    m_outcome.log_file = m_options.log_file.value_or(m_work->path() / "build.log");
+    if (m_outcome.log_file.has_parent_path()) {
+      std::error_code ec;
+      fs::create_directories(m_outcome.log_file.parent_path(), ec);
+      if (ec) {
+        throw Error("creating the folder of build log '" + m_outcome.log_file.string() +
+                    "': " + ec.message());
+      }
+    }
+    m_log_fd.reset(
+      ::open(m_outcome.log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!m_log_fd) {
+      throw_errno("opening the build log '" + m_outcome.log_file.string() + "'");
+    }
+  }
+
+  // The builder runs in the new root, at the logical paths.
+  void
+  prepare_namespaces()
+  {
+    const Support& host = support();
+    const std::string& build_top = m_options.build_dir;
+    auto env = make_env(m_spec, m_store_dir, build_top, k_jobserver_inside, m_options);
+    m_exec.argv.push_back(fs::path(m_spec.builder).filename().string());
+    m_exec.argv.insert(m_exec.argv.end(), m_spec.args.begin(), m_spec.args.end());
+    for (const auto& [key, value] : env) {
+      m_exec.envp.push_back(key + "=" + value);
+    }
+    bool inside_is_1000 = !m_root || host.user_ns;
+    unsigned inside_uid = inside_is_1000 ? k_inside_uid : m_options.build_uid;
+    unsigned inside_gid = inside_is_1000 ? k_inside_gid : m_options.build_gid;
+
+    m_plan.emplace(plan_new_root(m_store, m_spec, m_inputs, m_work->path(), m_options, inside_uid,
+                                 inside_gid));
+
+    m_cwd = build_top;
+    m_config.steps = &m_plan->steps();
+    m_config.new_root = m_plan->new_root().c_str();
+    m_config.wait_go_first = !m_root;
+    m_config.drop_ids = m_root;
+    m_config.uid = m_options.build_uid;
+    m_config.gid = m_options.build_gid;
+    m_config.user_ns_after_drop = m_root && host.user_ns;
+  }
+
+  // The builder runs on the host: store paths in its command line and
+  // environment are rewritten to physical ones.
+  void
+  prepare_clean_env()
+  {
+    // Tools are not mounted here, but a missing one is still a malformed step.
+    for (const auto& tool : m_spec.tools) {
+      struct stat st;
+      if (!tool.is_absolute() || ::stat(tool.c_str(), &st) != 0) {
+        throw SandboxError("build '" + m_spec.name + "': tool '" + tool.string() + "': " +
+                           (tool.is_absolute() ? std::strerror(errno) : "not an absolute path"));
+      }
+    }
+    std::map<std::string, std::string> output_locations;
+    for (const auto& [name, path] : m_spec.outputs) {
+      output_locations[path.base()] = (m_store_folder / path.base()).string();
+    }
+    std::string physical_store = m_store.physical_path(m_spec.outputs.begin()->second)
+                                   .parent_path()
+                                   .string();
+    auto rewrite = [&](const std::string& text) {
+      return rewrite_store_paths(text, m_store_dir, physical_store, output_locations);
+    };
+    auto env = make_env(m_spec, m_store_dir, m_build_folder.string(),
+                        m_spec.jobserver ? m_spec.jobserver->string() : "", m_options);
+    m_builder = rewrite(m_spec.builder);
+    m_exec.argv.push_back(fs::path(m_builder).filename().string());
+    for (const auto& arg : m_spec.args) {
+      m_exec.argv.push_back(rewrite(arg));
+    }
+    for (const auto& [key, value] : env) {
+      m_exec.envp.push_back(key + "=" + rewrite(value));
+    }
+    m_cwd = m_build_folder.string();
+  }
+
+  // Start the sandbox's process, with the pipes it reports on.
+  pid_t
+  spawn()
+  {
+    m_log_pipe = make_pipe("log");
+    m_status_pipe = make_pipe("status");
+    m_go_pipe = make_pipe("go");
+    m_config.builder = m_builder.c_str();
+    m_config.argv = m_exec.argv_ptrs.data();
+    m_config.envp = m_exec.envp_ptrs.data();
+    m_config.cwd = m_cwd.c_str();
+    m_config.log_fd = m_log_pipe.write_end.get();
+    m_config.status_fd = m_status_pipe.write_end.get();
+    m_config.go_fd = m_go_pipe.read_end.get();
+    m_config.parent_pidfd = own_pidfd();
+    return m_mode == SandboxMode::namespaces ? spawn_in_namespaces(m_config, !m_root)
+                                             : spawn_clean(m_config);
+  }
+
+  // Give the child its id maps (now, or when it asks), tell on_start where
+  // the outputs go, and supervise the build until it ends.
+  Supervised
+  watch(Child& child)
+  {
+    m_log_pipe.write_end.reset();
+    m_status_pipe.write_end.reset();
+    m_go_pipe.read_end.reset();
+
+    pid_t pid = child.pid();
+    auto go = [&]() {
+      if (::write(m_go_pipe.write_end.get(), "g", 1) != 1) {
+        throw_errno("starting the sandbox");
+      }
+    };
+    if (m_mode == SandboxMode::namespaces && !m_root) {
+      write_id_maps(pid, k_inside_uid, ::geteuid(), k_inside_gid, ::getegid());
+      go();
+    }
+    auto on_need_map = [&]() {
+      write_id_maps(pid, k_inside_uid, m_options.build_uid, k_inside_gid, m_options.build_gid);
+      go();
+    };
+
+    if (m_options.on_start) {
+      std::map<std::string, fs::path> output_dirs;
+      for (const auto& [name, path] : m_spec.outputs) {
+        output_dirs[name] = m_store_folder / path.base();
+      }
+      m_options.on_start(output_dirs);
+    }
+    return supervise(child, m_mode, m_log_pipe.read_end.get(), m_status_pipe.read_end.get(),
+                     m_log_fd.get(), m_spec, m_options, on_need_map);
+  }
+
+  // The outcome of a build that ran: failed (why, and the end of its log)
+  // or succeeded with its outputs.
+  BuildOutcome
+  judge(const Supervised& result, const Child& child)
+  {
+    if (result.setup_failure) {
+      throw SandboxError("setting up the sandbox for build '" + m_spec.name + "': " +
+                         describe_phase(result.setup_failure->step, m_plan ? &*m_plan : nullptr) +
+                         ": " + std::strerror(result.setup_failure->error));
+    }
+    if (result.exit && result.exit->leftovers) {
+      note("the builder left processes running; they were killed");
+    }
+    if (result.killed == Killed::timeout) {
+      return fail("build '" + m_spec.name + "' timed out after " +
+                  std::to_string(m_spec.timeout.count()) + " s");
+    }
+    if (result.killed == Killed::silence) {
+      return fail("build '" + m_spec.name + "' produced no output for " +
+                  std::to_string(m_spec.max_silent_time.count()) + " s");
+    }
+    if (result.exec_failure) {
+      int error = result.exec_failure->error;
+      bool hint = m_mode == SandboxMode::namespaces && (error == ENOENT || error == EACCES);
+      return fail("build '" + m_spec.name + "': cannot run builder '" + m_spec.builder +
+                  "': " + std::strerror(error) +
+                  (hint ? " (only its inputs and tools are visible in the sandbox)" : ""));
+    }
+    if (!result.exit) {
+      return fail("the sandbox of build '" + m_spec.name + "' " +
+                  describe_status(child.status()) + " before the builder ended");
+    }
+    int status = result.exit->status;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      return fail("builder for '" + m_spec.name + "' " + describe_status(status));
+    }
+
+    if (auto why = check_outputs(m_spec, m_store_dir, m_store_folder, m_inputs)) {
+      return fail(*why);
+    }
+
+    delete_path(m_build_folder);
+    for (const auto& [name, path] : m_spec.outputs) {
+      m_outcome.output_dirs[name] = m_store_folder / path.base();
+    }
+    m_outcome.success = true;
+    m_outcome.log_tail = read_tail(m_outcome.log_file, m_options.log_tail_lines);
+    return std::move(m_outcome);
+  }
+
+  void
+  note(const std::string& text)
+  {
+    write_all(m_log_fd.get(), "kiln: " + text + "\n", "the build log");
+  }
+
+  BuildOutcome
+  fail(const std::string& why)
+  {
+    note(why);
+    m_outcome.success = false;
+    m_outcome.error = why;
+    m_outcome.log_tail = read_tail(m_outcome.log_file, m_options.log_tail_lines);
+    delete_path(m_build_folder);
+    delete_path(m_store_folder);
+    return std::move(m_outcome);
+  }
+
+  const LocalStore& m_store;
+  const BuildSpec& m_spec;
+  const SandboxOptions& m_options;
+  const std::string& m_store_dir;
+  SandboxMode m_mode = SandboxMode::clean_env;
+  bool m_root = false;
+  std::set<StorePath> m_inputs;
+  std::shared_ptr<WorkDir> m_work;
+  BuildOutcome m_outcome;
+  fs::path m_build_folder;
+  fs::path m_store_folder;
+  UniqueFd m_log_fd;
+  // What the sandbox's process is started with: m_config points into the
+  // rest, which stays in place until the build has ended.
+  ExecArgs m_exec;
+  std::string m_builder;
+  std::optional<RootPlan> m_plan;
+  ChildConfig m_config;
+  std::string m_cwd;
+  Pipe m_log_pipe;
+  Pipe m_status_pipe;
+  Pipe m_go_pipe;
+};
+
 } // namespace
 
 SandboxMode
@@ -775,208 +731,7 @@ sandbox_mode(const SandboxOptions& options)
 BuildOutcome
 run_build(const LocalStore& store, const BuildSpec& spec, const SandboxOptions& options)
 {
-  const std::string& store_dir = store.store_dir().path();
-  check_spec(spec, store_dir, options);
-  SandboxMode mode = choose_mode(options);
-  if (!spec.early_inputs.empty() && mode != SandboxMode::namespaces) {
-    throw SandboxError("build '" + spec.name + "': early inputs need the namespaces sandbox");
-  }
-  bool root = ::geteuid() == 0;
-
-  // Inputs are made visible with everything they reference, or the build
-  // would find dangling paths inside its inputs.
-  std::set<StorePath> inputs;
-  try {
-    inputs = store.closure(spec.inputs);
-  } catch (const Error& e) {
-    throw SandboxError("build '" + spec.name + "': its inputs: " + e.what());
-  }
-
-  auto work = std::make_shared<WorkDir>(store, spec.name);
-  BuildOutcome outcome;
-  outcome.mode = mode;
-  outcome.work_dir = work->path();
-  outcome.lease = work;
-  fs::path build_folder = work->path() / "build";
-  fs::path store_folder = work->path() / "store";
-  bool give_away = mode == SandboxMode::namespaces && root;
-  make_owned_dir(build_folder, give_away, options);
-  make_owned_dir(store_folder, give_away, options);
-
-  outcome.log_file = options.log_file.value_or(work->path() / "build.log");
-  if (outcome.log_file.has_parent_path()) {
-    std::error_code ec;
-    fs::create_directories(outcome.log_file.parent_path(), ec);
-    if (ec) {
-      throw Error("creating the folder of build log '" + outcome.log_file.string() +
-                  "': " + ec.message());
-    }
-  }
-  UniqueFd log_fd(::open(outcome.log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!log_fd) {
-    throw_errno("opening the build log '" + outcome.log_file.string() + "'");
-  }
-  auto note = [&](const std::string& text) {
-    write_all(log_fd.get(), "kiln: " + text + "\n", "the build log");
-  };
-
-  ExecArgs exec;
-  std::string builder = spec.builder;
-  std::optional<RootPlan> plan;
-  ChildConfig config;
-  std::string cwd;
-
-  if (mode == SandboxMode::namespaces) {
-    const Support& host = support();
-    const std::string& build_top = options.build_dir;
-    auto env = make_env(spec, store_dir, build_top, k_jobserver_inside, options);
-    exec.argv.push_back(fs::path(spec.builder).filename().string());
-    exec.argv.insert(exec.argv.end(), spec.args.begin(), spec.args.end());
-    for (const auto& [key, value] : env) {
-      exec.envp.push_back(key + "=" + value);
-    }
-    bool inside_is_1000 = !root || host.user_ns;
-    unsigned inside_uid = inside_is_1000 ? k_inside_uid : options.build_uid;
-    unsigned inside_gid = inside_is_1000 ? k_inside_gid : options.build_gid;
-
-    plan.emplace(plan_new_root(store, spec, inputs, work->path(), options, inside_uid, inside_gid));
-
-    cwd = build_top;
-    config.steps = &plan->steps();
-    config.new_root = plan->new_root().c_str();
-    config.wait_go_first = !root;
-    config.drop_ids = root;
-    config.uid = options.build_uid;
-    config.gid = options.build_gid;
-    config.user_ns_after_drop = root && host.user_ns;
-  } else {
-    // Tools are not mounted here, but a missing one is still a malformed step.
-    for (const auto& tool : spec.tools) {
-      struct stat st;
-      if (!tool.is_absolute() || ::stat(tool.c_str(), &st) != 0) {
-        throw SandboxError("build '" + spec.name + "': tool '" + tool.string() + "': " +
-                           (tool.is_absolute() ? std::strerror(errno) : "not an absolute path"));
-      }
-    }
-    std::map<std::string, std::string> output_locations;
-    for (const auto& [name, path] : spec.outputs) {
-      output_locations[path.base()] = (store_folder / path.base()).string();
-    }
-    std::string physical_store = store.physical_path(spec.outputs.begin()->second)
-                                   .parent_path()
-                                   .string();
-    auto rewrite = [&](const std::string& text) {
-      return rewrite_store_paths(text, store_dir, physical_store, output_locations);
-    };
-    auto env = make_env(spec, store_dir, build_folder.string(),
-                        spec.jobserver ? spec.jobserver->string() : "", options);
-    builder = rewrite(spec.builder);
-    exec.argv.push_back(fs::path(builder).filename().string());
-    for (const auto& arg : spec.args) {
-      exec.argv.push_back(rewrite(arg));
-    }
-    for (const auto& [key, value] : env) {
-      exec.envp.push_back(key + "=" + rewrite(value));
-    }
-    cwd = build_folder.string();
-  }
-  exec.seal();
-
-  Pipe log_pipe = make_pipe("log");
-  Pipe status_pipe = make_pipe("status");
-  Pipe go_pipe = make_pipe("go");
-  config.builder = builder.c_str();
-  config.argv = exec.argv_ptrs.data();
-  config.envp = exec.envp_ptrs.data();
-  config.cwd = cwd.c_str();
-  config.log_fd = log_pipe.write_end.get();
-  config.status_fd = status_pipe.write_end.get();
-  config.go_fd = go_pipe.read_end.get();
-  config.parent_pidfd = own_pidfd();
-
-  pid_t pid = mode == SandboxMode::namespaces ? spawn_in_namespaces(config, !root)
-                                              : spawn_clean(config);
-  Child child(pid, mode);
-  log_pipe.write_end.reset();
-  status_pipe.write_end.reset();
-  go_pipe.read_end.reset();
-
-  auto go = [&]() {
-    if (::write(go_pipe.write_end.get(), "g", 1) != 1) {
-      throw_errno("starting the sandbox");
-    }
-  };
-  if (mode == SandboxMode::namespaces && !root) {
-    write_id_maps(pid, k_inside_uid, ::geteuid(), k_inside_gid, ::getegid());
-    go();
-  }
-  auto on_need_map = [&]() {
-    write_id_maps(pid, k_inside_uid, options.build_uid, k_inside_gid, options.build_gid);
-    go();
-  };
-
-  if (options.on_start) {
-    std::map<std::string, fs::path> output_dirs;
-    for (const auto& [name, path] : spec.outputs) {
-      output_dirs[name] = store_folder / path.base();
-    }
-    options.on_start(output_dirs);
-  }
-  Supervised result = supervise(child, mode, log_pipe.read_end.get(), status_pipe.read_end.get(),
-                                log_fd.get(), spec, options, on_need_map);
-
-  if (result.setup_failure) {
-    throw SandboxError("setting up the sandbox for build '" + spec.name + "': " +
-                       describe_phase(result.setup_failure->step, plan ? &*plan : nullptr) +
-                       ": " + std::strerror(result.setup_failure->error));
-  }
-  auto fail = [&](const std::string& why) {
-    note(why);
-    outcome.success = false;
-    outcome.error = why;
-    outcome.log_tail = read_tail(outcome.log_file, options.log_tail_lines);
-    delete_path(build_folder);
-    delete_path(store_folder);
-    return outcome;
-  };
-  if (result.exit && result.exit->leftovers) {
-    note("the builder left processes running; they were killed");
-  }
-  if (result.killed == Killed::timeout) {
-    return fail("build '" + spec.name + "' timed out after " +
-                std::to_string(spec.timeout.count()) + " s");
-  }
-  if (result.killed == Killed::silence) {
-    return fail("build '" + spec.name + "' produced no output for " +
-                std::to_string(spec.max_silent_time.count()) + " s");
-  }
-  if (result.exec_failure) {
-    int error = result.exec_failure->error;
-    bool hint = mode == SandboxMode::namespaces && (error == ENOENT || error == EACCES);
-    return fail("build '" + spec.name + "': cannot run builder '" + spec.builder +
-                "': " + std::strerror(error) +
-                (hint ? " (only its inputs and tools are visible in the sandbox)" : ""));
-  }
-  if (!result.exit) {
-    return fail("the sandbox of build '" + spec.name + "' " + describe_status(child.status()) +
-                " before the builder ended");
-  }
-  int status = result.exit->status;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return fail("builder for '" + spec.name + "' " + describe_status(status));
-  }
-
-  if (auto why = check_outputs(spec, store_dir, store_folder, inputs)) {
-    return fail(*why);
-  }
-
-  delete_path(build_folder);
-  for (const auto& [name, path] : spec.outputs) {
-    outcome.output_dirs[name] = store_folder / path.base();
-  }
-  outcome.success = true;
-  outcome.log_tail = read_tail(outcome.log_file, options.log_tail_lines);
-  return outcome;
+  return BuildRun(store, spec, options).run();
 }
 
 } // namespace kiln

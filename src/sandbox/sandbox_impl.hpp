@@ -1,7 +1,8 @@
 // Private parts of the sandbox module, shared by its .cpp files.
 //
 //   sandbox.cpp     run_build: the work folder, environment, path rewriting,
-//                   supervising the build (log, timeouts) and judging it
+//                   starting the build and judging it
+//   supervise.cpp   supervising the running build (log, timeouts, status)
 //   tools.cpp       what a tool needs to run: interpreters and libraries
 //   root_plan.cpp   the new root, planned as a list of steps
 //   process.cpp     the processes that run a build, probing for namespaces
@@ -13,7 +14,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -21,6 +24,11 @@
 namespace kiln::sandbox_impl {
 
 namespace fs = std::filesystem;
+
+// The build user's home, which does not exist (as Nix's).
+inline constexpr const char* k_home = "/homeless";
+// Where a build sees the jobserver fifo.
+inline constexpr const char* k_jobserver_inside = "/.kiln/jobserver";
 
 // --- tools.cpp ---
 
@@ -105,6 +113,14 @@ private:
   std::vector<SetupStep> m_steps;
   std::map<std::string, Entry> m_entries;
 };
+
+// The new root of namespaces mode for `spec`, made at `work`/root: the
+// store folder with the `inputs` (a closure) over it, the build folder, a
+// minimal /dev, /proc, /tmp, the tools, and /etc naming the build user
+// (`inside_uid`, `inside_gid`).
+RootPlan plan_new_root(const LocalStore& store, const BuildSpec& spec,
+                       const std::set<StorePath>& inputs, const fs::path& work,
+                       const SandboxOptions& options, unsigned inside_uid, unsigned inside_gid);
 
 // --- process.cpp ---
 
@@ -191,5 +207,55 @@ void write_id_maps(pid_t pid, uid_t inside_uid, uid_t outside_uid, gid_t inside_
 // The uid and gid a builder has inside the namespaces.
 inline constexpr uid_t k_inside_uid = 1000;
 inline constexpr gid_t k_inside_gid = 100;
+
+// --- supervise.cpp ---
+
+// A running sandbox process: killed (the whole build with it) and reaped
+// if we leave before it ends.
+class Child
+{
+public:
+  Child(pid_t pid, SandboxMode mode);
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  pid_t pid() const;
+  // Ask the build to end now. PID 1 of the namespace takes everything with
+  // it; the clean-env supervisor kills its descendants on SIGTERM.
+  void stop();
+  // Everything in the build's session (clean-env), or its namespace.
+  void kill_hard();
+  // Reap without blocking; true once it has ended.
+  bool poll_exit();
+  void wait();
+  int status() const;
+
+private:
+  pid_t m_pid;
+  SandboxMode m_mode;
+  bool m_reaped = false;
+  int m_status = 0;
+};
+
+enum class Killed { no, timeout, silence };
+
+// What supervise saw of a build: how its sandbox's processes reported,
+// and whether it was killed.
+struct Supervised
+{
+  std::optional<ChildMessage> setup_failure;
+  std::optional<ChildMessage> exec_failure;
+  std::optional<ChildMessage> exit;
+  Killed killed = Killed::no;
+};
+
+// Copy the build's output from `log_read` into `log_fd` (and to
+// `options.on_output`) until it ends, enforcing `spec`'s timeouts, reading
+// the ChildMessages from `status_read` and calling `on_need_map` when the
+// child asks for its id maps. Reaps `child`.
+Supervised supervise(Child& child, SandboxMode mode, int log_read, int status_read, int log_fd,
+                     const BuildSpec& spec, const SandboxOptions& options,
+                     const std::function<void()>& on_need_map);
 
 } // namespace kiln::sandbox_impl
