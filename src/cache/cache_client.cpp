@@ -703,9 +703,10 @@ private:
       }
       try {
         if (committing) {
-          StorePath path = std::move(m_commits.front());
-          m_commits.pop_front();
-          commit(path, lock);
+          // Everything ready at once: one folder sync and one transaction.
+          std::vector<StorePath> ready(m_commits.begin(), m_commits.end());
+          m_commits.clear();
+          commit(ready, lock);
         } else {
           run_request(lock);
         }
@@ -864,26 +865,48 @@ private:
     fail_path(path, errors, false);
   }
 
-  // Make `path` valid (its references are), and queue what was waiting
-  // only for it. Called with `lock` held; the store works without it.
+  // Make `paths` valid (their references are), and queue what was waiting
+  // only for them. Called with `lock` held; the store works without it.
+  // Together first; if that fails, one by one, so that each failure is
+  // that path's own.
   void
-  commit(const StorePath& path, std::unique_lock<std::mutex>& lock)
+  commit(const std::vector<StorePath>& paths, std::unique_lock<std::mutex>& lock)
+  {
+    std::vector<std::unique_ptr<PreparedPath>> prepared;
+    std::vector<PreparedPath*> batch;
+    for (const auto& path : paths) {
+      prepared.push_back(std::move(m_paths.at(path).prepared));
+      batch.push_back(prepared.back().get());
+    }
+    lock.unlock();
+    std::vector<std::string> errors(paths.size());
+    try {
+      m_store.commit(batch);
+    } catch (const Error&) {
+      for (size_t i = 0; i < batch.size(); ++i) {
+        try {
+          m_store.commit(*batch[i]);
+        } catch (const Error& e) {
+          errors[i] = e.what();
+        }
+      }
+    }
+    prepared.clear();
+    lock.lock();
+    for (size_t i = 0; i < paths.size(); ++i) {
+      if (!errors[i].empty()) {
+        fail_path(paths[i], errors[i], false);
+      } else {
+        made_valid(paths[i]);
+      }
+    }
+  }
+
+  // With the lock held: `path` became valid.
+  void
+  made_valid(const StorePath& path)
   {
     PathState& state = m_paths.at(path);
-    auto prepared = std::move(state.prepared);
-    lock.unlock();
-    std::string error;
-    try {
-      m_store.commit(*prepared);
-    } catch (const Error& e) {
-      error = e.what();
-    }
-    prepared.reset();
-    lock.lock();
-    if (!error.empty()) {
-      fail_path(path, error, false);
-      return;
-    }
     state.stage = Stage::valid;
     m_result.fetched.push_back(path);
     say("fetched " + m_store_dir.print(path));

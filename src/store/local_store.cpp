@@ -291,6 +291,13 @@ void
 LocalStore::Impl::register_path(const PathInfo& info)
 {
   Transaction txn(*db);
+  insert_path(info);
+  txn.commit();
+}
+
+void
+LocalStore::Impl::insert_path(const PathInfo& info)
+{
   Statement insert(*db, "INSERT INTO ValidPaths (path, nar_hash, nar_size, deriver, "
                         "registration_time, ca, sigs, build_mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
   insert.bind(1, info.path.base())
@@ -313,7 +320,6 @@ LocalStore::Impl::register_path(const PathInfo& info)
     }
     add_ref.bind(1, id).bind(2, *ref_id).run();
   }
-  txn.commit();
 }
 
 // Drop `paths` from the database in one transaction. Every referrer of

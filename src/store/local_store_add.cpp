@@ -194,7 +194,7 @@ LocalStore::Impl::commit_temp(const fs::path& temp, const PathInfo& info)
 // Rename a temporary object to its place in the objects folder (whatever
 // lies there is debris of a killed process: never registered).
 void
-LocalStore::Impl::move_into_store(const fs::path& temp, const StorePath& path)
+LocalStore::Impl::move_into_store(const fs::path& temp, const StorePath& path, bool sync)
 {
   fs::path final_path = objects / path.base();
   if (::access(final_path.c_str(), F_OK) == 0 || errno != ENOENT) {
@@ -220,7 +220,9 @@ LocalStore::Impl::move_into_store(const fs::path& temp, const StorePath& path)
     const struct timespec times[2] = {{1, 0}, {1, 0}};
     ::utimensat(AT_FDCWD, final_path.c_str(), times, 0);
   }
-  fsync_directory(objects);
+  if (sync) {
+    fsync_directory(objects);
+  }
 }
 
 // Make the finished, synced temporary `temp` the valid path `info.path`,
@@ -395,6 +397,55 @@ LocalStore::commit(PreparedPath& prepared)
 {
   if (m->commit_if_new(prepared.m_temp, prepared.m_info)) {
     prepared.m_committed = true;
+  }
+}
+
+void
+LocalStore::commit(const std::vector<PreparedPath*>& batch)
+{
+  if (batch.empty()) {
+    return;
+  }
+  std::set<StorePath> paths;
+  for (const PreparedPath* p : batch) {
+    paths.insert(p->m_info.path);
+  }
+  auto gc = m->shared_gc_lock();
+  m->add_temp_roots(paths);
+  // Each path's lock, in one order (std::set's) for every process.
+  std::vector<FileLock> locks;
+  locks.reserve(paths.size());
+  for (const auto& path : paths) {
+    locks.push_back(m->path_lock(path));
+  }
+  std::lock_guard guard(m->db_mutex);
+  std::set<StorePath> added;
+  std::vector<PreparedPath*> todo;
+  for (PreparedPath* p : batch) {
+    const PathInfo& info = p->m_info;
+    if (added.count(info.path) || m->path_id(info.path)) {
+      continue;   // valid already (another process), or twice in the batch
+    }
+    for (const auto& ref : info.references) {
+      if (ref != info.path && !added.count(ref) && !m->path_id(ref)) {
+        throw Error("cannot add '" + m->store_dir.print(info.path) + "': its reference '" +
+                    m->store_dir.print(ref) + "' is not valid");
+      }
+    }
+    added.insert(info.path);
+    todo.push_back(p);
+  }
+  for (PreparedPath* p : todo) {
+    m->move_into_store(p->m_temp, p->m_info.path, false);
+  }
+  fsync_directory(m->objects);
+  detail::Transaction txn(*m->db);
+  for (PreparedPath* p : todo) {
+    m->insert_path(p->m_info);
+  }
+  txn.commit();
+  for (PreparedPath* p : todo) {
+    p->m_committed = true;
   }
 }
 

@@ -65,13 +65,15 @@ struct LocalStore::Impl
   std::optional<PathInfo> query(const StorePath& path) const;
   void require_valid_references(const PathInfo& info, const std::string& context) const;
   void register_path(const PathInfo& info);
+  void insert_path(const PathInfo& info);   // register_path within the caller's transaction
   void invalidate(const std::vector<StorePath>& paths);
   uint64_t remove_from_disk(const std::filesystem::path& object);
 
   // --- local_store_add.cpp ---
 
   void commit_temp(const std::filesystem::path& temp, const PathInfo& info);
-  void move_into_store(const std::filesystem::path& temp, const StorePath& path);
+  // The rename only; the caller syncs the objects folder (unless `sync`).
+  void move_into_store(const std::filesystem::path& temp, const StorePath& path, bool sync = true);
   bool commit_if_new(const std::filesystem::path& temp, const PathInfo& info);
 
   // --- local_store_roots.cpp ---

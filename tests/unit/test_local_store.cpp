@@ -3,6 +3,7 @@
 #include <kiln/nar/nar.hpp>
 #include <kiln/store/local_store.hpp>
 #include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -136,6 +137,51 @@ TEST_CASE("add_nar verifies hash, size and references and leaves nothing on fail
   CHECK_FALSE(store.is_valid(path));
   CHECK_FALSE(fs::exists(store.physical_path(path)));
   CHECK(fs::is_empty(dir / "s" / "tmp"));
+  CHECK(store.verify({}).ok());
+}
+
+TEST_CASE("prepared paths are made valid together, references first, or none of them", "[store]")
+{
+  TempDir dir;
+  LocalStore store({dir / "s"});
+  auto prepare = [&](const std::string& name, const std::string& contents,
+                     const std::set<StorePath>& refs) {
+    test::write_file(dir / name, contents);
+    std::string nar = test::nar_of(dir / name);
+    PathInfo info(StorePath(std::string(32, name[0]) + "-" + name));
+    info.nar_hash = hash_string(HashAlgo::sha256, nar);
+    info.nar_size = nar.size();
+    info.references = refs;
+    StringSource in(nar);
+    return store.prepare_nar(info, in);
+  };
+  StorePath a("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a");
+  StorePath b("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b");
+  StorePath c("cccccccccccccccccccccccccccccccc-c");
+
+  SECTION("a batch whose later member refers to an earlier one")
+  {
+    auto pa = prepare("a", "A", {});
+    auto pb = prepare("b", "B", {a});
+    auto pc = prepare("c", "C", {});
+    store.commit({pa.get(), pb.get(), pc.get()});
+    CHECK(store.is_valid(a));
+    CHECK(store.is_valid(c));
+    CHECK(store.query_path_info(b)->references == std::set<StorePath>{a});
+    CHECK(read_file(store.physical_path(b)) == "B");
+  }
+  SECTION("a reference neither valid nor in the batch: nothing is made valid")
+  {
+    auto pb = prepare("b", "B", {a});
+    auto pc = prepare("c", "C", {});
+    CHECK_THROWS_WITH(store.commit({pc.get(), pb.get()}), Catch::Contains("is not valid"));
+    CHECK_FALSE(store.is_valid(b));
+    CHECK_FALSE(store.is_valid(c));
+    // The objects are still there to commit once the reference is.
+    auto pa = prepare("a", "A", {});
+    store.commit({pa.get(), pb.get(), pc.get()});
+    CHECK(store.is_valid(b));
+  }
   CHECK(store.verify({}).ok());
 }
 

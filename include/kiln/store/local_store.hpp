@@ -247,6 +247,12 @@ public:
   // Make a prepared object valid; its references must be valid already.
   // Committing an object that became valid meanwhile is a no-op.
   void commit(PreparedPath& prepared);
+  // Make several prepared objects valid at once: one sync of the objects
+  // folder and one database transaction for all (a download of many small
+  // paths otherwise waits for a folder sync per path). Each one's
+  // references must be valid already or come earlier in `batch`; on an
+  // error none of them is valid (those renamed into place are debris).
+  void commit(const std::vector<PreparedPath*>& batch);
 
   // Register what a build wrote at `built` (a folder under the store's
   // tmp/) as the output `path`: its metadata is made canonical in place, its
