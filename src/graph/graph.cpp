@@ -622,31 +622,8 @@ private:
       bool token = false;
       std::vector<StorePath> early;
       if (!substituting) {
-        if (m_hooks.prepare || m_options.jobserver) {
-          // What needs no job token (writing sources) comes before taking
-          // one: while the other builds work, the next are made ready.
-          lock.unlock();
-          try {
-            if (m_hooks.prepare) {
-              m_hooks.prepare(path(drv));
-            }
-            if (m_options.jobserver) {
-              m_options.jobserver->acquire();
-              token = true;
-            }
-          } catch (const std::exception& e) {
-            error = e.what();
-          }
-          lock.lock();
-          if (m_stopping && !m_options.keep_going) {
-            if (token) {
-              m_options.jobserver->release();
-            }
-            m_running[drv] = 0;
-            finish(drv, {StepStatus::skipped, "not started after an earlier failure"});
-            m_wake.notify_all();
-            continue;
-          }
+        if (!prepare_and_take_token(drv, lock, error, token)) {
+          continue;
         }
         for (size_t input : m_graph.input_indices(drv)) {
           if (!done(input)) {
@@ -681,24 +658,68 @@ private:
         continue;
       }
       lock.lock();
-      m_running[drv] = 0;
-      if (auto input = substituting ? std::nullopt : failed_input(drv)) {
-        // Started early on an input that then failed: whatever it did is void.
-        finish(drv, {StepStatus::skipped,
-                     "input " + std::string(path(*input).name()) + " could not be realised"});
-        finished(drv);
-      } else if (error.empty()) {
-        finish(drv, {substituting ? StepStatus::substituted : StepStatus::built, ""});
-        finished(drv);
-      } else {
-        finish(drv, {StepStatus::failed, error});
-        finished(drv);
-        if (!m_options.keep_going) {
-          m_stopping = true;
-          stop_pending("not started after an earlier failure");
-        }
-      }
+      conclude(drv, substituting, error);
       m_wake.notify_all();
+    }
+  }
+
+  // With `lock` held: what needs no job token (writing sources) comes
+  // before taking one, so that while the other builds work the next are
+  // made ready. False if the step is not to start after all (an earlier
+  // failure stops the build meanwhile): it is then finished as skipped.
+  bool
+  prepare_and_take_token(size_t drv, std::unique_lock<std::mutex>& lock, std::string& error,
+                         bool& token)
+  {
+    if (!m_hooks.prepare && !m_options.jobserver) {
+      return true;
+    }
+    lock.unlock();
+    try {
+      if (m_hooks.prepare) {
+        m_hooks.prepare(path(drv));
+      }
+      if (m_options.jobserver) {
+        m_options.jobserver->acquire();
+        token = true;
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    lock.lock();
+    if (m_stopping && !m_options.keep_going) {
+      if (token) {
+        m_options.jobserver->release();
+      }
+      m_running[drv] = 0;
+      finish(drv, {StepStatus::skipped, "not started after an earlier failure"});
+      m_wake.notify_all();
+      return false;
+    }
+    return true;
+  }
+
+  // With the lock held: record how a step that ran ended (`error` empty:
+  // it succeeded), and stop the build on a failure unless keep-going.
+  void
+  conclude(size_t drv, bool substituting, const std::string& error)
+  {
+    m_running[drv] = 0;
+    if (auto input = substituting ? std::nullopt : failed_input(drv)) {
+      // Started early on an input that then failed: whatever it did is void.
+      finish(drv, {StepStatus::skipped,
+                   "input " + std::string(path(*input).name()) + " could not be realised"});
+      finished(drv);
+    } else if (error.empty()) {
+      finish(drv, {substituting ? StepStatus::substituted : StepStatus::built, ""});
+      finished(drv);
+    } else {
+      finish(drv, {StepStatus::failed, error});
+      finished(drv);
+      if (!m_options.keep_going) {
+        m_stopping = true;
+        stop_pending("not started after an earlier failure");
+      }
     }
   }
 
