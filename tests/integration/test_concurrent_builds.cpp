@@ -350,7 +350,7 @@ TEST_CASE("a killed build leaves no process behind, and gc runs at once",
     REQUIRE(!none_left());
     ::kill(build->pid(), SIGKILL);
     build->stop();
-    CHECK(wait_until(none_left, std::chrono::seconds(1)));
+    CHECK(wait_until(none_left, std::chrono::seconds(5)));
   }
   SECTION("killed at random moments while the sandbox is being set up")
   {
@@ -363,7 +363,7 @@ TEST_CASE("a killed build leaves no process behind, and gc runs at once",
       build->stop();
       ++kills;
       INFO("kill " << i);
-      CHECK(wait_until(none_left, std::chrono::seconds(1)));
+      CHECK(wait_until(none_left, std::chrono::seconds(5)));
     }
     CHECK(kills == 15);
   }
