@@ -441,6 +441,9 @@ private:
   bool
   is_substitutable(const StorePath& drv) const
   {
+    if (m_frontend.local_only(drv)) {
+      return false;
+    }
     return can_substitute(m_options.caches, m_options.policy, m_dir,
                           outputs_of(m_store, m_graph.derivation(drv)));
   }
@@ -601,9 +604,10 @@ private:
       candidates.insert(out);
     }
     std::vector<StorePath> registered;
+    bool local_only = m_frontend.local_only(drv_path);
     for (const auto& [name, built] : outcome.output_dirs) {
       m_store.register_output(spec.outputs.at(name), built, candidates, drv_path,
-                              std::string(to_string(outcome.mode)));
+                              std::string(to_string(outcome.mode)), local_only);
       registered.push_back(spec.outputs.at(name));
     }
     return registered;
@@ -613,7 +617,7 @@ private:
   void
   push(const StorePath& drv_path, const std::vector<StorePath>& outputs)
   {
-    if (!m_options.push_to || !m_frontend.may_push(drv_path)) {
+    if (!m_options.push_to || !m_frontend.may_push(drv_path) || m_frontend.local_only(drv_path)) {
       return;
     }
     PushOptions push_options;
@@ -699,6 +703,12 @@ bool
 Frontend::may_push(const StorePath&) const
 {
   return true;
+}
+
+bool
+Frontend::local_only(const StorePath&) const
+{
+  return false;
 }
 
 std::string

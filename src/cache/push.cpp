@@ -189,6 +189,26 @@ add_signatures_in_cache(LocalStore& store, CacheClient& cache, const NarInfo& ca
   return true;
 }
 
+namespace {
+
+// A path built for this machine alone (compiled incrementally, or from such
+// a path) must not reach a cache: others would take it for a clean build.
+void
+refuse_local_only(const LocalStore& store, const std::vector<StorePath>& paths)
+{
+  for (const auto& p : paths) {
+    auto info = store.query_path_info(p);
+    if (info && info->local_only) {
+      throw Error("cannot push '" + store.store_dir().print(p) +
+                  "': it was built for this machine only (compiled incrementally, or from a "
+                  "crate that was); build without incremental compilation to push it "
+                  "(`kiln build --push-to`, or CARGO_INCREMENTAL=0)");
+    }
+  }
+}
+
+} // namespace
+
 PushResult
 push(LocalStore& store, CacheClient& cache, const std::vector<StorePath>& paths,
      const PushOptions& options)
@@ -205,6 +225,7 @@ push(LocalStore& store, CacheClient& cache, const std::vector<StorePath>& paths,
   }
   std::set<StorePath> all = options.closure ? store.closure(wanted) : wanted;
   std::vector<StorePath> list(all.begin(), all.end());
+  refuse_local_only(store, list);
 
   // 1. Ask about everything at once; a narinfo already there may still
   //    lack this store's signatures.

@@ -333,16 +333,8 @@ BuildConfig::BuildConfig(const CargoConfig& config, std::vector<std::string>& wa
   m_offline = config.get_bool({"net", "offline"}).value_or(false);
   m_rustc = config.get_string({"build", "rustc"});
   m_rustdoc = config.get_string({"build", "rustdoc"});
-  for (const auto& env : {"CARGO_INCREMENTAL"}) {
-    if (config.environment().count(env)) {
-      warnings.push_back(std::string("ignoring ") + env +
-                         ": kiln never compiles incrementally (its outputs are cached whole)");
-    }
-  }
-  if (config.find({"build", "incremental"})) {
-    warnings.push_back("ignoring build.incremental (" + where_of(config, {"build", "incremental"}) +
-                       "): kiln never compiles incrementally (its outputs are cached whole)");
-  }
+  // CARGO_INCREMENTAL and build.incremental reach kiln through cargo's plan
+  // (each unit's profile says whether cargo would compile it incrementally).
   if (config.find({"build", "dep-info-basedir"})) {
     warnings.push_back("ignoring build.dep-info-basedir (" +
                        where_of(config, {"build", "dep-info-basedir"}) +

@@ -162,8 +162,10 @@ rust_unit_step(const LocalStore& store, const Toolchain& toolchain, unsigned job
 } // namespace
 
 UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
-                           const Toolchain& toolchain, unsigned jobs, const Environment* env)
-  : m_store(store), m_plan(plan), m_units(units), m_toolchain(toolchain), m_jobs(jobs), m_env(env)
+                           const Toolchain& toolchain, unsigned jobs, const Environment* env,
+                           fs::path sessions)
+  : m_store(store), m_plan(plan), m_units(units), m_toolchain(toolchain), m_jobs(jobs), m_env(env),
+    m_sessions(std::move(sessions))
 {
   for (size_t i = 0; i < units.units.size(); ++i) {
     m_unit_of.emplace(units.units[i].drv, i);
@@ -246,6 +248,18 @@ UnitFrontend::may_push(const StorePath& drv) const
   return pushable(*unit);
 }
 
+bool
+UnitFrontend::local_only(const StorePath& drv) const
+{
+  if (auto unit = unit_of(drv)) {
+    return m_units.units[*unit].local_only;
+  }
+  if (auto run = test_run_of(drv)) {
+    return m_units.test_runs[*run].local_only;
+  }
+  return false;
+}
+
 std::string
 UnitFrontend::describe(const StorePath& drv) const
 {
@@ -272,6 +286,16 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
                              : test_run ? &m_units.test_runs[*test_run].inputs
                                         : nullptr;
   rust_unit_step(m_store, m_toolchain, m_jobs, m_self, m_helper, inputs, spec);
+  if (unit && !m_sessions.empty() && may_compile_incrementally(m_plan.units[*unit])) {
+    // Its session folder, made on its first compile here (a clean one): the
+    // next compile of the unit is incremental, and keeps its session there.
+    fs::path session = m_sessions / session_name(m_plan.units[*unit]);
+    fs::create_directories(session);
+    if (m_units.units[*unit].inputs.incremental) {
+      spec.writable_folders.push_back(session);
+      spec.env["KILN_UNIT_INCREMENTAL"] = session.string();
+    }
+  }
 }
 
 // --- DrvUnitFrontend ---

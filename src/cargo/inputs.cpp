@@ -68,7 +68,7 @@ to_json_value(const UnitInputs& i)
   for (const auto& e : i.externs) {
     externs.push_back({{"name", e.name}, {"output", e.output}, {"file", e.file}});
   }
-  return {{"package", i.package},
+  json j = {{"package", i.package},
           {"version", i.version},
           {"mode", i.mode},
           {"target", i.target},
@@ -114,6 +114,12 @@ to_json_value(const UnitInputs& i)
           {"applies_link_libs", i.applies_link_libs},
           {"build_script", i.build_script},
           {"links_runs", i.links_runs}};
+  // Only when set: the path of every clean unit stays what it was before
+  // the field existed, so caches filled then still serve.
+  if (i.incremental) {
+    j["incremental"] = true;
+  }
+  return j;
 }
 
 } // namespace
@@ -177,7 +183,22 @@ inputs_from_json(const std::string& text)
   i.applies_link_libs = j.at("applies_link_libs");
   i.build_script = j.at("build_script");
   i.links_runs = j.at("links_runs").get<std::map<std::string, std::string>>();
+  i.incremental = j.value("incremental", false);
   return i;
+}
+
+std::string
+stable_inputs_json(const UnitInputs& inputs, const std::map<std::string, std::string>& stable_names)
+{
+  std::string text = inputs_to_json(inputs);
+  // Store paths are distinct and never a prefix of one another's name, so
+  // a plain replacement cannot touch anything else.
+  for (const auto& [path, name] : stable_names) {
+    for (size_t at = text.find(path); at != std::string::npos; at = text.find(path, at + name.size())) {
+      text.replace(at, path.size(), name);
+    }
+  }
+  return text;
 }
 
 std::vector<std::string>
@@ -185,8 +206,18 @@ diff_inputs(const UnitInputs& before, const UnitInputs& after)
 {
   std::vector<std::string> out;
   json a = to_json_value(before), b = to_json_value(after);
+  std::set<std::string> keys;
   for (const auto& [key, value] : a.items()) {
-    for (auto& line : json_differences(key, value.dump(), b.at(key).dump())) {
+    keys.insert(key);
+  }
+  for (const auto& [key, value] : b.items()) {
+    keys.insert(key);
+  }
+  // A field written only when set (incremental) is null when it is not.
+  for (const auto& key : keys) {
+    std::string was = a.contains(key) ? a.at(key).dump() : "null";
+    std::string is = b.contains(key) ? b.at(key).dump() : "null";
+    for (auto& line : json_differences(key, was, is)) {
       out.push_back(std::move(line));
     }
   }

@@ -407,6 +407,7 @@ parse_unit_graph(const std::string& text, const Workspace& ws, const PlanContext
     unit.features = u.at("features").get<std::vector<std::string>>();
     std::sort(unit.features.begin(), unit.features.end());
     unit.profile = parse_profile(u.at("profile"), context);
+    unit.incremental = u.at("profile").value("incremental", false);
     unit.is_root = root[i];
     for (const auto& d : u.at("dependencies")) {
       size_t index = d.at("index").get<size_t>();

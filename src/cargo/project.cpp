@@ -252,7 +252,7 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir,
 }
 
 InstantiatedPlan
-CargoProject::instantiate(LocalStore& store) const
+CargoProject::instantiate(LocalStore& store, std::function<bool(size_t)> incremental) const
 {
   InstantiateContext context{.ws = m_workspace, .plan = m_plan, .toolchain = *m_toolchain,
                              .config = *m_build_config, .digest_dir = m_cache_dir};
@@ -274,6 +274,7 @@ CargoProject::instantiate(LocalStore& store) const
   };
   context.run_tests = m_request.command == CargoCommand::test && !m_request.no_run;
   context.cap_lints = m_request.cap_lints;
+  context.incremental = std::move(incremental);
   context.test_args = m_request.test_args;
   context.rerun = m_request.rerun;
   if (m_request.command == CargoCommand::clippy) {
@@ -315,12 +316,109 @@ learn_host_reads(const CargoProject& project, const CargoBuild& build, LocalStor
   return again;
 }
 
+// Where incremental units keep their sessions: beside cargo's own, in the
+// project's target folder (deleted with it, never seen by the store's gc).
+fs::path
+incremental_sessions(const CargoProject& project)
+{
+  return project.workspace().target_dir / "kiln" / "incremental";
+}
+
+// The units to compile incrementally: of those cargo would, the ones this
+// build must compile anyway. A clean unit that can be had (in the store, or
+// substituted from a cache) is always the better choice: it costs no
+// compilation and may be pushed. So the clean plan is walked from its roots
+// as the scheduler would: a unit that can be had needs nothing below it;
+// one that cannot is built, and so are what it needs. A unit that can be
+// had but would have a local-only input in the final plan (a cache holding
+// it without its inputs) is built too, or its derivation would change.
+std::set<size_t>
+units_to_compile_incrementally(LocalStore& store, const CargoProject& project,
+                               const InstantiatedPlan& clean, const BuildOptions& options)
+{
+  const auto& units = project.plan().units;
+  std::set<size_t> had;   // units found in the store or a cache
+  auto can_be_had = [&](const StorePath& out) {
+    return store.is_valid(out) ||
+           (!options.caches.empty() &&
+            can_substitute(options.caches, options.policy, store.store_dir(), {out}));
+  };
+  std::set<size_t> built;
+  std::function<void(size_t)> visit = [&](size_t i) {
+    if (built.count(i) || had.count(i)) {
+      return;
+    }
+    if (can_be_had(clean.units[i].out)) {
+      had.insert(i);
+      return;
+    }
+    built.insert(i);
+    for (const auto& dep : units[i].deps) {
+      visit(dep.unit);
+    }
+  };
+  for (size_t r = 0; r < clean.test_runs.size(); ++r) {
+    if (!can_be_had(clean.test_runs[r].out)) {
+      visit(clean.test_run_of[r]);
+    }
+  }
+  for (size_t r : project.plan().roots) {
+    if (project.plan().units[r].mode != UnitMode::test || clean.test_runs.empty()) {
+      visit(r);
+    }
+  }
+  for (bool changed = true; changed;) {
+    changed = false;
+    std::vector<char> local(units.size(), 0);   // units are in dependency order
+    for (size_t i = 0; i < units.size(); ++i) {
+      local[i] = built.count(i) && may_compile_incrementally(units[i]);
+      for (const auto& dep : units[i].deps) {
+        local[i] = local[i] || local[dep.unit];
+      }
+    }
+    for (auto it = had.begin(); it != had.end();) {
+      size_t i = *it;
+      bool stale = std::any_of(units[i].deps.begin(), units[i].deps.end(),
+                               [&](const UnitDep& d) { return local[d.unit]; });
+      if (!stale) {
+        ++it;
+        continue;
+      }
+      it = had.erase(it);
+      built.insert(i);
+      for (const auto& dep : units[i].deps) {
+        visit(dep.unit);
+      }
+      changed = true;
+    }
+  }
+  // The first compile of a unit in this target folder is clean (faster than
+  // an incremental one from nothing, and pushable), as on a CI runner; it
+  // makes the unit's session folder, and from then on it is incremental.
+  std::set<size_t> incremental;
+  std::error_code ec;
+  for (size_t i : built) {
+    if (may_compile_incrementally(units[i]) &&
+        fs::is_directory(incremental_sessions(project) / session_name(units[i]), ec)) {
+      incremental.insert(i);
+    }
+  }
+  return incremental;
+}
+
 CargoBuild
 build_once(LocalStore& store, const CargoProject& project, const BuildOptions& options,
            CargoObserver& observer)
 {
   CargoBuild build;
   build.units = project.instantiate(store);
+  if (project.request().incremental) {
+    auto incremental = units_to_compile_incrementally(store, project, build.units, options);
+    if (!incremental.empty()) {
+      build.units = project.instantiate(
+        store, [&](size_t unit) { return incremental.count(unit) > 0; });
+    }
+  }
   observer.planned(project.plan(), build.units);
   for (size_t r : project.plan().roots) {
     build.roots.push_back(build.units.units[r].drv);
@@ -329,7 +427,8 @@ build_once(LocalStore& store, const CargoProject& project, const BuildOptions& o
     build.roots.push_back(run.drv);
   }
   UnitFrontend frontend(store, project.plan(), build.units, project.toolchain(), options.jobs,
-                        &project.request().env);
+                        &project.request().env,
+                        project.request().incremental ? incremental_sessions(project) : fs::path());
   build.result = build_derivations(store, build.roots, options, frontend, observer);
   return build;
 }

@@ -179,7 +179,8 @@ run(const std::vector<std::string>& argv, const std::string& cwd,
 // One line of rustc's stderr under --error-format=json: diagnostics are
 // shown as rustc would print them, a written .rmeta is announced to kiln.
 void
-rustc_message(const std::string& line, std::string& diagnostics)
+rustc_message(const std::string& line, std::string& diagnostics,
+              const std::function<std::string(const std::string&)>& published)
 {
   json message = json::parse(line, nullptr, false);
   if (message.is_discarded() || !message.is_object()) {
@@ -189,7 +190,7 @@ rustc_message(const std::string& line, std::string& diagnostics)
   std::string type = message.value("$message_type", "");
   if (type == "artifact") {
     if (message.value("emit", "") == "metadata") {
-      json note = {{"action", "early-output"}, {"path", message.value("artifact", "")}};
+      json note = {{"action", "early-output"}, {"path", published(message.value("artifact", ""))}};
       std::cerr << k_builder_message_prefix << note.dump() << std::endl;
     }
   } else if (type == "diagnostic") {
@@ -281,6 +282,64 @@ apply_directives(const json& spec, std::vector<std::string>& argv,
   }
 }
 
+// An incremental unit: rustc keeps its session in the folder kiln gives
+// (KILN_UNIT_INCREMENTAL; without one, a fresh folder: no reuse, same
+// result), and compiles the sources from a path that is the same in every
+// build (in the build folder, which the sandbox puts at the same place each
+// time), since rustc drops a session whose --remap-path-prefix, file names
+// or working folder changed. That path is a real folder of links to the
+// sources' entries: rustc learns its working folder from getcwd, which
+// would resolve a link to the sources themselves. Returns where the
+// sources now are.
+std::string
+compile_incrementally(const std::string& sources, std::vector<std::string>& argv,
+                      std::map<std::string, std::string>& env, std::string& out_dir)
+{
+  const char* top = std::getenv("NIX_BUILD_TOP");
+  fs::path build = top ? top : "/tmp";
+  std::string stable = (build / "source").string();
+  fs::create_directory(stable);
+  for (const auto& entry : fs::directory_iterator(sources)) {
+    fs::create_symlink(entry.path(), fs::path(stable) / entry.path().filename());
+  }
+  std::map<std::string, std::string> moved = {{sources, stable}};
+  for (auto& a : argv) {
+    a = substitute(a, moved);
+  }
+  for (auto& [k, v] : env) {
+    v = substitute(v, moved);
+  }
+  const char* session = std::getenv("KILN_UNIT_INCREMENTAL");
+  fs::path folder = session && *session ? fs::path(session) : build / "incremental";
+  fs::create_directories(folder);
+  argv.insert(argv.end(), {"-C", "incremental=" + folder.string()});
+  // The output folder is part of the session's identity too: rustc writes
+  // into one of the build folder's, and the builder moves what it made.
+  out_dir = (build / "rustc-out").string();
+  fs::create_directory(out_dir);
+  auto flag = std::find(argv.begin(), argv.end(), "--out-dir");
+  if (flag != argv.end() && flag + 1 != argv.end()) {
+    flag[1] = out_dir;
+  }
+  return stable;
+}
+
+// Move what rustc wrote in `from` into the output `to`: renamed where they
+// share a file system, else copied.
+void
+move_products(const fs::path& from, const fs::path& to)
+{
+  for (const auto& entry : fs::directory_iterator(from)) {
+    fs::path target = to / entry.path().filename();
+    std::error_code ec;
+    fs::rename(entry.path(), target, ec);
+    if (ec) {
+      fs::copy(entry.path(), target,
+               fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+    }
+  }
+}
+
 int
 compile(const json& spec, const std::map<std::string, std::string>& values, const std::string& out)
 {
@@ -298,15 +357,33 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
   // that read only metadata may start then (see Frontend::may_start_early).
   argv.insert(argv.end(), {"--error-format=json", "--json=artifacts"});
   std::string cwd = spec.at("cwd");
+  std::string out_dir = out;
+  if (spec.value("incremental", false)) {
+    cwd = compile_incrementally(cwd, argv, env, out_dir);
+  }
   if (spec.contains("workspace_path")) {
     cwd = workspace_view(cwd, spec.at("workspace_path").get<std::string>());
   }
   announce_command(argv, cwd);
+  // An artifact written outside the output is copied into it before
+  // dependents hear of it.
+  auto published = [&](const std::string& artifact) {
+    if (out_dir == out || !artifact.starts_with(out_dir + "/")) {
+      return artifact;
+    }
+    fs::path in_out = fs::path(out) / fs::path(artifact).filename();
+    fs::copy_file(artifact, in_out, fs::copy_options::overwrite_existing);
+    return in_out.string();
+  };
   std::string diagnostics;
-  int status = run(argv, cwd, env, std::nullopt,
-                   [&](const std::string& line) { rustc_message(line, diagnostics); });
+  int status = run(argv, cwd, env, std::nullopt, [&](const std::string& line) {
+    rustc_message(line, diagnostics, published);
+  });
   if (status != 0) {
     return status;
+  }
+  if (out_dir != out) {
+    move_products(out_dir, out);
   }
   // Kept with the output, so that a unit taken from the store or a cache
   // shows its warnings again, as cargo replays those of fresh units.

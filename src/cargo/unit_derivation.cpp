@@ -311,6 +311,11 @@ compile_instructions(const UnitInputs& i, const std::string& metadata)
   if (i.in_workspace) {
     spec["workspace_path"] = i.workspace_path;
   }
+  if (i.incremental) {
+    // The builder adds -C incremental with the session kiln keeps for the
+    // unit, and compiles from a path that stays the same across edits.
+    spec["incremental"] = true;
+  }
   return spec;
 }
 
@@ -469,14 +474,18 @@ instructions(const UnitInputs& inputs, const std::string& metadata)
 UnitDerivation
 make_derivation(const UnitInputs& inputs, const std::string& system,
                 const std::map<std::string, StorePath>& drv_of, const StoreDir& store_dir,
-                DrvHasher& hasher)
+                DrvHasher& hasher, const std::map<std::string, std::string>& stable_names)
 {
   UnitDerivation made;
   std::string inputs_json = inputs_to_json(inputs);
   // -C metadata: the same inputs as the output path, so the same on every
-  // machine and different whenever anything below differs.
-  made.metadata =
-    hash_string(HashAlgo::sha256, inputs_json).to_string(HashFormat::base16, false).substr(0, 16);
+  // machine and different whenever anything below differs; for an
+  // incremental unit, the same across edits (see inputs.hpp).
+  made.metadata = hash_string(HashAlgo::sha256, inputs.incremental
+                                                  ? stable_inputs_json(inputs, stable_names)
+                                                  : inputs_json)
+                    .to_string(HashFormat::base16, false)
+                    .substr(0, 16);
   std::string spec = instructions(inputs, made.metadata);
   made.product = json::parse(spec).at("product").get<std::string>();
 

@@ -536,7 +536,8 @@ add_test_runs(const InstantiateContext& context, InstantiatedPlan& made, const s
     }
     UnitDerivation derivation = make_derivation(run, system, drv_of, dir, hasher);
     made.derivations.emplace(derivation.drv_path, derivation.drv);
-    made.test_runs.push_back({std::move(run), derivation.drv_path, derivation.out, derivation.product, 1.0});
+    made.test_runs.push_back({std::move(run), derivation.drv_path, derivation.out,
+                              derivation.product, 1.0, harness.local_only});
     made.test_run_of.push_back(r);
   }
 }
@@ -555,6 +556,9 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
   });
   InputsBuilder builder(context, made, dir);
   std::map<std::string, StorePath> source_of, drv_of;
+  // Paths that change with every edit, and the names incremental units'
+  // metadata hashes in their place.
+  std::map<std::string, std::string> stable_names;
   std::string system = context.toolchain.host.substr(0, context.toolchain.host.find('-')) + "-linux";
   for (size_t i = 0; i < context.plan.units.size(); ++i) {
     const Unit& unit = context.plan.units[i];
@@ -569,17 +573,50 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
     if (inputs.driver != "rustc") {
       add_clippy_conf(*unit.package, inputs, sources, made, dir);
     }
-    UnitDerivation derivation = make_derivation(inputs, system, drv_of, dir, hasher);
+    inputs.incremental = context.incremental && may_compile_incrementally(unit) &&
+                         context.incremental(i);
+    bool local_only = inputs.incremental ||
+                      std::any_of(unit.deps.begin(), unit.deps.end(),
+                                  [&](const UnitDep& d) { return made.units[d.unit].local_only; });
+    if (inputs.incremental) {
+      stable_names[inputs.source] = "source:" + unit.package->name + "-" + unit.package->version;
+    }
+    UnitDerivation derivation = make_derivation(inputs, system, drv_of, dir, hasher, stable_names);
+    if (local_only) {
+      // What dependents' stable metadata names this output by.
+      stable_names[dir.print(derivation.out)] =
+        "local:" + hash_string(HashAlgo::sha256, stable_inputs_json(inputs, stable_names))
+                     .to_string(HashFormat::base16, false)
+                     .substr(0, 16);
+    }
     drv_of.emplace(dir.print(derivation.out), derivation.drv_path);
     made.derivations.emplace(derivation.drv_path, derivation.drv);
     double cost = estimated_cost(unit, made.sources.at(src->second).size);
-    made.units.push_back(
-      {std::move(inputs), derivation.drv_path, derivation.out, derivation.product, cost});
+    made.units.push_back({std::move(inputs), derivation.drv_path, derivation.out,
+                          derivation.product, cost, local_only});
   }
   if (context.run_tests) {
     add_test_runs(context, made, system, dir, hasher);
   }
   return made;
+}
+
+bool
+may_compile_incrementally(const Unit& u)
+{
+  return u.incremental && (u.mode == UnitMode::build || u.mode == UnitMode::check ||
+                           u.mode == UnitMode::check_test || u.mode == UnitMode::test);
+}
+
+std::string
+session_name(const Unit& u)
+{
+  std::string what = u.package->name + " " + u.package->version + " " + u.target.name + " " +
+                     u.kind_name() + " " + to_string(u.mode) +
+                     (u.mode == UnitMode::check_test ? "-test" : "") + " " + u.profile.name + " " +
+                     u.platform.value_or("host");
+  return u.target.name + "-" +
+         hash_string(HashAlgo::sha256, what).to_string(HashFormat::base16, false).substr(0, 16);
 }
 
 std::string

@@ -429,6 +429,8 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
     throw UsageError("--push-drvs goes with --push-to CACHE");
   }
   cargo::CargoRequest request = args.request(command);
+  // What is pushed or checked must be what any machine builds clean.
+  request.incremental = args.push_to.empty() && !common.check;
   auto& store = ctx.store();
   auto project = cargo::CargoProject::load(request, store.state_dir("cargo"), ctx.cargo_cache_dir());
   for (const auto& w : project->warnings()) {

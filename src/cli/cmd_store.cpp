@@ -38,6 +38,9 @@ path_info_json(const LocalStore& store, const PathInfo& info)
   if (!info.build_mode.empty()) {
     j["buildMode"] = info.build_mode;
   }
+  if (info.local_only) {
+    j["localOnly"] = true;
+  }
   return j;
 }
 

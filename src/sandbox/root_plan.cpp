@@ -309,6 +309,17 @@ plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<Sto
     }
     plan.expose(tool);
   }
+  for (const auto& folder : spec.writable_folders) {
+    std::string text = folder.lexically_normal().string();
+    for (const std::string& reserved :
+         {store_dir, build_top, std::string("/proc"), std::string("/dev")}) {
+      if (is_within(text, reserved)) {
+        throw SandboxError("build '" + spec.name + "': writable folder '" + text + "' lies in '" +
+                           reserved + "', which the sandbox has its own of");
+      }
+    }
+    plan.add_bind(folder, text, false);
+  }
   // Programs that look up their user (id, ssh, some test suites) need one.
   plan.add_file("/etc/passwd", "root:x:0:0:root:" + std::string(k_home) +
                                  ":/noshell\nkiln:x:" + std::to_string(inside_uid) + ":" +

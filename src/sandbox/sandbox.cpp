@@ -159,6 +159,12 @@ check_spec(const BuildSpec& spec, const std::string& store_dir, const SandboxOpt
       bad("an argument contains a NUL byte");
     }
   }
+  for (const auto& folder : spec.writable_folders) {
+    std::error_code ec;
+    if (!folder.is_absolute() || !fs::is_directory(folder, ec)) {
+      bad("writable folder '" + folder.string() + "' is not an absolute path to a folder");
+    }
+  }
   const std::string& build_dir = options.build_dir;
   if (build_dir.size() < 2 || build_dir[0] != '/' || build_dir.back() == '/' ||
       fs::path(build_dir).lexically_normal().string() != build_dir) {
@@ -527,6 +533,13 @@ private:
 
     m_plan.emplace(plan_new_root(m_store, m_spec, m_inputs, m_work->path(), m_options, inside_uid,
                                  inside_gid));
+    // Kept between builds and written by the build user, as the build
+    // folder is.
+    for (const auto& folder : m_spec.writable_folders) {
+      if (m_root && ::chown(folder.c_str(), m_options.build_uid, m_options.build_gid) != 0) {
+        throw_errno("giving '" + folder.string() + "' to the build user");
+      }
+    }
 
     m_cwd = build_top;
     m_config.steps = &m_plan->steps();

@@ -17,6 +17,7 @@
 #include <ctime>
 #include <iostream>
 #include <random>
+#include <set>
 
 namespace kiln {
 
@@ -43,7 +44,9 @@ CREATE TABLE IF NOT EXISTS ValidPaths (
   registration_time INTEGER NOT NULL,
   ca                TEXT,                  -- content address, if any
   sigs              TEXT NOT NULL DEFAULT '', -- space-separated name:base64
-  build_mode        TEXT                   -- how kiln built it: namespaces, clean-env
+  build_mode        TEXT,                  -- how kiln built it: namespaces, clean-env
+  local_only        INTEGER NOT NULL DEFAULT 0 -- 1: this machine's alone (built
+                                           -- incrementally, or from such a path): never pushed
 );
 CREATE TABLE IF NOT EXISTS Refs (
   referrer  INTEGER NOT NULL REFERENCES ValidPaths(id) ON DELETE CASCADE,
@@ -127,14 +130,17 @@ LocalStore::Impl::open_database()
   db = std::make_unique<Database>(root / "db" / "db.sqlite");
   Transaction txn(*db);
   db->exec(k_schema);
-  // Stores made before build_mode existed get the column.
-  bool has_build_mode = false;
-  Statement columns(*db, "PRAGMA table_info(ValidPaths)");
-  while (columns.step()) {
-    has_build_mode = has_build_mode || columns.column_text(1) == "build_mode";
+  // Stores made before a column existed get it.
+  std::set<std::string> columns;
+  Statement table_info(*db, "PRAGMA table_info(ValidPaths)");
+  while (table_info.step()) {
+    columns.insert(table_info.column_text(1));
   }
-  if (!has_build_mode) {
+  if (!columns.count("build_mode")) {
     db->exec("ALTER TABLE ValidPaths ADD COLUMN build_mode TEXT");
+  }
+  if (!columns.count("local_only")) {
+    db->exec("ALTER TABLE ValidPaths ADD COLUMN local_only INTEGER NOT NULL DEFAULT 0");
   }
   Statement get(*db, "SELECT value FROM Meta WHERE key = ?");
   get.bind(1, "store_dir");
@@ -245,7 +251,7 @@ std::optional<PathInfo>
 LocalStore::Impl::query(const StorePath& path) const
 {
   Statement q(*db, "SELECT id, nar_hash, nar_size, deriver, registration_time, ca, sigs, "
-                   "build_mode FROM ValidPaths WHERE path = ?");
+                   "build_mode, local_only FROM ValidPaths WHERE path = ?");
   q.bind(1, path.base());
   if (!q.step()) {
     return std::nullopt;
@@ -264,6 +270,7 @@ LocalStore::Impl::query(const StorePath& path) const
   auto sigs = split_words(q.column_text(6));
   info.signatures = std::set<std::string>(sigs.begin(), sigs.end());
   info.build_mode = q.column_text(7);
+  info.local_only = q.column_int(8) != 0;
   Statement refs(*db, "SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference "
                       "WHERE r.referrer = ?");
   refs.bind(1, id);
@@ -299,7 +306,8 @@ void
 LocalStore::Impl::insert_path(const PathInfo& info)
 {
   Statement insert(*db, "INSERT INTO ValidPaths (path, nar_hash, nar_size, deriver, "
-                        "registration_time, ca, sigs, build_mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+                        "registration_time, ca, sigs, build_mode, local_only) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
   insert.bind(1, info.path.base())
     .bind(2, info.nar_hash.to_string(HashFormat::nix32, true))
     .bind(3, static_cast<int64_t>(info.nar_size))
@@ -308,7 +316,8 @@ LocalStore::Impl::insert_path(const PathInfo& info)
     .bind_optional(6, info.ca ? std::optional<std::string>(info.ca->to_string()) : std::nullopt)
     .bind(7, join_signatures(info.signatures))
     .bind_optional(8, info.build_mode.empty() ? std::nullopt
-                                              : std::optional<std::string>(info.build_mode));
+                                              : std::optional<std::string>(info.build_mode))
+    .bind(9, static_cast<int64_t>(info.local_only ? 1 : 0));
   insert.run();
   int64_t id = db->last_insert_id();
   Statement add_ref(*db, "INSERT INTO Refs (referrer, reference) VALUES (?, ?)");

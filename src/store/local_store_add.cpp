@@ -452,7 +452,8 @@ LocalStore::commit(const std::vector<PreparedPath*>& batch)
 PathInfo
 LocalStore::register_output(const StorePath& path, const fs::path& built,
                             const std::set<StorePath>& candidates,
-                            const std::optional<StorePath>& deriver, const std::string& build_mode)
+                            const std::optional<StorePath>& deriver, const std::string& build_mode,
+                            bool local_only)
 {
   canonicalise(built);
   std::set<std::string> hashes = {std::string(path.hash_part())};
@@ -476,6 +477,7 @@ LocalStore::register_output(const StorePath& path, const fs::path& built,
   }
   info.deriver = deriver;
   info.build_mode = build_mode;
+  info.local_only = local_only;
   sync_filesystem_of(built);
   if (!m->commit_if_new(built, info)) {
     delete_path(built); // registered by another process meanwhile

@@ -84,6 +84,11 @@ public:
   // May the outputs of `drv`, just built, go to BuildOptions::push_to? No
   // when what they depend on is not all in their identity (default: yes).
   virtual bool may_push(const StorePath& drv) const;
+  // Are the outputs of `drv` this machine's alone (e.g. compiled
+  // incrementally)? Then they are never looked up in a cache nor pushed,
+  // and the store marks them local-only, which `kiln push` refuses
+  // (default: no).
+  virtual bool local_only(const StorePath& drv) const;
 };
 
 // What a build tells whoever watches it (progress displays, JSON reports).

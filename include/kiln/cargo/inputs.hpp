@@ -103,6 +103,9 @@ struct UnitInputs
                                           // target of a package without one)
   std::string build_script;               // runs: the compiled script's output
   std::map<std::string, std::string> links_runs;   // runs: DEP_<links>_* from these outputs
+  // Compiled incrementally, with a session kept between builds outside the
+  // store: an output for this machine alone (see make_derivation).
+  bool incremental = false;
 
   bool operator==(const UnitInputs&) const = default;
 };
@@ -132,9 +135,20 @@ struct UnitDerivation
 // kiln-rust-unit follows), the sources and the input derivations (`drv_of`
 // maps an input's output path to its derivation). `hasher` computes output
 // paths as Nix does.
+//
+// An incremental unit's -C metadata must survive an edit, or rustc would
+// see a new crate and drop its session: it hashes the inputs with
+// `stable_names` put for the paths that change with every edit (its own
+// sources, the outputs of other local-only units), as cargo's metadata
+// leaves the sources out. Its output path still hashes everything.
 UnitDerivation make_derivation(const UnitInputs& inputs, const std::string& system,
                                const std::map<std::string, StorePath>& drv_of,
-                               const StoreDir& store_dir, DrvHasher& hasher);
+                               const StoreDir& store_dir, DrvHasher& hasher,
+                               const std::map<std::string, std::string>& stable_names = {});
+
+// The inputs' JSON with each path of `stable_names` replaced by its name.
+std::string stable_inputs_json(const UnitInputs& inputs,
+                               const std::map<std::string, std::string>& stable_names);
 
 // The instructions for kiln-rust-unit (what rustc, rustdoc or the build
 // script is run with), as JSON.

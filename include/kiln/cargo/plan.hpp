@@ -66,6 +66,10 @@ struct Unit
   std::vector<UnitDep> deps;
   bool is_root = false;           // asked for on the command line
   LtoRole lto = LtoRole::only_object;
+  // cargo would compile it incrementally: its profile says so and it is a
+  // path package (cargo's profiles.rs; CARGO_INCREMENTAL and
+  // build.incremental are applied already).
+  bool incremental = false;
 
   // "lib", "proc-macro", "bin", "build-script", "run-build-script",
   // "example", "test", "bench"

@@ -60,6 +60,13 @@ struct CargoRequest
   // packages too: `kiln install` builds a registry crate from a copy, as
   // cargo install builds it from the registry.
   bool cap_lints = false;
+  // Compile incrementally what cargo would (workspace and path packages in
+  // the dev and test profiles, unless CARGO_INCREMENTAL or build.incremental
+  // say no) and must be compiled here anyway (no clean unit in the store or
+  // a cache), with sessions kept in target/kiln/incremental. Only for builds
+  // whose outputs stay on this machine: not for --push-to, --check or
+  // kiln install, which build clean units.
+  bool incremental = false;
 };
 
 class CargoProject
@@ -85,8 +92,10 @@ public:
   const std::filesystem::path& state_dir() const { return m_state_dir; }
   const std::filesystem::path& cache_dir() const { return m_cache_dir; }
 
-  // Every unit's inputs and derivation (sources hashed, nothing written).
-  InstantiatedPlan instantiate(LocalStore& store) const;
+  // Every unit's inputs and derivation (sources hashed, nothing written);
+  // `incremental` picks the units compiled incrementally (none if unset).
+  InstantiatedPlan instantiate(LocalStore& store,
+                               std::function<bool(size_t unit)> incremental = {}) const;
 
 private:
   CargoProject() = default;

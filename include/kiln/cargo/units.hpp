@@ -45,6 +45,9 @@ struct InstantiatedUnit
   // A guess at how long building it takes, relative to other units (for
   // the scheduler: the longest chains of work start first).
   double cost = 1;
+  // Compiled incrementally, or built from such a unit: its output is this
+  // machine's alone (never looked up in a cache, never pushed).
+  bool local_only = false;
 };
 
 // The plan's derivations, computed but not yet written: a unit that is
@@ -93,7 +96,21 @@ struct InstantiateContext
   std::string rerun{};
   // Every package's lints capped, as for registry packages (kiln install).
   bool cap_lints = false;
+  // Which units to compile incrementally, by index (null: none); only
+  // those cargo would (may_compile_incrementally) ever are.
+  std::function<bool(size_t unit)> incremental{};
 };
+
+// Would cargo compile the unit incrementally (its profile says so, it is a
+// path package), and is it rustc compiling a crate (not a build-script run,
+// not rustdoc)?
+bool may_compile_incrementally(const Unit& unit);
+
+// The folder (under target/kiln/incremental) where such a unit keeps its
+// session: named by what the unit is (package, version, target, mode,
+// profile, platform), so the same across edits and feature changes (rustc
+// keeps a session per crate identity inside).
+std::string session_name(const Unit& unit);
 
 // Compute every unit's inputs and derivation. Source trees are hashed (not
 // copied), remembered by their files' metadata.
@@ -107,8 +124,12 @@ std::string describe(const Unit& unit);
 class UnitFrontend : public Frontend
 {
 public:
+  // `sessions`: where units that may compile incrementally keep their
+  // sessions, one folder each (session_name); empty: none kept (not a
+  // local build).
   UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
-               const Toolchain& toolchain, unsigned jobs, const Environment* env = nullptr);
+               const Toolchain& toolchain, unsigned jobs, const Environment* env = nullptr,
+               std::filesystem::path sessions = {});
 
   const Derivation* derivation(const StorePath& drv) const override;
   // Runs kiln-rust-unit (or, without it, this kiln executable as
@@ -123,6 +144,8 @@ public:
   // Not a build-script run seen reading more of the host than its identity
   // holds, nor anything built on one: such an output is this machine's.
   bool may_push(const StorePath& drv) const override;
+  // Compiled incrementally, or built from such a unit.
+  bool local_only(const StorePath& drv) const override;
 
   // The plan's index of the unit `drv` builds, if it is one.
   std::optional<size_t> unit_of(const StorePath& drv) const;
@@ -136,6 +159,7 @@ private:
   const Toolchain& m_toolchain;
   unsigned m_jobs;
   const Environment* m_env;
+  std::filesystem::path m_sessions;
   std::map<StorePath, size_t> m_unit_of;
   std::map<StorePath, size_t> m_test_run_of;
   std::filesystem::path m_self;     // this executable

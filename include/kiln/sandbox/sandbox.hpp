@@ -88,6 +88,10 @@ struct BuildSpec
   // tokens from: visible in the sandbox and named in CARGO_MAKEFLAGS, where
   // rustc, cargo's build scripts and the cc crate look for it.
   std::optional<std::filesystem::path> jobserver;
+  // Host folders the build may write, at their own paths, kept from one
+  // build to the next (a compiler's incremental session). Never an output:
+  // nothing in them enters the store.
+  std::vector<std::filesystem::path> writable_folders;
 };
 
 struct SandboxOptions

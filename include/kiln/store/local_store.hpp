@@ -53,6 +53,9 @@ struct PathInfo
   int64_t registration_time = 0;
   std::optional<ContentAddress> ca;
   std::string build_mode; // kiln-built outputs: "namespaces" or "clean-env"
+  // Built for this machine alone (compiled incrementally, or from such a
+  // path): never to leave it (`kiln push` refuses it).
+  bool local_only = false;
 };
 
 // The text a signature covers (Nix's ValidPathInfo::fingerprint):
@@ -261,7 +264,7 @@ public:
   PathInfo register_output(const StorePath& path, const std::filesystem::path& built,
                            const std::set<StorePath>& candidates,
                            const std::optional<StorePath>& deriver,
-                           const std::string& build_mode);
+                           const std::string& build_mode, bool local_only = false);
 
   std::optional<PathInfo> query_path_info(const StorePath& path) const;
   bool is_valid(const StorePath& path) const;
