@@ -19,6 +19,8 @@ using test::TempDir;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+using test::kiln_in;
+
 namespace {
 
 const fs::path k_examples = fs::path(KILN_SOURCE_DIR) / "examples";
@@ -63,15 +65,6 @@ units_by_path(const std::string& json_text)
   return out;
 }
 
-test::RunResult
-kiln_in(const fs::path& cwd, std::vector<std::string> args,
-        const std::map<std::string, std::string>& env = {})
-{
-  test::RunOptions opts;
-  opts.cwd = cwd;
-  opts.env = env;
-  return test::kiln(args, opts);
-}
 
 // Clean units only, as a CI build or --push-to makes them: a local build
 // compiles workspace members incrementally, and rustc's incremental output

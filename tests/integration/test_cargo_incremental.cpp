@@ -20,6 +20,8 @@ using test::TempDir;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+using test::kiln_in;
+
 namespace {
 
 // A workspace of a library of three modules (so that rustc splits it into
@@ -51,15 +53,6 @@ write_project(const fs::path& root)
   return root;
 }
 
-test::RunResult
-kiln_in(const fs::path& cwd, std::vector<std::string> args,
-        const std::map<std::string, std::string>& env = {})
-{
-  test::RunOptions opts;
-  opts.cwd = cwd;
-  opts.env = env;
-  return test::kiln(args, opts);
-}
 
 // From -v output (cargo's or kiln's): each crate's rustc command line.
 std::map<std::string, std::string>

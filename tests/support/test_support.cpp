@@ -203,6 +203,16 @@ kiln(const std::vector<std::string>& args, const RunOptions& options)
   return run(argv, options);
 }
 
+RunResult
+kiln_in(const fs::path& cwd, const std::vector<std::string>& args,
+        const std::map<std::string, std::string>& env)
+{
+  RunOptions options;
+  options.cwd = cwd;
+  options.env = env;
+  return kiln(args, options);
+}
+
 bool
 have_program(const std::string& program)
 {

@@ -64,6 +64,9 @@ RunResult run(const std::vector<std::string>& argv, const RunOptions& options = 
 
 // Run the kiln binary under test with `args`.
 RunResult kiln(const std::vector<std::string>& args, const RunOptions& options = {});
+// kiln run in `cwd` (a project's folder), with `env` added to the environment.
+RunResult kiln_in(const fs::path& cwd, const std::vector<std::string>& args,
+                  const std::map<std::string, std::string>& env = {});
 // Options that run a program in `dir`.
 RunOptions in_dir(const std::filesystem::path& dir);
 // The NAR sizes of `paths` and everything they reference, added up.
