@@ -411,14 +411,7 @@ build_once(LocalStore& store, const CargoProject& project, const BuildOptions& o
            CargoObserver& observer)
 {
   CargoBuild build;
-  build.units = project.instantiate(store);
-  if (project.request().incremental) {
-    auto incremental = units_to_compile_incrementally(store, project, build.units, options);
-    if (!incremental.empty()) {
-      build.units = project.instantiate(
-        store, [&](size_t unit) { return incremental.count(unit) > 0; });
-    }
-  }
+  build.units = instantiate_for_build(store, project, options);
   observer.planned(project.plan(), build.units);
   for (size_t r : project.plan().roots) {
     build.roots.push_back(build.units.units[r].drv);
@@ -434,6 +427,20 @@ build_once(LocalStore& store, const CargoProject& project, const BuildOptions& o
 }
 
 } // namespace
+
+InstantiatedPlan
+instantiate_for_build(LocalStore& store, const CargoProject& project, const BuildOptions& options)
+{
+  InstantiatedPlan clean = project.instantiate(store);
+  if (!project.request().incremental) {
+    return clean;
+  }
+  auto incremental = units_to_compile_incrementally(store, project, clean, options);
+  if (incremental.empty()) {
+    return clean;
+  }
+  return project.instantiate(store, [&](size_t unit) { return incremental.count(unit) > 0; });
+}
 
 CargoBuild
 build_project(LocalStore& store, const CargoProject& project, const BuildOptions& options,

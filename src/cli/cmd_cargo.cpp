@@ -441,7 +441,8 @@ cargo_command(Context& ctx, const CargoArgs& args, const BuildCommonArgs& common
     return 0;
   }
   if (args.explain) {
-    auto units = project->instantiate(store);
+    // As the build would plan them (without asking caches: --explain is local).
+    auto units = cargo::instantiate_for_build(store, *project, BuildOptions{});
     for (const auto& line : cargo::explain_units(*project, units, store, *args.explain)) {
       std::cout << line << "\n";
     }

@@ -223,6 +223,12 @@ TEST_CASE("the edit loop: members compile incrementally as under cargo, reuse th
     CHECK(again["greet lib"]["path"] != built["greet lib"]["path"]);
     CHECK(again["greet lib"]["status"] == "built");
     CHECK(test::run({bin.string()}).out == "A2470 b2470 c2470\n");
+    // --explain plans as the build does: the incremental unit, present.
+    auto explained = kiln_in(ws, {"--store", store, "build", "--explain", "greet"});
+    INFO(explained.out);
+    CHECK_THAT(explained.out, Catch::Contains(again["greet lib"]["path"].get<std::string>() +
+                                              " (in the store)") &&
+                                Catch::Contains("same inputs as in the last build"));
     // Codegen units of the modules not edited were taken from the last
     // session: their object files are the same files.
     auto reused = newest_session_inodes(greet_sessions);

@@ -129,6 +129,13 @@ struct CargoBuild
   bool succeeded() const;
 };
 
+// The plan's units as a build with `options` realises them: clean, except,
+// when the request allows it (CargoRequest::incremental), the units it must
+// compile here, which are compiled incrementally. Asks the caches of
+// `options` which clean units they have.
+InstantiatedPlan instantiate_for_build(LocalStore& store, const CargoProject& project,
+                                       const BuildOptions& options);
+
 // Realise the plan's roots (and what they need).
 CargoBuild build_project(LocalStore& store, const CargoProject& project,
                          const BuildOptions& options, CargoObserver& observer);
