@@ -297,27 +297,26 @@ plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<Sto
   plan.add_symlink("/dev/stderr", "/proc/self/fd/2");
   plan.add_mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
   plan.add_mount("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "mode=1777");
-  for (const auto& tool : tool_closure(spec.tools)) {
-    std::string text = tool.lexically_normal().string();
+  // What the sandbox has its own of: a host path there cannot be shown.
+  auto refuse_reserved = [&](const std::string& what, const std::string& text) {
     for (const std::string& reserved :
          {store_dir, build_top, std::string("/proc"), std::string("/dev")}) {
       if (is_within(text, reserved)) {
-        throw SandboxError("build '" + spec.name + "': tool '" + text + "' lies in '" + reserved +
-                           "', which the sandbox has its own of" +
-                           (reserved == store_dir ? " (declare store paths as inputs)" : ""));
+        throw SandboxError("build '" + spec.name + "': " + what + " '" + text + "' lies in '" +
+                           reserved + "', which the sandbox has its own of" +
+                           (reserved == store_dir && what == "tool"
+                              ? " (declare store paths as inputs)"
+                              : ""));
       }
     }
+  };
+  for (const auto& tool : tool_closure(spec.tools)) {
+    refuse_reserved("tool", tool.lexically_normal().string());
     plan.expose(tool);
   }
   for (const auto& folder : spec.writable_folders) {
     std::string text = folder.lexically_normal().string();
-    for (const std::string& reserved :
-         {store_dir, build_top, std::string("/proc"), std::string("/dev")}) {
-      if (is_within(text, reserved)) {
-        throw SandboxError("build '" + spec.name + "': writable folder '" + text + "' lies in '" +
-                           reserved + "', which the sandbox has its own of");
-      }
-    }
+    refuse_reserved("writable folder", text);
     plan.add_bind(folder, text, false);
   }
   // Programs that look up their user (id, ssh, some test suites) need one.
