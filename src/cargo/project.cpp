@@ -337,6 +337,14 @@ units_to_compile_incrementally(LocalStore& store, const CargoProject& project,
                                const InstantiatedPlan& clean, const BuildOptions& options)
 {
   const auto& units = project.plan().units;
+  // Those that would be compiled incrementally if built: cargo would, and
+  // they were compiled in this target folder before (see below).
+  std::vector<char> has_session(units.size(), 0);
+  std::error_code ec;
+  for (size_t i = 0; i < units.size(); ++i) {
+    has_session[i] = may_compile_incrementally(units[i]) &&
+                     fs::is_directory(incremental_sessions(project) / session_name(units[i]), ec);
+  }
   std::set<size_t> had;   // units found in the store or a cache
   auto can_be_had = [&](const StorePath& out) {
     return store.is_valid(out) ||
@@ -369,13 +377,8 @@ units_to_compile_incrementally(LocalStore& store, const CargoProject& project,
   }
   for (bool changed = true; changed;) {
     changed = false;
-    std::vector<char> local(units.size(), 0);   // units are in dependency order
-    for (size_t i = 0; i < units.size(); ++i) {
-      local[i] = built.count(i) && may_compile_incrementally(units[i]);
-      for (const auto& dep : units[i].deps) {
-        local[i] = local[i] || local[dep.unit];
-      }
-    }
+    auto local = local_only_units(project.plan(),
+                                  [&](size_t i) { return built.count(i) && has_session[i]; });
     for (auto it = had.begin(); it != had.end();) {
       size_t i = *it;
       bool stale = std::any_of(units[i].deps.begin(), units[i].deps.end(),
@@ -396,10 +399,8 @@ units_to_compile_incrementally(LocalStore& store, const CargoProject& project,
   // an incremental one from nothing, and pushable), as on a CI runner; it
   // makes the unit's session folder, and from then on it is incremental.
   std::set<size_t> incremental;
-  std::error_code ec;
   for (size_t i : built) {
-    if (may_compile_incrementally(units[i]) &&
-        fs::is_directory(incremental_sessions(project) / session_name(units[i]), ec)) {
+    if (has_session[i]) {
       incremental.insert(i);
     }
   }

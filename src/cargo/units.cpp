@@ -560,6 +560,11 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
   // metadata hashes in their place.
   std::map<std::string, std::string> stable_names;
   std::string system = context.toolchain.host.substr(0, context.toolchain.host.find('-')) + "-linux";
+  auto compiled_incrementally = [&](size_t i) {
+    return context.incremental && may_compile_incrementally(context.plan.units[i]) &&
+           context.incremental(i);
+  };
+  std::vector<char> local_only = local_only_units(context.plan, compiled_incrementally);
   for (size_t i = 0; i < context.plan.units.size(); ++i) {
     const Unit& unit = context.plan.units[i];
     auto src = source_of.find(unit.package->id);
@@ -573,16 +578,12 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
     if (inputs.driver != "rustc") {
       add_clippy_conf(*unit.package, inputs, sources, made, dir);
     }
-    inputs.incremental = context.incremental && may_compile_incrementally(unit) &&
-                         context.incremental(i);
-    bool local_only = inputs.incremental ||
-                      std::any_of(unit.deps.begin(), unit.deps.end(),
-                                  [&](const UnitDep& d) { return made.units[d.unit].local_only; });
+    inputs.incremental = compiled_incrementally(i);
     if (inputs.incremental) {
       stable_names[inputs.source] = "source:" + unit.package->name + "-" + unit.package->version;
     }
     UnitDerivation derivation = make_derivation(inputs, system, drv_of, dir, hasher, stable_names);
-    if (local_only) {
+    if (local_only[i]) {
       // What dependents' stable metadata names this output by.
       stable_names[dir.print(derivation.out)] =
         "local:" + hash_string(HashAlgo::sha256, stable_inputs_json(inputs, stable_names))
@@ -593,7 +594,7 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
     made.derivations.emplace(derivation.drv_path, derivation.drv);
     double cost = estimated_cost(unit, made.sources.at(src->second).size);
     made.units.push_back({std::move(inputs), derivation.drv_path, derivation.out,
-                          derivation.product, cost, local_only});
+                          derivation.product, cost, local_only[i] != 0});
   }
   if (context.run_tests) {
     add_test_runs(context, made, system, dir, hasher);
@@ -606,6 +607,18 @@ may_compile_incrementally(const Unit& u)
 {
   return u.incremental && (u.mode == UnitMode::build || u.mode == UnitMode::check ||
                            u.mode == UnitMode::check_test || u.mode == UnitMode::test);
+}
+
+std::vector<char>
+local_only_units(const Plan& plan, const std::function<bool(size_t)>& incremental)
+{
+  std::vector<char> local(plan.units.size(), 0);   // units are in dependency order
+  for (size_t i = 0; i < plan.units.size(); ++i) {
+    local[i] = incremental(i) ||
+               std::any_of(plan.units[i].deps.begin(), plan.units[i].deps.end(),
+                           [&](const UnitDep& d) { return local[d.unit] != 0; });
+  }
+  return local;
 }
 
 std::string

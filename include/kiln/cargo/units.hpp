@@ -106,6 +106,11 @@ struct InstantiateContext
 // not rustdoc)?
 bool may_compile_incrementally(const Unit& unit);
 
+// Which of the plan's units are local-only when those `incremental` picks
+// are compiled incrementally: they, and every unit built from one.
+std::vector<char> local_only_units(const Plan& plan,
+                                   const std::function<bool(size_t unit)>& incremental);
+
 // The folder (under target/kiln/incremental) where such a unit keeps its
 // session: named by what the unit is (package, version, target, mode,
 // profile, platform), so the same across edits and feature changes (rustc
