@@ -129,17 +129,29 @@ format_map(char* out, unsigned long inside, unsigned long outside)
   std::memcpy(p, " 1\n", 4);
 }
 
-// Block until the parent writes the go byte; false if it closed the pipe.
+// Block until the parent writes the go byte; false if it closed the pipe
+// or kiln ended. Both are watched: a sibling sandbox forked meanwhile holds
+// a copy of the pipe's write end, so the pipe alone may never close, and
+// changing credentials has disarmed the parent-death signal by now (two
+// siblings waiting so outlived a killed kiln, each holding the other's pipe).
 bool
-wait_go(int fd)
+wait_go(int fd, int parent_pidfd)
 {
-  char byte;
   while (true) {
-    ssize_t n = ::read(fd, &byte, 1);
+    struct pollfd watched[2] = {{fd, POLLIN, 0}, {parent_pidfd, POLLIN, 0}};
+    int n = ::poll(watched, parent_pidfd >= 0 ? 2 : 1, -1);
     if (n < 0 && errno == EINTR) {
       continue;
     }
-    return n == 1;
+    if (n < 0 || (parent_pidfd >= 0 && watched[1].revents != 0)) {
+      return false;
+    }
+    char byte;
+    ssize_t got = ::read(fd, &byte, 1);
+    if (got < 0 && errno == EINTR) {
+      continue;
+    }
+    return got == 1;
   }
 }
 
@@ -533,7 +545,7 @@ namespace_child(const ChildConfig& config)
   }
   // Modes in the plan are meant as written.
   ::umask(0);
-  if (config.wait_go_first && !wait_go(config.go_fd)) {
+  if (config.wait_go_first && !wait_go(config.go_fd, config.parent_pidfd)) {
     ::_exit(1);
   }
   // Nothing mounted here may propagate back to the host.
@@ -586,7 +598,7 @@ namespace_child(const ChildConfig& config)
     ChildMessage message;
     message.kind = ChildMessage::need_map;
     send_message(status_fd, message);
-    if (!wait_go(config.go_fd)) {
+    if (!wait_go(config.go_fd, config.parent_pidfd)) {
       ::_exit(1);
     }
   }
