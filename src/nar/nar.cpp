@@ -761,6 +761,9 @@ Restorer::end_regular_file()
   if (m_sync == RestoreSync::yes && ::fsync(m_file.get()) != 0) {
     throw_errno("syncing '" + (m_target / m_file_path).string() + "'");
   }
+  if (m_sync == RestoreSync::start) {
+    ::sync_file_range(m_file.get(), 0, 0, SYNC_FILE_RANGE_WRITE); // a hint: errors come at the sync
+  }
   m_file.reset();
 }
 

@@ -137,7 +137,10 @@ void dump_path(const std::filesystem::path& path, Sink& out, const PathFilter& f
 uint64_t parse_nar(Source& in, FsObjectSink& sink, bool require_eof = true,
                    const NarLimits& limits = {});
 
-enum class RestoreSync { no, yes };
+// What the restorer does for durability: nothing; start writing each file
+// to disk as soon as it is complete, without waiting (the caller syncs at
+// the end, and finds most of the work done); or sync each file and folder.
+enum class RestoreSync { no, start, yes };
 
 // Creates the object at `target` (which must not exist) from events. Files
 // become 0444 or 0555, folders 0555 once complete, mtimes 1 (as in a Nix
