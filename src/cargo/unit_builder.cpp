@@ -314,8 +314,11 @@ compile_incrementally(const std::string& sources, std::vector<std::string>& argv
   fs::create_directories(folder);
   argv.insert(argv.end(), {"-C", "incremental=" + folder.string()});
   // The output folder is part of the session's identity too: rustc writes
-  // into one of the build folder's, and the builder moves what it made.
-  out_dir = (build / "rustc-out").string();
+  // into one at a fixed place, and the builder moves what it made into the
+  // output. That place is beside the output, in the sandbox's store folder
+  // (the same path every time in namespaces mode), so that the move is a
+  // rename, not a copy of a linked binary of tens of MB across mounts.
+  out_dir = (fs::path(out_dir).parent_path() / ".kiln-rustc-out").string();
   fs::create_directory(out_dir);
   auto flag = std::find(argv.begin(), argv.end(), "--out-dir");
   if (flag != argv.end() && flag + 1 != argv.end()) {
@@ -384,6 +387,8 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
   }
   if (out_dir != out) {
     move_products(out_dir, out);
+    // Nothing but the outputs may be left in the store folder.
+    fs::remove(out_dir);
   }
   // Kept with the output, so that a unit taken from the store or a cache
   // shows its warnings again, as cargo replays those of fresh units.
