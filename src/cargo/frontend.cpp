@@ -84,6 +84,34 @@ builder_programs()
   return {self, fs::path()};
 }
 
+// What every unit's step sees of the host, read-only: the toolchain, the
+// host's C toolchain (rustc links with cc) and cargo (build scripts run
+// $CARGO). Folders first: what lies inside them (kiln's own libraries) is
+// covered. The builder program as its folder when the builder's user may
+// enter it: a folder is not run through ldd (its libraries are in /usr). A
+// private folder (mode 0700) hides it; then the file itself, with its
+// libraries.
+std::vector<fs::path>
+unit_step_tools(const Toolchain& toolchain, const fs::path& program)
+{
+  std::vector<fs::path> tools;
+  for (const fs::path& t : {fs::path("/usr"), fs::path("/bin"), fs::path("/lib"),
+                            fs::path("/lib64"), fs::path("/etc/alternatives"),
+                            fs::path("/etc/ld.so.cache"), toolchain.sysroot,
+                            world_enterable(program.parent_path()) ? program.parent_path()
+                                                                   : program}) {
+    std::error_code e;
+    if (fs::exists(fs::symlink_status(t, e))) {
+      tools.push_back(t);
+    }
+  }
+  if (!toolchain.cargo.empty() &&
+      !toolchain.cargo.string().starts_with(toolchain.sysroot.string())) {
+    tools.push_back(toolchain.cargo);
+  }
+  return tools;
+}
+
 // The sandboxed step of a rust-unit derivation: kiln-rust-unit with the
 // toolchain, the host's C toolchain and what a build script reads of the
 // host visible. `inputs` (the unit's, if known) names a configured linker
@@ -117,31 +145,11 @@ rust_unit_step(const LocalStore& store, const Toolchain& toolchain, unsigned job
       toolchain.sysroot.string() + ":" + program.parent_path().string() + ":" +
       toolchain.cargo.parent_path().string();
   }
-  // The toolchain and the host's C toolchain (rustc links with cc), read-only.
-  // Folders first: what lies inside them (kiln's own libraries) is covered.
-  // The builder program as its folder when the builder's user may enter
-  // it: a folder is not run through ldd (its libraries are in /usr). A
-  // private folder (mode 0700) hides it; then the file itself, with its
-  // libraries.
-  std::vector<fs::path> tools = {"/usr", "/bin", "/lib", "/lib64", "/etc/alternatives",
-                                 "/etc/ld.so.cache", toolchain.sysroot,
-                                 world_enterable(program.parent_path()) ? program.parent_path()
-                                                                        : program};
   std::vector<fs::path> declared = std::move(spec.tools);
-  spec.tools.clear();
-  for (const auto& t : tools) {
-    std::error_code e;
-    if (fs::exists(fs::symlink_status(t, e))) {
-      spec.tools.push_back(t);
-    }
-  }
+  spec.tools = unit_step_tools(toolchain, program);
   spec.tools.insert(spec.tools.end(), declared.begin(), declared.end());
   if (spec.env.count("KILN_UNIT_TRACE")) {
     spec.tools.push_back(spec.env["KILN_UNIT_TRACE"]);
-  }
-  if (!toolchain.cargo.empty() &&
-      !toolchain.cargo.string().starts_with(toolchain.sysroot.string())) {
-    spec.tools.push_back(toolchain.cargo);
   }
   if (inputs) {
     // A linker named in cargo's configuration, wherever it is.
@@ -160,6 +168,13 @@ rust_unit_step(const LocalStore& store, const Toolchain& toolchain, unsigned job
 }
 
 } // namespace
+
+void
+look_at_unit_step_tools(const Toolchain& toolchain)
+{
+  auto [self, helper] = builder_programs();
+  look_at_tools(unit_step_tools(toolchain, helper.empty() ? self : helper));
+}
 
 UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
                            const Toolchain& toolchain, unsigned jobs, const Environment* env,

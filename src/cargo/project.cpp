@@ -212,6 +212,12 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir,
   // answers: both at once. Nothing below reads the identity before get().
   std::future<void> identified =
     std::async(std::launch::async, [t = p->m_toolchain.get()] { identify_toolchain(*t); });
+  // What the build steps' tools need to run (cargo's libraries: ldd, tens of
+  // milliseconds) is learnt now, beside the planning, not by the first step
+  // (in the edit loop, the one step) on the build's critical path.
+  p->m_tools_looked_at = std::async(std::launch::async, [t = p->m_toolchain.get()] {
+    look_at_unit_step_tools(*t);
+  });
 
   CargoQueries queries(cache_dir, request.cwd, request.env, p->m_toolchain->located_key(),
                        common_files(*p->m_config, request.cwd));
@@ -252,7 +258,8 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir,
 }
 
 InstantiatedPlan
-CargoProject::instantiate(LocalStore& store, std::function<bool(size_t)> incremental) const
+CargoProject::instantiate(LocalStore& store, std::function<bool(size_t)> incremental,
+                          const InstantiatedPlan* clean) const
 {
   InstantiateContext context{.ws = m_workspace, .plan = m_plan, .toolchain = *m_toolchain,
                              .config = *m_build_config, .digest_dir = m_cache_dir};
@@ -275,6 +282,7 @@ CargoProject::instantiate(LocalStore& store, std::function<bool(size_t)> increme
   context.run_tests = m_request.command == CargoCommand::test && !m_request.no_run;
   context.cap_lints = m_request.cap_lints;
   context.incremental = std::move(incremental);
+  context.clean = clean;
   context.test_args = m_request.test_args;
   context.rerun = m_request.rerun;
   if (m_request.command == CargoCommand::clippy) {
@@ -440,7 +448,8 @@ instantiate_for_build(LocalStore& store, const CargoProject& project, const Buil
   if (incremental.empty()) {
     return clean;
   }
-  return project.instantiate(store, [&](size_t unit) { return incremental.count(unit) > 0; });
+  return project.instantiate(
+    store, [&](size_t unit) { return incremental.count(unit) > 0; }, &clean);
 }
 
 CargoBuild

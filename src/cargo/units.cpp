@@ -2,6 +2,7 @@
 #include <kiln/derivation/derivation.hpp>
 #include <kiln/hash/hash.hpp>
 #include <kiln/util/io.hpp>
+#include <kiln/util/parallel.hpp>
 #include <kiln/util/process.hpp>
 
 #include "digest_cache.hpp"
@@ -12,8 +13,10 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
 namespace kiln::cargo {
 
@@ -333,29 +336,56 @@ private:
     }
   }
 
+public:
+  // A unit whose inputs are not asked for (taken whole from an earlier
+  // instantiation): what its dependents' inputs need of it is noted still.
+  void
+  skip(size_t index)
+  {
+    if (m_ctx.plan.units[index].mode != UnitMode::run_custom_build) {
+      note_closures(index);
+    }
+  }
+
+private:
+  // The libraries a compile links with and the build-script runs whose
+  // link search paths it gets, all the way down; remembered for dependents.
+  std::pair<std::set<size_t>, std::set<size_t>>
+  note_closures(size_t index)
+  {
+    std::set<size_t> libs, runs;
+    for (const auto& dep : m_ctx.plan.units[index].deps) {
+      const Unit& d = m_ctx.plan.units[dep.unit];
+      if (d.mode == UnitMode::run_custom_build) {
+        runs.insert(dep.unit);
+      } else if (d.target.is_lib()) {
+        libs.insert(dep.unit);
+        libs.insert(m_lib_closure[dep.unit].begin(), m_lib_closure[dep.unit].end());
+        runs.insert(m_run_closure[dep.unit].begin(), m_run_closure[dep.unit].end());
+      }
+    }
+    m_lib_closure[index].assign(libs.begin(), libs.end());
+    m_run_closure[index].assign(runs.begin(), runs.end());
+    return {std::move(libs), std::move(runs)};
+  }
+
   void
   compile_inputs(size_t index, UnitInputs& in)
   {
     const Unit& u = m_ctx.plan.units[index];
-    std::set<size_t> libs, runs;
     for (const auto& dep : u.deps) {
       const Unit& d = m_ctx.plan.units[dep.unit];
       if (d.mode == UnitMode::run_custom_build) {
         if (d.package == u.package) {
           in.own_run = out(dep.unit);
         }
-        runs.insert(dep.unit);
       } else if (d.target.is_lib()) {
-        libs.insert(dep.unit);
-        libs.insert(m_lib_closure[dep.unit].begin(), m_lib_closure[dep.unit].end());
-        runs.insert(m_run_closure[dep.unit].begin(), m_run_closure[dep.unit].end());
         in.externs.push_back({dep.extern_name, out(dep.unit), extern_file(u, dep.unit)});
       } else if (d.target.is_bin() && d.mode == UnitMode::build) {
         in.bin_exes[d.target.name] = out(dep.unit);
       }
     }
-    m_lib_closure[index].assign(libs.begin(), libs.end());
-    m_run_closure[index].assign(runs.begin(), runs.end());
+    auto [libs, runs] = note_closures(index);
     for (size_t l : libs) {
       in.library_closure.push_back(out(l));
     }
@@ -548,7 +578,15 @@ InstantiatedPlan
 instantiate_plan(LocalStore& store, const InstantiateContext& context)
 {
   const StoreDir& dir = store.store_dir();
-  Sources sources(context.digest_dir);
+  // Read (a state file of every source tree's digest) only if a source must
+  // be hashed here: not when they are taken from context.clean.
+  std::optional<Sources> digests;
+  auto sources = [&]() -> Sources& {
+    if (!digests) {
+      digests.emplace(context.digest_dir);
+    }
+    return *digests;
+  };
   InstantiatedPlan made;
   DrvHasher hasher(dir, [&](const StorePath& p) {
     auto it = made.derivations.find(p);
@@ -565,18 +603,55 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
            context.incremental(i);
   };
   std::vector<char> local_only = local_only_units(context.plan, compiled_incrementally);
+  const InstantiatedPlan* clean = context.clean;
+  if (!clean) {
+    // Every package's sources, hashed on a few threads: the walk of each
+    // tree's metadata is most of a warm plan's time.
+    std::vector<const CargoPackage*> packages;
+    std::set<std::string> seen;
+    for (const auto& u : context.plan.units) {
+      if (seen.insert(u.package->id).second) {
+        packages.push_back(&*u.package);
+      }
+    }
+    std::vector<std::optional<StorePath>> paths(packages.size());
+    std::vector<SourceTree> trees(packages.size());
+    Sources& hashing = sources();
+    parallel_for(packages.size(), std::clamp(std::thread::hardware_concurrency(), 1u, 4u),
+                 [&](size_t k) { paths[k] = hashing.path_of(dir, *packages[k], trees[k]); });
+    for (size_t k = 0; k < packages.size(); ++k) {
+      source_of.emplace(packages[k]->id, *paths[k]);
+      made.sources.emplace(*paths[k], std::move(trees[k]));
+    }
+  }
   for (size_t i = 0; i < context.plan.units.size(); ++i) {
     const Unit& unit = context.plan.units[i];
-    auto src = source_of.find(unit.package->id);
-    if (src == source_of.end()) {
-      SourceTree tree;
-      StorePath path = sources.path_of(dir, *unit.package, tree);
-      made.sources.emplace(path, std::move(tree));
-      src = source_of.emplace(unit.package->id, path).first;
+    if (clean) {
+      // The package's sources as hashed for the clean plan; the unit itself
+      // too unless it is local-only here (nothing it is made from differs).
+      const InstantiatedUnit& same = clean->units[i];
+      source_of.emplace(unit.package->id, dir.parse(same.inputs.source));
+      if (!local_only[i]) {
+        const Derivation& drv = clean->derivations.at(same.drv);
+        for (const auto& src : drv.input_srcs) {
+          if (auto tree = clean->sources.find(src); tree != clean->sources.end()) {
+            made.sources.emplace(src, tree->second);
+          }
+        }
+        drv_of.emplace(dir.print(same.out), same.drv);
+        made.derivations.emplace(same.drv, drv);
+        made.units.push_back(same);
+        builder.skip(i);
+        continue;
+      }
     }
-    UnitInputs inputs = builder.inputs(i, dir.print(src->second));
+    const StorePath& src = source_of.at(unit.package->id);
+    if (!made.sources.count(src)) {
+      made.sources.emplace(src, clean->sources.at(src));
+    }
+    UnitInputs inputs = builder.inputs(i, dir.print(src));
     if (inputs.driver != "rustc") {
-      add_clippy_conf(*unit.package, inputs, sources, made, dir);
+      add_clippy_conf(*unit.package, inputs, sources(), made, dir);
     }
     inputs.incremental = compiled_incrementally(i);
     if (inputs.incremental) {
@@ -592,7 +667,7 @@ instantiate_plan(LocalStore& store, const InstantiateContext& context)
     }
     drv_of.emplace(dir.print(derivation.out), derivation.drv_path);
     made.derivations.emplace(derivation.drv_path, derivation.drv);
-    double cost = estimated_cost(unit, made.sources.at(src->second).size);
+    double cost = estimated_cost(unit, made.sources.at(src).size);
     made.units.push_back({std::move(inputs), derivation.drv_path, derivation.out,
                           derivation.product, cost, local_only[i] != 0});
   }

@@ -207,6 +207,24 @@ tool_closure(const std::vector<fs::path>& tools)
   return result;
 }
 
+} // namespace kiln::sandbox_impl
+
+namespace kiln {
+
+void
+look_at_tools(const std::vector<std::filesystem::path>& tools)
+{
+  try {
+    sandbox_impl::tool_closure(tools);
+  } catch (const std::exception&) {
+    // The build step that needs the tools says what is wrong with them.
+  }
+}
+
+} // namespace kiln
+
+namespace kiln::sandbox_impl {
+
 std::vector<std::string>
 tool_path_dirs(const std::vector<fs::path>& tools)
 {

@@ -7,6 +7,9 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <kiln/cargo/project.hpp>
+#include <kiln/cargo/units.hpp>
+#include <kiln/store/local_store.hpp>
 #include <kiln/util/io.hpp>
 
 #include <sys/stat.h>
@@ -321,5 +324,70 @@ TEST_CASE("the edit loop: members compile incrementally as under cargo, reuse th
     auto clean = units(r.out);
     CHECK(clean["app bin"]["status"] == "built");
     CHECK_FALSE(local_only(store, clean["app bin"]["path"]));
+  }
+}
+
+// The incremental plan is made from the clean one: the units that are not
+// local-only are taken from it whole, the rest made again. That must give
+// exactly the plan made from scratch, on a graph with build scripts and
+// registry crates (examples/rust-app) and on one where a library member's
+// being incremental makes its dependent local-only.
+TEST_CASE("an incremental plan made from the clean one is the plan made from scratch",
+          "[cargo][incremental]")
+{
+  if (!test::have_program("cargo")) {
+    test::skip("needs cargo");
+    return;
+  }
+  TempDir dir;
+  LocalStore store({dir / "store"});
+  fs::path app = dir / "rust-app";
+  fs::copy(fs::path(KILN_SOURCE_DIR) / "examples" / "rust-app", app,
+           fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  fs::remove_all(app / "target");
+  fs::path ws = write_project(dir / "ws");
+  for (const fs::path& root : {app, ws}) {
+    INFO(root);
+    cargo::CargoRequest request;
+    request.cwd = root;
+    request.offline = true;
+    request.cargo_args = {"--offline"};
+    request.metadata_args = {"--offline"};
+    request.env = cargo::current_environment();
+    request.incremental = true;
+    auto project = cargo::CargoProject::load(request, dir / "state", dir / "cache");
+    const auto& units = project->plan().units;
+    auto members = [&](size_t i) {
+      return cargo::may_compile_incrementally(units[i]) && units[i].package->is_member;
+    };
+    auto clean = project->instantiate(store);
+    auto scratch = project->instantiate(store, members);
+    auto reused = project->instantiate(store, members, &clean);
+    REQUIRE(scratch.units.size() == units.size());
+    REQUIRE(reused.units.size() == units.size());
+    size_t local = 0, incremental = 0, changed = 0;
+    for (size_t i = 0; i < units.size(); ++i) {
+      INFO(cargo::describe(units[i]));
+      CHECK(reused.units[i].drv == scratch.units[i].drv);
+      CHECK(reused.units[i].out == scratch.units[i].out);
+      CHECK(reused.units[i].product == scratch.units[i].product);
+      CHECK(reused.units[i].local_only == scratch.units[i].local_only);
+      CHECK(cargo::inputs_to_json(reused.units[i].inputs) ==
+            cargo::inputs_to_json(scratch.units[i].inputs));
+      local += scratch.units[i].local_only;
+      incremental += scratch.units[i].inputs.incremental;
+      changed += scratch.units[i].drv != clean.units[i].drv;
+    }
+    // The case is the one meant: some units differ from the clean plan.
+    CHECK(incremental >= 1);
+    CHECK(changed == local);
+    CHECK(local >= (root == ws ? 2u : 1u));
+    std::set<StorePath> scratch_drvs, reused_drvs, scratch_srcs, reused_srcs;
+    for (const auto& [p, d] : scratch.derivations) scratch_drvs.insert(p);
+    for (const auto& [p, d] : reused.derivations) reused_drvs.insert(p);
+    for (const auto& [p, t] : scratch.sources) scratch_srcs.insert(p);
+    for (const auto& [p, t] : reused.sources) reused_srcs.insert(p);
+    CHECK(reused_drvs == scratch_drvs);
+    CHECK(reused_srcs == scratch_srcs);
   }
 }

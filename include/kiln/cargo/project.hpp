@@ -17,6 +17,7 @@
 #include <kiln/cargo/workspace.hpp>
 
 #include <filesystem>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -93,9 +94,12 @@ public:
   const std::filesystem::path& cache_dir() const { return m_cache_dir; }
 
   // Every unit's inputs and derivation (sources hashed, nothing written);
-  // `incremental` picks the units compiled incrementally (none if unset).
+  // `incremental` picks the units compiled incrementally (none if unset);
+  // `clean`, this project's plan instantiated without, saves work (see
+  // InstantiateContext::clean).
   InstantiatedPlan instantiate(LocalStore& store,
-                               std::function<bool(size_t unit)> incremental = {}) const;
+                               std::function<bool(size_t unit)> incremental = {},
+                               const InstantiatedPlan* clean = nullptr) const;
 
 private:
   CargoProject() = default;
@@ -108,6 +112,7 @@ private:
   Workspace m_workspace;
   Plan m_plan;
   std::vector<std::string> m_warnings;
+  std::future<void> m_tools_looked_at; // joined at destruction
 };
 
 // What a build tells the one watching it, besides the build module's events.

@@ -99,6 +99,10 @@ struct InstantiateContext
   // Which units to compile incrementally, by index (null: none); only
   // those cargo would (may_compile_incrementally) ever are.
   std::function<bool(size_t unit)> incremental{};
+  // This plan instantiated with nothing incremental, moments before: its
+  // source digests are used, and every unit that is not local-only here is
+  // taken from it whole (it is made from nothing that differs).
+  const InstantiatedPlan* clean = nullptr;
 };
 
 // Would cargo compile the unit incrementally (its profile says so, it is a
@@ -126,6 +130,11 @@ InstantiatedPlan instantiate_plan(LocalStore& store, const InstantiateContext& c
 std::string describe(const Unit& unit);
 
 // The plan's units as a build frontend.
+// Learn what the tools every unit's build step sees need to run in the
+// sandbox (look_at_tools), so that the first step need not: to run beside
+// the planning.
+void look_at_unit_step_tools(const Toolchain& toolchain);
+
 class UnitFrontend : public Frontend
 {
 public:

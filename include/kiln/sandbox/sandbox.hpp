@@ -152,6 +152,12 @@ BuildOutcome run_build(const LocalStore& store, const BuildSpec& spec,
 // mode asked for is unavailable.
 SandboxMode sandbox_mode(const SandboxOptions& options = {});
 
+// Learn now what these tools need to run in a sandbox (a program's
+// libraries, found by ldd: tens of milliseconds a program), as the first
+// build step would, so that it need not: meant to run beside other work
+// before the builds start. Errors are left for that build step to report.
+void look_at_tools(const std::vector<std::filesystem::path>& tools);
+
 // Whether this process can build in namespaces: probed once (by actually
 // unsharing mount, PID, network, IPC and UTS namespaces — with a user
 // namespace unless running as root — and mounting a tmpfs and a /proc), then
