@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <map>
 
@@ -131,7 +132,15 @@ TempRoots::others_roots()
       fs::remove(entry.path(), ec); // its process is gone, and its roots with it
       continue;
     }
-    std::string text = read_file(entry.path());
+    std::string text;
+    try {
+      text = read_file(entry.path());
+    } catch (const SystemError& e) {
+      if (e.error_number() != ENOENT) {
+        throw;
+      }
+      continue; // its process ended meanwhile and removed it: its roots went with it
+    }
     size_t start = 0;
     for (size_t nl; (nl = text.find('\n', start)) != std::string::npos; start = nl + 1) {
       roots.insert(text.substr(start, nl - start));
