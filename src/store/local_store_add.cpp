@@ -22,45 +22,82 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Make what lies at `path` durable before the database says it is valid.
-// A small tree (a build's or a download's few files) is fsynced file by file:
-// only kiln's own data is waited for. A large one (a source tree) takes one
-// syncfs, cheaper than thousands of fsyncs but a wait for every writer of
-// the file system.
-void
-sync_filesystem_of(const fs::path& path)
+// How what lies at `path` is made durable before the database says it is
+// valid. A small tree (a build's or a download's few files) is fsynced file
+// by file: only kiln's own data is waited for. A large one (a source tree)
+// takes one syncfs, cheaper than thousands of fsyncs but a wait for every
+// writer of the file system.
+struct SyncPlan
+{
+  fs::path path;
+  bool nothing = false;              // a symlink at the top: its folder is synced by the caller
+  bool whole_file_system = false;    // large: syncfs
+  std::vector<fs::path> entries;     // small: files first, then folders, deepest first
+};
+
+SyncPlan
+plan_sync(const fs::path& path)
 {
   constexpr size_t k_fsync_limit = 64;
-  std::vector<fs::path> entries;
+  SyncPlan plan;
+  plan.path = path;
   std::error_code ec;
   auto status = fs::symlink_status(path, ec);
   if (ec || fs::is_symlink(status)) {
-    // A symlink at the top: its folder is synced by the caller.
-    return;
+    plan.nothing = true;
+    return plan;
   }
-  entries.push_back(path);
-  bool small = true;
+  plan.entries.push_back(path);
   if (fs::is_directory(status)) {
     for (auto it = fs::recursive_directory_iterator(path, ec);
          !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (entries.size() > k_fsync_limit) {
-        small = false;
+      if (plan.entries.size() > k_fsync_limit) {
+        plan.whole_file_system = true;
         break;
       }
       if (!it->is_symlink(ec)) {
-        entries.push_back(it->path());
+        plan.entries.push_back(it->path());
       }
     }
   }
-  if (small && !ec) {
-    // Files first, then the folders that name them, deepest first.
-    std::stable_partition(entries.begin(), entries.end(),
-                          [](const fs::path& p) { return !fs::is_directory(fs::symlink_status(p)); });
-    auto folders = std::find_if(entries.begin(), entries.end(), [](const fs::path& p) {
-      return fs::is_directory(fs::symlink_status(p));
-    });
-    std::reverse(folders, entries.end());
-    for (const auto& entry : entries) {
+  if (ec) {
+    plan.whole_file_system = true;
+  }
+  if (plan.whole_file_system) {
+    plan.entries.clear();
+    return plan;
+  }
+  std::stable_partition(plan.entries.begin(), plan.entries.end(),
+                        [](const fs::path& p) { return !fs::is_directory(fs::symlink_status(p)); });
+  auto folders = std::find_if(plan.entries.begin(), plan.entries.end(), [](const fs::path& p) {
+    return fs::is_directory(fs::symlink_status(p));
+  });
+  std::reverse(folders, plan.entries.end());
+  return plan;
+}
+
+// Start writing a small tree's files to disk without waiting, so that the
+// disk works while the output is hashed and scanned and sync() waits for
+// less (a linked binary is tens of MB). Only a hint: errors come at sync().
+void
+start_writeback(const SyncPlan& plan)
+{
+  for (const auto& entry : plan.entries) {
+    UniqueFd fd(::open(entry.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (fd) {
+      ::sync_file_range(fd.get(), 0, 0, SYNC_FILE_RANGE_WRITE);
+    }
+  }
+}
+
+void
+sync(const SyncPlan& plan)
+{
+  if (plan.nothing) {
+    return;
+  }
+  if (!plan.whole_file_system) {
+    for (const auto& entry : plan.entries) {
       UniqueFd fd(::open(entry.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
       if (!fd) {
         throw_errno("opening '" + entry.string() + "' to sync it");
@@ -71,51 +108,22 @@ sync_filesystem_of(const fs::path& path)
     }
     return;
   }
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_DIRECTORY));
+  UniqueFd fd(::open(plan.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_DIRECTORY));
   if (!fd) {
-    fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    fd.reset(::open(plan.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   }
   if (!fd) {
     return;
   }
   if (::syncfs(fd.get()) != 0) {
-    throw_errno("syncing '" + path.string() + "'");
+    throw_errno("syncing '" + plan.path.string() + "'");
   }
 }
 
-// Start writing a build's files to disk without waiting for it, so that
-// the disk works while the output is hashed and scanned, and the fsync of
-// sync_filesystem_of waits for less (a linked binary is tens of MB). Only a
-// hint: errors are left to that fsync.
 void
-start_writeback(const fs::path& path)
+sync_filesystem_of(const fs::path& path)
 {
-  constexpr size_t k_file_limit = 64;
-  auto kick = [](const fs::path& file) {
-    UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-    if (fd) {
-      ::sync_file_range(fd.get(), 0, 0, SYNC_FILE_RANGE_WRITE);
-    }
-  };
-  std::error_code ec;
-  auto status = fs::symlink_status(path, ec);
-  if (ec || fs::is_regular_file(status)) {
-    if (!ec) {
-      kick(path);
-    }
-    return;
-  }
-  if (!fs::is_directory(status)) {
-    return;
-  }
-  size_t seen = 0;
-  for (auto it = fs::recursive_directory_iterator(path, ec);
-       !ec && it != fs::recursive_directory_iterator() && seen++ < k_file_limit;
-       it.increment(ec)) {
-    if (it->is_regular_file(ec) && !it->is_symlink(ec)) {
-      kick(it->path());
-    }
-  }
+  sync(plan_sync(path));
 }
 
 // Finds which of a set of store path hash parts occur in a byte stream (the
@@ -491,7 +499,8 @@ LocalStore::register_output(const StorePath& path, const fs::path& built,
                             bool local_only)
 {
   canonicalise(built);
-  start_writeback(built);
+  SyncPlan durable = plan_sync(built);
+  start_writeback(durable);
   std::set<std::string> hashes = {std::string(path.hash_part())};
   for (const auto& c : candidates) {
     hashes.insert(std::string(c.hash_part()));
@@ -514,7 +523,7 @@ LocalStore::register_output(const StorePath& path, const fs::path& built,
   info.deriver = deriver;
   info.build_mode = build_mode;
   info.local_only = local_only;
-  sync_filesystem_of(built);
+  sync(durable);
   if (!m->commit_if_new(built, info)) {
     delete_path(built); // registered by another process meanwhile
     return *query_path_info(path);

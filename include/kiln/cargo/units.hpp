@@ -129,12 +129,12 @@ InstantiatedPlan instantiate_plan(LocalStore& store, const InstantiateContext& c
 // "my-app v0.1.0 (bin \"my-app\")", "libc v0.2.139 (build-script)".
 std::string describe(const Unit& unit);
 
-// The plan's units as a build frontend.
 // Learn what the tools every unit's build step sees need to run in the
 // sandbox (look_at_tools), so that the first step need not: to run beside
 // the planning.
 void look_at_unit_step_tools(const Toolchain& toolchain);
 
+// The plan's units as a build frontend.
 class UnitFrontend : public Frontend
 {
 public:
