@@ -358,6 +358,13 @@ private:
       const Unit& d = m_ctx.plan.units[dep.unit];
       if (d.mode == UnitMode::run_custom_build) {
         runs.insert(dep.unit);
+      } else if (d.target.is_proc_macro()) {
+        // A proc-macro is loaded whole (its dependencies are linked into it,
+        // and rustc does not resolve a proc-macro crate's own crates), and
+        // cargo does not pass its build scripts' link paths on (they are
+        // the host's "plugins"): what it was built from is not an input of
+        // its dependents, so they need not be fetched to build them.
+        libs.insert(dep.unit);
       } else if (d.target.is_lib()) {
         libs.insert(dep.unit);
         libs.insert(m_lib_closure[dep.unit].begin(), m_lib_closure[dep.unit].end());

@@ -391,3 +391,61 @@ TEST_CASE("an incremental plan made from the clean one is the plan made from scr
     CHECK(reused_srcs == scratch_srcs);
   }
 }
+
+// rustc loads a proc-macro whole and does not resolve the proc-macro's own
+// crates, and cargo keeps its build scripts' link paths to the host: a unit
+// that uses serde_derive needs serde_derive, not syn. Were syn an input, a
+// fresh runner building the edited top crate would fetch it for nothing.
+TEST_CASE("a crate's inputs are its proc-macros, not what they were built from", "[cargo]")
+{
+  if (!test::have_program("cargo")) {
+    test::skip("needs cargo");
+    return;
+  }
+  TempDir dir;
+  LocalStore store({dir / "store"});
+  fs::path app = dir / "rust-app";
+  fs::copy(fs::path(KILN_SOURCE_DIR) / "examples" / "rust-app", app,
+           fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  fs::remove_all(app / "target");
+  cargo::CargoRequest request;
+  request.cwd = app;
+  request.offline = true;
+  request.cargo_args = {"--offline"};
+  request.metadata_args = {"--offline"};
+  request.env = cargo::current_environment();
+  auto project = cargo::CargoProject::load(request, dir / "state", dir / "cache");
+  const auto& units = project->plan().units;
+  auto plan = project->instantiate(store);
+  auto find = [&](const std::string& package, bool proc_macro) -> const cargo::InstantiatedUnit& {
+    for (size_t i = 0; i < units.size(); ++i) {
+      if (units[i].package->name == package && units[i].mode == cargo::UnitMode::build &&
+          units[i].target.is_proc_macro() == proc_macro && !units[i].target.is_custom_build()) {
+        return plan.units[i];
+      }
+    }
+    FAIL("no unit of " << package);
+    throw std::logic_error("unreachable");
+  };
+  const auto& logsum = find("rust-app", false);
+  const auto& serde = find("serde", false);
+  const auto& serde_derive = find("serde_derive", true);
+  const auto& syn = find("syn", false);
+  auto inputs_of = [&](const cargo::InstantiatedUnit& u) {
+    return plan.derivations.at(u.drv).input_drvs;
+  };
+  auto dirs = [](const cargo::InstantiatedUnit& u) {
+    return std::set<std::string>(u.inputs.library_closure.begin(), u.inputs.library_closure.end());
+  };
+  auto printed = [&](const cargo::InstantiatedUnit& u) { return store.store_dir().print(u.out); };
+  // The proc-macro itself is built from syn, and is an input of what uses it.
+  CHECK(inputs_of(serde_derive).count(syn.drv) == 1);
+  CHECK(dirs(serde_derive).count(printed(syn)) == 1);
+  CHECK(inputs_of(serde).count(serde_derive.drv) == 1);
+  CHECK(dirs(logsum).count(printed(serde_derive)) == 1);
+  // What the proc-macro was built from is not, all the way up.
+  for (const auto* u : {&serde, &logsum}) {
+    CHECK(inputs_of(*u).count(syn.drv) == 0);
+    CHECK(dirs(*u).count(printed(syn)) == 0);
+  }
+}
