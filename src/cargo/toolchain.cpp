@@ -247,7 +247,6 @@ locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
   auto t = std::make_unique<Toolchain>();
   t->cache_dir = cache_dir;
   t->digests = std::make_shared<DigestCache>(cache_dir / "toolchain-digests.json");
-  fs::path cache_file = cache_dir / "toolchain.json";
   // Which programs are found, and what rustup would choose: if unchanged,
   // the programs (not yet their contents) are as last time.
   std::string rustc_name = env_or(env, "RUSTC", config.rustc().value_or("rustc"));
@@ -256,6 +255,13 @@ locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
                     env_or(env, "CARGO", "cargo") + "|" + env_or(env, "RUSTDOC", "") + "|" +
                     config.rustdoc().value_or("") + "|" + env_or(env, "PATH", "") + "|" +
                     selection_key(cwd, env);
+  // One file per key: `cargo kiln` (cargo and rustup add to PATH) and `kiln`,
+  // or two projects pinned to different toolchains, do not evict each other
+  // (each miss asks rustc twice, ~140 ms).
+  fs::path cache_file =
+    cache_dir / ("toolchain-" +
+                 hash_string(HashAlgo::sha256, key).to_string(HashFormat::base16, false).substr(0, 32) +
+                 ".json");
   json cached;
   std::error_code ec;
   try {

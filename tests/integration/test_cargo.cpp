@@ -644,6 +644,14 @@ TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, a
                    "#!/bin/sh\necho \"$*\" >>'" + log.string() + "'\nexec '" +
                      real_cargo.string() + "' \"$@\"\n",
                    true);
+  // And a rustc that writes down each time it is asked to locate the toolchain.
+  fs::path real_rustc =
+    test::output_of(test::run({"sh", "-c", "command -v rustc"}), "the path of rustc");
+  fs::path rustc_log = dir / "rustc-calls";
+  test::write_file(dir / "bin" / "rustc",
+                   "#!/bin/sh\necho \"$*\" >>'" + rustc_log.string() + "'\nexec '" +
+                     real_rustc.string() + "' \"$@\"\n",
+                   true);
   test::RunOptions opts;
   opts.cwd = ws;
   opts.env = {{"PATH", (dir / "bin").string() + ":" + std::getenv("PATH")},
@@ -670,6 +678,29 @@ TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, a
   // Another, empty store: cargo is not asked again, and the plan is the same.
   CHECK(plan("store-b") == first);
   CHECK(calls().empty());
+
+  // The toolchain found is remembered for each PATH (rustup's proxy changes
+  // it for `cargo kiln`): a second one does not make the first one's stale.
+  auto toolchain_lookups = [&] {
+    std::error_code ec;
+    std::string text = fs::exists(rustc_log, ec) ? read_file(rustc_log) : "";
+    fs::remove(rustc_log, ec);
+    return text;
+  };
+  toolchain_lookups();
+  test::RunOptions other_path = opts;
+  other_path.env["PATH"] = (dir / "bin").string() + ":" + (dir / "bin").string() + ":" +
+                           std::getenv("PATH");
+  {
+    auto r = test::kiln({"--store", (dir / "store-b").string(), "build", "--unit-graph"},
+                        other_path);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    CHECK(r.out == first);
+  }
+  CHECK_THAT(toolchain_lookups(), Catch::Contains("sysroot"));
+  CHECK(plan("store-b") == first);
+  CHECK(toolchain_lookups().empty());
 
   // An edited manifest (only a comment): the answers are cargo's again.
   std::ofstream(ws / "mylib" / "Cargo.toml", std::ios::app) << "# edited\n";
