@@ -2,7 +2,7 @@
 #include <kiln/util/jobserver.hpp>
 #include <kiln/util/parallel.hpp>
 
-#include <boost/graph/adjacency_list.hpp>
+#include <boost/graph/compressed_sparse_row_graph.hpp>
 #include <boost/graph/depth_first_search.hpp>
 #include <boost/graph/topological_sort.hpp>
 
@@ -20,8 +20,9 @@ namespace kiln {
 namespace {
 
 // Edges point from a derivation to its inputs, so a topological sort lists
-// inputs first.
-using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::directedS>;
+// inputs first. Compressed rows: a few flat arrays, whatever the size (an
+// adjacency list allocates a vector per derivation).
+using Graph = boost::compressed_sparse_row_graph<boost::directedS>;
 using Vertex = boost::graph_traits<Graph>::vertex_descriptor;
 using Edge = boost::graph_traits<Graph>::edge_descriptor;
 
@@ -100,9 +101,11 @@ struct BuildGraph::Impl
   std::vector<StorePath> nodes;
   std::unordered_map<StorePath, size_t, HashPartPrefix> index;
   std::vector<Derivation> drvs;
-  std::vector<std::vector<StorePath>> inputs;
-  std::vector<std::vector<size_t>> input_indices;
-  Graph graph;
+  // The inputs of derivation i are inputs[input_start[i] … input_start[i+1]):
+  // one array for all of them (per-derivation vectors cost an allocation
+  // each, and at 100k derivations the memory they scatter is what grows).
+  std::vector<size_t> input_start{0};
+  std::vector<size_t> inputs;
   StoreDir store_dir;
 };
 
@@ -124,8 +127,7 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
   g.index.reserve(targets.size());
   g.nodes.reserve(targets.size());
   g.drvs.reserve(targets.size());
-  g.inputs.reserve(targets.size());
-  g.input_indices.reserve(targets.size());
+  g.input_start.reserve(targets.size() + 1);
   // Breadth first: a derivation is numbered when first seen, and read in
   // that order (the queue is the list of nodes itself).
   auto number = [&](const StorePath& path) {
@@ -140,26 +142,11 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
   }
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     g.drvs.push_back(read(g.nodes[i]));
-    std::vector<StorePath> ins;
-    std::vector<size_t> numbers;
-    ins.reserve(g.drvs.back().input_drvs.size());
-    numbers.reserve(g.drvs.back().input_drvs.size());
     for (const auto& [input, outputs] : g.drvs.back().input_drvs) {
-      ins.push_back(input);
-      numbers.push_back(number(input));
+      size_t n = number(input);
+      g.inputs.push_back(n);
     }
-    g.inputs.push_back(std::move(ins));
-    g.input_indices.push_back(std::move(numbers));
-  }
-  // Built in place: assigning a graph copies it (and GCC 12 warns inside
-  // Boost about the copy).
-  for (size_t i = 0; i < g.nodes.size(); ++i) {
-    boost::add_vertex(g.graph);
-  }
-  for (size_t i = 0; i < g.nodes.size(); ++i) {
-    for (size_t j : g.input_indices[i]) {
-      boost::add_edge(i, j, g.graph);
-    }
+    g.input_start.push_back(g.inputs.size());
   }
   return result;
 }
@@ -182,12 +169,6 @@ BuildGraph::derivation(const StorePath& drv) const
   return m->drvs.at(m->index.at(drv));
 }
 
-const std::vector<StorePath>&
-BuildGraph::inputs(const StorePath& drv) const
-{
-  return m->inputs.at(m->index.at(drv));
-}
-
 size_t
 BuildGraph::index_of(const StorePath& drv) const
 {
@@ -200,10 +181,13 @@ BuildGraph::path(size_t index) const
   return m->nodes.at(index);
 }
 
-const std::vector<size_t>&
+std::span<const size_t>
 BuildGraph::input_indices(size_t index) const
 {
-  return m->input_indices.at(index);
+  if (index >= m->nodes.size()) {
+    throw std::out_of_range("no derivation number " + std::to_string(index));
+  }
+  return {m->inputs.data() + m->input_start[index], m->inputs.data() + m->input_start[index + 1]};
 }
 
 std::vector<StorePath>
@@ -221,15 +205,24 @@ BuildGraph::topological_order() const
 std::vector<size_t>
 BuildGraph::topological_indices() const
 {
+  // The rows are the derivations in order, so the edges come sorted.
+  std::vector<std::pair<size_t, size_t>> edges;
+  edges.reserve(m->inputs.size());
+  for (size_t i = 0; i < m->nodes.size(); ++i) {
+    for (size_t j : input_indices(i)) {
+      edges.emplace_back(i, j);
+    }
+  }
+  Graph graph(boost::edges_are_sorted, edges.begin(), edges.end(), m->nodes.size());
   std::vector<Vertex> order;
   order.reserve(m->nodes.size());
   try {
-    boost::topological_sort(m->graph, std::back_inserter(order));
+    boost::topological_sort(graph, std::back_inserter(order));
   } catch (const boost::not_a_dag&) {
     std::vector<Vertex> parent(m->nodes.size());
     std::vector<Vertex> cycle;
     CycleFinder finder(parent, cycle);
-    boost::depth_first_search(m->graph, boost::visitor(finder));
+    boost::depth_first_search(graph, boost::visitor(finder));
     std::string text;
     for (auto it = cycle.rbegin(); it != cycle.rend(); ++it) {
       text += m->store_dir.print(m->nodes[*it]) + " → ";
@@ -342,11 +335,21 @@ public:
     for (auto& w : workers) {
       w.join();
     }
-    std::map<StorePath, StepResult> results;
+    // Into the map in its order, each at the end: a hint makes an insert
+    // constant time, where a search from the root misses the cache at every
+    // level of a 100k-node tree.
+    std::vector<size_t> realised;
+    realised.reserve(m_results.size());
     for (size_t i = 0; i < m_results.size(); ++i) {
       if (m_results[i]) {
-        results.emplace(m_graph.path(i), std::move(*m_results[i]));
+        realised.push_back(i);
       }
+    }
+    std::sort(realised.begin(), realised.end(),
+              [&](size_t a, size_t b) { return m_graph.path(a) < m_graph.path(b); });
+    std::map<StorePath, StepResult> results;
+    for (size_t i : realised) {
+      results.emplace_hint(results.end(), m_graph.path(i), std::move(*m_results[i]));
     }
     return results;
   }
@@ -441,7 +444,7 @@ private:
   {
     m_plan[drv] = Plan::build;
     size_t waiting = 0;
-    const auto& inputs = m_graph.input_indices(drv);
+    auto inputs = m_graph.input_indices(drv);
     for (size_t input : inputs) {
       m_dependents[input].push_back(drv);
       if (done(input)) {
@@ -546,7 +549,7 @@ private:
   wait_for_inputs(size_t drv)
   {
     std::unique_lock lock(m_mutex);
-    const auto& inputs = m_graph.input_indices(drv);
+    auto inputs = m_graph.input_indices(drv);
     m_wake.wait(lock, [&] {
       return std::all_of(inputs.begin(), inputs.end(), [&](size_t in) { return done(in); });
     });

@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -49,8 +50,6 @@ public:
   size_t size() const;
   bool contains(const StorePath& drv) const;
   const Derivation& derivation(const StorePath& drv) const;
-  // Input derivations of `drv` (those in the graph).
-  const std::vector<StorePath>& inputs(const StorePath& drv) const;
   // Inputs first; throws CycleError naming a cycle.
   std::vector<StorePath> topological_order() const;
 
@@ -60,8 +59,8 @@ public:
   // The number of `drv`, which must be in the graph.
   size_t index_of(const StorePath& drv) const;
   const StorePath& path(size_t index) const;
-  // The numbers of the inputs of derivation `index`, as inputs() lists them.
-  const std::vector<size_t>& input_indices(size_t index) const;
+  // The numbers of the input derivations of derivation `index`.
+  std::span<const size_t> input_indices(size_t index) const;
   std::vector<size_t> topological_indices() const;
 
 private:
