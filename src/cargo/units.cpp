@@ -494,6 +494,7 @@ InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) cons
     AddOptions add;
     add.name = tree.name;
     add.filter = tree.filter;
+    add.expected = src; // computed from the tree's digest: one read, not two
     StorePath added = store.add_path(tree.root, add);
     if (added != src) {
       throw Error("the sources in '" + tree.root.string() +

@@ -310,14 +310,17 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
   }
 
   // Hash first, reading only: adding what is already there (the common
-  // case for a build tool) then costs one read and no writes.
+  // case for a build tool) then costs one read and no writes. A caller that
+  // knows the path (from digests it remembers) spares that read: the copy's
+  // own hash must then give the same path.
   ContentAddress ca{ContentAddress::Method::recursive, Hash()};
-  {
+  std::optional<StorePath> known = options.expected;
+  if (!known) {
     HashSink hash;
     dump_path(source, hash, options.filter);
     ca.hash = hash.finish();
   }
-  StorePath path = m->store_dir.make_fixed_output_path(name, ca);
+  StorePath path = known ? *known : m->store_dir.make_fixed_output_path(name, ca);
   m->add_temp_roots({path});
   if (!is_valid(path)) {
     fs::path temp = m->owned_temp_path("add");
@@ -331,7 +334,14 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
       walk_path(source, both, options.filter);
       nar.finish();
       uint64_t nar_size = hash.bytes_written();
-      if (!(hash.finish() == ca.hash)) {
+      Hash copied = hash.finish();
+      if (known) {
+        ca.hash = copied;
+        if (m->store_dir.make_fixed_output_path(name, ca) != path) {
+          throw Error("'" + source.string() + "' is not what '" + print(path) +
+                      "' was computed from (it changed since it was hashed); try again");
+        }
+      } else if (!(copied == ca.hash)) {
         throw Error("'" + source.string() + "' changed while it was being added; try again");
       }
       PathInfo info(path);

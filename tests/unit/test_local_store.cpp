@@ -75,6 +75,45 @@ TEST_CASE("store add is content-addressed exactly as nix-store --add", "[store]"
   }
 }
 
+TEST_CASE("store add with the path known ahead copies once, and refuses a tree that is not it",
+          "[store]")
+{
+  TempDir dir;
+  fs::create_directories(dir / "src" / "sub");
+  test::write_file(dir / "src" / "lib.rs", "pub fn f() {}\n");
+  test::write_file(dir / "src" / "sub" / "mod.rs", "// mod\n");
+  // The path computed elsewhere (as the cargo frontend does, from digests it
+  // remembers): the one a plain add gives.
+  StorePath expected = [&] {
+    LocalStore scratch({dir / "scratch"});
+    return scratch.add_path(dir / "src");
+  }();
+  LocalStore store({dir / "store"});
+  AddOptions known;
+  known.expected = expected;
+  SECTION("the tree it was computed from: added, the same as a plain add")
+  {
+    CHECK(store.add_path(dir / "src", known) == expected);
+    REQUIRE(store.is_valid(expected));
+    auto info = store.query_path_info(expected);
+    REQUIRE(info);
+    LocalStore scratch({dir / "scratch"});
+    CHECK(info->nar_hash == scratch.query_path_info(expected)->nar_hash);
+    CHECK(info->ca->to_string() == scratch.query_path_info(expected)->ca->to_string());
+  }
+  SECTION("a tree changed since: refused by name, nothing added, nothing left in tmp")
+  {
+    test::write_file(dir / "src" / "lib.rs", "pub fn g() {}\n");
+    CHECK_THROWS_WITH(store.add_path(dir / "src", known),
+                      Catch::Contains((dir / "src").string()) &&
+                        Catch::Contains(store.print(expected)) && Catch::Contains("changed"));
+    CHECK_FALSE(store.is_valid(expected));
+    CHECK(store.valid_paths().empty());
+    CHECK(fs::is_empty(dir / "store" / "tmp"));
+    CHECK_FALSE(fs::exists(store.physical_path(expected)));
+  }
+}
+
 TEST_CASE("a store opened with another store directory is refused", "[store]")
 {
   TempDir dir;
@@ -194,7 +233,7 @@ TEST_CASE("garbage collection keeps closures of roots and nothing else", "[store
   auto junk = import(store, "junk", "J", {});
   auto junk_user = import(store, "junk-user", "U", {junk});
   test::write_file(dir / "src", "rooted source");
-  auto rooted = store.add_path(dir / "src", {std::nullopt, dir / "result", {}});
+  auto rooted = store.add_path(dir / "src", {std::nullopt, dir / "result", {}, std::nullopt});
   store.add_root(store.root() / "gcroots" / "app", app);
 
   SECTION("roots are found: direct links and indirect ones")
@@ -373,7 +412,7 @@ TEST_CASE("resolve accepts logical paths, base names, physical paths and links",
   TempDir dir;
   LocalStore store({dir / "s"});
   test::write_file(dir / "x" / "bin" / "tool", "t", true);
-  auto path = store.add_path(dir / "x", {std::nullopt, dir / "link", {}});
+  auto path = store.add_path(dir / "x", {std::nullopt, dir / "link", {}, std::nullopt});
   CHECK(store.resolve(store.print(path)) == path);
   CHECK(store.resolve(store.print(path) + "/bin/tool") == path);
   CHECK(store.resolve(path.base()) == path);

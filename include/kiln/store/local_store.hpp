@@ -85,6 +85,10 @@ struct AddOptions
   std::optional<std::string> name;                  // default: base name of the source
   std::optional<std::filesystem::path> root_link;   // make this symlink a GC root
   PathFilter filter;                                 // entries to leave out (default: none)
+  // The path the caller computed for it (e.g. from remembered digests): no
+  // hashing pass before the copy; the copy must hash to this path, or
+  // add_path throws and adds nothing.
+  std::optional<StorePath> expected;
 };
 
 struct GcOptions
