@@ -323,6 +323,7 @@ public:
       return m_store.claim(outputs_of(m_store, m_graph.derivation(drv)));
     };
     hooks.substitute = [this](const StorePath& drv) { substitute(drv); };
+    hooks.planned_build = [this](const StorePath& drv) { m_frontend.build_planned(drv); };
     hooks.prepare = [this](const StorePath& drv) { m_frontend.prepare(drv); };
     hooks.build = [this](const StorePath& drv, BuildContext& context) { build(drv, context); };
     hooks.cost = [this](const StorePath& drv) { return m_frontend.cost(drv); };
@@ -680,6 +681,11 @@ Frontend::builtin_builder(const Derivation& drv, BuildSpec&) const
   throw Error("'" + drv.name + "' needs the builder '" + drv.builder +
               "', which only the command that made it provides (for Cargo units: "
               "`kiln build` in the project)");
+}
+
+void
+Frontend::build_planned(const StorePath&) const
+{
 }
 
 void

@@ -167,14 +167,16 @@ rust_unit_step(const LocalStore& store, const Toolchain& toolchain, unsigned job
   }
 }
 
-} // namespace
-
+// Learn what the tools every unit's build step sees need to run in the
+// sandbox (look_at_tools), so that the first step need not.
 void
 look_at_unit_step_tools(const Toolchain& toolchain)
 {
   auto [self, helper] = builder_programs();
   look_at_tools(unit_step_tools(toolchain, helper.empty() ? self : helper));
 }
+
+} // namespace
 
 UnitFrontend::UnitFrontend(LocalStore& store, const Plan& plan, const InstantiatedPlan& units,
                            const Toolchain& toolchain, unsigned jobs, const Environment* env,
@@ -210,6 +212,16 @@ UnitFrontend::derivation(const StorePath& drv) const
 {
   auto it = m_units.derivations.find(drv);
   return it == m_units.derivations.end() ? nullptr : &it->second;
+}
+
+void
+UnitFrontend::build_planned(const StorePath&) const
+{
+  std::call_once(m_tools_once, [this] {
+    m_tools_looked_at = std::async(std::launch::async, [t = &m_toolchain] {
+      look_at_unit_step_tools(*t);
+    });
+  });
 }
 
 void

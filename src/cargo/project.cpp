@@ -212,12 +212,6 @@ CargoProject::load(const CargoRequest& request, const fs::path& state_dir,
   // answers: both at once. Nothing below reads the identity before get().
   std::future<void> identified =
     std::async(std::launch::async, [t = p->m_toolchain.get()] { identify_toolchain(*t); });
-  // What the build steps' tools need to run (cargo's libraries: ldd, tens of
-  // milliseconds) is learnt now, beside the planning, not by the first step
-  // (in the edit loop, the one step) on the build's critical path.
-  p->m_tools_looked_at = std::async(std::launch::async, [t = p->m_toolchain.get()] {
-    look_at_unit_step_tools(*t);
-  });
 
   CargoQueries queries(cache_dir, request.cwd, request.env, p->m_toolchain->located_key(),
                        common_files(*p->m_config, request.cwd));

@@ -443,6 +443,9 @@ private:
   schedule_build(size_t drv, std::vector<size_t>& unplanned)
   {
     m_plan[drv] = Plan::build;
+    if (m_hooks.planned_build) {
+      m_hooks.planned_build(path(drv));
+    }
     size_t waiting = 0;
     auto inputs = m_graph.input_indices(drv);
     for (size_t input : inputs) {

@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <future>
+#include <map>
 #include <mutex>
 
 namespace kiln::sandbox_impl {
@@ -68,27 +70,56 @@ run_ldd(const fs::path& path)
 //   \t/lib64/ld-linux-x86-64.so.2 (0x...)
 //   \tlinux-vdso.so.1 (0x...)              (in the kernel: nothing to mount)
 //   \tlibfoo.so => not found
+std::vector<fs::path> ldd_libraries(const fs::path& program, const std::string& out);
+
 std::vector<fs::path>
 elf_libraries(const fs::path& program)
 {
   // Tools are the same few host programs build after build: remember them
-  // (by modification time, so an upgraded program is looked at again).
+  // (by modification time, so an upgraded program is looked at again). A
+  // look that is under way (a warm-up beside the planning) is waited for,
+  // not started twice.
+  using Libraries = std::shared_future<std::vector<fs::path>>;
   static std::mutex mutex;
-  static std::map<std::string, std::pair<int64_t, std::vector<fs::path>>> cache;
+  static std::map<std::string, std::pair<int64_t, Libraries>> cache;
   struct stat st;
   if (::stat(program.c_str(), &st) != 0) {
     throw SandboxError("tool '" + program.string() + "': " + std::strerror(errno));
   }
   int64_t mtime = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  std::promise<std::vector<fs::path>> mine;
+  Libraries known;
   {
     std::lock_guard guard(mutex);
     auto it = cache.find(program.string());
     if (it != cache.end() && it->second.first == mtime) {
-      return it->second.second;
+      known = it->second.second;
+    } else {
+      cache[program.string()] = {mtime, mine.get_future().share()};
     }
   }
+  if (known.valid()) {
+    return known.get();
+  }
+  try {
+    auto libraries = ldd_libraries(program, run_ldd(program));
+    mine.set_value(libraries);
+    return libraries;
+  } catch (...) {
+    {
+      std::lock_guard guard(mutex);
+      cache.erase(program.string()); // asked again next time
+    }
+    mine.set_exception(std::current_exception());
+    throw;
+  }
+}
+
+// The libraries in `ldd program`'s output `out`.
+std::vector<fs::path>
+ldd_libraries(const fs::path& program, const std::string& out)
+{
   std::vector<fs::path> libraries;
-  std::string out = run_ldd(program);
   size_t pos = 0;
   while (pos < out.size()) {
     size_t end = out.find('\n', pos);
@@ -119,8 +150,6 @@ elf_libraries(const fs::path& program)
       libraries.emplace_back(path);
     }
   }
-  std::lock_guard guard(mutex);
-  cache[program.string()] = {mtime, libraries};
   return libraries;
 }
 

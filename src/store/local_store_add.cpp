@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <mutex>
+#include <stdexcept>
 
 namespace kiln {
 
@@ -315,6 +316,9 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
   // own hash must then give the same path.
   ContentAddress ca{ContentAddress::Method::recursive, Hash()};
   std::optional<StorePath> known = options.expected;
+  if (known && known->name() != name) {
+    throw std::invalid_argument("add_path: '" + print(*known) + "' is not named '" + name + "'");
+  }
   if (!known) {
     HashSink hash;
     dump_path(source, hash, options.filter);

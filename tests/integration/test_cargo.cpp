@@ -708,6 +708,46 @@ TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, a
   CHECK_THAT(calls(), Catch::Contains("metadata"));
 }
 
+TEST_CASE("cargo frontend: only a build that compiles something asks ldd about the step's tools",
+          "[cargo]")
+{
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  // An ldd on PATH that writes down each time it is run, then runs the real one.
+  fs::path real_ldd =
+    test::output_of(test::run({"sh", "-c", "command -v ldd"}), "the path of ldd");
+  fs::path log = dir / "ldd-calls";
+  test::write_file(dir / "bin" / "ldd",
+                   "#!/bin/sh\necho \"$*\" >>'" + log.string() + "'\nexec '" +
+                     real_ldd.string() + "' \"$@\"\n",
+                   true);
+  test::RunOptions opts;
+  opts.cwd = ws;
+  opts.env = {{"PATH", (dir / "bin").string() + ":" + std::getenv("PATH")},
+              {"KILN_CACHE_DIR", (dir / "cache").string()}};
+  auto build = [&] {
+    auto r = test::kiln({"--store", (dir / "store").string(), "build", "-p", "app"}, opts);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+  };
+  auto calls = [&] {
+    std::error_code ec;
+    std::string text = fs::exists(log, ec) ? read_file(log) : "";
+    fs::remove(log, ec);
+    return text;
+  };
+  build();
+  CHECK_FALSE(calls().empty());
+  // Everything in the store: nothing to build, so no ldd (a fresh runner
+  // fetching everything from a cache is the same case).
+  build();
+  CHECK(calls().empty());
+  // An edit: one unit to compile, and its tools looked at once.
+  std::ofstream(ws / "app" / "src" / "main.rs", std::ios::app) << "\n// edited\n";
+  build();
+  CHECK_FALSE(calls().empty());
+}
+
 namespace {
 
 // The diagnostics' headlines ("warning: unneeded `return` statement"),

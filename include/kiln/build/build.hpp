@@ -67,6 +67,10 @@ public:
   // identity the derivation records). Throws if the frontend has no such
   // builder.
   virtual void builtin_builder(const Derivation& drv, BuildSpec& spec) const;
+  // A build of `drv` is planned, its inputs perhaps still to come: start
+  // what it will need and takes long to learn, without waiting for it
+  // (called under the scheduler's lock). Default: nothing.
+  virtual void build_planned(const StorePath& drv) const;
   // Before a build takes its job token: what needs none (e.g. writing the
   // sources it compiles into the store). Throws on failure.
   virtual void prepare(const StorePath& drv) const;

@@ -17,7 +17,6 @@
 #include <kiln/cargo/workspace.hpp>
 
 #include <filesystem>
-#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -112,7 +111,6 @@ private:
   Workspace m_workspace;
   Plan m_plan;
   std::vector<std::string> m_warnings;
-  std::future<void> m_tools_looked_at; // joined at destruction
 };
 
 // What a build tells the one watching it, besides the build module's events.

@@ -15,6 +15,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -129,11 +130,6 @@ InstantiatedPlan instantiate_plan(LocalStore& store, const InstantiateContext& c
 // "my-app v0.1.0 (bin \"my-app\")", "libc v0.2.139 (build-script)".
 std::string describe(const Unit& unit);
 
-// Learn what the tools every unit's build step sees need to run in the
-// sandbox (look_at_tools), so that the first step need not: to run beside
-// the planning.
-void look_at_unit_step_tools(const Toolchain& toolchain);
-
 // The plan's units as a build frontend.
 class UnitFrontend : public Frontend
 {
@@ -149,6 +145,10 @@ public:
   // Runs kiln-rust-unit (or, without it, this kiln executable as
   // `kiln __rust-unit`) in the sandbox with the toolchain visible.
   void builtin_builder(const Derivation& drv, BuildSpec& spec) const override;
+  // The first unit planned to be built starts learning what the build steps'
+  // tools need (ldd on rustup's cargo proxy: tens of milliseconds) beside
+  // the steps before it; a build that only fetches never pays for it.
+  void build_planned(const StorePath& drv) const override;
   void prepare(const StorePath& drv) const override;
   double cost(const StorePath& drv) const override;
   // A library compiled to an rlib starts on the .rmeta of the libraries it
@@ -176,6 +176,8 @@ private:
   std::filesystem::path m_sessions;
   std::map<StorePath, size_t> m_unit_of;
   std::map<StorePath, size_t> m_test_run_of;
+  mutable std::once_flag m_tools_once;
+  mutable std::future<void> m_tools_looked_at; // joined at destruction
   std::filesystem::path m_self;     // this executable
   std::filesystem::path m_helper;   // kiln-rust-unit, if found
   mutable std::mutex m_push_mutex;

@@ -117,6 +117,10 @@ struct RealiseHooks
   std::function<std::shared_ptr<void>(const StorePath& drv)> claim;
   // Substitute the outputs of `drv`; throws on failure.
   std::function<void(const StorePath& drv)> substitute;
+  // A build of `drv` is planned (its inputs may not be ready yet): a chance
+  // to start slow preparations beside the steps before it. Called with the
+  // scheduler's lock held, so it must not block. Unset: nothing.
+  std::function<void(const StorePath& drv)> planned_build;
   // Before a build takes its job token: what needs none (e.g. writing its
   // sources into the store). Throws on failure. Unset: nothing.
   std::function<void(const StorePath& drv)> prepare;
