@@ -42,6 +42,35 @@ copy_example(const TempDir& dir, const std::string& name, const std::string& as 
   return to;
 }
 
+// A program of that name in `bin`, first on PATH for the runs that put it
+// there, that writes down each time it is run (its arguments), then runs the
+// real one. calls() gives what was written since it was last asked.
+class LoggingWrapper
+{
+public:
+  LoggingWrapper(const fs::path& bin, const std::string& program)
+    : m_log(bin.parent_path() / (program + "-calls"))
+  {
+    fs::path real = test::output_of(test::run({"sh", "-c", "command -v " + program}),
+                                    "the path of " + program);
+    test::write_file(bin / program,
+                     "#!/bin/sh\necho \"$*\" >>'" + m_log.string() + "'\nexec '" + real.string() +
+                       "' \"$@\"\n",
+                     true);
+  }
+  std::string
+  calls() const
+  {
+    std::error_code ec;
+    std::string text = fs::exists(m_log, ec) ? read_file(m_log) : "";
+    fs::remove(m_log, ec);
+    return text;
+  }
+
+private:
+  fs::path m_log;
+};
+
 std::vector<json>
 json_lines(const std::string& text)
 {
@@ -636,22 +665,9 @@ TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, a
 {
   TempDir dir;
   auto ws = copy_example(dir, "cargo-workspace");
-  // A cargo on PATH that writes down each time it is run, then runs the real one.
-  fs::path real_cargo =
-    test::output_of(test::run({"sh", "-c", "command -v cargo"}), "the path of cargo");
-  fs::path log = dir / "cargo-calls";
-  test::write_file(dir / "bin" / "cargo",
-                   "#!/bin/sh\necho \"$*\" >>'" + log.string() + "'\nexec '" +
-                     real_cargo.string() + "' \"$@\"\n",
-                   true);
-  // And a rustc that writes down each time it is asked to locate the toolchain.
-  fs::path real_rustc =
-    test::output_of(test::run({"sh", "-c", "command -v rustc"}), "the path of rustc");
-  fs::path rustc_log = dir / "rustc-calls";
-  test::write_file(dir / "bin" / "rustc",
-                   "#!/bin/sh\necho \"$*\" >>'" + rustc_log.string() + "'\nexec '" +
-                     real_rustc.string() + "' \"$@\"\n",
-                   true);
+  // cargo, and rustc (asked to locate the toolchain), written down.
+  LoggingWrapper cargo(dir / "bin", "cargo");
+  LoggingWrapper rustc(dir / "bin", "rustc");
   test::RunOptions opts;
   opts.cwd = ws;
   opts.env = {{"PATH", (dir / "bin").string() + ":" + std::getenv("PATH")},
@@ -662,12 +678,7 @@ TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, a
     REQUIRE(r.status == 0);
     return r.out;
   };
-  auto calls = [&] {
-    std::error_code ec;
-    std::string text = fs::exists(log, ec) ? read_file(log) : "";
-    fs::remove(log, ec);
-    return text;
-  };
+  auto calls = [&] { return cargo.calls(); };
 
   std::string first = plan("store-a");
   CHECK_THAT(calls(), Catch::Contains("metadata") && Catch::Contains("--unit-graph"));
@@ -681,12 +692,7 @@ TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, a
 
   // The toolchain found is remembered for each PATH (rustup's proxy changes
   // it for `cargo kiln`): a second one does not make the first one's stale.
-  auto toolchain_lookups = [&] {
-    std::error_code ec;
-    std::string text = fs::exists(rustc_log, ec) ? read_file(rustc_log) : "";
-    fs::remove(rustc_log, ec);
-    return text;
-  };
+  auto toolchain_lookups = [&] { return rustc.calls(); };
   toolchain_lookups();
   test::RunOptions other_path = opts;
   other_path.env["PATH"] = (dir / "bin").string() + ":" + (dir / "bin").string() + ":" +
@@ -713,14 +719,7 @@ TEST_CASE("cargo frontend: only a build that compiles something asks ldd about t
 {
   TempDir dir;
   auto ws = copy_example(dir, "cargo-workspace");
-  // An ldd on PATH that writes down each time it is run, then runs the real one.
-  fs::path real_ldd =
-    test::output_of(test::run({"sh", "-c", "command -v ldd"}), "the path of ldd");
-  fs::path log = dir / "ldd-calls";
-  test::write_file(dir / "bin" / "ldd",
-                   "#!/bin/sh\necho \"$*\" >>'" + log.string() + "'\nexec '" +
-                     real_ldd.string() + "' \"$@\"\n",
-                   true);
+  LoggingWrapper ldd(dir / "bin", "ldd");
   test::RunOptions opts;
   opts.cwd = ws;
   opts.env = {{"PATH", (dir / "bin").string() + ":" + std::getenv("PATH")},
@@ -730,12 +729,7 @@ TEST_CASE("cargo frontend: only a build that compiles something asks ldd about t
     INFO(r.err);
     REQUIRE(r.status == 0);
   };
-  auto calls = [&] {
-    std::error_code ec;
-    std::string text = fs::exists(log, ec) ? read_file(log) : "";
-    fs::remove(log, ec);
-    return text;
-  };
+  auto calls = [&] { return ldd.calls(); };
   build();
   CHECK_FALSE(calls().empty());
   // Everything in the store: nothing to build, so no ldd (a fresh runner
