@@ -27,6 +27,30 @@ using test::kiln_in;
 
 namespace {
 
+// A copy of examples/rust-app in `dir`, without its target folder.
+fs::path
+copy_rust_app(const TempDir& dir)
+{
+  fs::path app = dir / "rust-app";
+  fs::copy(fs::path(KILN_SOURCE_DIR) / "examples" / "rust-app", app,
+           fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  fs::remove_all(app / "target");
+  return app;
+}
+
+// `kiln build` in `root`, offline, as a request to the cargo frontend.
+cargo::CargoRequest
+offline_build(const fs::path& root)
+{
+  cargo::CargoRequest request;
+  request.cwd = root;
+  request.offline = true;
+  request.cargo_args = {"--offline"};
+  request.metadata_args = {"--offline"};
+  request.env = cargo::current_environment();
+  return request;
+}
+
 // A workspace of a library of three modules (so that rustc splits it into
 // several codegen units) and a binary that prints what it says.
 fs::path
@@ -341,19 +365,11 @@ TEST_CASE("an incremental plan made from the clean one is the plan made from scr
   }
   TempDir dir;
   LocalStore store({dir / "store"});
-  fs::path app = dir / "rust-app";
-  fs::copy(fs::path(KILN_SOURCE_DIR) / "examples" / "rust-app", app,
-           fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-  fs::remove_all(app / "target");
+  fs::path app = copy_rust_app(dir);
   fs::path ws = write_project(dir / "ws");
   for (const fs::path& root : {app, ws}) {
     INFO(root);
-    cargo::CargoRequest request;
-    request.cwd = root;
-    request.offline = true;
-    request.cargo_args = {"--offline"};
-    request.metadata_args = {"--offline"};
-    request.env = cargo::current_environment();
+    cargo::CargoRequest request = offline_build(root);
     request.incremental = true;
     auto project = cargo::CargoProject::load(request, dir / "state", dir / "cache");
     const auto& units = project->plan().units;
@@ -404,17 +420,8 @@ TEST_CASE("a crate's inputs are its proc-macros, not what they were built from",
   }
   TempDir dir;
   LocalStore store({dir / "store"});
-  fs::path app = dir / "rust-app";
-  fs::copy(fs::path(KILN_SOURCE_DIR) / "examples" / "rust-app", app,
-           fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-  fs::remove_all(app / "target");
-  cargo::CargoRequest request;
-  request.cwd = app;
-  request.offline = true;
-  request.cargo_args = {"--offline"};
-  request.metadata_args = {"--offline"};
-  request.env = cargo::current_environment();
-  auto project = cargo::CargoProject::load(request, dir / "state", dir / "cache");
+  auto project =
+    cargo::CargoProject::load(offline_build(copy_rust_app(dir)), dir / "state", dir / "cache");
   const auto& units = project->plan().units;
   auto plan = project->instantiate(store);
   auto find = [&](const std::string& package, bool proc_macro) -> const cargo::InstantiatedUnit& {
