@@ -1,4 +1,5 @@
 #include "cargo_queries.hpp"
+#include "digest_cache.hpp"
 
 #include <kiln/hash/hash.hpp>
 #include <kiln/util/io.hpp>
@@ -91,11 +92,7 @@ CargoQueries::answers(const std::vector<CargoQuery>& queries, bool offline,
   for (size_t q = 0; q < queries.size(); ++q) {
     std::string id = json(queries[q].argv).dump() + "\n" + json(queries[q].env).dump() + "\n" +
                      m_cwd.string() + "\n" + environment_key(m_env) + m_toolchain;
-    cache_files[q] = m_cache_dir / ("query-" +
-                                    hash_string(HashAlgo::sha256, id)
-                                      .to_string(HashFormat::base16, false)
-                                      .substr(0, 32) +
-                                    ".json");
+    cache_files[q] = m_cache_dir / keyed_file_name("query-", id, ".json");
     try {
       json cached = json::parse(read_file(cache_files[q]));
       std::vector<fs::path> files = m_files;

@@ -131,4 +131,12 @@ DigestCache::save()
   }
 }
 
+std::string
+keyed_file_name(const std::string& prefix, std::string_view key, const std::string& suffix)
+{
+  return prefix +
+         hash_string(HashAlgo::sha256, key).to_string(HashFormat::base16, false).substr(0, 32) +
+         suffix;
+}
+
 } // namespace kiln::cargo

@@ -44,4 +44,10 @@ private:
 // if it is unchanged, so is the tree's NAR.
 std::string tree_fingerprint(const std::filesystem::path& root, const PathFilter& filter);
 
+// The name of the file that keeps what is remembered under `key` (in the
+// cache folder, or a project's state): `prefix`, the first 32 hex digits of
+// the key's SHA-256, `suffix`.
+std::string keyed_file_name(const std::string& prefix, std::string_view key,
+                            const std::string& suffix = "");
+
 } // namespace kiln::cargo

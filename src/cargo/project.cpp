@@ -1,6 +1,7 @@
 #include <kiln/cargo/project.hpp>
 
 #include "cargo_queries.hpp"
+#include "digest_cache.hpp"
 #include "host_reads.hpp"
 
 #include <kiln/hash/hash.hpp>
@@ -510,9 +511,7 @@ fs::path
 record_file(const CargoProject& project)
 {
   std::string id = project.workspace().root.string() + "\n" + to_string(project.request().command);
-  return project.state_dir() / "builds" /
-         (hash_string(HashAlgo::sha256, id).to_string(HashFormat::base16, false).substr(0, 32) +
-          ".json");
+  return project.state_dir() / "builds" / keyed_file_name("", id, ".json");
 }
 
 } // namespace

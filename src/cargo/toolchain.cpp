@@ -211,9 +211,7 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
   // Asked without the lock: two queries (the bootstrap one beside the
   // normal one) run at once.
   // Remembered on disk by the toolchain's identity, triple and flags.
-  fs::path cached = cache_dir / ("cfg-" + hash_string(HashAlgo::sha256, identity + "\n" + key)
-                                            .to_string(HashFormat::base16, false)
-                                            .substr(0, 32));
+  fs::path cached = cache_dir / keyed_file_name("cfg-", identity + "\n" + key);
   std::string text;
   std::error_code ec;
   if (fs::exists(cached, ec)) {
@@ -258,10 +256,7 @@ locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
   // One file per key: `cargo kiln` (cargo and rustup add to PATH) and `kiln`,
   // or two projects pinned to different toolchains, do not evict each other
   // (each miss asks rustc twice, ~140 ms).
-  fs::path cache_file =
-    cache_dir / ("toolchain-" +
-                 hash_string(HashAlgo::sha256, key).to_string(HashFormat::base16, false).substr(0, 32) +
-                 ".json");
+  fs::path cache_file = cache_dir / keyed_file_name("toolchain-", key, ".json");
   json cached;
   std::error_code ec;
   try {

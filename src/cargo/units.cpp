@@ -494,12 +494,10 @@ InstantiatedPlan::materialize(LocalStore& store, const StorePath& drv_path) cons
     AddOptions add;
     add.name = tree.name;
     add.filter = tree.filter;
-    add.expected = src; // computed from the tree's digest: one read, not two
-    StorePath added = store.add_path(tree.root, add);
-    if (added != src) {
-      throw Error("the sources in '" + tree.root.string() +
-                  "' changed while kiln was building; build again");
-    }
+    // Computed from the tree's digest: one read, not two. add_path refuses
+    // a tree that changed since, naming it.
+    add.expected = src;
+    store.add_path(tree.root, add);
   }
   if (drv_wanted()) {
     add_derivation(store, drv);

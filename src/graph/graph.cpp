@@ -143,8 +143,7 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     g.drvs.push_back(read(g.nodes[i]));
     for (const auto& [input, outputs] : g.drvs.back().input_drvs) {
-      size_t n = number(input);
-      g.inputs.push_back(n);
+      g.inputs.push_back(number(input));
     }
     g.input_start.push_back(g.inputs.size());
   }

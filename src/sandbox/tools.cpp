@@ -70,8 +70,44 @@ run_ldd(const fs::path& path)
 //   \t/lib64/ld-linux-x86-64.so.2 (0x...)
 //   \tlinux-vdso.so.1 (0x...)              (in the kernel: nothing to mount)
 //   \tlibfoo.so => not found
-std::vector<fs::path> ldd_libraries(const fs::path& program, const std::string& out);
+std::vector<fs::path>
+ldd_libraries(const fs::path& program, const std::string& out)
+{
+  std::vector<fs::path> libraries;
+  size_t pos = 0;
+  while (pos < out.size()) {
+    size_t end = out.find('\n', pos);
+    if (end == std::string::npos) {
+      end = out.size();
+    }
+    std::string line = out.substr(pos, end - pos);
+    pos = end + 1;
+    size_t start = line.find_first_not_of(" \t");
+    if (start == std::string::npos) {
+      continue;
+    }
+    line = line.substr(start);
+    std::string path;
+    if (auto arrow = line.find(" => "); arrow != std::string::npos) {
+      path = line.substr(arrow + 4);
+      if (path.rfind("not found", 0) == 0) {
+        throw SandboxError("tool '" + program.string() + "' needs " + line.substr(0, arrow) +
+                           ", which the dynamic loader cannot find");
+      }
+    } else {
+      path = line;
+    }
+    if (auto paren = path.find(" ("); paren != std::string::npos) {
+      path.resize(paren);
+    }
+    if (!path.empty() && path[0] == '/') {
+      libraries.emplace_back(path);
+    }
+  }
+  return libraries;
+}
 
+// The libraries `program` needs (ldd), remembered.
 std::vector<fs::path>
 elf_libraries(const fs::path& program)
 {
@@ -113,44 +149,6 @@ elf_libraries(const fs::path& program)
     mine.set_exception(std::current_exception());
     throw;
   }
-}
-
-// The libraries in `ldd program`'s output `out`.
-std::vector<fs::path>
-ldd_libraries(const fs::path& program, const std::string& out)
-{
-  std::vector<fs::path> libraries;
-  size_t pos = 0;
-  while (pos < out.size()) {
-    size_t end = out.find('\n', pos);
-    if (end == std::string::npos) {
-      end = out.size();
-    }
-    std::string line = out.substr(pos, end - pos);
-    pos = end + 1;
-    size_t start = line.find_first_not_of(" \t");
-    if (start == std::string::npos) {
-      continue;
-    }
-    line = line.substr(start);
-    std::string path;
-    if (auto arrow = line.find(" => "); arrow != std::string::npos) {
-      path = line.substr(arrow + 4);
-      if (path.rfind("not found", 0) == 0) {
-        throw SandboxError("tool '" + program.string() + "' needs " + line.substr(0, arrow) +
-                           ", which the dynamic loader cannot find");
-      }
-    } else {
-      path = line;
-    }
-    if (auto paren = path.find(" ("); paren != std::string::npos) {
-      path.resize(paren);
-    }
-    if (!path.empty() && path[0] == '/') {
-      libraries.emplace_back(path);
-    }
-  }
-  return libraries;
 }
 
 // What running `path` needs besides itself.

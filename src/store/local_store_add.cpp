@@ -338,15 +338,10 @@ LocalStore::add_path(const fs::path& source, const AddOptions& options)
       walk_path(source, both, options.filter);
       nar.finish();
       uint64_t nar_size = hash.bytes_written();
-      Hash copied = hash.finish();
-      if (known) {
-        ca.hash = copied;
-        if (m->store_dir.make_fixed_output_path(name, ca) != path) {
-          throw Error("'" + source.string() + "' is not what '" + print(path) +
-                      "' was computed from (it changed since it was hashed); try again");
-        }
-      } else if (!(copied == ca.hash)) {
-        throw Error("'" + source.string() + "' changed while it was being added; try again");
+      ca.hash = hash.finish();
+      if (m->store_dir.make_fixed_output_path(name, ca) != path) {
+        throw Error("'" + source.string() + "' changed while it was being added (its copy is not '" +
+                    print(path) + "'); try again");
       }
       PathInfo info(path);
       info.nar_hash = ca.hash;
