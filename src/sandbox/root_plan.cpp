@@ -11,6 +11,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -327,6 +328,15 @@ plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<Sto
   plan.add_file("/etc/group",
                 "root:x:0:\nkiln:!:" + std::to_string(inside_gid) + ":\nnogroup:x:65534:\n");
   plan.add_file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
+  if (!spec.jemalloc_conf.empty()) {
+    plan.add_symlink("/etc/malloc.conf", spec.jemalloc_conf);
+    // jemalloc asks the kernel's THP mode here before it uses huge pages
+    // (without it, it takes them to be unsupported).
+    const char* thp_mode = "/sys/kernel/mm/transparent_hugepage/enabled";
+    if (::access(thp_mode, R_OK) == 0) {
+      plan.expose(thp_mode);
+    }
+  }
   return plan;
 }
 

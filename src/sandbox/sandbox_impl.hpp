@@ -34,7 +34,7 @@ inline constexpr const char* k_jobserver_inside = "/.kiln/jobserver";
 
 // Every host path `tools` need to run, tools first: for a script its "#!"
 // interpreter, for a dynamic ELF program its shared libraries and ELF
-// interpreter (as ldd reports them), transitively. Folders are listed as
+// interpreter (as its loader, or ldd, lists them), transitively. Folders are listed as
 // they are. Throws SandboxError for a tool that is missing or whose
 // libraries cannot be found.
 std::vector<fs::path> tool_closure(const std::vector<fs::path>& tools);

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -264,6 +265,87 @@ TEST_CASE("a sandboxed build sees its tools with what they need to run", "[sandb
         "hello from a script\ngreetings from a kit\nkit data\n/bin:" +
           (f.dir / "scripts").string() + ":" + (f.dir / "kit" / "bin").string() +
           "\nbusybox\ncat\ndash\nsh\n");
+}
+
+TEST_CASE("a sandboxed build gets jemalloc's options as /etc/malloc.conf, with the THP mode",
+          "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  Fixture f;
+  const std::string thp = "/sys/kernel/mm/transparent_hugepage/enabled";
+  std::string script = "{ busybox readlink /etc/malloc.conf || echo no-conf; "
+                       "cat " + thp + " 2>/dev/null || echo no-thp-mode; } > $out";
+  auto with = f.sh("with-conf", script);
+  with.jemalloc_conf = "thp:always,metadata_thp:always";
+  BuildOutcome outcome = run_build(f.store, with);
+  INFO(outcome.error << "\n" << log_of(outcome));
+  REQUIRE(outcome.success);
+  std::error_code ec;
+  std::string host_mode = fs::exists(thp, ec) ? read_file(thp) : "no-thp-mode\n";
+  CHECK(read_file(outcome.output_dirs.at("out")) == "thp:always,metadata_thp:always\n" + host_mode);
+  // Without options: neither is there.
+  BuildOutcome plain = run_build(f.store, f.sh("without-conf", script));
+  INFO(plain.error << "\n" << log_of(plain));
+  REQUIRE(plain.success);
+  CHECK(read_file(plain.output_dirs.at("out")) == "no-conf\nno-thp-mode\n");
+}
+
+TEST_CASE("a tool's closure is what ldd lists for it", "[sandbox]")
+{
+  // ldd is the reference: the closure asks each program's own loader with
+  // --list instead (one process, not ldd's shell and four), and must find
+  // the same files.
+  auto ldd_paths = [](const fs::path& program) {
+    auto r = test::run({"ldd", program.string()});
+    std::set<std::string> paths;
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);) {
+      auto arrow = line.find(" => ");
+      std::string path = arrow == std::string::npos ? line : line.substr(arrow + 4);
+      path.erase(0, path.find_first_not_of(" \t"));
+      path = path.substr(0, path.find(" ("));
+      if (path.starts_with("/")) {
+        paths.insert(path);
+      }
+    }
+    return paths;
+  };
+  std::vector<fs::path> programs = {"/usr/bin/env", "/bin/sh", "/bin/busybox"};
+  auto cargo = test::run({"sh", "-c", "command -v cargo"});
+  if (cargo.status == 0) {
+    programs.emplace_back(test::output_of(cargo, "the path of cargo"));
+  }
+  for (const auto& program : programs) {
+    INFO(program);
+    auto closure = tools_closure({program});
+    std::set<std::string> found;
+    for (const auto& path : closure) {
+      found.insert(path.string());
+    }
+    std::set<std::string> expected = ldd_paths(program);
+    expected.insert(program.string());
+    CHECK(found == expected);
+    CHECK(closure.front() == program);
+  }
+  // busybox-static: no loader, no libraries.
+  CHECK(tools_closure({"/bin/busybox"}) == std::vector<fs::path>{"/bin/busybox"});
+  // A library the loader cannot find is named: a program linked against a
+  // library that is then taken away.
+  TempDir dir;
+  auto broken = dir / "needs-missing";
+  auto built = test::run(
+    {"sh", "-c",
+     "cd '" + dir.path().string() + "' && printf 'int missing(void){return 0;}\\n' | "
+       "cc -shared -x c - -o libkiln-missing.so.1 -Wl,-soname,libkiln-missing.so.1 && "
+       "printf 'int missing(void);\\nint main(void){return missing();}\\n' | "
+       "cc -x c - -o needs-missing -L. -l:libkiln-missing.so.1 && rm libkiln-missing.so.1"});
+  INFO(built.err);
+  REQUIRE(fs::exists(broken));
+  CHECK_THROWS_WITH(tools_closure({broken}),
+                    Catch::Contains("libkiln-missing.so.1") &&
+                      Catch::Contains("which the dynamic loader cannot find"));
 }
 
 TEST_CASE("a sandboxed build sees only the store paths it declared", "[sandbox]")

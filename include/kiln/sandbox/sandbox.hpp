@@ -92,6 +92,13 @@ struct BuildSpec
   // build to the next (a compiler's incremental session). Never an output:
   // nothing in them enters the store.
   std::vector<std::filesystem::path> writable_folders;
+  // Options for the jemalloc allocator of the step's programs that use it
+  // (rustc does), as the target of the /etc/malloc.conf symlink jemalloc
+  // reads when it starts; empty = none. Namespaces mode only: clean-env
+  // mode has no /etc of its own, and an environment variable would be
+  // visible to the code being compiled (option_env!). Tunes memory only:
+  // what the programs write is the same.
+  std::string jemalloc_conf;
 };
 
 struct SandboxOptions
@@ -152,10 +159,18 @@ BuildOutcome run_build(const LocalStore& store, const BuildSpec& spec,
 // mode asked for is unavailable.
 SandboxMode sandbox_mode(const SandboxOptions& options = {});
 
-// Learn now what these tools need to run in a sandbox (a program's
-// libraries, found by ldd: tens of milliseconds a program), as the first
-// build step would, so that it need not: meant to run beside other work
-// before the builds start. Errors are left for that build step to report.
+// What a sandbox makes visible for these tools: each tool, a script's
+// "#!" interpreter and a dynamic program's loader and shared libraries (as
+// its loader lists them), transitively; a folder tool is visible whole and
+// not looked into. Throws SandboxError naming a tool that is missing, not
+// absolute, or needs a library the loader cannot find.
+std::vector<std::filesystem::path> tools_closure(const std::vector<std::filesystem::path>& tools);
+
+// Learn now what these tools need to run in a sandbox (tools_closure: a
+// process a program, remembered for the rest of this process), as the
+// first build step would, so that it need not: meant to run beside other
+// work before the builds start. Errors are left for that build step to
+// report.
 void look_at_tools(const std::vector<std::filesystem::path>& tools);
 
 // Whether this process can build in namespaces: probed once (by actually
