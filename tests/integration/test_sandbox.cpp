@@ -292,6 +292,46 @@ TEST_CASE("a sandboxed build gets jemalloc's options as /etc/malloc.conf, with t
   CHECK(read_file(plain.output_dirs.at("out")) == "no-conf\nno-thp-mode\n");
 }
 
+TEST_CASE("rustc writes the same bytes with its allocator on huge pages as without",
+          "[sandbox]")
+{
+  if (!have_namespaces()) {
+    return;
+  }
+  auto sysroot = test::run({"rustc", "--print", "sysroot"});
+  if (sysroot.status != 0) {
+    test::skip("no rustc here: the allocator options cannot be tried on it");
+    return;
+  }
+  Fixture f;
+  fs::path rustc_root = test::output_of(sysroot, "rustc's sysroot");
+  // Enough code for rustc's heap to matter: generic code, monomorphised.
+  std::string code = "pub trait Step { fn step(&self, x: u64) -> u64; }\n";
+  for (int i = 0; i < 300; ++i) {
+    std::string n = std::to_string(i);
+    code += "pub struct S" + n + "<T>(pub T);\nimpl<T: Copy + Into<u64>> Step for S" + n +
+            "<T> { fn step(&self, x: u64) -> u64 { let v: Vec<u64> = (0..x % " + std::to_string(i + 1) +
+            " + 1).map(|i| i ^ self.0.into()).collect(); v.iter().sum::<u64>() + " + n +
+            " } }\npub fn use" + n + "(x: u64) -> u64 { S" + n + "(x as u32).step(x) }\n";
+  }
+  test::write_file(f.dir / "src" / "lib.rs", code);
+  auto compile = [&](const std::string& name, const std::string& conf) {
+    BuildSpec spec = f.sh(name, "mkdir $out && " + (rustc_root / "bin" / "rustc").string() +
+                                  " --crate-type lib --crate-name heavy -C debuginfo=2 " +
+                                  "--out-dir $out " + (f.dir / "src" / "lib.rs").string());
+    spec.tools = {"/usr", "/bin", "/lib", "/lib64", rustc_root, f.dir / "src"};
+    spec.jemalloc_conf = conf;
+    BuildOutcome outcome = run_build(f.store, spec);
+    INFO(outcome.error << "\n" << log_of(outcome));
+    REQUIRE(outcome.success);
+    return read_file(outcome.output_dirs.at("out") / "libheavy.rlib");
+  };
+  std::string plain = compile("heavy-plain", "");
+  std::string huge = compile("heavy-huge", "thp:always,metadata_thp:always");
+  CHECK(plain.size() > 100000);
+  CHECK(plain == huge);
+}
+
 TEST_CASE("a tool's closure is what ldd lists for it", "[sandbox]")
 {
   // ldd is the reference: the closure asks each program's own loader with
