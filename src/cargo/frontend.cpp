@@ -93,7 +93,7 @@ builder_programs()
 // host's C toolchain (rustc links with cc) and cargo (build scripts run
 // $CARGO). Folders first: what lies inside them (kiln's own libraries) is
 // covered. The builder program as its folder when the builder's user may
-// enter it: a folder is not run through ldd (its libraries are in /usr). A
+// enter it: a folder is not looked into (its libraries are in /usr). A
 // private folder (mode 0700) hides it; then the file itself, with its
 // libraries.
 std::vector<fs::path>
@@ -149,6 +149,15 @@ rust_unit_step(const LocalStore& store, const Toolchain& toolchain, unsigned job
       store.store_dir().path() + ":" + store.root().string() + ":" +
       toolchain.sysroot.string() + ":" + program.parent_path().string() + ":" +
       toolchain.cargo.parent_path().string();
+  }
+  if (inputs && inputs->mode != "run-build-script" && inputs->mode != "doctest" &&
+      inputs->mode != "test-run") {
+    // rustc's allocator (jemalloc) on transparent huge pages: far fewer
+    // page faults, about a fifth off a cold build of examples/rust-app on a
+    // 2-core VM (docs/architecture.md). The same output; only for steps that
+    // run nothing but rustc: a build script's run, a test run and rustdoc
+    // --test (which runs the doctests) keep the allocator's defaults.
+    spec.jemalloc_conf = k_rustc_jemalloc_conf;
   }
   std::vector<fs::path> declared = std::move(spec.tools);
   spec.tools = unit_step_tools(toolchain, program);
@@ -318,13 +327,6 @@ UnitFrontend::builtin_builder(const Derivation& drv, BuildSpec& spec) const
                              : test_run ? &m_units.test_runs[*test_run].inputs
                                         : nullptr;
   rust_unit_step(m_store, m_toolchain, m_jobs, m_self, m_helper, inputs, spec);
-  if (unit && m_plan.units[*unit].mode != UnitMode::run_custom_build) {
-    // rustc's allocator (jemalloc) on transparent huge pages: a tenth of
-    // the page faults, and 13% off a cold build of examples/rust-app on a
-    // 2-core VM (docs/performance.md). Same output; only compiles (a build
-    // script's or a test's run keeps the allocator's defaults).
-    spec.jemalloc_conf = k_rustc_jemalloc_conf;
-  }
   if (unit && !m_sessions.empty() && may_compile_incrementally(m_plan.units[*unit])) {
     // Its session folder, made on its first compile here (a clean one): the
     // next compile of the unit is incremental, and keeps its session there.

@@ -7,6 +7,7 @@
 #include "sandbox_impl.hpp"
 
 #include <kiln/util/error.hpp>
+#include <kiln/util/io.hpp>
 
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -311,7 +312,7 @@ plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<Sto
       }
     }
   };
-  for (const auto& tool : tool_closure(spec.tools)) {
+  for (const auto& tool : tools_closure(spec.tools)) {
     refuse_reserved("tool", tool.lexically_normal().string());
     plan.expose(tool);
   }
@@ -328,13 +329,22 @@ plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<Sto
   plan.add_file("/etc/group",
                 "root:x:0:\nkiln:!:" + std::to_string(inside_gid) + ":\nnogroup:x:65534:\n");
   plan.add_file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
-  if (!spec.jemalloc_conf.empty()) {
+  // Where a folder tool covers these paths, the host's stand (the options
+  // only speed rustc up; a build must not fail for them).
+  if (!spec.jemalloc_conf.empty() && !plan.covered("/etc/malloc.conf")) {
     plan.add_symlink("/etc/malloc.conf", spec.jemalloc_conf);
-    // jemalloc asks the kernel's THP mode here before it uses huge pages
-    // (without it, it takes them to be unsupported).
+    // jemalloc reads the kernel's THP mode here before it uses huge pages
+    // (without it, it takes them to be unsupported): a copy of the host's,
+    // written like /etc/passwd, so that nothing of sysfs is mounted.
     const char* thp_mode = "/sys/kernel/mm/transparent_hugepage/enabled";
-    if (::access(thp_mode, R_OK) == 0) {
-      plan.expose(thp_mode);
+    std::string mode;
+    try {
+      mode = read_file(thp_mode);
+    } catch (const std::exception&) {
+      // No THP in this kernel: jemalloc then uses none, as without the file.
+    }
+    if (!mode.empty() && !plan.covered(thp_mode)) {
+      plan.add_file(thp_mode, mode);
     }
   }
   return plan;

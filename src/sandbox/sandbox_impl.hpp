@@ -32,12 +32,7 @@ inline constexpr const char* k_jobserver_inside = "/.kiln/jobserver";
 
 // --- tools.cpp ---
 
-// Every host path `tools` need to run, tools first: for a script its "#!"
-// interpreter, for a dynamic ELF program its shared libraries and ELF
-// interpreter (as its loader, or ldd, lists them), transitively. Folders are listed as
-// they are. Throws SandboxError for a tool that is missing or whose
-// libraries cannot be found.
-std::vector<fs::path> tool_closure(const std::vector<fs::path>& tools);
+// (What `tools` need to run is kiln::tools_closure, in sandbox.hpp.)
 
 // PATH entries for `tools`: a program's folder, a folder tool's bin/ (or the
 // folder itself when it has none); in order, without repeats.
@@ -87,6 +82,9 @@ public:
   // `host` visible read-only at its own path: each symlink on the way is
   // recreated and followed, and what it finally names is bind-mounted.
   void expose(const fs::path& host);
+  // Whether `inside` lies in a folder that is bind-mounted whole (a folder
+  // tool): what is there is the host's, and nothing can be added to it.
+  bool covered(const std::string& inside) const;
 
   const fs::path&
   new_root() const
@@ -105,8 +103,6 @@ private:
   // Record what `inside` will be; false if it is planned already as that,
   // throws SandboxError if it is planned as something else.
   bool claim(const std::string& inside, Entry entry);
-  // Whether `inside` lies in a folder that is bind-mounted whole.
-  bool covered(const std::string& inside) const;
   std::string host_target(const std::string& inside) const;
 
   fs::path m_root;

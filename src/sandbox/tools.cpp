@@ -3,13 +3,15 @@
 // A tool is a host program (or folder) made visible at its own path. A
 // program alone rarely runs: a script needs its "#!" interpreter, a dynamic
 // ELF program its ELF interpreter and shared libraries. The dynamic loader
-// already knows its search rules (ld.so.cache, RUNPATH, $ORIGIN), so we ask
-// it rather than re-implement them: the program's own loader (PT_INTERP)
-// with --list, which is what ldd runs after a few probes of its own (one
-// process instead of ldd's shell and four, ~5 ms instead of ~50 on the
-// path to every build's first sandbox); ldd where that loader will not
-// list. Tools are trusted host programs, so running the loader over them
-// is safe.
+// knows its search rules (ld.so.cache, RUNPATH, $ORIGIN), so we ask it
+// rather than re-implement them: the program's own loader (PT_INTERP) run
+// once with --list, where ldd would run a shell and four processes to pick
+// a loader (~4 ms instead of ~50, on the path to a kiln run's first
+// sandbox). Only a system loader is run so (a root-owned file in a system
+// library folder): a tool can come from a project, and its PT_INTERP must
+// not make kiln run a program of the project's choosing on the host. For
+// any other loader, for a shared library (no PT_INTERP) and where a loader
+// will not list, ldd, which runs only the system's loaders.
 #include "sandbox_impl.hpp"
 
 #include <kiln/util/error.hpp>
@@ -23,6 +25,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <future>
@@ -58,87 +61,128 @@ read_head(const fs::path& path, size_t size)
   return head;
 }
 
-// The ELF interpreter a program names (PT_INTERP), read from `head` (its
-// first bytes) and the file; empty for a static program, nullopt where the
-// file is not an ELF file this code reads (ldd decides then).
-template <typename Ehdr, typename Phdr>
-std::optional<std::string>
-interpreter_of(int fd, const std::string& head)
+// What an ELF file says about how it is loaded.
+struct ElfLoading
 {
+  bool readable = false;    // an ELF file of this host's byte order, headers intact
+  bool dynamic = false;     // has a dynamic section (needs libraries)
+  std::string interpreter;  // its PT_INTERP, if any (a program, not a library)
+};
+
+template <typename Ehdr, typename Phdr>
+ElfLoading
+loading_of(int fd, const std::string& head)
+{
+  ElfLoading loading;
   if (head.size() < sizeof(Ehdr)) {
-    return std::nullopt;
+    return loading;
   }
   Ehdr header;
   std::memcpy(&header, head.data(), sizeof header);
+  // PN_XNUM (0xffff) and absurd counts: not read here (ldd decides).
   if (header.e_phentsize != sizeof(Phdr) || header.e_phnum == 0 || header.e_phnum > 512) {
-    return std::nullopt;
+    return loading;
   }
   std::vector<Phdr> program_headers(header.e_phnum);
   size_t size = program_headers.size() * sizeof(Phdr);
   if (::pread(fd, program_headers.data(), size, static_cast<off_t>(header.e_phoff)) !=
       static_cast<ssize_t>(size)) {
-    return std::nullopt;
+    return loading;
   }
   for (const auto& ph : program_headers) {
-    if (ph.p_type != PT_INTERP) {
-      continue;
+    if (ph.p_type == PT_DYNAMIC) {
+      loading.dynamic = true;
+    } else if (ph.p_type == PT_INTERP) {
+      if (ph.p_filesz == 0 || ph.p_filesz > 4096) {
+        return loading;
+      }
+      std::string interpreter(ph.p_filesz, '\0');
+      if (::pread(fd, interpreter.data(), interpreter.size(), static_cast<off_t>(ph.p_offset)) !=
+          static_cast<ssize_t>(interpreter.size())) {
+        return loading;
+      }
+      interpreter.resize(std::strlen(interpreter.c_str())); // NUL-terminated, or cut at the size
+      if (interpreter.empty()) {
+        return loading;
+      }
+      loading.interpreter = interpreter;
     }
-    if (ph.p_filesz == 0 || ph.p_filesz > 4096) {
-      return std::nullopt;
-    }
-    std::string interpreter(ph.p_filesz, '\0');
-    if (::pread(fd, interpreter.data(), interpreter.size(), static_cast<off_t>(ph.p_offset)) !=
-        static_cast<ssize_t>(interpreter.size())) {
-      return std::nullopt;
-    }
-    interpreter.resize(std::strlen(interpreter.c_str()));
-    return interpreter.empty() || interpreter[0] != '/' ? std::nullopt
-                                                         : std::optional(interpreter);
   }
-  return std::string(); // static: needs no loader and no libraries
+  loading.readable = true;
+  return loading;
 }
 
-std::optional<std::string>
-elf_interpreter(const fs::path& program)
+ElfLoading
+elf_loading(const fs::path& program)
 {
   UniqueFd fd(::open(program.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) {
-    return std::nullopt;
+    return {};
   }
   std::string head(sizeof(Elf64_Ehdr), '\0');
   ssize_t got = ::pread(fd.get(), head.data(), head.size(), 0);
   if (got < EI_NIDENT) {
-    return std::nullopt;
+    return {};
   }
   head.resize(static_cast<size_t>(got));
-  if (head[EI_DATA] != ELFDATA2LSB) { // this host's byte order (x86-64, aarch64)
-    return std::nullopt;
+  bool little = head[EI_DATA] == ELFDATA2LSB;
+  if (!little && head[EI_DATA] != ELFDATA2MSB) {
+    return {};
+  }
+  if (little != (std::endian::native == std::endian::little)) {
+    return {}; // another host's file: its headers would be misread
   }
   if (head[EI_CLASS] == ELFCLASS64) {
-    return interpreter_of<Elf64_Ehdr, Elf64_Phdr>(fd.get(), head);
+    return loading_of<Elf64_Ehdr, Elf64_Phdr>(fd.get(), head);
   }
   if (head[EI_CLASS] == ELFCLASS32) {
-    return interpreter_of<Elf32_Ehdr, Elf32_Phdr>(fd.get(), head);
+    return loading_of<Elf32_Ehdr, Elf32_Phdr>(fd.get(), head);
   }
-  return std::nullopt;
+  return {};
 }
 
-// What the dynamic loader lists for `program`, in ldd's format (its exit
-// status is ignored where there is a listing: a static program needs
-// nothing).
+// Whether `loader` is the system's: a root-owned regular file that only
+// root may change, in a system library folder (symlinks resolved).
+bool
+system_loader(const std::string& loader)
+{
+  std::error_code ec;
+  fs::path real = fs::canonical(loader, ec);
+  if (ec) {
+    return false;
+  }
+  std::string text = real.string();
+  bool in_system_folder = false;
+  for (const char* folder : {"/lib/", "/lib64/", "/lib32/", "/libx32/", "/usr/lib/",
+                             "/usr/lib64/", "/usr/lib32/", "/usr/libx32/"}) {
+    in_system_folder = in_system_folder || text.starts_with(folder);
+  }
+  struct stat st;
+  return in_system_folder && ::stat(text.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+         st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+}
+
+// What the dynamic loader lists for `program`, in ldd's format.
 std::string
 list_libraries(const fs::path& program)
 {
-  std::optional<std::string> interpreter = elf_interpreter(program);
-  if (interpreter && interpreter->empty()) {
-    return {};
+  ElfLoading loading = elf_loading(program);
+  if (loading.readable && !loading.dynamic && loading.interpreter.empty()) {
+    return {}; // static: needs no loader and no libraries
   }
-  if (interpreter && ::access(interpreter->c_str(), X_OK) == 0) {
-    ProcessResult listed = run_process({*interpreter, "--list", program.string()});
-    if (listed.status == 0 && !listed.out.empty()) {
-      return listed.out;
+  if (loading.readable && !loading.interpreter.empty()) {
+    if (loading.interpreter[0] == '/' && !fs::exists(fs::path(loading.interpreter))) {
+      throw SandboxError("tool '" + program.string() + "' names '" + loading.interpreter +
+                         "' as its ELF interpreter, which does not exist");
     }
-    // A loader without --list (not glibc's): ldd knows its ways.
+    if (system_loader(loading.interpreter)) {
+      ProcessResult listed = run_process({loading.interpreter, "--list", program.string()});
+      // glibc's loader lists and exits 0, or lists what it cannot find and
+      // exits 127: both are answers. Anything else is left to ldd.
+      if (listed.status == 0 || listed.out.find("=> not found") != std::string::npos) {
+        return listed.out;
+      }
+    }
   }
   ProcessResult result = run_process({"ldd", program.string()});
   if (result.status == 127 && result.out.empty()) {
@@ -272,13 +316,20 @@ is_within(const std::string& path, const std::string& dir)
                          path[dir.size()] == '/');
 }
 
-std::vector<fs::path>
-tool_closure(const std::vector<fs::path>& tools)
+} // namespace kiln::sandbox_impl
+
+namespace kiln {
+
+std::vector<std::filesystem::path>
+tools_closure(const std::vector<std::filesystem::path>& tools)
 {
+  namespace fs = std::filesystem;
+  using sandbox_impl::is_within;
+  using sandbox_impl::needs_of;
   // A file inside a folder tool is part of that folder, which is visible
   // whole and, like every folder tool, not examined: what its programs need
-  // beyond it is for the declaration to list. (Asking ldd about each library
-  // found inside /usr costs a few processes per library, per build step.)
+  // beyond it is for the declaration to list. (Asking the loader about each
+  // library found inside /usr costs a process per library, per build step.)
   std::vector<std::string> folders;
   for (const auto& tool : tools) {
     struct stat st;
@@ -317,21 +368,11 @@ tool_closure(const std::vector<fs::path>& tools)
   return result;
 }
 
-} // namespace kiln::sandbox_impl
-
-namespace kiln {
-
-std::vector<std::filesystem::path>
-tools_closure(const std::vector<std::filesystem::path>& tools)
-{
-  return sandbox_impl::tool_closure(tools);
-}
-
 void
 look_at_tools(const std::vector<std::filesystem::path>& tools)
 {
   try {
-    sandbox_impl::tool_closure(tools);
+    tools_closure(tools);
   } catch (const std::exception&) {
     // The build step that needs the tools says what is wrong with them.
   }

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -284,7 +285,8 @@ TEST_CASE("a sandboxed build gets jemalloc's options as /etc/malloc.conf, with t
   REQUIRE(outcome.success);
   std::error_code ec;
   std::string host_mode = fs::exists(thp, ec) ? read_file(thp) : "no-thp-mode\n";
-  CHECK(read_file(outcome.output_dirs.at("out")) == "thp:always,metadata_thp:always\n" + host_mode);
+  CHECK(read_file(outcome.output_dirs.at("out")) ==
+        "thp:always,metadata_thp:always\n" + host_mode);
   // Without options: neither is there.
   BuildOutcome plain = run_build(f.store, f.sh("without-conf", script));
   INFO(plain.error << "\n" << log_of(plain));
@@ -330,6 +332,17 @@ TEST_CASE("rustc writes the same bytes with its allocator on huge pages as witho
   std::string huge = compile("heavy-huge", "thp:always,metadata_thp:always");
   CHECK(plain.size() > 100000);
   CHECK(plain == huge);
+  // rustc's jemalloc does read the link: asked to, it prints its options.
+  BuildSpec told = f.sh("heavy-told", "mkdir $out && " + (rustc_root / "bin" / "rustc").string() +
+                                        " --crate-type lib --crate-name heavy --emit=metadata " +
+                                        "--out-dir $out " + (f.dir / "src" / "lib.rs").string());
+  told.tools = {"/usr", "/bin", "/lib", "/lib64", rustc_root, f.dir / "src"};
+  told.jemalloc_conf = "thp:always,stats_print:true";
+  BuildOutcome printed = run_build(f.store, told);
+  INFO(printed.error);
+  REQUIRE(printed.success);
+  CHECK_THAT(log_of(printed), Catch::Contains("Begin jemalloc statistics") &&
+                                Catch::Contains("opt.thp: \"always\""));
 }
 
 TEST_CASE("a tool's closure is what ldd lists for it", "[sandbox]")
@@ -386,6 +399,51 @@ TEST_CASE("a tool's closure is what ldd lists for it", "[sandbox]")
   CHECK_THROWS_WITH(tools_closure({broken}),
                     Catch::Contains("libkiln-missing.so.1") &&
                       Catch::Contains("which the dynamic loader cannot find"));
+
+  // A shared library as a tool (no interpreter of its own): its libraries too.
+  auto libs = test::run(
+    {"sh", "-c",
+     "cd '" + dir.path().string() + "' && printf 'int bar(void){return 1;}\\n' | "
+       "cc -shared -x c - -o libkilnbar.so && printf 'int bar(void);\\nint foo(void)"
+       "{return bar();}\\n' | cc -shared -x c - -o libkilnfoo.so -L. -lkilnbar "
+       "-Wl,-rpath,'$ORIGIN'"});
+  INFO(libs.err);
+  REQUIRE(libs.status == 0);
+  auto of_library = tools_closure({dir / "libkilnfoo.so"});
+  CHECK(std::find(of_library.begin(), of_library.end(), dir / "libkilnbar.so") != of_library.end());
+
+  // A program's interpreter, as its ELF header names it: one that does not
+  // exist is an error naming it; one outside the system's library folders
+  // is never run (a tool may come from a project), ldd answers instead.
+  const std::string loader = "/lib64/ld-linux-x86-64.so.2";
+  std::string env_program = read_file("/usr/bin/env");
+  auto at = env_program.find(loader + '\0');
+  if (at == std::string::npos) {
+    test::skip("/usr/bin/env does not name " + loader + ": the interpreter cases need x86-64");
+    return;
+  }
+  auto with_interpreter = [&](const std::string& name, const std::string& interpreter) {
+    REQUIRE(interpreter.size() == loader.size());
+    std::string patched = env_program;
+    patched.replace(at, loader.size(), interpreter);
+    test::write_file(dir / name, patched, true);
+    return dir / name;
+  };
+  CHECK_THROWS_WITH(tools_closure({with_interpreter("env-lost", "/lib64/ld-linux-x86-64.so.9")}),
+                    Catch::Contains("'/lib64/ld-linux-x86-64.so.9' as its ELF interpreter") &&
+                      Catch::Contains("does not exist"));
+  std::string suffix = std::to_string(::getpid()) + "00000000000000";
+  std::string planted = "/tmp/kiln-ld-" + suffix.substr(0, 14); // as long as the loader's path
+  fs::path marker = dir / "planted-loader-ran";
+  test::write_file(planted, "#!/bin/sh\ntouch '" + marker.string() + "'\n", true);
+  std::vector<fs::path> closure;
+  try {
+    closure = tools_closure({with_interpreter("env-planted", planted)});
+  } catch (const std::exception& e) {
+    INFO(e.what()); // ldd may or may not list such a program: not the point
+  }
+  fs::remove(planted);
+  CHECK_FALSE(fs::exists(marker));
 }
 
 TEST_CASE("a sandboxed build sees only the store paths it declared", "[sandbox]")

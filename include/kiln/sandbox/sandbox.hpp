@@ -73,7 +73,7 @@ struct BuildSpec
   std::map<std::string, std::string> env;    // as declared (logical paths)
   std::set<StorePath> inputs;                // visible read-only, with their closure
   // Host programs visible read-only at their own paths, with their
-  // interpreters ("#!" and ELF) and shared libraries (from ldd); a folder is
+  // interpreters ("#!" and ELF) and shared libraries (tools_closure); a folder is
   // visible whole. PATH is their folders (a folder tool's bin/ if it has one).
   std::vector<std::filesystem::path> tools;
   std::map<std::string, StorePath> outputs;  // output name -> logical path
@@ -96,8 +96,9 @@ struct BuildSpec
   // (rustc does), as the target of the /etc/malloc.conf symlink jemalloc
   // reads when it starts; empty = none. Namespaces mode only: clean-env
   // mode has no /etc of its own, and an environment variable would be
-  // visible to the code being compiled (option_env!). Tunes memory only:
-  // what the programs write is the same.
+  // visible to the code being compiled (option_env!). The link is part of
+  // the sandbox like its /etc/passwd: a proc macro could read it, as it
+  // could read that; rustc writes the same bytes with or without it.
   std::string jemalloc_conf;
 };
 
@@ -159,18 +160,19 @@ BuildOutcome run_build(const LocalStore& store, const BuildSpec& spec,
 // mode asked for is unavailable.
 SandboxMode sandbox_mode(const SandboxOptions& options = {});
 
-// What a sandbox makes visible for these tools: each tool, a script's
-// "#!" interpreter and a dynamic program's loader and shared libraries (as
-// its loader lists them), transitively; a folder tool is visible whole and
-// not looked into. Throws SandboxError naming a tool that is missing, not
-// absolute, or needs a library the loader cannot find.
+// What a sandbox makes visible for these tools, tools first: each tool, a
+// script's "#!" interpreter and a dynamic program's loader and shared
+// libraries (as the system's loader lists them), transitively; a folder
+// tool is visible whole and not looked into. Throws SandboxError naming a
+// tool that is missing or not absolute, names an ELF interpreter that does
+// not exist, or needs a library the loader cannot find.
 std::vector<std::filesystem::path> tools_closure(const std::vector<std::filesystem::path>& tools);
 
-// Learn now what these tools need to run in a sandbox (tools_closure: a
-// process a program, remembered for the rest of this process), as the
-// first build step would, so that it need not: meant to run beside other
-// work before the builds start. Errors are left for that build step to
-// report.
+// Learn now what these tools need to run in a sandbox (tools_closure: one
+// loader process per program, remembered for the rest of this process), as
+// the first build step would, so that it need not: meant to run beside
+// other work before the builds start. Errors are left for that build step
+// to report.
 void look_at_tools(const std::vector<std::filesystem::path>& tools);
 
 // Whether this process can build in namespaces: probed once (by actually
