@@ -387,28 +387,25 @@ TEST_CASE("a tool's closure is what ldd lists for it", "[sandbox]")
   // A library the loader cannot find is named: a program linked against a
   // library that is then taken away.
   TempDir dir;
+  // Shell commands run in `dir` (C compiled with cc from printf'd source).
+  auto in_dir = [&](const std::string& commands) {
+    auto r = test::run({"sh", "-c", "cd '" + dir.path().string() + "' && " + commands});
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+  };
   auto broken = dir / "needs-missing";
-  auto built = test::run(
-    {"sh", "-c",
-     "cd '" + dir.path().string() + "' && printf 'int missing(void){return 0;}\\n' | "
-       "cc -shared -x c - -o libkiln-missing.so.1 -Wl,-soname,libkiln-missing.so.1 && "
-       "printf 'int missing(void);\\nint main(void){return missing();}\\n' | "
-       "cc -x c - -o needs-missing -L. -l:libkiln-missing.so.1 && rm libkiln-missing.so.1"});
-  INFO(built.err);
-  REQUIRE(fs::exists(broken));
+  in_dir("printf 'int missing(void){return 0;}\\n' | cc -shared -x c - -o libkiln-missing.so.1 "
+         "-Wl,-soname,libkiln-missing.so.1 && printf 'int missing(void);\\nint main(void)"
+         "{return missing();}\\n' | cc -x c - -o needs-missing -L. -l:libkiln-missing.so.1 && "
+         "rm libkiln-missing.so.1");
   CHECK_THROWS_WITH(tools_closure({broken}),
                     Catch::Contains("libkiln-missing.so.1") &&
                       Catch::Contains("which the dynamic loader cannot find"));
 
   // A shared library as a tool (no interpreter of its own): its libraries too.
-  auto libs = test::run(
-    {"sh", "-c",
-     "cd '" + dir.path().string() + "' && printf 'int bar(void){return 1;}\\n' | "
-       "cc -shared -x c - -o libkilnbar.so && printf 'int bar(void);\\nint foo(void)"
-       "{return bar();}\\n' | cc -shared -x c - -o libkilnfoo.so -L. -lkilnbar "
-       "-Wl,-rpath,'$ORIGIN'"});
-  INFO(libs.err);
-  REQUIRE(libs.status == 0);
+  in_dir("printf 'int bar(void){return 1;}\\n' | cc -shared -x c - -o libkilnbar.so && "
+         "printf 'int bar(void);\\nint foo(void){return bar();}\\n' | cc -shared -x c - "
+         "-o libkilnfoo.so -L. -lkilnbar -Wl,-rpath,'$ORIGIN'");
   auto of_library = tools_closure({dir / "libkilnfoo.so"});
   CHECK(std::find(of_library.begin(), of_library.end(), dir / "libkilnbar.so") != of_library.end());
 
