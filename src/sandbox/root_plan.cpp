@@ -12,7 +12,6 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -336,13 +335,15 @@ plan_new_root(const LocalStore& store, const BuildSpec& spec, const std::set<Sto
     // jemalloc reads the kernel's THP mode here before it uses huge pages
     // (without it, it takes them to be unsupported): a copy of the host's,
     // written like /etc/passwd, so that nothing of sysfs is mounted.
+    // Read once per process, not once per build step.
     const char* thp_mode = "/sys/kernel/mm/transparent_hugepage/enabled";
-    std::string mode;
-    try {
-      mode = read_file(thp_mode);
-    } catch (const std::exception&) {
-      // No THP in this kernel: jemalloc then uses none, as without the file.
-    }
+    static const std::string mode = [&] {
+      try {
+        return read_file(thp_mode);
+      } catch (const std::exception&) {
+        return std::string(); // no THP in this kernel: jemalloc uses none, as without the file
+      }
+    }();
     if (!mode.empty() && !plan.covered(thp_mode)) {
       plan.add_file(thp_mode, mode);
     }

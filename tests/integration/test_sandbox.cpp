@@ -317,30 +317,28 @@ TEST_CASE("rustc writes the same bytes with its allocator on huge pages as witho
             " } }\npub fn use" + n + "(x: u64) -> u64 { S" + n + "(x as u32).step(x) }\n";
   }
   test::write_file(f.dir / "src" / "lib.rs", code);
-  auto compile = [&](const std::string& name, const std::string& conf) {
+  // rustc on lib.rs in the sandbox with `conf` as jemalloc's options.
+  auto run_rustc = [&](const std::string& name, const std::string& conf, const std::string& flags) {
     BuildSpec spec = f.sh(name, "mkdir $out && " + (rustc_root / "bin" / "rustc").string() +
-                                  " --crate-type lib --crate-name heavy -C debuginfo=2 " +
-                                  "--out-dir $out " + (f.dir / "src" / "lib.rs").string());
+                                  " --crate-type lib --crate-name heavy " + flags +
+                                  " --out-dir $out " + (f.dir / "src" / "lib.rs").string());
     spec.tools = {"/usr", "/bin", "/lib", "/lib64", rustc_root, f.dir / "src"};
     spec.jemalloc_conf = conf;
     BuildOutcome outcome = run_build(f.store, spec);
     INFO(outcome.error << "\n" << log_of(outcome));
     REQUIRE(outcome.success);
-    return read_file(outcome.output_dirs.at("out") / "libheavy.rlib");
+    return outcome;
+  };
+  auto compile = [&](const std::string& name, const std::string& conf) {
+    return read_file(run_rustc(name, conf, "-C debuginfo=2").output_dirs.at("out") /
+                     "libheavy.rlib");
   };
   std::string plain = compile("heavy-plain", "");
   std::string huge = compile("heavy-huge", "thp:always,metadata_thp:always");
   CHECK(plain.size() > 100000);
   CHECK(plain == huge);
   // rustc's jemalloc does read the link: asked to, it prints its options.
-  BuildSpec told = f.sh("heavy-told", "mkdir $out && " + (rustc_root / "bin" / "rustc").string() +
-                                        " --crate-type lib --crate-name heavy --emit=metadata " +
-                                        "--out-dir $out " + (f.dir / "src" / "lib.rs").string());
-  told.tools = {"/usr", "/bin", "/lib", "/lib64", rustc_root, f.dir / "src"};
-  told.jemalloc_conf = "thp:always,stats_print:true";
-  BuildOutcome printed = run_build(f.store, told);
-  INFO(printed.error);
-  REQUIRE(printed.success);
+  BuildOutcome printed = run_rustc("heavy-told", "thp:always,stats_print:true", "--emit=metadata");
   CHECK_THAT(log_of(printed), Catch::Contains("Begin jemalloc statistics") &&
                                 Catch::Contains("opt.thp: \"always\""));
 }

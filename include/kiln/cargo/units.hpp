@@ -146,8 +146,8 @@ public:
   // `kiln __rust-unit`) in the sandbox with the toolchain visible.
   void builtin_builder(const Derivation& drv, BuildSpec& spec) const override;
   // The first unit planned to be built starts learning what the build steps'
-  // tools need (ldd on rustup's cargo proxy: tens of milliseconds) beside
-  // the steps before it; a build that only fetches never pays for it.
+  // tools need (the loader's list for rustup's cargo proxy) beside the
+  // steps before it; a build that only fetches never pays for it.
   void build_planned(const StorePath& drv) const override;
   void prepare(const StorePath& drv) const override;
   double cost(const StorePath& drv) const override;
