@@ -10,6 +10,9 @@ find_package(yaml-cpp REQUIRED)
 find_package(Threads REQUIRED)
 pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
 pkg_check_modules(LIBARCHIVE REQUIRED IMPORTED_TARGET libarchive)
+# zstd, the format caches serve most, is read through libzstd directly: one
+# decompression context per thread is reused from NAR to NAR.
+pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)
 # Debian builds cpp-httplib as a shared library with OpenSSL, zlib and brotli
 # support; its pkg-config flags carry the matching CPPHTTPLIB_* defines.
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
@@ -24,6 +27,7 @@ add_library(kiln::dep_json ALIAS nlohmann_json::nlohmann_json)
 add_library(kiln::dep_cli11 ALIAS CLI11::CLI11)
 add_library(kiln::dep_sodium ALIAS PkgConfig::SODIUM)
 add_library(kiln::dep_archive ALIAS PkgConfig::LIBARCHIVE)
+add_library(kiln::dep_zstd ALIAS PkgConfig::ZSTD)
 add_library(kiln::dep_httplib ALIAS PkgConfig::HTTPLIB)
 add_library(kiln::dep_toml ALIAS PkgConfig::TOMLPP)
 if(TARGET yaml-cpp::yaml-cpp)

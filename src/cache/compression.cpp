@@ -3,8 +3,10 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <zstd.h>
 
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace kiln {
@@ -194,6 +196,172 @@ private:
   bool m_eof = false;
 };
 
+// zstd, what caches serve most, is read through libzstd itself: a
+// decompression context and its window buffer (2 MiB at zstd's usual
+// levels) are kept from NAR to NAR. libarchive creates both for every
+// stream, and a fresh runner's substitution of 40 paths spent half of its
+// page faults filling new windows.
+class ZstdDecompressor
+{
+public:
+  ZstdDecompressor() : m_context(ZSTD_createDCtx()), m_input(std::make_unique_for_overwrite<char[]>(k_input_size))
+  {
+    if (!m_context) {
+      throw Error("zstd: cannot create a decompression context");
+    }
+  }
+  ~ZstdDecompressor()
+  {
+    ZSTD_freeDCtx(m_context);
+  }
+  ZstdDecompressor(const ZstdDecompressor&) = delete;
+  ZstdDecompressor& operator=(const ZstdDecompressor&) = delete;
+
+  ZSTD_DCtx*
+  context() const
+  {
+    return m_context;
+  }
+  char*
+  input() const
+  {
+    return m_input.get();
+  }
+  // Worth keeping for the next stream: a stream that asked for a large
+  // window (a hostile cache can ask for 128 MiB) leaves that memory with
+  // the context, and a long-running server must not hold it.
+  bool
+  small() const
+  {
+    return ZSTD_sizeof_DCtx(m_context) <= k_keep_at_most;
+  }
+
+  static const size_t k_input_size;
+
+private:
+  static constexpr size_t k_keep_at_most = 16 << 20;
+  ZSTD_DCtx* m_context;
+  std::unique_ptr<char[]> m_input;
+};
+
+const size_t ZstdDecompressor::k_input_size = ZSTD_DStreamInSize();
+
+// Decompressors not in use, shared by all threads (a scheduler's workers
+// come and go with each build).
+class ZstdDecompressorPool
+{
+public:
+  std::unique_ptr<ZstdDecompressor>
+  take()
+  {
+    {
+      std::lock_guard lock(m_mutex);
+      if (!m_idle.empty()) {
+        auto taken = std::move(m_idle.back());
+        m_idle.pop_back();
+        return taken;
+      }
+    }
+    return std::make_unique<ZstdDecompressor>();
+  }
+  void
+  give_back(std::unique_ptr<ZstdDecompressor> decompressor)
+  {
+    if (!decompressor->small()) {
+      return;
+    }
+    std::lock_guard lock(m_mutex);
+    if (m_idle.size() < k_keep) {
+      m_idle.push_back(std::move(decompressor));
+    }
+  }
+
+private:
+  static constexpr size_t k_keep = 16;
+  std::mutex m_mutex;
+  std::vector<std::unique_ptr<ZstdDecompressor>> m_idle;
+};
+
+ZstdDecompressorPool&
+zstd_pool()
+{
+  static ZstdDecompressorPool pool;
+  return pool;
+}
+
+class ZstdDecompressionSource : public Source
+{
+public:
+  explicit ZstdDecompressionSource(Source& in) : m_in(in), m_zstd(zstd_pool().take())
+  {
+    check(ZSTD_DCtx_reset(m_zstd->context(), ZSTD_reset_session_only), "starting");
+    // zstd's own default limit, spelled out: what libarchive and the zstd
+    // tool accept, and no more memory than that per stream.
+    check(ZSTD_DCtx_setParameter(m_zstd->context(), ZSTD_d_windowLogMax, k_window_log_max),
+          "limiting the window");
+  }
+  ~ZstdDecompressionSource() override
+  {
+    zstd_pool().give_back(std::move(m_zstd));
+  }
+  ZstdDecompressionSource(const ZstdDecompressionSource&) = delete;
+  ZstdDecompressionSource& operator=(const ZstdDecompressionSource&) = delete;
+
+  size_t
+  read(char* buf, size_t len) override
+  {
+    if (len == 0) {
+      return 0;
+    }
+    ZSTD_outBuffer out{buf, len, 0};
+    for (;;) {
+      size_t consumed_before = m_pending.pos;
+      size_t rc = ZSTD_decompressStream(m_zstd->context(), &out, &m_pending);
+      check(rc, "decompressing");
+      bool progressed = out.pos > 0 || m_pending.pos > consumed_before;
+      if (rc == 0) {
+        m_in_frame = false;
+      } else if (progressed) {
+        m_in_frame = true;
+      }
+      if (out.pos > 0) {
+        return out.pos;
+      }
+      if (m_pending.pos < m_pending.size) {
+        if (!progressed) {
+          throw FormatError("corrupt zstd data (decompressing): no progress");
+        }
+        continue;
+      }
+      if (m_in_eof) {
+        if (m_in_frame) {
+          throw FormatError("corrupt zstd data: it ends in the middle of a frame");
+        }
+        return 0;
+      }
+      size_t n = m_in.read(m_zstd->input(), ZstdDecompressor::k_input_size);
+      m_in_eof = n == 0;
+      m_pending = ZSTD_inBuffer{m_zstd->input(), n, 0};
+    }
+  }
+
+private:
+  static void
+  check(size_t rc, const char* what)
+  {
+    if (ZSTD_isError(rc)) {
+      throw FormatError(std::string("corrupt zstd data (") + what + "): " + ZSTD_getErrorName(rc));
+    }
+  }
+
+  static constexpr int k_window_log_max = 27;
+  Source& m_in;
+  std::unique_ptr<ZstdDecompressor> m_zstd;
+  ZSTD_inBuffer m_pending{nullptr, 0, 0};
+  bool m_in_eof = false;
+  bool m_in_frame = false;
+};
+
 class PassthroughSource : public Source
 {
 public:
@@ -229,6 +397,9 @@ make_decompression_source(std::string_view method, Source& in)
   }
   if (method == "br") {
     throw Error("brotli-compressed NARs are not supported (libarchive cannot read brotli)");
+  }
+  if (method == "zstd") {
+    return std::make_unique<ZstdDecompressionSource>(in);
   }
   return std::make_unique<ArchiveDecompressionSource>(method, in);
 }

@@ -1,6 +1,7 @@
 // Streaming (de)compression of NAR files through libarchive's raw format.
 // Writes: none, zstd, xz (and the other filters libarchive has). Reads:
-// anything libarchive recognises (zstd, xz, bzip2, gzip, lzip, lz4, ...).
+// zstd through libzstd (windows up to 128 MiB, as the zstd tool accepts),
+// the rest through libarchive (xz, bzip2, gzip, lzip, lz4, ...).
 #pragma once
 
 #include <kiln/util/io.hpp>
