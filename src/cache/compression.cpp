@@ -3,7 +3,10 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#define ZSTD_STATIC_LINKING_ONLY // ZSTD_createDCtx_advanced, for the allocator
 #include <zstd.h>
+
+#include <sys/mman.h>
 
 #include <memory>
 #include <mutex>
@@ -201,10 +204,64 @@ private:
 // levels) are kept from NAR to NAR. libarchive creates both for every
 // stream, and a fresh runner's substitution of 40 paths spent half of its
 // page faults filling new windows.
+// zstd's allocations, with its window buffers on transparent huge pages:
+// filled 4 KiB at a time, a 2 MiB window costs 512 page faults per context,
+// which on a virtual machine is a large share of a substitution's time.
+// Each block starts with a header saying how it was had.
+struct alignas(16) ZstdBlockHeader
+{
+  void* mapping; // null: from malloc
+  size_t length;
+};
+
+constexpr size_t k_huge_page = 2 << 20;
+
+void*
+zstd_allocate(void*, size_t size)
+{
+  if (size < k_huge_page / 2) {
+    auto* block = static_cast<ZstdBlockHeader*>(std::malloc(sizeof(ZstdBlockHeader) + size));
+    if (!block) {
+      return nullptr;
+    }
+    block->mapping = nullptr;
+    return block + 1;
+  }
+  // Room to start the block on a huge page boundary.
+  size_t length = sizeof(ZstdBlockHeader) + size + k_huge_page;
+  void* mapping = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapping == MAP_FAILED) {
+    return nullptr;
+  }
+  auto start = (reinterpret_cast<uintptr_t>(mapping) + k_huge_page - 1) & ~(k_huge_page - 1);
+  ::madvise(reinterpret_cast<void*>(start), length - (start - reinterpret_cast<uintptr_t>(mapping)),
+            MADV_HUGEPAGE); // advice: without THP, plain pages
+  auto* block = reinterpret_cast<ZstdBlockHeader*>(start);
+  block->mapping = mapping;
+  block->length = length;
+  return block + 1;
+}
+
+void
+zstd_free(void*, void* address)
+{
+  if (!address) {
+    return;
+  }
+  auto* block = static_cast<ZstdBlockHeader*>(address) - 1;
+  if (block->mapping) {
+    ::munmap(block->mapping, block->length);
+  } else {
+    std::free(block);
+  }
+}
+
 class ZstdDecompressor
 {
 public:
-  ZstdDecompressor() : m_context(ZSTD_createDCtx()), m_input(std::make_unique_for_overwrite<char[]>(k_input_size))
+  ZstdDecompressor()
+    : m_context(ZSTD_createDCtx_advanced(ZSTD_customMem{zstd_allocate, zstd_free, nullptr})),
+      m_input(std::make_unique_for_overwrite<char[]>(k_input_size))
   {
     if (!m_context) {
       throw Error("zstd: cannot create a decompression context");

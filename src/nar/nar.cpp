@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace kiln {
@@ -395,7 +396,12 @@ class NarParser
 {
 public:
   NarParser(Source& in, FsObjectSink& sink, const NarLimits& limits)
-    : m_in(in), m_sink(sink), m_limits(limits), m_buffer(k_io_chunk)
+    : m_in(in),
+      m_sink(sink),
+      m_limits(limits),
+      // Not zeroed: a substitution parses one NAR per path, and a small one
+      // touches only the pages it reads into.
+      m_buffer(std::make_unique_for_overwrite<char[]>(k_io_chunk))
   {
   }
 
@@ -439,13 +445,13 @@ private:
   {
     if (m_pos == m_end) {
       m_pos = 0;
-      m_end = m_in.read(m_buffer.data(), m_buffer.size());
+      m_end = m_in.read(m_buffer.get(), k_io_chunk);
       if (m_end == 0) {
         return 0;
       }
     }
     size_t n = std::min(len, m_end - m_pos);
-    std::memcpy(buf, m_buffer.data() + m_pos, n);
+    std::memcpy(buf, m_buffer.get() + m_pos, n);
     m_pos += n;
     m_offset += n;
     return n;
@@ -571,13 +577,13 @@ private:
     while (left > 0) {
       if (m_pos == m_end) {
         m_pos = 0;
-        m_end = m_in.read(m_buffer.data(), m_buffer.size());
+        m_end = m_in.read(m_buffer.get(), k_io_chunk);
         if (m_end == 0) {
           fail("archive is truncated (in the contents of '" + path + "')", m_offset);
         }
       }
       size_t n = static_cast<size_t>(std::min<uint64_t>(left, m_end - m_pos));
-      m_sink.file_data(std::string_view(m_buffer.data() + m_pos, n));
+      m_sink.file_data(std::string_view(m_buffer.get() + m_pos, n));
       m_pos += n;
       m_offset += n;
       left -= n;
@@ -633,7 +639,7 @@ private:
   Source& m_in;
   FsObjectSink& m_sink;
   NarLimits m_limits;
-  std::vector<char> m_buffer;
+  std::unique_ptr<char[]> m_buffer;
   size_t m_pos = 0;
   size_t m_end = 0;
   uint64_t m_offset = 0;
