@@ -8,6 +8,8 @@
 
 #include <sys/mman.h>
 
+#include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -199,11 +201,6 @@ private:
   bool m_eof = false;
 };
 
-// zstd, what caches serve most, is read through libzstd itself: a
-// decompression context and its window buffer (2 MiB at zstd's usual
-// levels) are kept from NAR to NAR. libarchive creates both for every
-// stream, and a fresh runner's substitution of 40 paths spent half of its
-// page faults filling new windows.
 // zstd's allocations, with its window buffers on transparent huge pages:
 // filled 4 KiB at a time, a 2 MiB window costs 512 page faults per context,
 // which on a virtual machine is a large share of a substitution's time.
@@ -226,6 +223,9 @@ zstd_allocate(void*, size_t size)
     }
     block->mapping = nullptr;
     return block + 1;
+  }
+  if (size > (SIZE_MAX >> 1)) {
+    return nullptr;
   }
   // Room to start the block on a huge page boundary.
   size_t length = sizeof(ZstdBlockHeader) + size + k_huge_page;
@@ -256,6 +256,11 @@ zstd_free(void*, void* address)
   }
 }
 
+// zstd, what caches serve most, is read through libzstd itself: a
+// decompression context and its window buffer (2 MiB at zstd's usual
+// levels) are kept from NAR to NAR. libarchive creates both for every
+// stream, and a fresh runner's substitution of 40 paths spent half of its
+// page faults filling new windows.
 class ZstdDecompressor
 {
 public:
