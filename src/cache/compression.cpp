@@ -290,23 +290,23 @@ public:
     return m_input.get();
   }
   // Worth keeping for the next stream: a stream that asked for a large
-  // window (a hostile cache can ask for 128 MiB) leaves that memory with
-  // the context, and a long-running server must not hold it.
+  // window (a hostile cache can ask for 128 MiB, zstd -19 takes 8 MiB)
+  // leaves that memory with the context, and a long-running server must
+  // not hold it. zstd's usual 2 MiB window makes a context of ~2.5 MiB.
   bool
   small() const
   {
     return ZSTD_sizeof_DCtx(m_context) <= k_keep_at_most;
   }
 
-  static const size_t k_input_size;
+  // Any size works; zstd's blocks are at most 128 KiB.
+  static constexpr size_t k_input_size = 128 * 1024;
 
 private:
-  static constexpr size_t k_keep_at_most = 16 << 20;
+  static constexpr size_t k_keep_at_most = 4 << 20;
   ZSTD_DCtx* m_context;
   std::unique_ptr<char[]> m_input;
 };
-
-const size_t ZstdDecompressor::k_input_size = ZSTD_DStreamInSize();
 
 // Decompressors not in use, shared by all threads (a scheduler's workers
 // come and go with each build).
@@ -347,8 +347,10 @@ private:
 ZstdDecompressorPool&
 zstd_pool()
 {
-  static ZstdDecompressorPool pool;
-  return pool;
+  // Never destroyed: a thread may still be decompressing while the
+  // process exits.
+  static auto* pool = new ZstdDecompressorPool;
+  return *pool;
 }
 
 class ZstdDecompressionSource : public Source
@@ -364,7 +366,11 @@ public:
   }
   ~ZstdDecompressionSource() override
   {
-    zstd_pool().give_back(std::move(m_zstd));
+    try {
+      zstd_pool().give_back(std::move(m_zstd));
+    } catch (...) {
+      // Out of memory to keep it: it is freed instead.
+    }
   }
   ZstdDecompressionSource(const ZstdDecompressionSource&) = delete;
   ZstdDecompressionSource& operator=(const ZstdDecompressionSource&) = delete;

@@ -170,4 +170,7 @@ TEST_CASE("zstd: a stream cut short, or one asking for more than a 128 MiB windo
     REQUIRE(long_window.status == 0);
     CHECK_THROWS_AS(decompress("zstd", long_window.out), FormatError);
   }
+  // What a narinfo calls zstd is read as zstd, not as whatever it looks like.
+  CHECK_THROWS_AS(decompress("zstd", compress("xz", data)), FormatError);
+  CHECK_THROWS_AS(decompress("zstd", data), FormatError);
 }
