@@ -1,6 +1,8 @@
 #include <kiln/cache/compression.hpp>
 #include <kiln/util/error.hpp>
 
+#include "idle_pool.hpp"
+
 #include <archive.h>
 #include <archive_entry.h>
 #define ZSTD_STATIC_LINKING_ONLY // ZSTD_createDCtx_advanced, for the allocator
@@ -11,7 +13,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 namespace kiln {
@@ -309,47 +310,13 @@ private:
 };
 
 // Decompressors not in use, shared by all threads (a scheduler's workers
-// come and go with each build).
-class ZstdDecompressorPool
-{
-public:
-  std::unique_ptr<ZstdDecompressor>
-  take()
-  {
-    {
-      std::lock_guard lock(m_mutex);
-      if (!m_idle.empty()) {
-        auto taken = std::move(m_idle.back());
-        m_idle.pop_back();
-        return taken;
-      }
-    }
-    return std::make_unique<ZstdDecompressor>();
-  }
-  void
-  give_back(std::unique_ptr<ZstdDecompressor> decompressor)
-  {
-    if (!decompressor->small()) {
-      return;
-    }
-    std::lock_guard lock(m_mutex);
-    if (m_idle.size() < k_keep) {
-      m_idle.push_back(std::move(decompressor));
-    }
-  }
-
-private:
-  static constexpr size_t k_keep = 16;
-  std::mutex m_mutex;
-  std::vector<std::unique_ptr<ZstdDecompressor>> m_idle;
-};
-
-ZstdDecompressorPool&
+// come and go with each build): as many as a cache's default connections.
+// Never destroyed: a thread may still be decompressing while the process
+// exits.
+detail::IdlePool<ZstdDecompressor>&
 zstd_pool()
 {
-  // Never destroyed: a thread may still be decompressing while the
-  // process exits.
-  static auto* pool = new ZstdDecompressorPool;
+  static auto* pool = new detail::IdlePool<ZstdDecompressor>(16);
   return *pool;
 }
 
@@ -358,6 +325,9 @@ class ZstdDecompressionSource : public Source
 public:
   explicit ZstdDecompressionSource(Source& in) : m_in(in), m_zstd(zstd_pool().take())
   {
+    if (!m_zstd) {
+      m_zstd = std::make_unique<ZstdDecompressor>();
+    }
     check(ZSTD_DCtx_reset(m_zstd->context(), ZSTD_reset_session_only), "starting");
     // zstd's own default limit, spelled out: what libarchive and the zstd
     // tool accept, and no more memory than that per stream.
@@ -366,6 +336,9 @@ public:
   }
   ~ZstdDecompressionSource() override
   {
+    if (!m_zstd->small()) {
+      return; // freed with this source
+    }
     try {
       zstd_pool().give_back(std::move(m_zstd));
     } catch (...) {

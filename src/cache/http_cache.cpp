@@ -1,6 +1,7 @@
 // http(s):// binary caches over cpp-httplib: a pool of keep-alive
 // connections, timeouts, retries with back-off on transient failures.
 #include "backends.hpp"
+#include "idle_pool.hpp"
 
 #include <kiln/util/error.hpp>
 
@@ -395,24 +396,8 @@ private:
   std::unique_ptr<httplib::Client>
   acquire()
   {
-    {
-      std::lock_guard guard(m_mutex);
-      if (!m_idle.empty()) {
-        auto client = std::move(m_idle.back());
-        m_idle.pop_back();
-        return client;
-      }
-    }
-    return make_client(m_origin);
-  }
-
-  void
-  release(std::unique_ptr<httplib::Client> client)
-  {
-    std::lock_guard guard(m_mutex);
-    if (m_idle.size() < m_options.connections) {
-      m_idle.push_back(std::move(client));
-    }
+    auto client = m_idle.take();
+    return client ? std::move(client) : make_client(m_origin);
   }
 
   // One attempt, following up to 5 redirects (the token only to this
@@ -436,7 +421,7 @@ private:
         return Outcome::fail;
       }
       if (origin == m_origin) {
-        release(std::move(client));
+        m_idle.give_back(std::move(client));
       }
       if (outcome != Outcome::redirect) {
         return outcome;
@@ -481,8 +466,7 @@ private:
   std::string m_origin;
   std::string m_prefix;
   CacheOptions m_options;
-  std::mutex m_mutex;
-  std::vector<std::unique_ptr<httplib::Client>> m_idle;
+  IdlePool<httplib::Client> m_idle{m_options.connections};
   Watchdog m_watchdog;
   // What the current thread's last try said, and why it was refused.
   static thread_local std::string m_last_error;
