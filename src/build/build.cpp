@@ -752,12 +752,16 @@ DerivationCheck::reproducible() const
 namespace {
 
 DrvReader
-reader_for(LocalStore& store, const Frontend& frontend)
+reader_for(LocalStore& store)
 {
-  return [&](const StorePath& p) {
-    const Derivation* drv = frontend.derivation(p);
-    return drv ? *drv : read_derivation(store, p);
-  };
+  return [&](const StorePath& p) { return read_derivation(store, p); };
+}
+
+// The derivations the frontend holds: it outlives the graph.
+BuildGraph::DrvLender
+lender_for(const Frontend& frontend)
+{
+  return [&](const StorePath& p) { return frontend.derivation(p); };
 }
 
 } // namespace
@@ -766,7 +770,8 @@ CheckResult
 check_derivations(LocalStore& store, const std::vector<StorePath>& drvs, const BuildOptions& options,
                   const Frontend& frontend, BuildObserver& observer, const CheckOptions& check)
 {
-  auto graph = BuildGraph::from_targets(drvs, reader_for(store, frontend), store.store_dir());
+  auto graph = BuildGraph::from_targets(drvs, reader_for(store), store.store_dir(),
+                                        lender_for(frontend));
   std::vector<StorePath> all = graph.topological_order();
   CheckResult result;
   result.realised = build_derivations(store, all, options, frontend, observer);
@@ -797,7 +802,8 @@ Rebuild
 rebuild_derivation(LocalStore& store, const StorePath& drv, const BuildOptions& options,
                    const Frontend& frontend, BuildObserver& observer)
 {
-  auto graph = BuildGraph::from_targets({drv}, reader_for(store, frontend), store.store_dir());
+  auto graph = BuildGraph::from_targets({drv}, reader_for(store), store.store_dir(),
+                                        lender_for(frontend));
   Realiser realiser(store, options, frontend, observer, graph);
   BuildOutcome outcome = realiser.rebuild(drv);
   return Rebuild{outcome.output_dirs, outcome.lease};
@@ -808,7 +814,8 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
                   const BuildOptions& options, const Frontend& frontend, BuildObserver& observer)
 {
   store.add_temp_roots({drvs.begin(), drvs.end()});
-  auto graph = BuildGraph::from_targets(drvs, reader_for(store, frontend), store.store_dir());
+  auto graph = BuildGraph::from_targets(drvs, reader_for(store), store.store_dir(),
+                                        lender_for(frontend));
   keep_inputs(store, graph);
   Realiser realiser(store, options, frontend, observer, graph);
   RealiseHooks hooks = realiser.hooks();

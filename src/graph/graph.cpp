@@ -7,13 +7,15 @@
 #include <boost/graph/topological_sort.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
-#include <unordered_map>
+#include <utility>
 
 namespace kiln {
 
@@ -81,17 +83,109 @@ to_string(StepStatus status)
 
 namespace {
 
-// The first 8 characters of a store path's hash part (40 bits of a hash):
-// cheap enough to compute again on every bucket step, which libstdc++ does.
-struct HashPartPrefix
+// Derivation numbers by path, for a graph that only grows: open addressing
+// over one array of (hash of the path, number) slots. A look-up reads one
+// slot, and the path itself only where the hashes match. (A node-based map
+// reads a bucket, a node and the node's key on each step: at 100k
+// derivations each of those misses the cache.) The key is not the hash part
+// alone: paths that share one (made by hand, as tests do) must not make
+// look-ups a linear search.
+class PathIndex
 {
-  size_t
-  operator()(const StorePath& path) const noexcept
+public:
+  static constexpr size_t k_none = SIZE_MAX;
+
+  void
+  reserve(size_t count)
   {
-    uint64_t h = 0;
-    std::memcpy(&h, path.hash_part().data(), sizeof h);
-    return std::hash<uint64_t>{}(h);
+    size_t capacity = 16;
+    while (capacity < 2 * count) {
+      capacity *= 2;
+    }
+    if (capacity > m_slots.size()) {
+      rehash(capacity);
+    }
   }
+
+  // The number of `path` (a path of `nodes`), or k_none.
+  size_t
+  find(const StorePath& path, const std::vector<StorePath>& nodes) const
+  {
+    if (m_slots.empty()) {
+      return k_none;
+    }
+    uint64_t key = key_of(path);
+    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
+      const Slot& slot = m_slots[i];
+      if (slot.number == k_none) {
+        return k_none;
+      }
+      if (slot.key == key && nodes[slot.number] == path) {
+        return slot.number;
+      }
+    }
+  }
+
+  // Records that `path` is nodes[number]; it must not be there yet.
+  void
+  insert(const StorePath& path, size_t number)
+  {
+    if (2 * (m_count + 1) > m_slots.size()) {
+      rehash(std::max<size_t>(16, 2 * m_slots.size()));
+    }
+    place({key_of(path), number});
+    ++m_count;
+  }
+
+private:
+  struct Slot
+  {
+    uint64_t key = 0;
+    size_t number = k_none;
+  };
+
+  // 8 bytes of the hash part, mixed with the last 8 of the name (a path's
+  // base name is at least 34 bytes long).
+  static uint64_t
+  key_of(const StorePath& path)
+  {
+    const std::string& base = path.base();
+    uint64_t head = 0;
+    uint64_t tail = 0;
+    std::memcpy(&head, base.data(), sizeof head);
+    std::memcpy(&tail, base.data() + base.size() - sizeof tail, sizeof tail);
+    return head ^ std::rotl(tail * 0x9E3779B97F4A7C15ull, 29);
+  }
+  // Fibonacci hashing: the top bits of the key times 2^64/φ.
+  size_t
+  slot_of(uint64_t key) const
+  {
+    return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> m_shift);
+  }
+  void
+  place(Slot slot)
+  {
+    size_t i = slot_of(slot.key);
+    while (m_slots[i].number != k_none) {
+      i = (i + 1) & (m_slots.size() - 1);
+    }
+    m_slots[i] = slot;
+  }
+  void
+  rehash(size_t capacity)
+  {
+    std::vector<Slot> old = std::exchange(m_slots, std::vector<Slot>(capacity));
+    m_shift = 64 - static_cast<unsigned>(std::countr_zero(capacity));
+    for (const Slot& slot : old) {
+      if (slot.number != k_none) {
+        place(slot);
+      }
+    }
+  }
+
+  std::vector<Slot> m_slots; // a power of two of them, at most half used
+  unsigned m_shift = 64;
+  size_t m_count = 0;
 };
 
 } // namespace
@@ -99,13 +193,14 @@ struct HashPartPrefix
 struct BuildGraph::Impl
 {
   std::vector<StorePath> nodes;
-  std::unordered_map<StorePath, size_t, HashPartPrefix> index;
-  std::vector<Derivation> drvs;
+  PathIndex index;
+  std::vector<const Derivation*> drvs; // lent, or in `read_here`
+  std::deque<Derivation> read_here;     // (a deque: they stay in place)
   // The inputs of derivation i are inputs[input_start[i] … input_start[i+1]):
   // one array for all of them (per-derivation vectors cost an allocation
   // each, and at 100k derivations the memory they scatter is what grows).
   std::vector<size_t> input_start{0};
-  std::vector<size_t> inputs;
+  std::vector<uint32_t> inputs; // (numbers < 2^32: the graph refuses more)
   StoreDir store_dir;
 };
 
@@ -118,7 +213,7 @@ BuildGraph::~BuildGraph() = default;
 
 BuildGraph
 BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader& read,
-                         const StoreDir& store_dir)
+                         const StoreDir& store_dir, const DrvLender& lend)
 {
   BuildGraph result;
   Impl& g = *result.m;
@@ -131,18 +226,24 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
   // Breadth first: a derivation is numbered when first seen, and read in
   // that order (the queue is the list of nodes itself).
   auto number = [&](const StorePath& path) {
-    auto [it, added] = g.index.try_emplace(path, g.nodes.size());
-    if (added) {
-      g.nodes.push_back(path);
+    size_t known = g.index.find(path, g.nodes);
+    if (known != PathIndex::k_none) {
+      return static_cast<uint32_t>(known);
     }
-    return it->second;
+    if (g.nodes.size() == UINT32_MAX) {
+      throw Error("more than 2^32 - 1 derivations in one build graph");
+    }
+    g.index.insert(path, g.nodes.size());
+    g.nodes.push_back(path);
+    return static_cast<uint32_t>(g.nodes.size() - 1);
   };
   for (const auto& target : targets) {
     number(target);
   }
   for (size_t i = 0; i < g.nodes.size(); ++i) {
-    g.drvs.push_back(read(g.nodes[i]));
-    for (const auto& [input, outputs] : g.drvs.back().input_drvs) {
+    const Derivation* lent = lend ? lend(g.nodes[i]) : nullptr;
+    g.drvs.push_back(lent ? lent : &g.read_here.emplace_back(read(g.nodes[i])));
+    for (const auto& [input, outputs] : g.drvs.back()->input_drvs) {
       g.inputs.push_back(number(input));
     }
     g.input_start.push_back(g.inputs.size());
@@ -159,19 +260,23 @@ BuildGraph::size() const
 bool
 BuildGraph::contains(const StorePath& drv) const
 {
-  return m->index.count(drv) > 0;
+  return m->index.find(drv, m->nodes) != PathIndex::k_none;
 }
 
 const Derivation&
 BuildGraph::derivation(const StorePath& drv) const
 {
-  return m->drvs.at(m->index.at(drv));
+  return *m->drvs[index_of(drv)];
 }
 
 size_t
 BuildGraph::index_of(const StorePath& drv) const
 {
-  return m->index.at(drv);
+  size_t index = m->index.find(drv, m->nodes);
+  if (index == PathIndex::k_none) {
+    throw std::out_of_range("derivation " + drv.base() + " is not in the build graph");
+  }
+  return index;
 }
 
 const StorePath&
@@ -180,7 +285,7 @@ BuildGraph::path(size_t index) const
   return m->nodes.at(index);
 }
 
-std::span<const size_t>
+std::span<const uint32_t>
 BuildGraph::input_indices(size_t index) const
 {
   if (index >= m->nodes.size()) {
@@ -238,25 +343,61 @@ enum class Plan : uint8_t { unplanned, present, substitute, build };
 
 // Derivations (by number) ready to go, the most urgent first: those that
 // start the longest chain of work (the critical path), then those first
-// made ready.
+// made ready. A heap of four children per item, 16 bytes each: a step down
+// reads the four children from one or two cache lines, and there are half
+// as many steps as in a binary heap (at 100k derivations tens of thousands
+// may be ready at once, and each step down a binary heap missed the cache).
 class ReadyQueue
 {
 public:
-  explicit ReadyQueue(const std::vector<double>& priority) : m_priority(priority) {}
-
   bool empty() const { return m_items.empty(); }
+  size_t size() const { return m_items.size(); }
+  // `drv` < 2^32, as the graph's numbers are.
   void
-  push_back(size_t drv)
+  push_back(size_t drv, double priority)
   {
-    m_items.push_back({m_priority[drv], m_serial++, drv});
-    std::push_heap(m_items.begin(), m_items.end());
+    Item item{priority, m_serial++, static_cast<uint32_t>(drv)};
+    size_t hole = m_items.size();
+    m_items.push_back(item);
+    while (hole > 0) {
+      size_t parent = (hole - 1) / k_children;
+      if (!more_urgent(item, m_items[parent])) {
+        break;
+      }
+      m_items[hole] = m_items[parent];
+      hole = parent;
+    }
+    m_items[hole] = item;
   }
   size_t
   pop_front()
   {
-    std::pop_heap(m_items.begin(), m_items.end());
-    size_t drv = m_items.back().drv;
+    size_t drv = m_items.front().drv;
+    Item last = m_items.back();
     m_items.pop_back();
+    size_t count = m_items.size();
+    if (count == 0) {
+      return drv;
+    }
+    size_t hole = 0;
+    while (true) {
+      size_t first = hole * k_children + 1;
+      if (first >= count) {
+        break;
+      }
+      size_t best = first;
+      for (size_t child = first + 1; child < std::min(first + k_children, count); ++child) {
+        if (more_urgent(m_items[child], m_items[best])) {
+          best = child;
+        }
+      }
+      if (!more_urgent(m_items[best], last)) {
+        break;
+      }
+      m_items[hole] = m_items[best];
+      hole = best;
+    }
+    m_items[hole] = last;
     return drv;
   }
   template <typename F>
@@ -270,22 +411,22 @@ public:
   void clear() { m_items.clear(); }
 
 private:
+  static constexpr size_t k_children = 4;
   struct Item
   {
     double priority;
-    uint64_t serial;
-    size_t drv;
-    // A max-heap: the "largest" item is the highest priority, then the
-    // lowest serial.
-    bool
-    operator<(const Item& other) const
-    {
-      return priority != other.priority ? priority < other.priority : serial > other.serial;
-    }
+    uint32_t serial; // order of arrival (wraps after 2^32 pushes: only ties reorder)
+    uint32_t drv;
   };
-  const std::vector<double>& m_priority;
+  static_assert(sizeof(Item) == 16);
+  // The higher priority, then the one made ready first.
+  static bool
+  more_urgent(const Item& a, const Item& b)
+  {
+    return a.priority != b.priority ? a.priority > b.priority : a.serial < b.serial;
+  }
   std::vector<Item> m_items;
-  uint64_t m_serial = 0;
+  uint32_t m_serial = 0;
 };
 
 // The state of one realisation, shared by the worker threads. Derivations
@@ -295,9 +436,8 @@ class Realisation
 {
 public:
   Realisation(const BuildGraph& graph, const RealiseHooks& hooks, const RealiseOptions& options)
-    : m_graph(graph), m_hooks(hooks), m_options(options), m_plan(graph.size(), Plan::unplanned),
-      m_results(graph.size()), m_waiting(graph.size(), 0), m_dependent_start(graph.size() + 1, 0),
-      m_priority(graph.size(), 0.0), m_running(graph.size(), 0), m_early(graph.size(), 0)
+    : m_graph(graph), m_hooks(hooks), m_options(options), m_state(graph.size()),
+      m_results(graph.size()), m_dependent_start(graph.size() + 1, 0)
   {
     // The graph's edges reversed, in two passes: a count, then a fill.
     for (size_t drv = 0; drv < graph.size(); ++drv) {
@@ -312,7 +452,7 @@ public:
     std::vector<size_t> filled(m_dependent_start.begin(), m_dependent_start.end() - 1);
     for (size_t drv = 0; drv < graph.size(); ++drv) {
       for (size_t input : graph.input_indices(drv)) {
-        m_dependents[filled[input]++] = drv;
+        m_dependents[filled[input]++] = static_cast<uint32_t>(drv);
       }
     }
   }
@@ -326,7 +466,7 @@ public:
     std::vector<double> chain(m_graph.size(), 0.0); // of the dependents
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
       double mine = chain[*it] + (m_hooks.cost ? m_hooks.cost(m_graph.path(*it)) : 1.0);
-      m_priority[*it] = mine;
+      m_state[*it].priority = mine;
       for (size_t input : m_graph.input_indices(*it)) {
         chain[input] = std::max(chain[input], mine);
       }
@@ -388,10 +528,10 @@ private:
     return key;
   }
 
-  std::span<const size_t>
+  std::span<const uint32_t>
   dependents(size_t drv) const
   {
-    return std::span<const size_t>(m_dependents).subspan(
+    return std::span<const uint32_t>(m_dependents).subspan(
       m_dependent_start[drv], m_dependent_start[drv + 1] - m_dependent_start[drv]);
   }
 
@@ -418,17 +558,26 @@ private:
     }
   }
 
+  // With the lock held: the result of `drv`.
+  void
+  record(size_t drv, StepResult result)
+  {
+    m_state[drv].done = true;
+    m_state[drv].realised =
+      result.status != StepStatus::failed && result.status != StepStatus::skipped;
+    m_results[drv] = std::move(result);
+  }
+
   // With the lock held: has `drv` a result, and is it a failure?
   bool
   done(size_t drv) const
   {
-    return m_results[drv].has_value();
+    return m_state[drv].done;
   }
   bool
   not_realised(size_t drv) const
   {
-    return m_results[drv] && (m_results[drv]->status == StepStatus::failed ||
-                              m_results[drv]->status == StepStatus::skipped);
+    return m_state[drv].done && !m_state[drv].realised;
   }
 
   // Decide, level by level, what each needed derivation takes. Look-ups of
@@ -455,24 +604,24 @@ private:
       std::lock_guard guard(m_mutex);
       for (size_t i = 0; i < frontier.size(); ++i) {
         size_t drv = frontier[i];
-        if (m_plan[drv] != Plan::unplanned) {
+        if (m_state[drv].plan != Plan::unplanned) {
           continue;
         }
         if (present[i]) {
-          m_plan[drv] = Plan::present;
+          m_state[drv].plan = Plan::present;
           ++m_unfinished; // finish() counts it down and releases its dependents
           finish(drv, {StepStatus::present, ""});
           continue;
         }
         ++m_unfinished;
         if (substitutable[i]) {
-          m_plan[drv] = Plan::substitute;
-          m_substitute_queue.push_back(drv);
+          m_state[drv].plan = Plan::substitute;
+          m_substitute_queue.push_back(drv, m_state[drv].priority);
           continue;
         }
         schedule_build(drv, next);
       }
-      m_wake.notify_all();
+      wake_waiters();
       frontier = std::move(next);
     }
   }
@@ -482,7 +631,7 @@ private:
   void
   schedule_build(size_t drv, std::vector<size_t>& unplanned)
   {
-    m_plan[drv] = Plan::build;
+    m_state[drv].plan = Plan::build;
     if (m_hooks.planned_build) {
       m_hooks.planned_build(path(drv));
     }
@@ -499,13 +648,13 @@ private:
         continue;
       }
       ++waiting;
-      if (m_plan[input] == Plan::unplanned) {
+      if (m_state[input].plan == Plan::unplanned) {
         unplanned.push_back(input);
       }
     }
-    m_waiting[drv] = waiting;
+    m_state[drv].waiting = waiting;
     if (waiting == 0) {
-      m_build_queue.push_back(drv);
+      m_build_queue.push_back(drv, m_state[drv].priority);
     }
     for (size_t input : inputs) {
       if (not_realised(input)) {
@@ -520,7 +669,7 @@ private:
   bool
   starts_early_on(size_t dependent, size_t input) const
   {
-    return m_early[input] && m_hooks.may_start_early &&
+    return m_state[input].early && m_hooks.may_start_early &&
            m_hooks.may_start_early(path(dependent), path(input));
   }
 
@@ -567,23 +716,23 @@ private:
   announce_early(size_t drv)
   {
     std::lock_guard guard(m_mutex);
-    if (m_early[drv]) {
+    if (m_state[drv].early) {
       return;
     }
-    m_early[drv] = 1;
+    m_state[drv].early = true;
     if (!m_hooks.may_start_early) {
       return;
     }
     for (size_t dependent : dependents(drv)) {
-      if (done(dependent) || m_plan[dependent] != Plan::build ||
+      if (done(dependent) || m_state[dependent].plan != Plan::build ||
           !m_hooks.may_start_early(path(dependent), path(drv))) {
         continue;
       }
-      if (--m_waiting[dependent] == 0) {
-        m_build_queue.push_back(dependent);
+      if (--m_state[dependent].waiting == 0) {
+        m_build_queue.push_back(dependent, m_state[dependent].priority);
       }
     }
-    m_wake.notify_all();
+    wake_waiters();
   }
 
   // Wait until every input of `drv` is done; false if one was not realised.
@@ -592,9 +741,11 @@ private:
   {
     std::unique_lock lock(m_mutex);
     auto inputs = m_graph.input_indices(drv);
-    m_wake.wait(lock, [&] {
+    ++m_input_waiters;
+    m_inputs_wake.wait(lock, [&] {
       return std::all_of(inputs.begin(), inputs.end(), [&](size_t in) { return done(in); });
     });
+    --m_input_waiters;
     return !failed_input(drv);
   }
 
@@ -637,22 +788,31 @@ private:
   void
   work(ReadyQueue& queue, bool substituting)
   {
+    std::condition_variable& wake = substituting ? m_substitute_wake : m_build_wake;
+    unsigned& idle = substituting ? m_idle_substituters : m_idle_builders;
     std::unique_lock lock(m_mutex);
     while (true) {
-      m_wake.wait(lock, [&] { return !queue.empty() || m_unfinished == 0 || m_stopping; });
+      if (queue.empty() && m_unfinished != 0 && !m_stopping) {
+        ++idle;
+        wake.wait(lock, [&] { return !queue.empty() || m_unfinished == 0 || m_stopping; });
+        --idle;
+      }
       if (queue.empty() || (m_stopping && !m_options.keep_going)) {
         if (m_unfinished == 0 || m_stopping) {
-          m_wake.notify_all();
+          wake_waiters();
           return;
         }
         continue;
       }
       size_t drv = queue.pop_front();
+      if (!queue.empty() && idle > 0) {
+        wake.notify_one(); // more to do: the next idle worker takes it
+      }
       if (done(drv)) {
         continue; // skipped meanwhile
       }
       if (!substituting) {
-        m_running[drv] = 1; // its worker decides what becomes of it now
+        m_state[drv].running = true; // its worker decides what becomes of it now
       }
       Claim claim;
       if (m_hooks.claim) {
@@ -661,9 +821,9 @@ private:
         lock.lock();
       }
       if (claim.realised_elsewhere) {
-        m_running[drv] = 0;
+        m_state[drv].running = false;
         finish(drv, {StepStatus::present, ""});
-        m_wake.notify_all();
+        wake_waiters();
         continue;
       }
       std::string error = claim.error;
@@ -679,6 +839,7 @@ private:
           }
         }
       }
+      bool started_early = !early.empty();
       lock.unlock();
       started(drv, substituting ? StepKind::substituting : StepKind::building);
       try {
@@ -699,15 +860,15 @@ private:
         std::vector<size_t> unplanned;
         lock.lock();
         schedule_build(drv, unplanned);
-        m_wake.notify_all();
+        wake_waiters();
         lock.unlock();
         plan(unplanned);
         lock.lock();
         continue;
       }
-      lock.lock();
-      conclude(drv, substituting, error);
-      m_wake.notify_all();
+      lock_soon(lock);
+      conclude(drv, substituting, started_early, error);
+      wake_waiters(&queue); // this worker takes the next of its queue itself
     }
   }
 
@@ -739,21 +900,23 @@ private:
       if (token) {
         m_options.jobserver->release();
       }
-      m_running[drv] = 0;
+      m_state[drv].running = false;
       finish(drv, {StepStatus::skipped, "not started after an earlier failure"});
-      m_wake.notify_all();
+      wake_waiters();
       return false;
     }
     return true;
   }
 
   // With the lock held: record how a step that ran ended (`error` empty:
-  // it succeeded), and stop the build on a failure unless keep-going.
+  // it succeeded), and stop the build on a failure unless keep-going. Only
+  // a build that started early can have an input that failed since: the
+  // others started once all their inputs were realised.
   void
-  conclude(size_t drv, bool substituting, const std::string& error)
+  conclude(size_t drv, bool substituting, bool started_early, const std::string& error)
   {
-    m_running[drv] = 0;
-    if (auto input = substituting ? std::nullopt : failed_input(drv)) {
+    m_state[drv].running = false;
+    if (auto input = started_early ? failed_input(drv) : std::nullopt) {
       // Started early on an input that then failed: whatever it did is void.
       finish(drv, {StepStatus::skipped,
                    "input " + std::string(path(*input).name()) + " could not be realised"});
@@ -776,18 +939,18 @@ private:
   finish(size_t drv, StepResult result)
   {
     bool ok = result.status != StepStatus::failed && result.status != StepStatus::skipped;
-    m_results[drv] = std::move(result);
+    record(drv, std::move(result));
     --m_unfinished;
     for (size_t dependent : dependents(drv)) {
-      if (done(dependent) || m_plan[dependent] != Plan::build) {
+      if (done(dependent) || m_state[dependent].plan != Plan::build) {
         continue;
       }
       if (!ok) {
         skip(dependent, drv);
       } else if (starts_early_on(dependent, drv)) {
         continue; // counted when the early artifact was announced
-      } else if (--m_waiting[dependent] == 0) {
-        m_build_queue.push_back(dependent);
+      } else if (--m_state[dependent].waiting == 0) {
+        m_build_queue.push_back(dependent, m_state[dependent].priority);
       }
     }
   }
@@ -795,7 +958,7 @@ private:
   void
   skip(size_t drv, size_t because)
   {
-    if (done(drv) || m_running[drv]) {
+    if (done(drv) || m_state[drv].running) {
       return; // a running build finds out when it waits for its inputs
     }
     finish(drv, {StepStatus::skipped,
@@ -808,17 +971,63 @@ private:
     for (auto* queue : {&m_build_queue, &m_substitute_queue}) {
       queue->for_each([&](size_t drv) {
         if (!done(drv)) {
-          m_results[drv] = {StepStatus::skipped, why};
+          record(drv, {StepStatus::skipped, why});
           --m_unfinished;
         }
       });
       queue->clear();
     }
-    for (size_t drv = 0; drv < m_plan.size(); ++drv) {
-      if (m_plan[drv] == Plan::build && !done(drv) && m_waiting[drv] > 0) {
-        m_results[drv] = {StepStatus::skipped, why};
+    for (size_t drv = 0; drv < m_state.size(); ++drv) {
+      if (m_state[drv].plan == Plan::build && !done(drv) && m_state[drv].waiting > 0) {
+        record(drv, {StepStatus::skipped, why});
         --m_unfinished;
       }
+    }
+  }
+
+  // Takes the lock, trying for a little while before sleeping: it is held
+  // for a microsecond or two at a time, and between two processors a sleep
+  // and a wake-up cost ten times that.
+  static void
+  lock_soon(std::unique_lock<std::mutex>& lock)
+  {
+    for (int i = 0; i < 256; ++i) {
+      if (lock.try_lock()) {
+        return;
+      }
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause(); // tells the processor this is a wait
+#elif defined(__aarch64__)
+      asm volatile("yield");
+#endif
+    }
+    lock.lock();
+  }
+
+  // With the lock held, after a change of state: wakes those it may
+  // concern. An idle worker only where its queue has work (it passes the
+  // word on if there is more), all of them at the end. With builds that
+  // take no time, waking every thread at every step had them queue for
+  // the lock.
+  void
+  wake_waiters(const ReadyQueue* taken_by_caller = nullptr)
+  {
+    auto has_work_for_others = [&](const ReadyQueue& queue) {
+      return queue.size() > (&queue == taken_by_caller ? 1 : 0);
+    };
+    if (m_unfinished == 0 || m_stopping) {
+      m_build_wake.notify_all();
+      m_substitute_wake.notify_all();
+    } else {
+      if (m_idle_builders > 0 && has_work_for_others(m_build_queue)) {
+        m_build_wake.notify_one();
+      }
+      if (m_idle_substituters > 0 && has_work_for_others(m_substitute_queue)) {
+        m_substitute_wake.notify_one();
+      }
+    }
+    if (m_input_waiters > 0) {
+      m_inputs_wake.notify_all();
     }
   }
 
@@ -826,23 +1035,38 @@ private:
   const RealiseHooks& m_hooks;
   const RealiseOptions& m_options;
   std::mutex m_mutex;
-  std::condition_variable m_wake;
+  std::condition_variable m_build_wake;      // workers of the build queue
+  std::condition_variable m_substitute_wake; // of the substitution queue
+  std::condition_variable m_inputs_wake;     // builds waiting for their inputs
+  unsigned m_idle_builders = 0;              // waiting on m_build_wake
+  unsigned m_idle_substituters = 0;
+  unsigned m_input_waiters = 0;
+  // What each step reads and writes of a derivation, together: at 100k
+  // derivations, an array per field cost a cache miss per field (and the
+  // 16 bytes per derivation of 100k fit in the second-level cache).
+  struct DrvState
+  {
+    double priority = 0; // its cost plus that of its costliest chain of dependents
+    uint32_t waiting = 0; // a build: the inputs it waits for
+    Plan plan = Plan::unplanned;
+    bool running : 1 = false;  // a build its worker decides the fate of
+    bool early : 1 = false;    // a build whose early artifact is ready
+    bool done : 1 = false;     // has a result (m_results)
+    bool realised : 1 = false; // … which is not a failure or a skip
+  };
+  static_assert(sizeof(DrvState) == 16);
   // By derivation number:
-  std::vector<Plan> m_plan;
+  std::vector<DrvState> m_state;
   std::vector<std::optional<StepResult>> m_results;
-  std::vector<size_t> m_waiting;
   // The dependents of derivation i in the graph are m_dependents[
   // m_dependent_start[i] … m_dependent_start[i+1]): all of them, also those
   // not (or not yet) planned as builds, which readers pass over. One array,
   // built once: a vector per derivation, grown edge by edge as builds were
   // planned, was 300k allocations at 100k derivations.
   std::vector<size_t> m_dependent_start;
-  std::vector<size_t> m_dependents;
-  std::vector<double> m_priority;
-  std::vector<char> m_running;  // builds
-  std::vector<char> m_early;    // builds whose early artifact is ready
-  ReadyQueue m_build_queue{m_priority};
-  ReadyQueue m_substitute_queue{m_priority};
+  std::vector<uint32_t> m_dependents;
+  ReadyQueue m_build_queue;
+  ReadyQueue m_substitute_queue;
   size_t m_unfinished = 0;
   bool m_stopping = false;
 };

@@ -506,3 +506,86 @@ TEST_CASE("a build is prepared before it waits for a job token", "[graph][jobser
   CHECK(std::count(built.begin(), built.end(), "bad") == 0);
   CHECK(jobserver.available() == 1);
 }
+
+TEST_CASE("ready derivations go by priority, then in the order they became ready", "[graph]")
+{
+  // 50 leaves under one app, with costs that tie in groups of five: with
+  // one job, the costliest go first, and leaves of the same cost in the
+  // order they were made ready (their inputs' order: by path).
+  std::map<std::string, std::vector<std::string>> edges;
+  std::map<std::string, double> cost;
+  for (int i = 0; i < 50; ++i) {
+    std::string name = "leaf" + std::string(i < 10 ? "0" : "") + std::to_string(i);
+    edges["app"].push_back(name);
+    edges[name] = {};
+    cost[name] = (i * 7) % 10;
+  }
+  FakeGraph fake(edges);
+  auto graph = fake.graph({"app"});
+  Recorder r;
+  RealiseHooks hooks = r.hooks();
+  hooks.cost = [&](const StorePath& p) { return name_of(p) == "app" ? 1.0 : cost.at(name_of(p)); };
+  realise(graph, {FakeGraph::path("app")}, hooks, {});
+  REQUIRE(r.built.size() == 51);
+  CHECK(r.built.back() == "app");
+  for (size_t i = 1; i + 1 < r.built.size(); ++i) {
+    const auto& a = r.built[i - 1];
+    const auto& b = r.built[i];
+    INFO(a << " before " << b);
+    CHECK((cost.at(a) > cost.at(b) || (cost.at(a) == cost.at(b) && a < b)));
+  }
+}
+
+TEST_CASE("a graph numbers many derivations, and uses those lent to it in place", "[graph]")
+{
+  // A chain of 3000 (the index grows many times over), each also needing
+  // the first.
+  std::map<StorePath, Derivation> held;
+  std::vector<StorePath> paths;
+  for (int i = 0; i < 3000; ++i) {
+    paths.push_back(FakeGraph::path("n" + std::to_string(i)));
+    Derivation d;
+    d.name = "n" + std::to_string(i);
+    if (i > 0) {
+      d.input_drvs[paths[i - 1]] = {"out"};
+      d.input_drvs[paths[0]] = {"out"};
+    }
+    held.emplace(paths.back(), d);
+  }
+  size_t read = 0;
+  auto graph = BuildGraph::from_targets(
+    {paths.back()},
+    [&](const StorePath& p) {
+      ++read;
+      return held.at(p);
+    },
+    StoreDir(),
+    [&](const StorePath& p) -> const Derivation* {
+      // Lends every other one; the rest are read (copied).
+      return p.name().substr(1).front() % 2 == 0 ? &held.at(p) : nullptr;
+    });
+  REQUIRE(graph.size() == 3000);
+  size_t lent = 0;
+  for (const auto& p : paths) {
+    REQUIRE(graph.contains(p));
+    CHECK(graph.path(graph.index_of(p)) == p);
+    CHECK(graph.derivation(p).name == held.at(p).name);
+    lent += &graph.derivation(p) == &held.at(p) ? 1 : 0;
+  }
+  CHECK(lent + read == 3000);
+  CHECK(lent > 1000);
+  CHECK(read > 1000);
+  auto inputs = graph.input_indices(graph.index_of(paths[5]));
+  std::set<StorePath> named;
+  for (auto i : inputs) {
+    named.insert(graph.path(i));
+  }
+  CHECK(named == std::set<StorePath>{paths[4], paths[0]});
+  // A path the graph does not hold, even one whose hash part matches.
+  StorePath stranger = FakeGraph::path("stranger");
+  CHECK_FALSE(graph.contains(stranger));
+  CHECK_THROWS_AS(graph.index_of(stranger), std::out_of_range);
+  auto order = graph.topological_order();
+  CHECK(order.front() == paths[0]);
+  CHECK(order.back() == paths.back());
+}

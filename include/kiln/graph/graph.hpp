@@ -23,6 +23,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <cstdint>
 #include <set>
 #include <span>
 #include <string>
@@ -40,9 +41,16 @@ public:
 class BuildGraph
 {
 public:
-  // The closure of `targets` over input derivations, read with `read`.
+  // A derivation held elsewhere for at least as long as the graph (the
+  // graph keeps a pointer, not a copy), or nullptr.
+  using DrvLender = std::function<const Derivation*(const StorePath&)>;
+
+  // The closure of `targets` over input derivations: those `lend` holds
+  // (if set) are used in place, the others read with `read`. Copying
+  // derivations a frontend holds in memory cost a dozen scattered
+  // allocations each (their maps of inputs, outputs and environment).
   static BuildGraph from_targets(const std::vector<StorePath>& targets, const DrvReader& read,
-                                 const StoreDir& store_dir);
+                                 const StoreDir& store_dir, const DrvLender& lend = {});
   BuildGraph(BuildGraph&&) noexcept;
   BuildGraph& operator=(BuildGraph&&) noexcept;
   ~BuildGraph();
@@ -60,7 +68,7 @@ public:
   size_t index_of(const StorePath& drv) const;
   const StorePath& path(size_t index) const;
   // The numbers of the input derivations of derivation `index`.
-  std::span<const size_t> input_indices(size_t index) const;
+  std::span<const uint32_t> input_indices(size_t index) const;
   std::vector<size_t> topological_indices() const;
 
 private:
