@@ -84,8 +84,8 @@ to_string(StepStatus status)
 namespace {
 
 // Derivation numbers by path, for a graph that only grows: open addressing
-// over one array of (hash of the path, number) slots. A look-up reads one
-// slot, and the path itself only where the hashes match. (A node-based map
+// over one array of (key of the path, number) slots. A look-up reads one
+// slot, and the path itself only where the keys match. (A node-based map
 // reads a bucket, a node and the node's key on each step: at 100k
 // derivations each of those misses the cache.) The key is not the hash part
 // alone: paths that share one (made by hand, as tests do) must not make
