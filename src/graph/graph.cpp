@@ -437,7 +437,7 @@ class Realisation
 public:
   Realisation(const BuildGraph& graph, const RealiseHooks& hooks, const RealiseOptions& options)
     : m_graph(graph), m_hooks(hooks), m_options(options), m_state(graph.size()),
-      m_results(graph.size()), m_dependent_start(graph.size() + 1, 0)
+      m_dependent_start(graph.size() + 1, 0)
   {
     // The graph's edges reversed, in two passes: a count, then a fill.
     for (size_t drv = 0; drv < graph.size(); ++drv) {
@@ -497,9 +497,9 @@ public:
     // paths only where keys tie: comparing the strings at each of the
     // n log n steps misses the cache twice per step at 100k derivations.
     std::vector<std::pair<uint64_t, size_t>> realised;
-    realised.reserve(m_results.size());
-    for (size_t i = 0; i < m_results.size(); ++i) {
-      if (m_results[i]) {
+    realised.reserve(m_state.size());
+    for (size_t i = 0; i < m_state.size(); ++i) {
+      if (m_state[i].done) {
         realised.emplace_back(order_key(m_graph.path(i)), i);
       }
     }
@@ -511,7 +511,7 @@ public:
     });
     std::map<StorePath, StepResult> results;
     for (const auto& [key, i] : realised) {
-      results.emplace_hint(results.end(), m_graph.path(i), std::move(*m_results[i]));
+      results.emplace_hint(results.end(), m_graph.path(i), result_of(i));
     }
     return results;
   }
@@ -554,7 +554,7 @@ private:
   finished(size_t drv)
   {
     if (m_hooks.finished) {
-      m_hooks.finished(path(drv), *m_results[drv]);
+      m_hooks.finished(path(drv), result_of(drv));
     }
   }
 
@@ -563,10 +563,27 @@ private:
   record(size_t drv, StepResult result)
   {
     m_state[drv].done = true;
-    m_state[drv].realised =
-      result.status != StepStatus::failed && result.status != StepStatus::skipped;
-    m_results[drv] = std::move(result);
+    m_state[drv].status = static_cast<uint8_t>(result.status);
+    if (!result.error.empty()) {
+      m_errors[drv] = std::move(result.error);
+    }
   }
+
+  StepStatus
+  status_of(size_t drv) const
+  {
+    return static_cast<StepStatus>(m_state[drv].status);
+  }
+
+  // With the lock held (or after the workers are done): the result of `drv`,
+  // which has one.
+  StepResult
+  result_of(size_t drv) const
+  {
+    auto error = m_errors.find(drv);
+    return {status_of(drv), error == m_errors.end() ? std::string() : error->second};
+  }
+
 
   // With the lock held: has `drv` a result, and is it a failure?
   bool
@@ -577,7 +594,8 @@ private:
   bool
   not_realised(size_t drv) const
   {
-    return m_state[drv].done && !m_state[drv].realised;
+    return m_state[drv].done &&
+           (status_of(drv) == StepStatus::failed || status_of(drv) == StepStatus::skipped);
   }
 
   // Decide, level by level, what each needed derivation takes. Look-ups of
@@ -1051,13 +1069,15 @@ private:
     Plan plan = Plan::unplanned;
     bool running : 1 = false;  // a build its worker decides the fate of
     bool early : 1 = false;    // a build whose early artifact is ready
-    bool done : 1 = false;     // has a result (m_results)
-    bool realised : 1 = false; // … which is not a failure or a skip
+    bool done : 1 = false;     // has a result: `status`, and its error in m_errors
+    uint8_t status = 0; // a StepStatus, once done
   };
   static_assert(sizeof(DrvState) == 16);
   // By derivation number:
   std::vector<DrvState> m_state;
-  std::vector<std::optional<StepResult>> m_results;
+  // The errors of failed and skipped steps (few: an array of them for
+  // every derivation was one more cache miss per step at 100k).
+  std::unordered_map<size_t, std::string> m_errors;
   // The dependents of derivation i in the graph are m_dependents[
   // m_dependent_start[i] … m_dependent_start[i+1]): all of them, also those
   // not (or not yet) planned as builds, which readers pass over. One array,
