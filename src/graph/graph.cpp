@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 namespace kiln {
@@ -584,7 +585,6 @@ private:
     return {status_of(drv), error == m_errors.end() ? std::string() : error->second};
   }
 
-
   // With the lock held: has `drv` a result, and is it a failure?
   bool
   done(size_t drv) const
@@ -956,8 +956,8 @@ private:
   void
   finish(size_t drv, StepResult result)
   {
-    bool ok = result.status != StepStatus::failed && result.status != StepStatus::skipped;
     record(drv, std::move(result));
+    bool ok = !not_realised(drv);
     --m_unfinished;
     for (size_t dependent : dependents(drv)) {
       if (done(dependent) || m_state[dependent].plan != Plan::build) {
@@ -1060,8 +1060,7 @@ private:
   unsigned m_idle_substituters = 0;
   unsigned m_input_waiters = 0;
   // What each step reads and writes of a derivation, together: at 100k
-  // derivations, an array per field cost a cache miss per field (and the
-  // 16 bytes per derivation of 100k fit in the second-level cache).
+  // derivations, an array per field cost a cache miss per field.
   struct DrvState
   {
     double priority = 0; // its cost plus that of its costliest chain of dependents

@@ -20,10 +20,10 @@
 #include <kiln/derivation/derivation.hpp>
 #include <kiln/util/error.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <cstdint>
 #include <set>
 #include <span>
 #include <string>
