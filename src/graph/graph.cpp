@@ -13,6 +13,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <stdexcept>
 #include <optional>
 #include <thread>
 #include <unordered_map>
@@ -24,8 +25,11 @@ namespace {
 
 // Edges point from a derivation to its inputs, so a topological sort lists
 // inputs first. Compressed rows: a few flat arrays, whatever the size (an
-// adjacency list allocates a vector per derivation).
-using Graph = boost::compressed_sparse_row_graph<boost::directedS>;
+// adjacency list allocates a vector per derivation); 32-bit vertices, as
+// the graph numbers them.
+using Graph = boost::compressed_sparse_row_graph<boost::directedS, boost::no_property,
+                                                 boost::no_property, boost::no_property,
+                                                 uint32_t, size_t>;
 using Vertex = boost::graph_traits<Graph>::vertex_descriptor;
 using Edge = boost::graph_traits<Graph>::edge_descriptor;
 
@@ -202,12 +206,17 @@ struct BuildGraph::Impl
   // each, and at 100k derivations the memory they scatter is what grows).
   std::vector<size_t> input_start{0};
   std::vector<uint32_t> inputs; // (numbers < 2^32: the graph refuses more)
+  // The same edges for Boost's searches, made once with the graph: made at
+  // each sort, it copied every edge twice per call.
+  Graph edges;
   StoreDir store_dir;
 };
 
-BuildGraph::BuildGraph() : m(std::make_unique<Impl>())
+BuildGraph::BuildGraph() : m(std::make_shared<Impl>())
 {
 }
+BuildGraph::BuildGraph(const BuildGraph&) = default;
+BuildGraph& BuildGraph::operator=(const BuildGraph&) = default;
 BuildGraph::BuildGraph(BuildGraph&&) noexcept = default;
 BuildGraph& BuildGraph::operator=(BuildGraph&&) noexcept = default;
 BuildGraph::~BuildGraph() = default;
@@ -249,6 +258,15 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
     }
     g.input_start.push_back(g.inputs.size());
   }
+  // The rows are the derivations in order, so the edges come sorted.
+  std::vector<std::pair<uint32_t, uint32_t>> edges;
+  edges.reserve(g.inputs.size());
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    for (size_t k = g.input_start[i]; k < g.input_start[i + 1]; ++k) {
+      edges.emplace_back(static_cast<uint32_t>(i), g.inputs[k]);
+    }
+  }
+  g.edges = Graph(boost::edges_are_sorted, edges.begin(), edges.end(), g.nodes.size());
   return result;
 }
 
@@ -276,6 +294,16 @@ BuildGraph::index_of(const StorePath& drv) const
   size_t index = m->index.find(drv, m->nodes);
   if (index == PathIndex::k_none) {
     throw std::out_of_range("derivation " + drv.base() + " is not in the build graph");
+  }
+  return index;
+}
+
+std::optional<size_t>
+BuildGraph::find(const StorePath& drv) const
+{
+  size_t index = m->index.find(drv, m->nodes);
+  if (index == PathIndex::k_none) {
+    return std::nullopt;
   }
   return index;
 }
@@ -310,15 +338,7 @@ BuildGraph::topological_order() const
 std::vector<size_t>
 BuildGraph::topological_indices() const
 {
-  // The rows are the derivations in order, so the edges come sorted.
-  std::vector<std::pair<size_t, size_t>> edges;
-  edges.reserve(m->inputs.size());
-  for (size_t i = 0; i < m->nodes.size(); ++i) {
-    for (size_t j : input_indices(i)) {
-      edges.emplace_back(i, j);
-    }
-  }
-  Graph graph(boost::edges_are_sorted, edges.begin(), edges.end(), m->nodes.size());
+  const Graph& graph = m->edges;
   std::vector<Vertex> order;
   order.reserve(m->nodes.size());
   try {
@@ -458,7 +478,7 @@ public:
     }
   }
 
-  std::map<StorePath, StepResult>
+  StepResults
   run(const std::vector<StorePath>& targets)
   {
     // Refuse cycles before anything runs. Dependents first: a derivation's
@@ -491,44 +511,17 @@ public:
     for (auto& w : workers) {
       w.join();
     }
-    // Into the map in its order, each at the end: a hint makes an insert
-    // constant time, where a search from the root misses the cache at every
-    // level of a 100k-node tree.
-    // Sorted by a key of each path's first 8 bytes, read once, and by the
-    // paths only where keys tie: comparing the strings at each of the
-    // n log n steps misses the cache twice per step at 100k derivations.
-    std::vector<std::pair<uint64_t, size_t>> realised;
+    std::vector<std::pair<uint32_t, StepResult>> realised;
     realised.reserve(m_state.size());
     for (size_t i = 0; i < m_state.size(); ++i) {
       if (m_state[i].done) {
-        realised.emplace_back(order_key(m_graph.path(i)), i);
+        realised.emplace_back(static_cast<uint32_t>(i), result_of(i));
       }
     }
-    std::sort(realised.begin(), realised.end(), [&](const auto& a, const auto& b) {
-      if (a.first != b.first) {
-        return a.first < b.first;
-      }
-      return m_graph.path(a.second) < m_graph.path(b.second);
-    });
-    std::map<StorePath, StepResult> results;
-    for (const auto& [key, i] : realised) {
-      results.emplace_hint(results.end(), m_graph.path(i), result_of(i));
-    }
-    return results;
+    return StepResults(m_graph, std::move(realised));
   }
 
 private:
-  // Orders as the paths' first 8 bytes do (a hash part is 32 bytes).
-  static uint64_t
-  order_key(const StorePath& path)
-  {
-    uint64_t key = 0;
-    for (unsigned char c : path.hash_part().substr(0, sizeof key)) {
-      key = (key << 8) | c;
-    }
-    return key;
-  }
-
   std::span<const uint32_t>
   dependents(size_t drv) const
   {
@@ -1092,7 +1085,90 @@ private:
 
 } // namespace
 
-std::map<StorePath, StepResult>
+StepResults::StepResults(BuildGraph graph, std::vector<std::pair<uint32_t, StepResult>> results)
+  : m_position(graph.size(), UINT32_MAX)
+{
+  // In the order of the paths, as a map of them iterates. The sort compares
+  // a key of each path's first 8 bytes, read once, and the paths only where
+  // keys tie: comparing the strings at each of the n log n steps missed the
+  // cache twice per step at 100k derivations.
+  auto order_key = [&](uint32_t drv) {
+    uint64_t key = 0;
+    for (unsigned char c : graph.path(drv).hash_part().substr(0, sizeof key)) {
+      key = (key << 8) | c;
+    }
+    return key;
+  };
+  std::vector<std::pair<uint64_t, uint32_t>> order; // (key, place in `results`)
+  order.reserve(results.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (results[i].first >= graph.size()) {
+      throw std::invalid_argument("step results: no derivation number " +
+                                  std::to_string(results[i].first) + " in the graph");
+    }
+    order.emplace_back(order_key(results[i].first), static_cast<uint32_t>(i));
+  }
+  std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+    if (a.first != b.first) {
+      return a.first < b.first;
+    }
+    return graph.path(results[a.second].first) < graph.path(results[b.second].first);
+  });
+  m_entries.reserve(results.size());
+  for (const auto& [key, i] : order) {
+    auto& [drv, result] = results[i];
+    if (m_position[drv] != UINT32_MAX) {
+      throw std::invalid_argument("step results: derivation " + graph.path(drv).base() +
+                                  " given twice");
+    }
+    m_position[drv] = static_cast<uint32_t>(m_entries.size());
+    m_entries.push_back({drv, std::move(result)});
+  }
+  m_graph.emplace(std::move(graph));
+}
+
+StepResults::const_iterator
+StepResults::begin() const
+{
+  return {m_graph ? &*m_graph : nullptr, m_entries.data()};
+}
+
+StepResults::const_iterator
+StepResults::end() const
+{
+  return {m_graph ? &*m_graph : nullptr, m_entries.data() + m_entries.size()};
+}
+
+StepResults::const_iterator
+StepResults::find(const StorePath& drv) const
+{
+  if (!m_graph) {
+    return end();
+  }
+  auto index = m_graph->find(drv);
+  if (!index || m_position[*index] == UINT32_MAX) {
+    return end();
+  }
+  return {&*m_graph, m_entries.data() + m_position[*index]};
+}
+
+const StepResult&
+StepResults::at(const StorePath& drv) const
+{
+  auto it = find(drv);
+  if (it == end()) {
+    throw std::out_of_range("no step result for " + drv.base());
+  }
+  return it->second;
+}
+
+size_t
+StepResults::count(const StorePath& drv) const
+{
+  return find(drv) != end() ? 1 : 0;
+}
+
+StepResults
 realise(const BuildGraph& graph, const std::vector<StorePath>& targets, const RealiseHooks& hooks,
         const RealiseOptions& options)
 {

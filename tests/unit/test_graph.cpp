@@ -1,4 +1,5 @@
 #include <kiln/graph/graph.hpp>
+#include <kiln/hash/hash.hpp>
 #include <kiln/util/jobserver.hpp>
 
 #include <catch2/catch.hpp>
@@ -588,4 +589,75 @@ TEST_CASE("a graph numbers many derivations, and uses those lent to it in place"
   auto order = graph.topological_order();
   CHECK(order.front() == paths[0]);
   CHECK(order.back() == paths.back());
+}
+
+TEST_CASE("step results read as a map by path, and outlive their graph", "[graph]")
+{
+  // Paths with different hash parts, so that the order by path is not the
+  // order of the names or of the numbers.
+  auto path_of = [](const std::string& name) {
+    std::string hash = nix32_encode(
+      compress_hash(hash_string(HashAlgo::sha256, name).bytes(), StorePath::k_hash_len * 5 / 8));
+    return StorePath(hash + "-" + name + ".drv");
+  };
+  std::map<StorePath, Derivation> drvs;
+  std::vector<StorePath> all;
+  for (int i = 0; i < 40; ++i) {
+    Derivation d;
+    d.name = "n" + std::to_string(i);
+    d.outputs["out"] = {};
+    if (i > 0) {
+      d.input_drvs[all[static_cast<size_t>(i) / 2]] = {"out"};
+    }
+    all.push_back(path_of(d.name));
+    drvs.emplace(all.back(), d);
+  }
+  StepResults results;
+  CHECK(results.empty());
+  CHECK(results.find(all[0]) == results.end());
+  {
+    auto graph = BuildGraph::from_targets({all.back()}, [&](const StorePath& p) {
+      return drvs.at(p);
+    }, StoreDir());
+    RealiseHooks hooks;
+    hooks.is_present = [&](const StorePath& p) { return p == all[0]; };
+    hooks.build = [&](const StorePath& p, BuildContext&) {
+      if (p == all[1]) {
+        throw Error("no luck for n1");
+      }
+    };
+    RealiseOptions keep;
+    keep.keep_going = true;
+    results = realise(graph, {all.back()}, hooks, keep);
+    // A number twice, or one the graph does not have, is refused.
+    CHECK_THROWS_AS(StepResults(graph, {{0, {}}, {0, {}}}), std::invalid_argument);
+    CHECK_THROWS_AS(StepResults(graph, {{static_cast<uint32_t>(graph.size()), {}}}),
+                    std::invalid_argument);
+  } // the graph object is gone; the results keep what they name
+  // The chain to n39 is n39 → n19 → n9 → n4 → n2 → n1 → n0.
+  std::map<StorePath, StepStatus> expected;
+  for (int i : {39, 19, 9, 4, 2}) {
+    expected[all[static_cast<size_t>(i)]] = StepStatus::skipped;
+  }
+  expected[all[1]] = StepStatus::failed;
+  expected[all[0]] = StepStatus::present;
+  REQUIRE(results.size() == expected.size());
+  auto want = expected.begin();
+  for (const auto& [drv, result] : results) { // in the order of the paths
+    CHECK(drv == want->first);
+    CHECK(result.status == want->second);
+    ++want;
+  }
+  CHECK(results.at(all[1]).error.find("no luck for n1") != std::string::npos);
+  CHECK(results.at(all[2]).error.find("n1") != std::string::npos);
+  auto it = results.find(all[0]);
+  REQUIRE(it != results.end());
+  CHECK(it->first == all[0]);
+  CHECK(it->second.status == StepStatus::present);
+  CHECK(results.count(all[39]) == 1);
+  CHECK(results.count(all[3]) == 0); // in no chain to the target
+  CHECK(results.find(path_of("n99")) == results.end());
+  CHECK_THROWS_AS(results.at(path_of("n99")), std::out_of_range);
+  StepResults moved = std::move(results);
+  CHECK(moved.at(all[0]).status == StepStatus::present);
 }

@@ -142,7 +142,7 @@ struct BuildOptions
 struct BuildResult
 {
   // What happened to each derivation considered.
-  std::map<StorePath, StepResult> steps;
+  StepResults steps;
   size_t pushed = 0;                   // paths uploaded to BuildOptions::push_to
   std::vector<std::string> push_errors;
   // Did every one of `drvs` end present, substituted or built?
