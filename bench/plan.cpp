@@ -11,6 +11,7 @@
 //   kiln-bench-plan [N...]        (default 1000 10000 100000)
 #include <kiln/graph/graph.hpp>
 
+#include <malloc.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -111,6 +112,14 @@ sample_in_child(size_t n, size_t repeat)
   }
   if (pid == 0) {
     close(fds[0]);
+    // Freed memory stays in the process (blocks up to 32 MB from the heap,
+    // no trimming), so that the plan before the samples has mapped what
+    // they use: by default glibc gives large blocks back to the kernel on
+    // free, and this VM takes about 10 µs to map each page again, so a
+    // change in which allocations happened to reuse freed memory moved
+    // milliseconds between phases.
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     int status = 0;
     try {
       SyntheticGraph g(n);
