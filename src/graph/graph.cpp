@@ -131,6 +131,31 @@ public:
     }
   }
 
+  // What find(path) will read first, on its way into the cache.
+  void
+  prefetch(const StorePath& path) const
+  {
+    if (!m_slots.empty()) {
+      __builtin_prefetch(&m_slots[slot_of(key_of(path))]);
+    }
+  }
+  // The number find(path) will compare `path` with first, or k_none: its
+  // node's path can then be on its way into the cache.
+  size_t
+  candidate(const StorePath& path) const
+  {
+    if (m_slots.empty()) {
+      return k_none;
+    }
+    uint64_t key = key_of(path);
+    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
+      const Slot& slot = m_slots[i];
+      if (slot.number == k_none || slot.key == key) {
+        return slot.number;
+      }
+    }
+  }
+
   // Records that `path` is nodes[number]; it must not be there yet.
   void
   insert(const StorePath& path, size_t number)
@@ -250,13 +275,46 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
   for (const auto& target : targets) {
     number(target);
   }
-  for (size_t i = 0; i < g.nodes.size(); ++i) {
-    const Derivation* lent = lend ? lend(g.nodes[i]) : nullptr;
-    g.drvs.push_back(lent ? lent : &g.read_here.emplace_back(read(g.nodes[i])));
-    for (const auto& [input, outputs] : g.drvs.back()->input_drvs) {
-      g.inputs.push_back(number(input));
+  // Numbering an input is two or three look-ups into memory that outgrows
+  // the caches at 100k derivations (its slot in the index, the node's path
+  // to compare). A batch of derivations is read in stages, each fetching
+  // ahead what the next reads, so that the batch's cache misses overlap
+  // instead of following one another; then its inputs are numbered, in the
+  // same order as one by one.
+  constexpr size_t k_batch = 16;
+  std::vector<const StorePath*> batch_inputs;
+  std::vector<size_t> candidates;
+  for (size_t first = 0; first < g.nodes.size();) {
+    size_t end = std::min(g.nodes.size(), first + k_batch);
+    batch_inputs.clear();
+    for (size_t i = first; i < end; ++i) {
+      const Derivation* lent = lend ? lend(g.nodes[i]) : nullptr;
+      g.drvs.push_back(lent ? lent : &g.read_here.emplace_back(read(g.nodes[i])));
+      for (const auto& [input, outputs] : g.drvs.back()->input_drvs) {
+        batch_inputs.push_back(&input);
+        g.index.prefetch(input);
+      }
     }
-    g.input_start.push_back(g.inputs.size());
+    candidates.clear();
+    for (const StorePath* input : batch_inputs) {
+      candidates.push_back(g.index.candidate(*input));
+      if (candidates.back() != PathIndex::k_none) {
+        __builtin_prefetch(&g.nodes[candidates.back()]);
+      }
+    }
+    for (size_t known : candidates) {
+      if (known != PathIndex::k_none) {
+        __builtin_prefetch(g.nodes[known].base().data());
+      }
+    }
+    const StorePath* const* input = batch_inputs.data();
+    for (size_t i = first; i < end; ++i) {
+      for (size_t n = g.drvs[i]->input_drvs.size(); n > 0; --n) {
+        g.inputs.push_back(number(**input++));
+      }
+      g.input_start.push_back(g.inputs.size());
+    }
+    first = end;
   }
   // The rows are the derivations in order, so the edges come sorted.
   std::vector<std::pair<uint32_t, uint32_t>> edges;
