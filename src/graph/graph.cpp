@@ -13,8 +13,8 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <stdexcept>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -1182,19 +1182,19 @@ StepResults::StepResults(BuildGraph graph, std::vector<std::pair<uint32_t, StepR
     m_position[drv] = static_cast<uint32_t>(m_entries.size());
     m_entries.push_back({drv, std::move(result)});
   }
-  m_graph.emplace(std::move(graph));
+  m_graph = std::make_shared<const BuildGraph>(std::move(graph));
 }
 
 StepResults::const_iterator
 StepResults::begin() const
 {
-  return {m_graph ? &*m_graph : nullptr, m_entries.data()};
+  return {m_graph.get(), m_entries.data()};
 }
 
 StepResults::const_iterator
 StepResults::end() const
 {
-  return {m_graph ? &*m_graph : nullptr, m_entries.data() + m_entries.size()};
+  return {m_graph.get(), m_entries.data() + m_entries.size()};
 }
 
 StepResults::const_iterator
@@ -1207,7 +1207,7 @@ StepResults::find(const StorePath& drv) const
   if (!index || m_position[*index] == UINT32_MAX) {
     return end();
   }
-  return {&*m_graph, m_entries.data() + m_position[*index]};
+  return {m_graph.get(), m_entries.data() + m_position[*index]};
 }
 
 const StepResult&

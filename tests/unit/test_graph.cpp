@@ -658,6 +658,8 @@ TEST_CASE("step results read as a map by path, and outlive their graph", "[graph
   CHECK(results.count(all[3]) == 0); // in no chain to the target
   CHECK(results.find(path_of("n99")) == results.end());
   CHECK_THROWS_AS(results.at(path_of("n99")), std::out_of_range);
+  auto first = results.begin();
   StepResults moved = std::move(results);
   CHECK(moved.at(all[0]).status == StepStatus::present);
+  CHECK(first->first == moved.begin()->first); // an iterator survives the move
 }

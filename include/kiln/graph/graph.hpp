@@ -101,7 +101,7 @@ struct StepResult
 // of their paths (as a std::map<StorePath, StepResult> would hold them).
 // Derivations are kept as their numbers in the graph, which the results
 // share: at 100k derivations, a map node and a copy of the path per entry
-// were a third of the scheduler's time, and grew faster than the graph.
+// were about half of the schedule's own time, and grew faster than the graph.
 class StepResults
 {
   struct Entry
@@ -195,7 +195,8 @@ public:
   }
 
 private:
-  std::optional<BuildGraph> m_graph;
+  // (held apart, so that iterators survive a move of the results)
+  std::shared_ptr<const BuildGraph> m_graph;
   std::vector<Entry> m_entries;     // in the order of their paths
   std::vector<uint32_t> m_position; // by derivation number: its place in m_entries, or none
 };
