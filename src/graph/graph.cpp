@@ -116,19 +116,7 @@ public:
   size_t
   find(const StorePath& path, const std::vector<StorePath>& nodes) const
   {
-    if (m_slots.empty()) {
-      return k_none;
-    }
-    uint64_t key = key_of(path);
-    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
-      const Slot& slot = m_slots[i];
-      if (slot.number == k_none) {
-        return k_none;
-      }
-      if (slot.key == key && nodes[slot.number] == path) {
-        return slot.number;
-      }
-    }
+    return probe(path, [&](size_t number) { return nodes[number] == path; });
   }
 
   // What find(path) will read first, on its way into the cache.
@@ -144,16 +132,7 @@ public:
   size_t
   candidate(const StorePath& path) const
   {
-    if (m_slots.empty()) {
-      return k_none;
-    }
-    uint64_t key = key_of(path);
-    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
-      const Slot& slot = m_slots[i];
-      if (slot.number == k_none || slot.key == key) {
-        return slot.number;
-      }
-    }
+    return probe(path, [](size_t) { return true; });
   }
 
   // Records that `path` is nodes[number]; it must not be there yet.
@@ -173,6 +152,27 @@ private:
     uint64_t key = 0;
     size_t number = k_none;
   };
+
+  // The number of the first slot on `path`'s probe sequence whose key is
+  // its key and whose number `is_path` accepts, or k_none at an empty slot.
+  template <typename IsPath>
+  size_t
+  probe(const StorePath& path, IsPath is_path) const
+  {
+    if (m_slots.empty()) {
+      return k_none;
+    }
+    uint64_t key = key_of(path);
+    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
+      const Slot& slot = m_slots[i];
+      if (slot.number == k_none) {
+        return k_none;
+      }
+      if (slot.key == key && is_path(slot.number)) {
+        return slot.number;
+      }
+    }
+  }
 
   // 8 bytes of the hash part, mixed with the last 8 of the name (a path's
   // base name is at least 34 bytes long).
@@ -337,7 +337,7 @@ BuildGraph::size() const
 bool
 BuildGraph::contains(const StorePath& drv) const
 {
-  return m->index.find(drv, m->nodes) != PathIndex::k_none;
+  return find(drv).has_value();
 }
 
 const Derivation&
@@ -349,11 +349,11 @@ BuildGraph::derivation(const StorePath& drv) const
 size_t
 BuildGraph::index_of(const StorePath& drv) const
 {
-  size_t index = m->index.find(drv, m->nodes);
-  if (index == PathIndex::k_none) {
+  auto index = find(drv);
+  if (!index) {
     throw std::out_of_range("derivation " + drv.base() + " is not in the build graph");
   }
-  return index;
+  return *index;
 }
 
 std::optional<size_t>
