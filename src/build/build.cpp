@@ -825,7 +825,7 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
   realise_options.keep_going = options.keep_going;
   realise_options.jobserver = realiser.jobserver();
   BuildResult result;
-  result.steps = realise(graph, drvs, hooks, realise_options);
+  result.steps = realise(graph, hooks, realise_options); // the graph's targets: `drvs`
   realiser.report_pushes(result);
   return result;
 }

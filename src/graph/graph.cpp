@@ -7,12 +7,14 @@
 #include <boost/graph/topological_sort.hpp>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -223,6 +225,7 @@ private:
 struct BuildGraph::Impl
 {
   std::vector<StorePath> nodes;
+  size_t target_count = 0; // the first nodes
   PathIndex index;
   std::vector<const Derivation*> drvs; // lent, or in `read_here`
   std::deque<Derivation> read_here;     // (a deque: they stay in place)
@@ -272,9 +275,18 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
     g.nodes.push_back(path);
     return static_cast<uint32_t>(g.nodes.size() - 1);
   };
-  for (const auto& target : targets) {
-    number(target);
+  // The targets' paths are wherever the caller's strings are: each is
+  // fetched 16 targets ahead, and its slot in the index 8 ahead.
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (i + 16 < targets.size()) {
+      __builtin_prefetch(targets[i + 16].base().data());
+    }
+    if (i + 8 < targets.size()) {
+      g.index.prefetch(targets[i + 8]);
+    }
+    number(targets[i]);
   }
+  g.target_count = g.nodes.size();
   // Numbering an input is two or three look-ups into memory that outgrows
   // the caches at 100k derivations (its slot in the index, the node's path
   // to compare). A batch of derivations is read in stages, each fetching
@@ -332,6 +344,12 @@ size_t
 BuildGraph::size() const
 {
   return m->nodes.size();
+}
+
+size_t
+BuildGraph::target_count() const
+{
+  return m->target_count;
 }
 
 bool
@@ -536,8 +554,9 @@ public:
     }
   }
 
+  // `frontier`: the targets, by number.
   StepResults
-  run(const std::vector<StorePath>& targets)
+  run(std::vector<size_t> frontier)
   {
     // Refuse cycles before anything runs. Dependents first: a derivation's
     // priority is its cost plus that of its costliest chain of dependents.
@@ -549,11 +568,6 @@ public:
       for (size_t input : m_graph.input_indices(*it)) {
         chain[input] = std::max(chain[input], mine);
       }
-    }
-    std::vector<size_t> frontier;
-    frontier.reserve(targets.size());
-    for (const auto& target : targets) {
-      frontier.push_back(m_graph.index_of(target));
     }
     plan(std::move(frontier));
     std::vector<std::thread> workers;
@@ -1143,13 +1157,46 @@ private:
 
 } // namespace
 
+namespace {
+
+// Sorts (key, value) pairs by key, keeping the order of equal keys: a
+// pass per byte of the key, the least significant first, passing over
+// bytes all keys share. Linear in the count: std::sort's n log n steps,
+// each comparing two items far apart in memory, grew faster than the graph.
+void
+sort_by_key(std::vector<std::pair<uint64_t, uint32_t>>& items)
+{
+  std::array<std::array<size_t, 256>, 8> counts{};
+  for (const auto& item : items) {
+    for (unsigned byte = 0; byte < 8; ++byte) {
+      ++counts[byte][(item.first >> (8 * byte)) & 0xff];
+    }
+  }
+  std::vector<std::pair<uint64_t, uint32_t>> sorted(items.size());
+  for (unsigned byte = 0; byte < 8; ++byte) {
+    auto& count = counts[byte];
+    if (std::find(count.begin(), count.end(), items.size()) != count.end()) {
+      continue; // every key has the same byte here
+    }
+    size_t start = 0;
+    for (auto& c : count) {
+      start += std::exchange(c, start);
+    }
+    for (const auto& item : items) {
+      sorted[count[(item.first >> (8 * byte)) & 0xff]++] = item;
+    }
+    items.swap(sorted);
+  }
+}
+
+} // namespace
+
 StepResults::StepResults(BuildGraph graph, std::vector<std::pair<uint32_t, StepResult>> results)
   : m_position(graph.size(), UINT32_MAX)
 {
-  // In the order of the paths, as a map of them iterates. The sort compares
-  // a key of each path's first 8 bytes, read once, and the paths only where
-  // keys tie: comparing the strings at each of the n log n steps missed the
-  // cache twice per step at 100k derivations.
+  // In the order of the paths, as a map of them iterates: sorted by a key
+  // of each path's first 8 bytes, read once, and by the paths themselves
+  // only where keys tie.
   auto order_key = [&](uint32_t drv) {
     uint64_t key = 0;
     for (unsigned char c : graph.path(drv).hash_part().substr(0, sizeof key)) {
@@ -1166,12 +1213,16 @@ StepResults::StepResults(BuildGraph graph, std::vector<std::pair<uint32_t, StepR
     }
     order.emplace_back(order_key(results[i].first), static_cast<uint32_t>(i));
   }
-  std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
-    if (a.first != b.first) {
-      return a.first < b.first;
+  sort_by_key(order);
+  for (auto tie = order.begin(); tie != order.end();) {
+    auto end = std::find_if(tie, order.end(), [&](const auto& o) { return o.first != tie->first; });
+    if (end - tie > 1) {
+      std::sort(tie, end, [&](const auto& a, const auto& b) {
+        return graph.path(results[a.second].first) < graph.path(results[b.second].first);
+      });
     }
-    return graph.path(results[a.second].first) < graph.path(results[b.second].first);
-  });
+    tie = end;
+  }
   m_entries.reserve(results.size());
   for (const auto& [key, i] : order) {
     auto& [drv, result] = results[i];
@@ -1230,8 +1281,22 @@ StepResults
 realise(const BuildGraph& graph, const std::vector<StorePath>& targets, const RealiseHooks& hooks,
         const RealiseOptions& options)
 {
+  std::vector<size_t> frontier;
+  frontier.reserve(targets.size());
+  for (const auto& target : targets) {
+    frontier.push_back(graph.index_of(target));
+  }
   Realisation realisation(graph, hooks, options);
-  return realisation.run(targets);
+  return realisation.run(std::move(frontier));
+}
+
+StepResults
+realise(const BuildGraph& graph, const RealiseHooks& hooks, const RealiseOptions& options)
+{
+  std::vector<size_t> frontier(graph.target_count());
+  std::iota(frontier.begin(), frontier.end(), size_t{0});
+  Realisation realisation(graph, hooks, options);
+  return realisation.run(std::move(frontier));
 }
 
 } // namespace kiln

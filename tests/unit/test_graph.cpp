@@ -11,6 +11,8 @@
 #include <chrono>
 #include <filesystem>
 #include <mutex>
+#include <random>
+#include <set>
 #include <thread>
 
 using namespace kiln;
@@ -662,4 +664,68 @@ TEST_CASE("step results read as a map by path, and outlive their graph", "[graph
   StepResults moved = std::move(results);
   CHECK(moved.at(all[0]).status == StepStatus::present);
   CHECK(first->first == moved.begin()->first); // an iterator survives the move
+}
+
+TEST_CASE("realise takes the graph's own targets, and its results come in the paths' order",
+          "[graph]")
+{
+  // 2000 derivations, each with inputs among the earlier ones. One in five
+  // shares a hash part with the others of its kind, so that the results'
+  // sort keys tie and the whole path must decide.
+  std::map<StorePath, Derivation> drvs;
+  std::vector<StorePath> all;
+  std::mt19937 rng(7);
+  for (size_t i = 0; i < 2000; ++i) {
+    std::string name = "m" + std::to_string(i);
+    std::string hash = i % 5 == 0 ? std::string(StorePath::k_hash_len, '1')
+                                  : nix32_encode(compress_hash(
+                                      hash_string(HashAlgo::sha256, name).bytes(),
+                                      StorePath::k_hash_len * 5 / 8));
+    Derivation d;
+    d.name = name;
+    d.outputs["out"] = {};
+    for (int k = 0; k < 2 && i > 0; ++k) {
+      d.input_drvs[all[rng() % i]] = {"out"};
+    }
+    all.push_back(StorePath(hash + "-" + name + ".drv"));
+    drvs.emplace(all.back(), d);
+  }
+  // The last 100 are the targets, the first of them given twice.
+  std::vector<StorePath> targets(all.end() - 100, all.end());
+  targets.push_back(targets.front());
+  auto graph = BuildGraph::from_targets(
+    targets, [&](const StorePath& p) { return drvs.at(p); }, StoreDir(),
+    [&](const StorePath& p) { return &drvs.at(p); });
+  REQUIRE(graph.target_count() == 100);
+  for (size_t i = 0; i < graph.target_count(); ++i) {
+    CHECK(graph.path(i) == all[1900 + i]);
+  }
+  std::mutex mutex;
+  std::multiset<StorePath> built;
+  RealiseHooks hooks;
+  hooks.is_present = [](const StorePath&) { return false; };
+  hooks.build = [&](const StorePath& p, BuildContext&) {
+    std::lock_guard guard(mutex);
+    built.insert(p);
+  };
+  auto by_graph = realise(graph, hooks, RealiseOptions{});
+  std::set<StorePath> closure;
+  for (size_t i = 0; i < graph.size(); ++i) {
+    closure.insert(graph.path(i));
+  }
+  CHECK(std::set<StorePath>(built.begin(), built.end()) == closure);
+  CHECK(built.size() == closure.size()); // each once
+  REQUIRE(by_graph.size() == closure.size());
+  auto want = closure.begin();
+  for (const auto& [drv, result] : by_graph) {
+    REQUIRE(drv == *want);
+    CHECK(result.status == StepStatus::built);
+    ++want;
+  }
+  // The same as naming the targets.
+  built.clear();
+  auto by_paths = realise(graph, targets, hooks, RealiseOptions{});
+  REQUIRE(by_paths.size() == by_graph.size());
+  CHECK(std::equal(by_paths.begin(), by_paths.end(), by_graph.begin(),
+                   [](const auto& a, const auto& b) { return a.first == b.first; }));
 }

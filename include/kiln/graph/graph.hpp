@@ -64,6 +64,9 @@ public:
   ~BuildGraph();
 
   size_t size() const;
+  // How many distinct targets the graph was made from: they are numbers
+  // 0 … target_count()-1, in the order first given.
+  size_t target_count() const;
   bool contains(const StorePath& drv) const;
   const Derivation& derivation(const StorePath& drv) const;
   // Inputs first; throws CycleError naming a cycle.
@@ -278,5 +281,10 @@ struct RealiseOptions
 // derivation that was considered.
 StepResults realise(const BuildGraph& graph, const std::vector<StorePath>& targets,
                     const RealiseHooks& hooks, const RealiseOptions& options);
+// The same for the targets the graph was made from, which it knows by
+// number: no look-up of each by path (at 100k targets, one more cache miss
+// each).
+StepResults realise(const BuildGraph& graph, const RealiseHooks& hooks,
+                    const RealiseOptions& options);
 
 } // namespace kiln
