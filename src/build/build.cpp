@@ -825,7 +825,8 @@ build_derivations(LocalStore& store, const std::vector<StorePath>& drvs,
   realise_options.keep_going = options.keep_going;
   realise_options.jobserver = realiser.jobserver();
   BuildResult result;
-  result.steps = realise(graph, hooks, realise_options); // the graph's targets: `drvs`
+  // The graph's targets: the `drvs` it was made from above.
+  result.steps = realise(graph, hooks, realise_options);
   realiser.report_pushes(result);
   return result;
 }

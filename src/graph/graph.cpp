@@ -276,13 +276,18 @@ BuildGraph::from_targets(const std::vector<StorePath>& targets, const DrvReader&
     return static_cast<uint32_t>(g.nodes.size() - 1);
   };
   // The targets' paths are wherever the caller's strings are: each is
-  // fetched 16 targets ahead, and its slot in the index 8 ahead.
+  // fetched well ahead, and its slot in the index later (finding the slot
+  // reads the path, which must be there by then).
+  constexpr size_t k_path_ahead = 16;
+  constexpr size_t k_slot_ahead = 8;
   for (size_t i = 0; i < targets.size(); ++i) {
-    if (i + 16 < targets.size()) {
-      __builtin_prefetch(targets[i + 16].base().data());
+    if (i + k_path_ahead < targets.size()) {
+      const std::string& ahead = targets[i + k_path_ahead].base();
+      __builtin_prefetch(ahead.data());
+      __builtin_prefetch(ahead.data() + ahead.size() - 1); // the index's key reads both ends
     }
-    if (i + 8 < targets.size()) {
-      g.index.prefetch(targets[i + 8]);
+    if (i + k_slot_ahead < targets.size()) {
+      g.index.prefetch(targets[i + k_slot_ahead]);
     }
     number(targets[i]);
   }
@@ -554,9 +559,8 @@ public:
     }
   }
 
-  // `frontier`: the targets, by number.
   StepResults
-  run(std::vector<size_t> frontier)
+  run(std::vector<size_t> targets)
   {
     // Refuse cycles before anything runs. Dependents first: a derivation's
     // priority is its cost plus that of its costliest chain of dependents.
@@ -569,7 +573,7 @@ public:
         chain[input] = std::max(chain[input], mine);
       }
     }
-    plan(std::move(frontier));
+    plan(std::move(targets));
     std::vector<std::thread> workers;
     for (unsigned i = 0; i < std::max(1u, m_options.substitution_jobs); ++i) {
       workers.emplace_back([this] { work(m_substitute_queue, true); });
@@ -1164,7 +1168,7 @@ namespace {
 // bytes all keys share. Linear in the count: std::sort's n log n steps,
 // each comparing two items far apart in memory, grew faster than the graph.
 void
-sort_by_key(std::vector<std::pair<uint64_t, uint32_t>>& items)
+radix_sort_by_key(std::vector<std::pair<uint64_t, uint32_t>>& items)
 {
   std::array<std::array<size_t, 256>, 8> counts{};
   for (const auto& item : items) {
@@ -1172,18 +1176,21 @@ sort_by_key(std::vector<std::pair<uint64_t, uint32_t>>& items)
       ++counts[byte][(item.first >> (8 * byte)) & 0xff];
     }
   }
-  std::vector<std::pair<uint64_t, uint32_t>> sorted(items.size());
+  std::vector<std::pair<uint64_t, uint32_t>> sorted;
   for (unsigned byte = 0; byte < 8; ++byte) {
-    auto& count = counts[byte];
-    if (std::find(count.begin(), count.end(), items.size()) != count.end()) {
+    // How many keys have each value of this byte; then where the next of
+    // them goes in `sorted`.
+    auto& place = counts[byte];
+    if (std::find(place.begin(), place.end(), items.size()) != place.end()) {
       continue; // every key has the same byte here
     }
     size_t start = 0;
-    for (auto& c : count) {
+    for (auto& c : place) {
       start += std::exchange(c, start);
     }
+    sorted.resize(items.size());
     for (const auto& item : items) {
-      sorted[count[(item.first >> (8 * byte)) & 0xff]++] = item;
+      sorted[place[(item.first >> (8 * byte)) & 0xff]++] = item;
     }
     items.swap(sorted);
   }
@@ -1213,15 +1220,16 @@ StepResults::StepResults(BuildGraph graph, std::vector<std::pair<uint32_t, StepR
     }
     order.emplace_back(order_key(results[i].first), static_cast<uint32_t>(i));
   }
-  sort_by_key(order);
-  for (auto tie = order.begin(); tie != order.end();) {
-    auto end = std::find_if(tie, order.end(), [&](const auto& o) { return o.first != tie->first; });
-    if (end - tie > 1) {
-      std::sort(tie, end, [&](const auto& a, const auto& b) {
+  radix_sort_by_key(order);
+  for (auto run = order.begin(); run != order.end();) { // a run of equal keys
+    auto run_end =
+      std::find_if(run, order.end(), [&](const auto& o) { return o.first != run->first; });
+    if (run_end - run > 1) {
+      std::sort(run, run_end, [&](const auto& a, const auto& b) {
         return graph.path(results[a.second].first) < graph.path(results[b.second].first);
       });
     }
-    tie = end;
+    run = run_end;
   }
   m_entries.reserve(results.size());
   for (const auto& [key, i] : order) {

@@ -671,16 +671,25 @@ TEST_CASE("realise takes the graph's own targets, and its results come in the pa
 {
   // 2000 derivations, each with inputs among the earlier ones. One in five
   // shares a hash part with the others of its kind, so that the results'
-  // sort keys tie and the whole path must decide.
+  // sort keys (the first 8 bytes) tie and the whole path must decide;
+  // another one in five shares the first 5 bytes, and differs in the next
+  // 3 (which the sort's last passes order).
   std::map<StorePath, Derivation> drvs;
   std::vector<StorePath> all;
   std::mt19937 rng(7);
+  const std::string alphabet = "0123456789abcdfghijklmnpqrsvwxyz"; // nix32
   for (size_t i = 0; i < 2000; ++i) {
     std::string name = "m" + std::to_string(i);
-    std::string hash = i % 5 == 0 ? std::string(StorePath::k_hash_len, '1')
-                                  : nix32_encode(compress_hash(
-                                      hash_string(HashAlgo::sha256, name).bytes(),
-                                      StorePath::k_hash_len * 5 / 8));
+    std::string hash = nix32_encode(compress_hash(hash_string(HashAlgo::sha256, name).bytes(),
+                                                  StorePath::k_hash_len * 5 / 8));
+    if (i % 5 == 0) {
+      hash = std::string(StorePath::k_hash_len, '1');
+    } else if (i % 5 == 1) {
+      hash.replace(0, 5, "zzzzz");
+      for (size_t k = 5; k < 8; ++k) {
+        hash[k] = alphabet[rng() % alphabet.size()];
+      }
+    }
     Derivation d;
     d.name = name;
     d.outputs["out"] = {};
@@ -722,10 +731,26 @@ TEST_CASE("realise takes the graph's own targets, and its results come in the pa
     CHECK(result.status == StepStatus::built);
     ++want;
   }
-  // The same as naming the targets.
+  // The same as naming the targets, with a failure this time.
   built.clear();
-  auto by_paths = realise(graph, targets, hooks, RealiseOptions{});
-  REQUIRE(by_paths.size() == by_graph.size());
-  CHECK(std::equal(by_paths.begin(), by_paths.end(), by_graph.begin(),
-                   [](const auto& a, const auto& b) { return a.first == b.first; }));
+  hooks.build = [&](const StorePath& p, BuildContext&) {
+    if (p == all[0]) {
+      throw Error("m0 fails");
+    }
+    std::lock_guard guard(mutex);
+    built.insert(p);
+  };
+  RealiseOptions keep_going;
+  keep_going.keep_going = true;
+  auto failed_by_graph = realise(graph, hooks, keep_going);
+  auto built_by_graph = std::exchange(built, {});
+  auto failed_by_paths = realise(graph, targets, hooks, keep_going);
+  CHECK(built == built_by_graph);
+  CHECK(failed_by_graph.at(all[0]).status == StepStatus::failed);
+  REQUIRE(failed_by_paths.size() == failed_by_graph.size());
+  CHECK(std::equal(failed_by_paths.begin(), failed_by_paths.end(), failed_by_graph.begin(),
+                   [](const auto& a, const auto& b) {
+                     return a.first == b.first && a.second.status == b.second.status &&
+                            a.second.error == b.second.error;
+                   }));
 }
