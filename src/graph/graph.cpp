@@ -1159,10 +1159,6 @@ private:
   bool m_stopping = false;
 };
 
-} // namespace
-
-namespace {
-
 // Sorts (key, value) pairs by key, keeping the order of equal keys: a
 // pass per byte of the key, the least significant first, passing over
 // bytes all keys share. Linear in the count: std::sort's n log n steps,
