@@ -1,6 +1,7 @@
 // Differential tests against the real cargo on real graphs: Debian's
-// packaged binary crates (hexyl in the default suite; bat, cbindgen and
-// bindgen, and a workspace of -sys crates, with `tests/cargo-differential`)
+// packaged binary crates (hexyl in the default suite; bat, cbindgen,
+// bindgen, pleaser, sniffglue and cargo, and a workspace of -sys crates,
+// with `tests/cargo-differential`)
 // built by cargo and by kiln — the same rustc command lines, and binaries
 // that behave the same.
 #include "support/cargo_oracle.hpp"
@@ -128,6 +129,25 @@ TEST_CASE("differential: bindgen", "[.differential]")
   test::write_file(scratch / "h.h", "struct point { int x; double y; };\nint area(struct point* p);\n");
   differential("bindgen-0.60.1", "bindgen",
                {{"--version"}, {(scratch / "h.h").string(), "--no-layout-tests"}});
+}
+
+// Three more of Debian's binary crates: a library with two binaries, a
+// packet sniffer on libpcap (pcap-sys, seccomp), and cargo itself (146
+// packages, with the -sys crates of libgit2, curl, libssh2, openssl and
+// zlib).
+TEST_CASE("differential: pleaser", "[.differential]")
+{
+  differential("pleaser-0.5.3", "please", {{"--help"}});
+}
+
+TEST_CASE("differential: sniffglue", "[.differential]")
+{
+  differential("sniffglue-0.15.0", "sniffglue", {{"--version"}, {"--help"}});
+}
+
+TEST_CASE("differential: cargo", "[.differential]")
+{
+  differential("cargo-0.66.0", "cargo", {{"--version"}, {"--list"}});
 }
 
 TEST_CASE("differential: a workspace of -sys crates, proc-macros and differing features",
