@@ -11,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include <future>
+#include <set>
 
 namespace kiln::cargo {
 
@@ -419,6 +420,18 @@ build_once(LocalStore& store, const CargoProject& project, const BuildOptions& o
   observer.planned(project.plan(), build.units);
   for (size_t r : project.plan().roots) {
     build.roots.push_back(build.units.units[r].drv);
+  }
+  // Every compile of a local package too, as cargo's target folder has
+  // them: its warnings are shown again when it is fresh. Otherwise a build
+  // script whose run a cache has would not be fetched, and its lints would
+  // go unshown in a fresh store.
+  std::set<size_t> roots(project.plan().roots.begin(), project.plan().roots.end());
+  for (size_t i = 0; i < project.plan().units.size(); ++i) {
+    const Unit& u = project.plan().units[i];
+    if (u.package->is_local() && !roots.count(i) && u.mode != UnitMode::run_custom_build &&
+        u.mode != UnitMode::doctest) {
+      build.roots.push_back(build.units.units[i].drv);
+    }
   }
   for (const auto& run : build.units.test_runs) {
     build.roots.push_back(run.drv);

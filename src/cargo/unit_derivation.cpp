@@ -294,9 +294,15 @@ compile_instructions(const UnitInputs& i, const std::string& metadata)
     }
   }
   auto [product, rename] = compile_product(i, metadata);
+  std::vector<std::string> args = rustc_args(i, metadata);
+  if (i.driver != "rustc") {
+    // As cargo runs a wrapper: `clippy-driver <rustc> args…` (clippy-driver
+    // drops the rustc path; `kiln clippy -v` then shows cargo's line).
+    args.insert(args.begin(), "@RUSTC@");
+  }
   json spec = {{"mode", "compile"},
                {"program", i.driver == "rustc" ? "@RUSTC@" : "@CLIPPY_DRIVER@"},
-               {"args", rustc_args(i, metadata)},
+               {"args", args},
                {"env", env},
                {"link_search_from", i.link_search_runs},
                {"own_script", i.own_run},

@@ -243,9 +243,14 @@ public:
     }
     in.primary = m_primary.count(pkg.id) > 0;
     in.driver = "rustc";
-    if (!m_ctx.clippy.empty() && pkg.is_member &&
-        (!m_ctx.clippy_selected_only || in.primary) &&
-        (u.mode == UnitMode::check || u.mode == UnitMode::check_test)) {
+    // cargo clippy makes clippy-driver the wrapper of every compile of a
+    // workspace member (RUSTC_WORKSPACE_WRAPPER): its build script and, for
+    // a proc-macro or a build-dependency, its compile for the host too are
+    // linted, not only its check. (With --no-deps, or lints capped,
+    // clippy-driver compiles as rustc does: kiln runs rustc for those.)
+    if (!m_ctx.clippy.empty() && pkg.is_member && !in.cap_lints &&
+        (!m_ctx.clippy_selected_only || in.primary) && u.mode != UnitMode::run_custom_build &&
+        u.mode != UnitMode::doctest) {
       in.driver = m_ctx.clippy;
       in.tool_args = m_ctx.clippy_args;
     }

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -133,6 +134,10 @@ CargoOutput::step_finished(const StorePath& drv, const StepResult& result)
   ++m_finished;
   m_built += result.status == StepStatus::built;
   m_substituted += result.status == StepStatus::substituted;
+  if (m_unshown.count(*unit)) {
+    show_output(*unit, true);
+    m_unshown.erase(*unit);
+  }
   if (m_live) {
     std::fprintf(stderr, "\r\x1b[K%s", status_bar().c_str());
     std::fflush(stderr);
@@ -155,14 +160,106 @@ CargoOutput::build_output(const StorePath& drv, std::string_view chunk)
   m_output[*unit].append(chunk);
   if (shows_output(*unit)) {
     m_shown.insert(*unit);
-    std::string text(chunk);
-    if (m_live) {
-      std::fprintf(stderr, "\r\x1b[K%s%s", text.c_str(), status_bar().c_str());
-    } else {
-      std::fputs(text.c_str(), stderr);
-    }
-    std::fflush(stderr);
+    m_unshown[*unit].append(chunk);
+    show_output(*unit, false);
   }
+}
+
+namespace {
+
+// Does `line` start one of rustc's rendered diagnostics ("warning: …",
+// "error[E0308]: …")?
+bool
+is_headline(std::string_view line)
+{
+  for (std::string_view level : {"warning", "error"}) {
+    if (line.starts_with(level) && line.size() > level.size() &&
+        (line[level.size()] == ':' || line[level.size()] == '[')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// rustc's closing counts ("2 warnings emitted", "aborting due to ..."),
+// which cargo does not pass on: the length of that first line of `text`,
+// or 0.
+size_t
+summary_length(std::string_view text)
+{
+  static const std::regex summary("(warning|error): ([0-9]+ warnings? emitted|aborting due to .*)");
+  size_t end = text.find('\n');
+  std::string line(text.substr(0, end));
+  if (!std::regex_match(line, summary)) {
+    return 0;
+  }
+  end = text.find_first_not_of('\n', end);
+  return end == std::string_view::npos ? text.size() : end;
+}
+
+} // namespace
+
+void
+CargoOutput::show_output(size_t unit, bool finished)
+{
+  std::string& text = m_unshown[unit];
+  std::string_view view(text);
+  // Lines start at 0 and after each newline; a headline starts a diagnostic.
+  auto next_line = [&](size_t from) {
+    size_t at = view.find('\n', from);
+    return at == std::string_view::npos ? view.size() : at + 1;
+  };
+  // Shown now: the whole diagnostics, those followed by another headline
+  // (the last may still grow), and complete lines outside any diagnostic;
+  // everything once the step is done.
+  size_t end = 0;
+  bool in_diagnostic = false;
+  for (size_t line = 0; line < view.size(); line = next_line(line)) {
+    if (is_headline(view.substr(line))) {
+      end = line;
+      in_diagnostic = true;
+    } else if (!in_diagnostic && next_line(line) <= view.size() &&
+               view.find('\n', line) != std::string_view::npos) {
+      end = next_line(line);
+    }
+  }
+  if (finished) {
+    end = view.size();
+  }
+  for (size_t start = 0; start < end;) {
+    // One diagnostic, or one line outside any.
+    size_t stop = next_line(start);
+    if (is_headline(view.substr(start))) {
+      while (stop < end && !is_headline(view.substr(stop))) {
+        stop = next_line(stop);
+      }
+    }
+    stop = std::min(stop, end);
+    show_diagnostic(std::string(view.substr(start, stop - start)));
+    start = stop;
+  }
+  text.erase(0, end);
+}
+
+void
+CargoOutput::show_diagnostic(std::string rendered)
+{
+  rendered.erase(0, summary_length(rendered));
+  if (rendered.empty()) {
+    return;
+  }
+  if (is_headline(rendered)) {
+    size_t last = rendered.find_last_not_of(" \n");
+    if (!m_diagnostics_shown.insert(rendered.substr(0, last + 1)).second) {
+      return;
+    }
+  }
+  if (m_live) {
+    std::fprintf(stderr, "\r\x1b[K%s%s", rendered.c_str(), status_bar().c_str());
+  } else {
+    std::fputs(rendered.c_str(), stderr);
+  }
+  std::fflush(stderr);
 }
 
 void
@@ -304,8 +401,12 @@ CargoOutput::replay_diagnostics(size_t unit, const cargo::CargoBuild& build)
   }
   fs::path output = m_store.physical_path(build.units.units[unit].out);
   for (const auto& d : stored_diagnostics(output)) {
-    std::cerr << (m_options.format == MessageFormat::short_ ? short_rendering(d)
-                                                            : d.value("rendered", ""));
+    std::string rendered = d.value("rendered", "");
+    size_t last = rendered.find_last_not_of(" \n");
+    if (!m_diagnostics_shown.insert(rendered.substr(0, last + 1)).second) {
+      continue; // shown for another unit
+    }
+    std::cerr << (m_options.format == MessageFormat::short_ ? short_rendering(d) : rendered);
   }
 }
 

@@ -208,3 +208,18 @@ fn main() {
                          ws / "target" / "kiln" / profile / "tool", {{"--times", "2"}, {"--help"}}, ws);
   }
 }
+
+// cargo check and cargo clippy on a big graph: every compile of the
+// package (its build script too) through clippy-driver, as cargo does.
+TEST_CASE("differential: cargo checked and linted", "[.differential]")
+{
+  TempDir dir;
+  auto project = debian_crate(dir, "cargo-0.66.0");
+  if (!project) {
+    return;
+  }
+  for (std::string command : {"check", "clippy"}) {
+    auto run = test::build_with_both(*project, {}, dir.path(), {}, command);
+    test::check_same_rustc_lines(run, command);
+  }
+}

@@ -111,6 +111,10 @@ rustc_lines(const std::string& verbose_output)
     auto argv = shell_words(line.substr(start + 9, line.size() - start - 10));
     if (!argv.empty() && fs::path(argv[0]).filename() == "rustc") {
       lines.insert(normalize(argv));
+    } else if (argv.size() > 1 && fs::path(argv[0]).filename() == "clippy-driver" &&
+               fs::path(argv[1]).filename() == "rustc") {
+      // cargo clippy's wrapper of the workspace's compiles
+      lines.insert("clippy-driver " + normalize({argv.begin() + 1, argv.end()}));
     }
   }
   return lines;

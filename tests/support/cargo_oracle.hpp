@@ -12,7 +12,8 @@
 
 namespace kiln::test {
 
-// The rustc command lines of a `-v` build's stderr ("Running `rustc ...`"),
+// The rustc command lines of a `-v` build's stderr ("Running `rustc ...`",
+// and cargo clippy's "Running `clippy-driver rustc ...`" as such),
 // normalized: output folders, -C metadata/extra-filename/incremental,
 // -L dependency=, --error-format/--json, --remap-path-prefix dropped;
 // --extern files by name without their hash; -L native= paths and absolute

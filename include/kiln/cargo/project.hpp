@@ -126,7 +126,9 @@ public:
 struct CargoBuild
 {
   InstantiatedPlan units;
-  std::vector<StorePath> roots;   // the root units' derivations
+  // The root units' derivations, and every compile of a local package
+  // (whose warnings are shown again when it is fresh).
+  std::vector<StorePath> roots;
   BuildResult result;
   // Did every root unit end present, substituted or built?
   bool succeeded() const;
