@@ -236,6 +236,11 @@ public:
     for (size_t nl; (nl = m_pending.find('\n', start)) != std::string::npos; start = nl + 1) {
       std::string_view line(m_pending.data() + start, nl - start);
       if (is_builder_message(line)) {
+        // What came before a message is passed on before it, in order.
+        if (!out.empty() && m_forward) {
+          m_forward(out);
+          out.clear();
+        }
         try {
           m_handle(nlohmann::json::parse(line.substr(k_builder_message_prefix.size())));
         } catch (const nlohmann::json::exception&) {

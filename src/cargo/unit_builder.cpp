@@ -197,7 +197,13 @@ rustc_message(const std::string& line, std::string& diagnostics,
     diagnostics += line + "\n";
     auto rendered = message.find("rendered");
     if (rendered != message.end() && rendered->is_string()) {
-      std::cerr << rendered->get<std::string>() << std::flush;
+      // Where it starts and ends, for kiln to show it whole (and once,
+      // however many units emit it, as cargo does).
+      std::string text = rendered->get<std::string>();
+      std::cerr << k_builder_message_prefix << json({{"action", "diagnostic-start"}}).dump()
+                << "\n"
+                << text << (text.ends_with('\n') ? "" : "\n") << k_builder_message_prefix
+                << json({{"action", "diagnostic-end"}}).dump() << std::endl;
     }
   }
 }

@@ -134,9 +134,9 @@ CargoOutput::step_finished(const StorePath& drv, const StepResult& result)
   ++m_finished;
   m_built += result.status == StepStatus::built;
   m_substituted += result.status == StepStatus::substituted;
-  if (m_unshown.count(*unit)) {
-    show_output(*unit, true);
-    m_unshown.erase(*unit);
+  if (auto held = m_diagnostic.find(*unit); held != m_diagnostic.end()) {
+    show_text(held->second); // a diagnostic whose end never came
+    m_diagnostic.erase(held);
   }
   if (m_live) {
     std::fprintf(stderr, "\r\x1b[K%s", status_bar().c_str());
@@ -160,26 +160,15 @@ CargoOutput::build_output(const StorePath& drv, std::string_view chunk)
   m_output[*unit].append(chunk);
   if (shows_output(*unit)) {
     m_shown.insert(*unit);
-    m_unshown[*unit].append(chunk);
-    show_output(*unit, false);
+    if (auto held = m_diagnostic.find(*unit); held != m_diagnostic.end()) {
+      held->second.append(chunk); // shown whole when it ends
+    } else {
+      show_text(std::string(chunk));
+    }
   }
 }
 
 namespace {
-
-// Does `line` start one of rustc's rendered diagnostics ("warning: …",
-// "error[E0308]: …")?
-bool
-is_headline(std::string_view line)
-{
-  for (std::string_view level : {"warning", "error"}) {
-    if (line.starts_with(level) && line.size() > level.size() &&
-        (line[level.size()] == ':' || line[level.size()] == '[')) {
-      return true;
-    }
-  }
-  return false;
-}
 
 // rustc's closing counts ("2 warnings emitted", "aborting due to ..."),
 // which cargo does not pass on: the length of that first line of `text`,
@@ -197,67 +186,36 @@ summary_length(std::string_view text)
   return end == std::string_view::npos ? text.size() : end;
 }
 
-} // namespace
-
-void
-CargoOutput::show_output(size_t unit, bool finished)
+// A diagnostic's text without its trailing blank lines: what tells two
+// apart.
+std::string
+diagnostic_key(const std::string& rendered)
 {
-  std::string& text = m_unshown[unit];
-  std::string_view view(text);
-  // Lines start at 0 and after each newline; a headline starts a diagnostic.
-  auto next_line = [&](size_t from) {
-    size_t at = view.find('\n', from);
-    return at == std::string_view::npos ? view.size() : at + 1;
-  };
-  // Shown now: the whole diagnostics, those followed by another headline
-  // (the last may still grow), and complete lines outside any diagnostic;
-  // everything once the step is done.
-  size_t end = 0;
-  bool in_diagnostic = false;
-  for (size_t line = 0; line < view.size(); line = next_line(line)) {
-    if (is_headline(view.substr(line))) {
-      end = line;
-      in_diagnostic = true;
-    } else if (!in_diagnostic && next_line(line) <= view.size() &&
-               view.find('\n', line) != std::string_view::npos) {
-      end = next_line(line);
-    }
-  }
-  if (finished) {
-    end = view.size();
-  }
-  for (size_t start = 0; start < end;) {
-    // One diagnostic, or one line outside any.
-    size_t stop = next_line(start);
-    if (is_headline(view.substr(start))) {
-      while (stop < end && !is_headline(view.substr(stop))) {
-        stop = next_line(stop);
-      }
-    }
-    stop = std::min(stop, end);
-    show_diagnostic(std::string(view.substr(start, stop - start)));
-    start = stop;
-  }
-  text.erase(0, end);
+  size_t last = rendered.find_last_not_of(" \n");
+  return last == std::string::npos ? std::string() : rendered.substr(0, last + 1);
 }
+
+} // namespace
 
 void
 CargoOutput::show_diagnostic(std::string rendered)
 {
   rendered.erase(0, summary_length(rendered));
-  if (rendered.empty()) {
+  if (!rendered.empty() && m_diagnostics_shown.insert(diagnostic_key(rendered)).second) {
+    show_text(rendered);
+  }
+}
+
+void
+CargoOutput::show_text(const std::string& text)
+{
+  if (text.empty()) {
     return;
   }
-  if (is_headline(rendered)) {
-    size_t last = rendered.find_last_not_of(" \n");
-    if (!m_diagnostics_shown.insert(rendered.substr(0, last + 1)).second) {
-      return;
-    }
-  }
   if (m_live) {
-    std::fprintf(stderr, "\r\x1b[K%s%s", rendered.c_str(), status_bar().c_str());
+    std::fprintf(stderr, "\r\x1b[K%s%s", text.c_str(), status_bar().c_str());
   } else {
-    std::fputs(rendered.c_str(), stderr);
+    std::fputs(text.c_str(), stderr);
   }
   std::fflush(stderr);
 }
@@ -266,8 +224,20 @@ void
 CargoOutput::builder_message(const StorePath& drv, const std::string& text)
 {
   json message = json::parse(text, nullptr, false);
-  if (m_options.verbose == 0 || m_options.quiet || !unit_of(drv) || !message.is_object() ||
-      message.value("action", "") != "command") {
+  std::string action = message.is_object() ? message.value("action", "") : "";
+  auto unit = unit_of(drv);
+  if (unit && shows_output(*unit) && action == "diagnostic-start") {
+    m_diagnostic[*unit].clear();
+    return;
+  }
+  if (unit && action == "diagnostic-end") {
+    if (auto held = m_diagnostic.find(*unit); held != m_diagnostic.end()) {
+      show_diagnostic(std::move(held->second));
+      m_diagnostic.erase(held);
+    }
+    return;
+  }
+  if (m_options.verbose == 0 || m_options.quiet || !unit || action != "command") {
     return;
   }
   // As cargo -v: Running `program args...`
@@ -402,8 +372,7 @@ CargoOutput::replay_diagnostics(size_t unit, const cargo::CargoBuild& build)
   fs::path output = m_store.physical_path(build.units.units[unit].out);
   for (const auto& d : stored_diagnostics(output)) {
     std::string rendered = d.value("rendered", "");
-    size_t last = rendered.find_last_not_of(" \n");
-    if (!m_diagnostics_shown.insert(rendered.substr(0, last + 1)).second) {
+    if (!m_diagnostics_shown.insert(diagnostic_key(rendered)).second) {
       continue; // shown for another unit
     }
     std::cerr << (m_options.format == MessageFormat::short_ ? short_rendering(d) : rendered);

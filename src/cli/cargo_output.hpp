@@ -68,13 +68,11 @@ private:
   void replay_diagnostics(size_t unit, const cargo::CargoBuild& build);
   void json_messages(size_t unit, const cargo::CargoBuild& build) const;
   bool shows_output(size_t unit) const;
-  // Shown live: what `unit` printed, its diagnostics whole (up to the next
-  // headline, or all when `finished`), the rest kept for later.
-  void show_output(size_t unit, bool finished);
   // Prints a diagnostic unless the same was shown already: as cargo does,
   // one that several units emit (a library built and checked, or compiled
   // again for its tests) is shown once. rustc's closing counts are not.
   void show_diagnostic(std::string rendered);
+  void show_text(const std::string& text);
 
   const cargo::CargoProject& m_project;
   const cargo::Plan& m_plan;
@@ -88,7 +86,9 @@ private:
   std::map<size_t, std::pair<Clock::time_point, Clock::time_point>> m_times;
   std::map<size_t, std::string> m_output;   // what each unit's build printed, as it came
   std::set<size_t> m_shown;                 // units whose diagnostics were shown live
-  std::map<size_t, std::string> m_unshown;  // what they printed that is not shown yet
+  // Units printing a diagnostic (between the builder's diagnostic-start and
+  // -end): what it printed of it so far.
+  std::map<size_t, std::string> m_diagnostic;
   std::set<std::string> m_diagnostics_shown;
 };
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include <iostream>
+#include <sstream>
 
 namespace kiln::cli {
 
@@ -272,7 +273,14 @@ register_build_commands(CLI::App& app, Context& ctx)
       if (!std::filesystem::exists(file, ec)) {
         throw Error("no build log for '" + store.print(drv) + "' in this store");
       }
-      std::cout << read_file(file);
+      // Without the marks a Cargo unit's builder puts around each
+      // diagnostic (for kiln to show it once).
+      std::istringstream lines(read_file(file));
+      for (std::string line; std::getline(lines, line);) {
+        if (!is_builder_message(line) || line.find("\"diagnostic-") == std::string::npos) {
+          std::cout << line << "\n";
+        }
+      }
       return 0;
     };
   });

@@ -82,8 +82,9 @@ struct InstantiateContext
   const BuildConfig& config;
   // Where source digests are remembered between runs.
   std::filesystem::path digest_dir;
-  // clippy-driver by content, for `kiln clippy` (workspace members' check
-  // units run through it, with these arguments); empty otherwise.
+  // clippy-driver by content, for `kiln clippy` (every compile of a
+  // workspace member runs through it, with these arguments); empty
+  // otherwise.
   std::string clippy{};
   std::vector<std::string> clippy_args{};
   bool clippy_selected_only = false;      // --no-deps: only the packages asked for
