@@ -227,7 +227,9 @@ CargoOutput::builder_message(const StorePath& drv, const std::string& text)
   std::string action = message.is_object() ? message.value("action", "") : "";
   auto unit = unit_of(drv);
   if (unit && shows_output(*unit) && action == "diagnostic-start") {
-    m_diagnostic[*unit].clear();
+    std::string& held = m_diagnostic[*unit];
+    show_text(held); // (one whose end never came)
+    held.clear();
     return;
   }
   if (unit && action == "diagnostic-end") {
@@ -372,7 +374,8 @@ CargoOutput::replay_diagnostics(size_t unit, const cargo::CargoBuild& build)
   fs::path output = m_store.physical_path(build.units.units[unit].out);
   for (const auto& d : stored_diagnostics(output)) {
     std::string rendered = d.value("rendered", "");
-    if (!m_diagnostics_shown.insert(diagnostic_key(rendered)).second) {
+    std::string key = diagnostic_key(rendered);
+    if (!key.empty() && !m_diagnostics_shown.insert(key).second) {
       continue; // shown for another unit
     }
     std::cerr << (m_options.format == MessageFormat::short_ ? short_rendering(d) : rendered);
