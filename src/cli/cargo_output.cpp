@@ -11,7 +11,6 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -171,19 +170,29 @@ CargoOutput::build_output(const StorePath& drv, std::string_view chunk)
 namespace {
 
 // rustc's closing counts ("2 warnings emitted", "aborting due to ..."),
-// which cargo does not pass on: the length of that first line of `text`,
-// or 0.
-size_t
-summary_length(std::string_view text)
+// which cargo does not pass on: a diagnostic's message.
+bool
+is_closing_count(std::string_view message)
 {
-  static const std::regex summary("(warning|error): ([0-9]+ warnings? emitted|aborting due to .*)");
+  return message.starts_with("aborting due to") || message.ends_with("warning emitted") ||
+         message.ends_with("warnings emitted");
+}
+
+// The length of `text`'s first line (and the blank lines after it) if it
+// is one of rustc's closing counts as rendered ("warning: 2 warnings
+// emitted"), else 0.
+size_t
+closing_count_length(std::string_view text)
+{
   size_t end = text.find('\n');
-  std::string line(text.substr(0, end));
-  if (!std::regex_match(line, summary)) {
-    return 0;
+  std::string_view line = text.substr(0, end);
+  for (std::string_view level : {"warning: ", "error: "}) {
+    if (line.starts_with(level) && is_closing_count(line.substr(level.size()))) {
+      end = text.find_first_not_of('\n', end);
+      return end == std::string_view::npos ? text.size() : end;
+    }
   }
-  end = text.find_first_not_of('\n', end);
-  return end == std::string_view::npos ? text.size() : end;
+  return 0;
 }
 
 // A diagnostic's text without its trailing blank lines: what tells two
@@ -197,11 +206,18 @@ diagnostic_key(const std::string& rendered)
 
 } // namespace
 
+bool
+CargoOutput::first_showing(const std::string& rendered)
+{
+  std::string key = diagnostic_key(rendered);
+  return key.empty() || m_diagnostics_shown.insert(key).second;
+}
+
 void
 CargoOutput::show_diagnostic(std::string rendered)
 {
-  rendered.erase(0, summary_length(rendered));
-  if (!rendered.empty() && m_diagnostics_shown.insert(diagnostic_key(rendered)).second) {
+  rendered.erase(0, closing_count_length(rendered));
+  if (first_showing(rendered)) {
     show_text(rendered);
   }
 }
@@ -287,10 +303,7 @@ namespace {
 bool
 is_summary(const json& d)
 {
-  std::string message = d.value("message", "");
-  bool spanless = d.value("spans", json::array()).empty();
-  return spanless && (message.starts_with("aborting due to") ||
-                      message.ends_with("warning emitted") || message.ends_with("warnings emitted"));
+  return d.value("spans", json::array()).empty() && is_closing_count(d.value("message", ""));
 }
 
 // rustc's diagnostics kept in a unit's output, one JSON object a line.
@@ -374,8 +387,7 @@ CargoOutput::replay_diagnostics(size_t unit, const cargo::CargoBuild& build)
   fs::path output = m_store.physical_path(build.units.units[unit].out);
   for (const auto& d : stored_diagnostics(output)) {
     std::string rendered = d.value("rendered", "");
-    std::string key = diagnostic_key(rendered);
-    if (!key.empty() && !m_diagnostics_shown.insert(key).second) {
+    if (!first_showing(rendered)) {
       continue; // shown for another unit
     }
     std::cerr << (m_options.format == MessageFormat::short_ ? short_rendering(d) : rendered);

@@ -72,6 +72,9 @@ private:
   // one that several units emit (a library built and checked, or compiled
   // again for its tests) is shown once. rustc's closing counts are not.
   void show_diagnostic(std::string rendered);
+  // Is `rendered` a diagnostic not shown yet (or no text to tell)? It is
+  // counted as shown from now on.
+  bool first_showing(const std::string& rendered);
   void show_text(const std::string& text);
 
   const cargo::CargoProject& m_project;

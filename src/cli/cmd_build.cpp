@@ -277,7 +277,13 @@ register_build_commands(CLI::App& app, Context& ctx)
       // diagnostic (for kiln to show it once).
       std::istringstream lines(read_file(file));
       for (std::string line; std::getline(lines, line);) {
-        if (!is_builder_message(line) || line.find("\"diagnostic-") == std::string::npos) {
+        std::string action;
+        if (is_builder_message(line)) {
+          auto message = nlohmann::json::parse(line.substr(k_builder_message_prefix.size()),
+                                               nullptr, false);
+          action = message.is_object() ? message.value("action", "") : "";
+        }
+        if (action != "diagnostic-start" && action != "diagnostic-end") {
           std::cout << line << "\n";
         }
       }
