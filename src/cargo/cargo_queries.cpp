@@ -1,5 +1,5 @@
 #include "cargo_queries.hpp"
-#include "digest_cache.hpp"
+#include <kiln/cargo/digest_cache.hpp>
 
 #include <kiln/hash/hash.hpp>
 #include <kiln/util/io.hpp>

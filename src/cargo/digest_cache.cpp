@@ -1,4 +1,4 @@
-#include "digest_cache.hpp"
+#include <kiln/cargo/digest_cache.hpp>
 
 #include <kiln/util/io.hpp>
 
@@ -67,22 +67,32 @@ tree_fingerprint(const fs::path& root, const PathFilter& filter)
   return hash_string(HashAlgo::sha256, all).to_string(HashFormat::base16, false);
 }
 
-DigestCache::DigestCache(fs::path file) : m_file(std::move(file))
+DigestCache::DigestCache(fs::path folder, std::string prefix)
+  : m_folder(std::move(folder)), m_prefix(std::move(prefix))
 {
-  std::error_code ec;
-  if (!fs::exists(m_file, ec)) {
-    return;
-  }
+}
+
+fs::path
+DigestCache::file_of(const std::string& key) const
+{
+  return m_folder / keyed_file_name(m_prefix, key, ".json");
+}
+
+std::optional<DigestCache::Entry>
+DigestCache::load(const std::string& key) const
+{
   try {
-    json entries = json::parse(read_file(m_file));
-    for (const auto& [key, e] : entries.items()) {
-      TreeDigest d;
-      d.nar_hash = Hash::parse_any(e.at("hash").get<std::string>(), HashAlgo::sha256);
-      d.nar_size = e.at("size").get<uint64_t>();
-      m_entries[key] = {e.at("fingerprint").get<std::string>(), d};
+    json e = json::parse(read_file(file_of(key)));
+    if (e.at("key").get<std::string>() != key) {
+      return std::nullopt;
     }
+    Entry entry;
+    entry.fingerprint = e.at("fingerprint").get<std::string>();
+    entry.digest.nar_hash = Hash::parse_any(e.at("hash").get<std::string>(), HashAlgo::sha256);
+    entry.digest.nar_size = e.at("size").get<uint64_t>();
+    return entry;
   } catch (const std::exception&) {
-    m_entries.clear(); // only a cache
+    return std::nullopt; // missing or damaged: only a cache
   }
 }
 
@@ -91,12 +101,20 @@ DigestCache::digest(const fs::path& root, const PathFilter& filter, const std::s
 {
   std::string key = root.string() + (filter_id.empty() ? "" : "\n" + filter_id);
   std::string fingerprint = tree_fingerprint(root, filter);
+  std::optional<Entry> known;
   {
     std::lock_guard guard(m_mutex);
-    auto it = m_entries.find(key);
-    if (it != m_entries.end() && it->second.first == fingerprint) {
-      return it->second.second;
+    if (auto it = m_entries.find(key); it != m_entries.end()) {
+      known = it->second;
     }
+  }
+  if (!known) {
+    known = load(key); // (outside the lock: other trees are looked up meanwhile)
+  }
+  if (known && known->fingerprint == fingerprint) {
+    std::lock_guard guard(m_mutex);
+    m_entries.try_emplace(key, *known);
+    return known->digest;
   }
   HashSink hash;
   dump_path(root, hash, filter);
@@ -105,7 +123,8 @@ DigestCache::digest(const fs::path& root, const PathFilter& filter, const std::s
   d.nar_hash = hash.finish();
   std::lock_guard guard(m_mutex);
   m_entries[key] = {fingerprint, d};
-  m_dirty = true;
+  m_dirty.insert(key);
+  ++m_trees_hashed;
   return d;
 }
 
@@ -113,22 +132,40 @@ void
 DigestCache::save()
 {
   std::lock_guard guard(m_mutex);
-  if (!m_dirty) {
+  if (m_dirty.empty()) {
     return;
   }
-  json entries = json::object();
-  for (const auto& [key, e] : m_entries) {
-    entries[key] = {{"fingerprint", e.first},
-                    {"hash", e.second.nar_hash.to_string(HashFormat::nix32, true)},
-                    {"size", e.second.nar_size}};
+  std::error_code ec;
+  fs::create_directories(m_folder, ec);
+  for (const auto& key : m_dirty) {
+    const Entry& e = m_entries.at(key);
+    json record = {{"key", key},
+                   {"fingerprint", e.fingerprint},
+                   {"hash", e.digest.nar_hash.to_string(HashFormat::nix32, true)},
+                   {"size", e.digest.nar_size}};
+    try {
+      // Not synced: a digest lost in a crash is computed again.
+      replace_file(file_of(key), record.dump());
+    } catch (const std::exception&) {
+      // Only a cache.
+    }
   }
-  try {
-    fs::create_directories(m_file.parent_path());
-    write_file_atomic(m_file, entries.dump());
-    m_dirty = false;
-  } catch (const std::exception&) {
-    // Only a cache.
-  }
+  m_dirty.clear();
+}
+
+size_t
+DigestCache::trees_hashed() const
+{
+  std::lock_guard guard(m_mutex);
+  return m_trees_hashed;
+}
+
+void
+remove_single_file_digests(const fs::path& cache_dir)
+{
+  std::error_code ec;
+  fs::remove(cache_dir / "source-digests.json", ec);
+  fs::remove(cache_dir / "toolchain-digests.json", ec);
 }
 
 std::string

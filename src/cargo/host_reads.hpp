@@ -8,7 +8,7 @@
 // read, and learns more from each run.
 #pragma once
 
-#include "digest_cache.hpp"
+#include <kiln/cargo/digest_cache.hpp>
 
 #include <kiln/cargo/config.hpp>
 

@@ -1,7 +1,7 @@
 #include <kiln/cargo/project.hpp>
 
 #include "cargo_queries.hpp"
-#include "digest_cache.hpp"
+#include <kiln/cargo/digest_cache.hpp>
 #include "host_reads.hpp"
 
 #include <kiln/hash/hash.hpp>

@@ -4,7 +4,7 @@
 #include <kiln/util/parallel.hpp>
 #include <kiln/util/process.hpp>
 
-#include "digest_cache.hpp"
+#include <kiln/cargo/digest_cache.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -244,7 +244,8 @@ locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
 {
   auto t = std::make_unique<Toolchain>();
   t->cache_dir = cache_dir;
-  t->digests = std::make_shared<DigestCache>(cache_dir / "toolchain-digests.json");
+  t->digests = std::make_shared<DigestCache>(cache_dir, "toolchain-digest-");
+  remove_single_file_digests(cache_dir);
   // Which programs are found, and what rustup would choose: if unchanged,
   // the programs (not yet their contents) are as last time.
   std::string rustc_name = env_or(env, "RUSTC", config.rustc().value_or("rustc"));

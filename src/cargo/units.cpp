@@ -5,7 +5,7 @@
 #include <kiln/util/parallel.hpp>
 #include <kiln/util/process.hpp>
 
-#include "digest_cache.hpp"
+#include <kiln/cargo/digest_cache.hpp>
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -62,7 +62,7 @@ source_filter(const fs::path& root, bool local)
 class Sources
 {
 public:
-  explicit Sources(const fs::path& digest_dir) : m_digests(digest_dir / "source-digests.json") {}
+  explicit Sources(const fs::path& digest_dir) : m_digests(digest_dir, "source-digest-") {}
   ~Sources() { m_digests.save(); }
 
   StorePath

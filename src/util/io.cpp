@@ -139,8 +139,12 @@ read_file(const fs::path& path, bool keep_atime)
   return result;
 }
 
+namespace {
+
+// `data` into a new temporary file beside `path`, synced if `sync`, then
+// renamed over `path`.
 void
-write_file_atomic(const fs::path& path, std::string_view data, unsigned mode)
+write_then_rename(const fs::path& path, std::string_view data, unsigned mode, bool sync)
 {
   std::random_device rd;
   fs::path tmp = path;
@@ -151,7 +155,7 @@ write_file_atomic(const fs::path& path, std::string_view data, unsigned mode)
   }
   try {
     write_all(fd.get(), data, "writing '" + tmp.string() + "'");
-    if (::fsync(fd.get()) != 0) {
+    if (sync && ::fsync(fd.get()) != 0) {
       throw_errno("syncing '" + tmp.string() + "'");
     }
     fd.reset();
@@ -162,9 +166,23 @@ write_file_atomic(const fs::path& path, std::string_view data, unsigned mode)
     ::unlink(tmp.c_str());
     throw;
   }
+}
+
+} // namespace
+
+void
+write_file_atomic(const fs::path& path, std::string_view data, unsigned mode)
+{
+  write_then_rename(path, data, mode, true);
   // The rename itself must survive a crash before anything relies on it
   // (a narinfo is published only after its NAR).
   fsync_directory(path.has_parent_path() ? path.parent_path() : fs::path("."));
+}
+
+void
+replace_file(const fs::path& path, std::string_view data, unsigned mode)
+{
+  write_then_rename(path, data, mode, false);
 }
 
 void

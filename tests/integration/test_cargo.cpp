@@ -724,11 +724,26 @@ TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, a
   };
   auto calls = [&] { return cargo.calls(); };
 
+  // What kiln before 2026-12 kept in one file a kind (every tree ever seen,
+  // read whole by each build) is removed.
+  test::write_file(dir / "cache" / "cargo" / "source-digests.json", "{}");
+  test::write_file(dir / "cache" / "cargo" / "toolchain-digests.json", "{}");
   std::string first = plan("store-a");
   CHECK_THAT(calls(), Catch::Contains("metadata") && Catch::Contains("--unit-graph"));
-  // What was learned lives in the cache folder, not in the store.
-  CHECK(fs::exists(dir / "cache" / "cargo" / "toolchain-digests.json"));
-  CHECK(!fs::exists(dir / "store-a" / "var" / "cargo" / "toolchain-digests.json"));
+  CHECK(!fs::exists(dir / "cache" / "cargo" / "source-digests.json"));
+  CHECK(!fs::exists(dir / "cache" / "cargo" / "toolchain-digests.json"));
+  // What was learned lives in the cache folder, not in the store: the
+  // digests of the toolchain's parts, a file each.
+  auto count = [](const fs::path& folder, const std::string& prefix) {
+    size_t n = 0;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(folder, ec)) {
+      n += entry.path().filename().string().rfind(prefix, 0) == 0;
+    }
+    return n;
+  };
+  CHECK(count(dir / "cache" / "cargo", "toolchain-digest-") > 3);
+  CHECK(count(dir / "store-a" / "var" / "cargo", "toolchain-digest-") == 0);
 
   // Another, empty store: cargo is not asked again, and the plan is the same.
   CHECK(plan("store-b") == first);

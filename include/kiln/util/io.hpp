@@ -151,6 +151,11 @@ std::string read_file(const std::filesystem::path& path, bool keep_atime = false
 void write_file_atomic(const std::filesystem::path& path, std::string_view data,
                        unsigned mode = 0644);
 
+// Replace `path` with `data` in one step (a temporary file renamed over it),
+// not synced: for caches, which a crash may lose or leave empty, but which a
+// reader never sees half written.
+void replace_file(const std::filesystem::path& path, std::string_view data, unsigned mode = 0644);
+
 // Make `link` a symlink to `target`, replacing whatever link was there in one
 // step (temporary link + rename), so readers never see it missing.
 void replace_symlink(const std::filesystem::path& target, const std::filesystem::path& link);

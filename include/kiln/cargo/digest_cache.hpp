@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
 
 namespace kiln::cargo {
@@ -23,8 +25,13 @@ struct TreeDigest
 class DigestCache
 {
 public:
-  // Remembered in `file` (a JSON state file; damaged or missing: start over).
-  explicit DigestCache(std::filesystem::path file);
+  // Remembered in `folder`, a file a tree: `<prefix><32 hex digits of the
+  // tree's key>.json` (damaged or missing: the tree is hashed again). One
+  // file for all trees grew with every project and toolchain ever seen, was
+  // read whole by every build (1.6 MB, 8,000 trees, 50–100 ms on a
+  // developer's machine), and two builds saving at once lost each other's
+  // entries.
+  DigestCache(std::filesystem::path folder, std::string prefix);
   // The digest of `root` (a folder, file or symlink) less what `filter`
   // leaves out. `filter_id` names the filter: the same tree under another
   // filter is another entry. Thread-safe.
@@ -32,13 +39,29 @@ public:
                     const std::string& filter_id = "");
   // Write what was learned, if anything (errors ignored: it is only a cache).
   void save();
+  // How many trees digest() had to read (not remembered, or changed).
+  size_t trees_hashed() const;
 
 private:
-  std::filesystem::path m_file;
-  std::mutex m_mutex;
-  std::map<std::string, std::pair<std::string, TreeDigest>> m_entries; // key → (fingerprint, digest)
-  bool m_dirty = false;
+  struct Entry
+  {
+    std::string fingerprint;
+    TreeDigest digest;
+  };
+  std::filesystem::path file_of(const std::string& key) const;
+  std::optional<Entry> load(const std::string& key) const;
+
+  std::filesystem::path m_folder;
+  std::string m_prefix;
+  mutable std::mutex m_mutex;
+  std::map<std::string, Entry> m_entries; // key → entry, as read or learned
+  std::set<std::string> m_dirty;          // keys learned since the last save
+  size_t m_trees_hashed = 0;
 };
+
+// Deletes the files in which kiln before 2026-12 kept all digests of a kind
+// (source-digests.json, toolchain-digests.json) from the cache folder.
+void remove_single_file_digests(const std::filesystem::path& cache_dir);
 
 // The metadata of every entry a filtered walk of `root` includes, hashed:
 // if it is unchanged, so is the tree's NAR.
