@@ -1,4 +1,5 @@
 #include "cargo_queries.hpp"
+#include <kiln/cargo/cache_dir.hpp>
 #include <kiln/cargo/digest_cache.hpp>
 
 #include <kiln/hash/hash.hpp>
@@ -94,7 +95,7 @@ CargoQueries::answers(const std::vector<CargoQuery>& queries, bool offline,
                      m_cwd.string() + "\n" + environment_key(m_env) + m_toolchain;
     cache_files[q] = m_cache_dir / keyed_file_name("query-", id, ".json");
     try {
-      json cached = json::parse(read_file(cache_files[q]));
+      json cached = json::parse(read_cache_file(cache_files[q]));
       std::vector<fs::path> files = m_files;
       for (const auto& f : cached.at("files")) {
         files.emplace_back(f.get<std::string>());

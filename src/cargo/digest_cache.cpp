@@ -1,5 +1,6 @@
 #include <kiln/cargo/digest_cache.hpp>
 
+#include <kiln/cargo/cache_dir.hpp>
 #include <kiln/util/io.hpp>
 
 #include <nlohmann/json.hpp>
@@ -82,7 +83,7 @@ std::optional<DigestCache::Entry>
 DigestCache::load(const std::string& key) const
 {
   try {
-    json e = json::parse(read_file(file_of(key)));
+    json e = json::parse(read_cache_file(file_of(key)));
     if (e.at("key").get<std::string>() != key) {
       return std::nullopt;
     }
@@ -158,14 +159,6 @@ DigestCache::trees_hashed() const
 {
   std::lock_guard guard(m_mutex);
   return m_trees_hashed;
-}
-
-void
-remove_single_file_digests(const fs::path& cache_dir)
-{
-  std::error_code ec;
-  fs::remove(cache_dir / "source-digests.json", ec);
-  fs::remove(cache_dir / "toolchain-digests.json", ec);
 }
 
 std::string

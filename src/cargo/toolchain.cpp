@@ -4,6 +4,7 @@
 #include <kiln/util/parallel.hpp>
 #include <kiln/util/process.hpp>
 
+#include <kiln/cargo/cache_dir.hpp>
 #include <kiln/cargo/digest_cache.hpp>
 
 #include <nlohmann/json.hpp>
@@ -215,7 +216,7 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
   std::string text;
   std::error_code ec;
   if (fs::exists(cached, ec)) {
-    text = read_file(cached);
+    text = read_cache_file(cached);
   } else {
     std::vector<std::string> argv = {rustc.string(), "--print", "cfg", "--target", triple};
     argv.insert(argv.end(), rustflags.begin(), rustflags.end());
@@ -245,7 +246,7 @@ locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
   auto t = std::make_unique<Toolchain>();
   t->cache_dir = cache_dir;
   t->digests = std::make_shared<DigestCache>(cache_dir, "toolchain-digest-");
-  remove_single_file_digests(cache_dir);
+  upkeep_cache_folder(cache_dir);
   // Which programs are found, and what rustup would choose: if unchanged,
   // the programs (not yet their contents) are as last time.
   std::string rustc_name = env_or(env, "RUSTC", config.rustc().value_or("rustc"));
@@ -262,7 +263,7 @@ locate_toolchain(const fs::path& cwd, const BuildConfig& config, const Environme
   std::error_code ec;
   try {
     if (fs::exists(cache_file, ec)) {
-      cached = json::parse(read_file(cache_file));
+      cached = json::parse(read_cache_file(cache_file));
     }
   } catch (const std::exception&) {
     cached = json();

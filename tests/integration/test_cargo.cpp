@@ -11,7 +11,11 @@
 #include <kiln/sandbox/sandbox.hpp>
 #include <kiln/util/io.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <ctime>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -702,6 +706,83 @@ TEST_CASE("cargo frontend: --explain and why-rebuild name the input that changed
   INFO(why.out);
   CHECK_THAT(why.out, Catch::Contains("environment __kiln_inputs.source:"));
   CHECK(why.out.find("__kiln_unit") == std::string::npos);
+}
+
+namespace {
+
+// Sets a file's access and modification times, in days before now.
+void
+age_file(const fs::path& file, double atime_days, double mtime_days)
+{
+  auto at = [](double days) {
+    return timespec{::time(nullptr) - static_cast<time_t>(days * 86400), 0};
+  };
+  timespec times[2] = {at(atime_days), at(mtime_days)};
+  REQUIRE(::utimensat(AT_FDCWD, file.c_str(), times, 0) == 0);
+}
+
+} // namespace
+
+TEST_CASE("cargo frontend: the cache folder forgets what no build used for 30 days, checked "
+          "once a day", "[cargo]")
+{
+  TempDir dir;
+  auto ws = copy_example(dir, "cargo-workspace");
+  fs::path cache = dir / "cache" / "cargo";
+  test::RunOptions opts;
+  opts.cwd = ws;
+  opts.env = {{"KILN_CACHE_DIR", (dir / "cache").string()}};
+  auto plan = [&] {
+    auto r = test::kiln({"--store", (dir / "store").string(), "build", "--unit-graph"}, opts);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+  };
+  // Another project's answer unused for 40 days; one written 40 days ago
+  // but read 2 days ago; a temporary file a crashed write left; the
+  // user's own file, which is not kiln's to delete.
+  for (const char* name : {"query-0123.json", "cfg-4567", "source-digest-89ab.json.tmp.12.34",
+                           "notes.txt"}) {
+    test::write_file(cache / name, "{}");
+  }
+  age_file(cache / "query-0123.json", 40, 40);
+  age_file(cache / "cfg-4567", 2, 40);
+  age_file(cache / "source-digest-89ab.json.tmp.12.34", 2, 2);
+  age_file(cache / "notes.txt", 400, 400);
+
+  plan();
+  CHECK(!fs::exists(cache / "query-0123.json"));
+  CHECK(fs::exists(cache / "cfg-4567"));
+  CHECK(!fs::exists(cache / "source-digest-89ab.json.tmp.12.34"));
+  CHECK(fs::exists(cache / "notes.txt"));
+  CHECK(fs::exists(cache / "last-trim"));
+
+  // What a build reads is marked as used, even where the file system does
+  // not record reads: this project's answers, aged by hand, are used again.
+  std::vector<fs::path> answers;
+  for (const auto& entry : fs::directory_iterator(cache)) {
+    if (entry.path().filename().string().rfind("query-", 0) == 0) {
+      answers.push_back(entry.path());
+      age_file(entry.path(), 29, 29);
+    }
+  }
+  REQUIRE(answers.size() == 2); // cargo metadata's, and the unit graph's
+  // Within a day of the last trim: nothing is looked at.
+  test::write_file(cache / "query-cdef.json", "{}");
+  age_file(cache / "query-cdef.json", 40, 40);
+  plan();
+  CHECK(fs::exists(cache / "query-cdef.json"));
+  for (const auto& answer : answers) {
+    struct stat st;
+    REQUIRE(::stat(answer.c_str(), &st) == 0);
+    CHECK(st.st_atime > ::time(nullptr) - 3600);
+  }
+  // A day later, the next build trims again.
+  age_file(cache / "last-trim", 2, 2);
+  plan();
+  CHECK(!fs::exists(cache / "query-cdef.json"));
+  for (const auto& answer : answers) {
+    CHECK(fs::exists(answer));
+  }
 }
 
 TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, and an edited "

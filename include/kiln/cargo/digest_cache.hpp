@@ -59,10 +59,6 @@ private:
   size_t m_trees_hashed = 0;
 };
 
-// Deletes the files in which kiln before 2026-12 kept all digests of a kind
-// (source-digests.json, toolchain-digests.json) from the cache folder.
-void remove_single_file_digests(const std::filesystem::path& cache_dir);
-
 // The metadata of every entry a filtered walk of `root` includes, hashed:
 // if it is unchanged, so is the tree's NAR.
 std::string tree_fingerprint(const std::filesystem::path& root, const PathFilter& filter);
