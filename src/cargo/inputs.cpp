@@ -119,6 +119,9 @@ to_json_value(const UnitInputs& i)
   if (i.incremental) {
     j["incremental"] = true;
   }
+  if (!i.host_cpu.empty()) {
+    j["host_cpu"] = i.host_cpu;
+  }
   return j;
 }
 
@@ -184,6 +187,7 @@ inputs_from_json(const std::string& text)
   i.build_script = j.at("build_script");
   i.links_runs = j.at("links_runs").get<std::map<std::string, std::string>>();
   i.incremental = j.value("incremental", false);
+  i.host_cpu = j.value("host_cpu", "");
   return i;
 }
 

@@ -12,7 +12,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <fstream>
+#include <set>
 #include <sstream>
+#include <string_view>
 
 namespace kiln::cargo {
 
@@ -203,6 +206,11 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
   for (const auto& f : rustflags) {
     key += "\x1f" + f;
   }
+  // Then the answer (target_feature) is this processor's: a cache folder
+  // carried to another machine must not answer for it.
+  if (asks_for_native_cpu(rustflags)) {
+    key += "\x1f" + host_cpu_identity();
+  }
   {
     std::lock_guard guard(m_mutex);
     if (auto it = m_cfg.find(key); it != m_cfg.end()) {
@@ -332,6 +340,73 @@ Toolchain::located_key() const
 {
   return version + "\n" + rustc.string() + " " + stat_key(rustc) + "\n" + sysroot.string() + "\n" +
          cargo.string() + "\n";
+}
+
+bool
+asks_for_native_cpu(const std::vector<std::string>& flags)
+{
+  // -C target-cpu=native, -Ctarget-cpu=native, --codegen target-cpu=native,
+  // --codegen=target-cpu=native.
+  for (size_t i = 0; i < flags.size(); ++i) {
+    std::string_view flag = flags[i];
+    std::string_view value;
+    if (flag == "-C" || flag == "--codegen") {
+      value = i + 1 < flags.size() ? std::string_view(flags[i + 1]) : std::string_view();
+    } else if (flag.starts_with("-C")) {
+      value = flag.substr(2);
+    } else if (flag.starts_with("--codegen=")) {
+      value = flag.substr(std::string_view("--codegen=").size());
+    }
+    if (value == "target-cpu=native") {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string
+host_cpu_identity(const fs::path& cpuinfo)
+{
+  std::ifstream in(cpuinfo);
+  if (!in) {
+    throw CargoError("-C target-cpu=native compiles for this machine's processor, and kiln "
+                     "cannot tell which it is: '" + cpuinfo.string() + "' cannot be read");
+  }
+  // What differs between the cores of one machine, or from moment to
+  // moment, or with a microcode update, and what the kernel says of its own
+  // mitigations: not the processor rustc sees.
+  static const std::set<std::string> k_varying = {
+    "processor",      "cpu MHz",     "bogomips", "BogoMIPS",  "core id",   "apicid",
+    "initial apicid", "physical id", "siblings", "cpu cores", "microcode", "power management",
+    "bugs"};
+  std::map<std::string, std::string> fields;
+  std::string line;
+  while (std::getline(in, line) && !line.empty()) { // the first processor
+    auto colon = line.find(':');
+    if (colon == std::string::npos) {
+      continue;
+    }
+    std::string key = line.substr(0, colon);
+    std::string value = colon + 1 < line.size() ? line.substr(colon + 1) : "";
+    key.erase(key.find_last_not_of(" \t") + 1);
+    value.erase(0, value.find_first_not_of(" \t"));
+    if (!k_varying.count(key)) {
+      fields[key] = value;
+    }
+  }
+  if (fields.empty()) {
+    throw CargoError("-C target-cpu=native compiles for this machine's processor, and kiln "
+                     "cannot tell which it is: '" + cpuinfo.string() + "' names none");
+  }
+  std::string all;
+  for (const auto& [key, value] : fields) {
+    all += key + ": " + value + "\n";
+  }
+  std::string name = fields.count("model name") ? fields["model name"] : "processor";
+  if (fields.count("cpu family") && fields.count("model")) {
+    name += " (family " + fields["cpu family"] + ", model " + fields["model"] + ")";
+  }
+  return name + " " + hash_string(HashAlgo::sha256, all).to_string(HashFormat::nix32, true);
 }
 
 } // namespace kiln::cargo

@@ -270,6 +270,13 @@ public:
     } else {
       compile_inputs(index, in);
     }
+    // The flags name no processor then: which one compiled it is an input
+    // (a build script's run sees it too, in CARGO_ENCODED_RUSTFLAGS and
+    // CARGO_CFG_TARGET_FEATURE).
+    if (asks_for_native_cpu(in.rustflags) || asks_for_native_cpu(in.rustdocflags)) {
+      static const std::string this_cpu = host_cpu_identity();
+      in.host_cpu = this_cpu;
+    }
     return in;
   }
 

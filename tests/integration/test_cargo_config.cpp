@@ -8,6 +8,7 @@
 #include "support/cargo_oracle.hpp"
 #include "support/test_support.hpp"
 
+#include <kiln/cargo/toolchain.hpp>
 #include <kiln/util/io.hpp>
 
 #include <catch2/catch.hpp>
@@ -394,4 +395,42 @@ TEST_CASE("rust-toolchain.toml picks the toolchain for kiln as for cargo, and --
   CHECK(r.err.find("toolchains/stable") == std::string::npos);
   CHECK(fs::exists(proj / "target" / "kiln-timings" / "kiln-timing.html"));
   CHECK_THAT(r.err, Catch::Contains("Timing report saved to"));
+}
+
+TEST_CASE("cargo configuration: with target-cpu=native, the processor that compiles is an input "
+          "of each unit the flag applies to", "[cargo][config]")
+{
+  TempDir dir;
+  fs::path proj = make_project(dir);
+  std::string store = (dir / "store").string();
+  // lib1's derivation, as a build with these variables makes it.
+  auto lib1_drv = [&](std::map<std::string, std::string> env) {
+    test::RunOptions options;
+    options.cwd = proj;
+    options.env = env;
+    options.env["CARGO_HOME"] = (dir / "home").string();
+    auto r = test::kiln({"--store", store, "build", "-p", "lib1", "--json"}, options);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    for (const auto& unit : json_lines_of(r.out)) {
+      if (unit.value("name", "") == "lib1" && unit.value("kind", "") == "lib") {
+        std::string drv = unit.at("drv");
+        return read_file(dir / "store" / "store" / fs::path(drv).filename());
+      }
+    }
+    FAIL("no lib1 unit in: " << r.out);
+    return std::string();
+  };
+  std::string plain = lib1_drv({{"RUSTFLAGS", "--cfg plain"}});
+  CHECK(plain.find("host_cpu") == std::string::npos);
+  std::string cpu = cargo::host_cpu_identity();
+  for (const char* flags : {"-C target-cpu=native", "-Ctarget-cpu=native --cfg x",
+                            "--codegen=target-cpu=native"}) {
+    INFO(flags);
+    std::string native = lib1_drv({{"RUSTFLAGS", flags}});
+    CHECK_THAT(native, Catch::Contains("host_cpu") && Catch::Contains(cpu));
+  }
+  // Another processor name in the flags is only a flag.
+  CHECK(lib1_drv({{"RUSTFLAGS", "-C target-cpu=x86-64-v2"}}).find("host_cpu") ==
+        std::string::npos);
 }

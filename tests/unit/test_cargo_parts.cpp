@@ -1,8 +1,12 @@
 // The Cargo frontend's small parts: cfg(...) expressions and build-script
 // directives.
+#include <kiln/cargo/error.hpp>
 #include <kiln/cargo/inputs.hpp>
+#include <kiln/cargo/toolchain.hpp>
 #include <kiln/cargo/units.hpp>
 #include <kiln/cargo/workspace.hpp>
+
+#include "support/test_support.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -211,4 +215,36 @@ TEST_CASE("a unit's output path is a hash of its named inputs, each of them, and
     }
   }
   CHECK(checked >= 50);
+}
+
+TEST_CASE("target-cpu=native is found in every spelling rustc takes, and names the processor",
+          "[cargo]")
+{
+  using V = std::vector<std::string>;
+  CHECK(asks_for_native_cpu(V{"-C", "target-cpu=native"}));
+  CHECK(asks_for_native_cpu(V{"--cfg", "x", "-Ctarget-cpu=native"}));
+  CHECK(asks_for_native_cpu(V{"--codegen", "target-cpu=native"}));
+  CHECK(asks_for_native_cpu(V{"--codegen=target-cpu=native"}));
+  CHECK_FALSE(asks_for_native_cpu(V{"-C", "target-cpu=znver4"}));
+  CHECK_FALSE(asks_for_native_cpu(V{"--cfg", "target-cpu=native"}));
+  CHECK_FALSE(asks_for_native_cpu(V{"-C"}));
+  CHECK_FALSE(asks_for_native_cpu(V{"-Ctarget-feature=+avx2"}));
+
+  test::TempDir dir;
+  auto cpuinfo = [&](const std::string& name, const std::string& mhz, const std::string& flags) {
+    // Two processors: the identity is the first's.
+    std::string one = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                      "model name\t: AMD EPYC Test\nstepping\t: 1\ncpu MHz\t\t: " + mhz +
+                      "\nmicrocode\t: 0x1\nbogomips\t: 5000.00\nflags\t\t: " + flags + "\n\n";
+    std::string two = "processor\t: 1\nvendor_id\t: Other\nflags\t\t: none\n\n";
+    test::write_file(dir / name, one + two);
+    return host_cpu_identity(dir / name);
+  };
+  std::string base = cpuinfo("a", "2600.000", "fpu sse2 avx2");
+  CHECK_THAT(base, Catch::StartsWith("AMD EPYC Test (family 26, model 2) sha256:"));
+  CHECK(cpuinfo("b", "3100.123", "fpu sse2 avx2") == base); // the clock changes, not the processor
+  CHECK(cpuinfo("c", "2600.000", "fpu sse2 avx2 avx512f") != base);
+  CHECK_THROWS_AS(host_cpu_identity(dir / "missing"), CargoError);
+  test::write_file(dir / "empty", "");
+  CHECK_THROWS_WITH(host_cpu_identity(dir / "empty"), Catch::Contains("target-cpu=native"));
 }

@@ -69,6 +69,8 @@ struct UnitInputs
   std::string linker;                     // for units that link and build-script runs
   std::string linker_path;                // -C linker=, from target.<triple>.linker
   std::string driver;                     // "rustc", or clippy-driver / rustdoc by content
+  std::string host_cpu;                   // the processor compiled for, with target-cpu=native
+                                          // (host_cpu_identity); else empty
   // For which platform, and how.
   std::string target_triple;              // --target (empty: the host, not cross-compiling)
   std::string host;                       // the host triple (a build script's HOST)

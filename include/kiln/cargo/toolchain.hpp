@@ -84,4 +84,18 @@ std::unique_ptr<Toolchain> locate_toolchain(const std::filesystem::path& cwd,
                                             const std::filesystem::path& cache_dir);
 void identify_toolchain(Toolchain& toolchain);
 
+// Do these rustc flags ask for this machine's processor (`-C
+// target-cpu=native`, in any of rustc's spellings)? Then the output is
+// compiled for whatever processor builds it, and that processor is an
+// input like the flags themselves.
+bool asks_for_native_cpu(const std::vector<std::string>& flags);
+
+// This machine's processor, as far as it decides what `target-cpu=native`
+// compiles for: its model and every feature flag the kernel reports
+// (/proc/cpuinfo's first processor, less what changes from moment to moment
+// or core to core: clock, numbering, microcode), e.g. "AMD EPYC 9R45 (family
+// 26, model 2) sha256:<digest>". Machines that agree share outputs; any
+// difference keeps them apart. A CargoError if it cannot be read.
+std::string host_cpu_identity(const std::filesystem::path& cpuinfo = "/proc/cpuinfo");
+
 } // namespace kiln::cargo
