@@ -14,9 +14,11 @@ namespace kiln::cargo {
 // Files of the cache folder unused for this long are deleted.
 inline constexpr std::chrono::hours k_cache_max_unused{24 * 30};
 
-// Read a file of the cache folder, marking it as used (its access time,
-// set now if a day old: the file system may not do it, e.g. mounted with
-// noatime). Throws as read_file() if it cannot be read.
+// Read a file of the cache folder, marking it as used (its access and
+// modification times, set now if both are a day old: the file system may
+// not record reads, e.g. mounted with noatime, and an archive of the folder,
+// as CI caches make, keeps only the modification time). Throws as
+// read_file() if it cannot be read.
 std::string read_cache_file(const std::filesystem::path& path);
 
 // At most once a day (the stamp file `last-trim` says when it last ran):
