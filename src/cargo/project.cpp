@@ -443,6 +443,58 @@ build_once(LocalStore& store, const CargoProject& project, const BuildOptions& o
   return build;
 }
 
+// cargo compiles with the caller's whole environment, kiln in a fixed one:
+// a crate that read a variable at compile time (env!, option_env!) whose
+// value there differs from the caller's is not what cargo would have built.
+// Its output (built here or taken from a cache) is refused, by name.
+void
+check_environment_reads(LocalStore& store, const CargoProject& project, const CargoBuild& build)
+{
+  const Environment& caller = project.request().env;
+  std::vector<std::string> problems;
+  for (const auto& unit : build.units.units) {
+    if (!store.is_valid(unit.out)) {
+      continue;
+    }
+    fs::path file = store.physical_path(unit.out) / k_env_reads_file;
+    std::error_code ec;
+    if (!fs::exists(file, ec)) {
+      continue;
+    }
+    json reads = json::parse(read_file(file), nullptr, false);
+    if (!reads.is_object()) {
+      throw CargoError("'" + file.string() +
+                       "' is damaged: repair the store (kiln store verify --repair)");
+    }
+    for (const auto& [name, seen] : reads.items()) {
+      auto mine = caller.find(name);
+      std::optional<std::string> theirs =
+        seen.is_string() ? std::optional<std::string>(seen.get<std::string>()) : std::nullopt;
+      std::optional<std::string> yours =
+        mine == caller.end() ? std::nullopt : std::optional<std::string>(mine->second);
+      if (theirs == yours) {
+        continue;
+      }
+      problems.push_back(unit.inputs.package + " " + unit.inputs.version + " (" +
+                         unit.inputs.target + ") reads " + name +
+                         " at compile time (env!, option_env!): cargo would compile it with " +
+                         (yours ? name + "=" + *yours : name + " unset") +
+                         ", and kiln's output was compiled with " +
+                         (theirs ? name + "=" + *theirs : name + " unset"));
+    }
+  }
+  if (!problems.empty()) {
+    std::string text;
+    for (const auto& p : problems) {
+      text += "\n  " + p;
+    }
+    throw CargoError(
+      "kiln compiles in a fixed environment, and these crates read variables of yours:" + text +
+      "\nSet what they should see in .cargo/config.toml's [env] (kiln passes it and makes it "
+      "part of each unit's identity), or leave them out of your environment.");
+  }
+}
+
 } // namespace
 
 InstantiatedPlan
@@ -474,6 +526,7 @@ build_project(LocalStore& store, const CargoProject& project, const BuildOptions
        ++round) {
     build = build_once(store, project, options, observer);
   }
+  check_environment_reads(store, project, build);
   return build;
 }
 

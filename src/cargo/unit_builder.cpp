@@ -22,6 +22,7 @@
 #include <iostream>
 #include <iterator>
 #include <sstream>
+#include <string_view>
 
 namespace kiln::cargo {
 
@@ -349,6 +350,54 @@ move_products(const fs::path& from, const fs::path& to)
   }
 }
 
+// rustc's dep-info names what the crate read of the environment at compile
+// time: "# env-dep:NAME=VALUE", or "# env-dep:NAME" when unset (newlines and
+// backslashes escaped). The file leaves the output (it names the sources'
+// store paths, which would become references); what the crate read beyond
+// `given` (what cargo sets, [env], the build script's rustc-env) stays, in
+// k_env_reads_file.
+void
+keep_environment_reads(const std::string& out, const std::map<std::string, std::string>& given)
+{
+  json reads = json::object();
+  for (const auto& entry : fs::directory_iterator(out)) {
+    if (!entry.is_regular_file() || entry.path().extension() != ".d") {
+      continue;
+    }
+    std::istringstream lines(read_file(entry.path()));
+    for (std::string line; std::getline(lines, line);) {
+      constexpr std::string_view k_mark = "# env-dep:";
+      if (!line.starts_with(k_mark)) {
+        continue;
+      }
+      std::string rest = line.substr(k_mark.size());
+      size_t equals = rest.find('=');
+      std::string name = rest.substr(0, equals);
+      if (given.count(name)) {
+        continue;
+      }
+      if (equals == std::string::npos) {
+        reads[name] = nullptr;
+        continue;
+      }
+      std::string value;
+      for (size_t k = equals + 1; k < rest.size(); ++k) {
+        if (rest[k] == '\\' && k + 1 < rest.size()) {
+          char c = rest[++k];
+          value += c == 'n' ? '\n' : c == 'r' ? '\r' : c;
+        } else {
+          value += rest[k];
+        }
+      }
+      reads[name] = value;
+    }
+    fs::remove(entry.path());
+  }
+  if (!reads.empty()) {
+    write_file_atomic(fs::path(out) / k_env_reads_file, reads.dump());
+  }
+}
+
 int
 compile(const json& spec, const std::map<std::string, std::string>& values, const std::string& out)
 {
@@ -396,6 +445,7 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
     // Nothing but the outputs may be left in the store folder.
     fs::remove(out_dir);
   }
+  keep_environment_reads(out, env);
   // Kept with the output, so that a unit taken from the store or a cache
   // shows its warnings again, as cargo replays those of fresh units.
   if (!diagnostics.empty()) {

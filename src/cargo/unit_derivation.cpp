@@ -154,9 +154,13 @@ rustc_args(const UnitInputs& i, const std::string& metadata)
     }
   }
   bool check = i.mode == "check" || i.mode == "check-test";
-  args.push_back(check ? "--emit=metadata"
-                 : requires_upstream_objects(i) ? "--emit=link"
-                                                : "--emit=metadata,link");
+  // dep-info as cargo asks for it (it changes the output's bytes): the
+  // builder takes the file out of the output, and keeps what the crate read
+  // of the environment (env!, option_env!) to be checked against the
+  // caller's (k_env_reads_file).
+  args.push_back(check ? "--emit=dep-info,metadata"
+                 : requires_upstream_objects(i) ? "--emit=dep-info,link"
+                                                : "--emit=dep-info,metadata,link");
   bool proc_macro = has(i.target_kind, "proc-macro");
   if (proc_macro || (has(i.crate_types, "dylib") && !i.primary)) {
     push(args, {"-C", "prefer-dynamic"});

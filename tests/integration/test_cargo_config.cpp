@@ -434,3 +434,67 @@ TEST_CASE("cargo configuration: with target-cpu=native, the processor that compi
   CHECK(lib1_drv({{"RUSTFLAGS", "-C target-cpu=x86-64-v2"}}).find("host_cpu") ==
         std::string::npos);
 }
+
+TEST_CASE("cargo configuration: a crate that reads the caller's environment at compile time is "
+          "refused by name, unless [env] gives the value", "[cargo][config]")
+{
+  TempDir dir;
+  fs::path proj = dir / "envtag";
+  test::write_file(proj / "Cargo.toml",
+                   "[package]\nname = \"envtag\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+  test::write_file(proj / "src" / "main.rs",
+                   "fn main() { println!(\"{} {:?}\", env!(\"CARGO_PKG_NAME\"), "
+                   "option_env!(\"KILN_TEST_BUILD_TAG\")); }\n");
+  std::string store = (dir / "store").string();
+  auto build = [&](std::map<std::string, std::string> env) {
+    test::RunOptions options;
+    options.cwd = proj;
+    options.env = env;
+    options.env["CARGO_HOME"] = (dir / "home").string();
+    return test::kiln({"--store", store, "build", "--json"}, options);
+  };
+  auto output_of_build = [&](const test::RunResult& r) {
+    for (const auto& unit : json_lines_of(r.out)) {
+      if (unit.value("kind", "") == "bin") {
+        return dir / "store" / "store" / fs::path(unit.at("path").get<std::string>()).filename();
+      }
+    }
+    FAIL("no bin unit in: " << r.out);
+    return fs::path();
+  };
+
+  // Unset for the caller too: what cargo builds. The output keeps what was
+  // read beyond what cargo sets, and no dep-info file.
+  auto r = build({});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  fs::path out = output_of_build(r);
+  CHECK(test::output_of(test::run({(out / "bin" / "envtag").string()}), "envtag") ==
+        "envtag None");
+  auto reads = nlohmann::json::parse(read_file(out / "kiln-env-reads.json"));
+  CHECK(reads == nlohmann::json::parse(R"({"KILN_TEST_BUILD_TAG": null})"));
+  for (const auto& entry : fs::recursive_directory_iterator(out)) {
+    CHECK(entry.path().extension() != ".d");
+  }
+
+  // Set for the caller: cargo's binary would say "v1"; the output in the
+  // store is refused, and so is a new build.
+  r = build({{"KILN_TEST_BUILD_TAG", "v1"}});
+  CHECK(r.status == 1);
+  CHECK_THAT(r.err, Catch::Contains("envtag 0.1.0") && Catch::Contains("KILN_TEST_BUILD_TAG=v1") &&
+                      Catch::Contains("KILN_TEST_BUILD_TAG unset") && Catch::Contains("[env]"));
+
+  // Given by [env]: passed, part of the unit's identity, no refusal; the
+  // caller's value wins over it, as with cargo.
+  test::write_file(proj / ".cargo" / "config.toml", "[env]\nKILN_TEST_BUILD_TAG = \"from-config\"\n");
+  r = build({});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(test::output_of(test::run({(output_of_build(r) / "bin" / "envtag").string()}), "envtag") ==
+        "envtag Some(\"from-config\")");
+  r = build({{"KILN_TEST_BUILD_TAG", "v1"}});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(test::output_of(test::run({(output_of_build(r) / "bin" / "envtag").string()}), "envtag") ==
+        "envtag Some(\"v1\")");
+}

@@ -29,6 +29,11 @@ inline constexpr const char* k_directives_file = "kiln-build-script.json";
 // The file a compile leaves in its output when rustc said anything: its
 // diagnostics, one JSON object a line, as rustc wrote them.
 inline constexpr const char* k_diagnostics_file = "kiln-diagnostics.jsonl";
+// What a compile read of the environment it was not given (env!,
+// option_env!, from rustc's dep-info): {"NAME": value as seen, or null when
+// unset}, kept in the output when not empty. cargo compiles with the
+// caller's whole environment, kiln with a fixed one: the frontend compares.
+inline constexpr const char* k_env_reads_file = "kiln-env-reads.json";
 
 // A library a unit uses: `--extern NAME=<output>/<file>`.
 struct ExternInput
