@@ -355,11 +355,24 @@ move_products(const fs::path& from, const fs::path& to)
 // backslashes escaped). The file leaves the output (it names the sources'
 // store paths, which would become references); what the crate read beyond
 // `given` (what cargo sets, [env], the build script's rustc-env) stays, in
-// k_env_reads_file.
+// k_env_reads_file, with what its libraries' records say (`argv`'s -L
+// dependency= folders): what they read is compiled into them, and so into
+// this output, which may be taken from a cache without them.
 void
-keep_environment_reads(const std::string& out, const std::map<std::string, std::string>& given)
+keep_environment_reads(const std::string& out, const std::map<std::string, std::string>& given,
+                       const std::vector<std::string>& argv)
 {
   json reads = json::object();
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == "-L" && argv[i + 1].starts_with("dependency=")) {
+      fs::path record = fs::path(argv[i + 1].substr(std::string_view("dependency=").size())) /
+                        k_env_reads_file;
+      std::error_code ec;
+      if (fs::exists(record, ec)) {
+        reads.update(json::parse(read_file(record)));
+      }
+    }
+  }
   for (const auto& entry : fs::directory_iterator(out)) {
     if (!entry.is_regular_file() || entry.path().extension() != ".d") {
       continue;
@@ -445,7 +458,7 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
     // Nothing but the outputs may be left in the store folder.
     fs::remove(out_dir);
   }
-  keep_environment_reads(out, env);
+  keep_environment_reads(out, env, argv);
   // Kept with the output, so that a unit taken from the store or a cache
   // shows its warnings again, as cargo replays those of fresh units.
   if (!diagnostics.empty()) {

@@ -441,10 +441,17 @@ TEST_CASE("cargo configuration: a crate that reads the caller's environment at c
   TempDir dir;
   fs::path proj = dir / "envtag";
   test::write_file(proj / "Cargo.toml",
-                   "[package]\nname = \"envtag\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+                   "[package]\nname = \"envtag\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"
+                   "[dependencies]\nenvlib = { path = \"envlib\" }\n");
   test::write_file(proj / "src" / "main.rs",
                    "fn main() { println!(\"{} {:?}\", env!(\"CARGO_PKG_NAME\"), "
-                   "option_env!(\"KILN_TEST_BUILD_TAG\")); }\n");
+                   "option_env!(\"KILN_TEST_BUILD_TAG\")); envlib::f(); }\n");
+  // A library that reads one too: what it read is compiled into the binary.
+  test::write_file(proj / "envlib" / "Cargo.toml",
+                   "[package]\nname = \"envlib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+  test::write_file(proj / "envlib" / "src" / "lib.rs",
+                   "pub fn f() { if let Some(v) = option_env!(\"KILN_TEST_LIB_TAG\") { "
+                   "println!(\"lib {v}\"); } }\n");
   std::string store = (dir / "store").string();
   auto build = [&](std::map<std::string, std::string> env) {
     test::RunOptions options;
@@ -464,7 +471,8 @@ TEST_CASE("cargo configuration: a crate that reads the caller's environment at c
   };
 
   // Unset for the caller too: what cargo builds. The output keeps what was
-  // read beyond what cargo sets, and no dep-info file.
+  // read beyond what cargo sets, its library's reads too, and no dep-info
+  // file.
   auto r = build({});
   INFO(r.err);
   REQUIRE(r.status == 0);
@@ -472,7 +480,8 @@ TEST_CASE("cargo configuration: a crate that reads the caller's environment at c
   CHECK(test::output_of(test::run({(out / "bin" / "envtag").string()}), "envtag") ==
         "envtag None");
   auto reads = nlohmann::json::parse(read_file(out / "kiln-env-reads.json"));
-  CHECK(reads == nlohmann::json::parse(R"({"KILN_TEST_BUILD_TAG": null})"));
+  CHECK(reads ==
+        nlohmann::json::parse(R"({"KILN_TEST_BUILD_TAG": null, "KILN_TEST_LIB_TAG": null})"));
   for (const auto& entry : fs::recursive_directory_iterator(out)) {
     CHECK(entry.path().extension() != ".d");
   }
@@ -483,6 +492,9 @@ TEST_CASE("cargo configuration: a crate that reads the caller's environment at c
   CHECK(r.status == 1);
   CHECK_THAT(r.err, Catch::Contains("envtag 0.1.0") && Catch::Contains("KILN_TEST_BUILD_TAG=v1") &&
                       Catch::Contains("KILN_TEST_BUILD_TAG unset") && Catch::Contains("[env]"));
+  r = build({{"KILN_TEST_LIB_TAG", "v2"}});
+  CHECK(r.status == 1);
+  CHECK_THAT(r.err, Catch::Contains("envlib 0.1.0") && Catch::Contains("KILN_TEST_LIB_TAG=v2"));
 
   // Given by [env]: passed, part of the unit's identity, no refusal; the
   // caller's value wins over it, as with cargo.
