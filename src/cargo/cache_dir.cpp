@@ -17,12 +17,6 @@ namespace {
 
 constexpr time_t k_day = 24 * 60 * 60;
 
-time_t
-seconds(std::chrono::hours hours)
-{
-  return static_cast<time_t>(std::chrono::duration_cast<std::chrono::seconds>(hours).count());
-}
-
 // The names of what the cache folder holds, a file an answer (see
 // keyed_file_name): anything else there (the user's, a folder such as
 // install/) is left alone.
@@ -76,7 +70,7 @@ upkeep_cache_folder(const fs::path& cache_dir)
     return 0; // not ours to keep
   }
   size_t deleted = 0;
-  time_t unused_since = now - seconds(k_cache_max_unused);
+  time_t unused_since = now - std::chrono::seconds(k_cache_max_unused).count();
   for (fs::directory_iterator it(cache_dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::string name = it->path().filename().string();
     bool temporary = name.find(".tmp.") != std::string::npos; // write_file_atomic's, replace_file's

@@ -209,7 +209,7 @@ Toolchain::cfg(const std::string& triple, const std::vector<std::string>& rustfl
   // Then the answer (target_feature) is this processor's: a cache folder
   // carried to another machine must not answer for it.
   if (asks_for_native_cpu(rustflags)) {
-    key += "\x1f" + host_cpu_identity();
+    key += "\x1f" + this_cpu_identity();
   }
   {
     std::lock_guard guard(m_mutex);
@@ -407,6 +407,13 @@ host_cpu_identity(const fs::path& cpuinfo)
     name += " (family " + fields["cpu family"] + ", model " + fields["model"] + ")";
   }
   return name + " " + hash_string(HashAlgo::sha256, all).to_string(HashFormat::nix32, true);
+}
+
+const std::string&
+this_cpu_identity()
+{
+  static const std::string identity = host_cpu_identity("/proc/cpuinfo");
+  return identity;
 }
 
 } // namespace kiln::cargo

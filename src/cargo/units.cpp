@@ -274,8 +274,7 @@ public:
     // (a build script's run sees it too, in CARGO_ENCODED_RUSTFLAGS and
     // CARGO_CFG_TARGET_FEATURE).
     if (asks_for_native_cpu(in.rustflags) || asks_for_native_cpu(in.rustdocflags)) {
-      static const std::string this_cpu = host_cpu_identity();
-      in.host_cpu = this_cpu;
+      in.host_cpu = this_cpu_identity();
     }
     return in;
   }

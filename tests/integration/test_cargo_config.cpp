@@ -93,6 +93,21 @@ cargo_binary(const test::OracleRun& run, const std::string& dir)
   return run.cargo_target_dir / dir / "app";
 }
 
+// `kiln --store STORE build ARGS` in `proj`, with `env` and the test's own
+// $CARGO_HOME (dir/home).
+test::RunResult
+kiln_build(const TempDir& dir, const fs::path& proj, const std::string& store,
+           const std::vector<std::string>& args, const std::map<std::string, std::string>& env)
+{
+  test::RunOptions options;
+  options.cwd = proj;
+  options.env = env;
+  options.env["CARGO_HOME"] = (dir / "home").string();
+  std::vector<std::string> argv = {"--store", store, "build"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return test::kiln(argv, options);
+}
+
 } // namespace
 
 TEST_CASE("cargo configuration: rustflags, [env], profiles and cfg-gated dependencies as cargo reads them",
@@ -145,16 +160,9 @@ TEST_CASE("cargo configuration: what kiln does not honour is refused by name", "
 {
   TempDir dir;
   fs::path proj = make_project(dir);
-  test::RunOptions in_proj;
-  in_proj.cwd = proj;
-  in_proj.env["CARGO_HOME"] = (dir / "home").string();
   std::string store = (dir / "store").string();
   auto build = [&](std::vector<std::string> extra, std::map<std::string, std::string> env = {}) {
-    test::RunOptions options = in_proj;
-    options.env.insert(env.begin(), env.end());
-    std::vector<std::string> args = {"--store", store, "build"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return test::kiln(args, options);
+    return kiln_build(dir, proj, store, extra, env);
   };
   auto r = build({"--config", "unstable.build-std=[\"std\"]"});
   CHECK(r.status == 1);
@@ -405,11 +413,7 @@ TEST_CASE("cargo configuration: with target-cpu=native, the processor that compi
   std::string store = (dir / "store").string();
   // lib1's derivation, as a build with these variables makes it.
   auto lib1_drv = [&](std::map<std::string, std::string> env) {
-    test::RunOptions options;
-    options.cwd = proj;
-    options.env = env;
-    options.env["CARGO_HOME"] = (dir / "home").string();
-    auto r = test::kiln({"--store", store, "build", "-p", "lib1", "--json"}, options);
+    auto r = kiln_build(dir, proj, store, {"-p", "lib1", "--json"}, env);
     INFO(r.err);
     REQUIRE(r.status == 0);
     for (const auto& unit : json_lines_of(r.out)) {
@@ -423,7 +427,7 @@ TEST_CASE("cargo configuration: with target-cpu=native, the processor that compi
   };
   std::string plain = lib1_drv({{"RUSTFLAGS", "--cfg plain"}});
   CHECK(plain.find("host_cpu") == std::string::npos);
-  std::string cpu = cargo::host_cpu_identity();
+  std::string cpu = cargo::this_cpu_identity();
   for (const char* flags : {"-C target-cpu=native", "-Ctarget-cpu=native --cfg x",
                             "--codegen=target-cpu=native"}) {
     INFO(flags);
@@ -454,11 +458,7 @@ TEST_CASE("cargo configuration: a crate that reads the caller's environment at c
                    "println!(\"lib {v}\"); } }\n");
   std::string store = (dir / "store").string();
   auto build = [&](std::map<std::string, std::string> env) {
-    test::RunOptions options;
-    options.cwd = proj;
-    options.env = env;
-    options.env["CARGO_HOME"] = (dir / "home").string();
-    return test::kiln({"--store", store, "build", "--json"}, options);
+    return kiln_build(dir, proj, store, {"--json"}, env);
   };
   auto output_of_build = [&](const test::RunResult& r) {
     for (const auto& unit : json_lines_of(r.out)) {

@@ -96,6 +96,8 @@ bool asks_for_native_cpu(const std::vector<std::string>& flags);
 // or core to core: clock, numbering, microcode), e.g. "AMD EPYC 9R45 (family
 // 26, model 2) sha256:<digest>". Machines that agree share outputs; any
 // difference keeps them apart. A CargoError if it cannot be read.
-std::string host_cpu_identity(const std::filesystem::path& cpuinfo = "/proc/cpuinfo");
+std::string host_cpu_identity(const std::filesystem::path& cpuinfo);
+// host_cpu_identity of this machine (/proc/cpuinfo), read once a process.
+const std::string& this_cpu_identity();
 
 } // namespace kiln::cargo
