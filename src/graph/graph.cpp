@@ -732,6 +732,7 @@ private:
         continue;
       }
       if (starts_early_on(drv, input)) {
+        m_state[drv].early_start = true;
         continue;
       }
       ++waiting;
@@ -815,6 +816,7 @@ private:
           !m_hooks.may_start_early(path(dependent), path(drv))) {
         continue;
       }
+      m_state[dependent].early_start = true;
       if (--m_state[dependent].waiting == 0) {
         m_build_queue.push_back(dependent, m_state[dependent].priority);
       }
@@ -920,9 +922,14 @@ private:
         if (!prepare_and_take_token(drv, lock, error, token)) {
           continue;
         }
-        for (size_t input : m_graph.input_indices(drv)) {
-          if (!done(input)) {
-            early.push_back(path(input)); // started on its early artifact
+        // (Only a build that waited on an early artifact looks at its
+        // inputs again: at 100k derivations each is a cache miss, with the
+        // lock held.)
+        if (m_state[drv].early_start) {
+          for (size_t input : m_graph.input_indices(drv)) {
+            if (!done(input)) {
+              early.push_back(path(input)); // started on its early artifact
+            }
           }
         }
       }
@@ -952,6 +959,12 @@ private:
         plan(unplanned);
         lock.lock();
         continue;
+      }
+      // What concluding the step reads and writes of its dependents is on
+      // its way into the cache before the lock is taken, not while it is
+      // held (the lists of dependents never change: no lock needed).
+      for (uint32_t dependent : dependents(drv)) {
+        __builtin_prefetch(&m_state[dependent], 1);
       }
       lock_soon(lock);
       conclude(drv, substituting, started_early, error);
@@ -1138,6 +1151,7 @@ private:
     bool running : 1 = false;  // a build its worker decides the fate of
     bool early : 1 = false;    // a build whose early artifact is ready
     bool done : 1 = false;     // has a result: `status`, and its error in m_errors
+    bool early_start : 1 = false; // a build that may start on an input's early artifact
     uint8_t status = 0; // a StepStatus, once done
   };
   static_assert(sizeof(DrvState) == 16);
