@@ -24,6 +24,41 @@ set_by_cargo(const std::string& name)
   return names.count(name) || name.starts_with("CARGO_") || name.starts_with("DEP_");
 }
 
+// Variables of presentation a build script may look up (the terminal, the
+// locale beyond LANG, Rust's standard library's backtraces and thread
+// stacks): kiln's runs see them unset. As inputs they would part outputs by
+// terminal and shell settings, and run a script twice on every machine, for
+// output that does not change.
+bool
+presentation_only(const std::string& name)
+{
+  static const std::set<std::string> names = {
+    "TERM",     "COLORTERM",      "COLUMNS",        "LINES",
+    "NO_COLOR", "CLICOLOR",       "CLICOLOR_FORCE", "LANGUAGE",
+    "RUST_BACKTRACE", "RUST_LIB_BACKTRACE", "RUST_MIN_STACK", "RUST_LOG_STYLE"};
+  return names.count(name) || name.starts_with("LC_");
+}
+
+// The variables a run read whose values are the caller's under cargo: those
+// it declared (rerun-if-env-changed), and those it was seen looking up but
+// for what cargo sets and what is only presentation.
+std::set<std::string>
+caller_variables_read(const json& directives)
+{
+  std::set<std::string> names;
+  for (const auto& v : directives.value("env_reads", json::array())) {
+    if (!set_by_cargo(v.get<std::string>())) {
+      names.insert(v.get<std::string>());
+    }
+  }
+  for (const auto& v : directives.value("env_lookups", json::array())) {
+    if (!set_by_cargo(v.get<std::string>()) && !presentation_only(v.get<std::string>())) {
+      names.insert(v.get<std::string>());
+    }
+  }
+  return names;
+}
+
 // A path a run read that is the host's (not the store's, nor the process's
 // own scratch).
 bool
@@ -52,9 +87,8 @@ unrecorded_host_reads(const UnitInputs& run, const fs::path& output, const std::
 {
   std::vector<std::string> unrecorded;
   json d = directives_of(output);
-  for (const auto& v : d.value("env_reads", json::array())) {
-    std::string name = v.get<std::string>();
-    if (!set_by_cargo(name) && env.count(name) && !run.host_env.count(name)) {
+  for (const auto& name : caller_variables_read(d)) {
+    if (env.count(name) && !run.host_env.count(name)) {
       unrecorded.push_back("$" + name);
     }
   }
@@ -97,9 +131,8 @@ HostReadsRecord::learn(const std::string& package, const fs::path& run_output,
   json directives = directives_of(run_output);
   HostReads& known = m_reads[package];
   bool changes_identity = false;
-  for (const auto& v : directives.value("env_reads", json::array())) {
-    std::string name = v.get<std::string>();
-    if (!set_by_cargo(name) && known.env.insert(name).second) {
+  for (const auto& name : caller_variables_read(directives)) {
+    if (known.env.insert(name).second) {
       m_dirty = true;
       changes_identity |= env.count(name) > 0;
     }

@@ -1,6 +1,7 @@
 // What build scripts were seen to read of the host — environment variables
-// they declare (cargo::rerun-if-env-changed) and host files they name
-// (cargo::rerun-if-changed with an absolute path) — learned, by package,
+// they declare (cargo::rerun-if-env-changed) or were traced looking up, and
+// host files they name (cargo::rerun-if-changed with an absolute path) or
+// were traced reading — learned, by package,
 // from the directives of their runs and kept in the project's state. A
 // run's identity then includes those variables' values (when set) and those
 // files' contents: cargo passes the caller's whole environment and the

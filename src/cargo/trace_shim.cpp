@@ -2,7 +2,13 @@
 // it starts, it records the absolute host paths they open, look at or run —
 // one line each, appended to $KILN_TRACE_FILE — so that kiln knows which
 // host files a build script's output depends on (pkg-config's .pc files, the
-// headers a C compiler reads, a libclang bindgen loads).
+// headers a C compiler reads, a libclang bindgen loads). It also records the
+// environment variables the build script itself looks up and does not find:
+// cargo would have given it the caller's value, so kiln must know it is read
+// (a build script need not declare what it reads with rerun-if-env-changed).
+// The tools it runs are not traced for that: rustc, run to probe the
+// compiler, looks up a score of logging and debugging variables (and `CI`)
+// that would make every machine's outputs different.
 //
 // It only observes: every call goes on to the C library unchanged. It uses
 // no C++ runtime (it is loaded into C programs too) and nothing that could
@@ -19,11 +25,26 @@
 
 namespace {
 
+template <typename F>
+F
+next(const char* name)
+{
+  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
+}
+
+// The C library's getenv: the shim's own look-ups are not the program's.
+const char*
+real_getenv(const char* name)
+{
+  static auto real = next<char* (*)(const char*)>("getenv");
+  return real ? real(name) : nullptr;
+}
+
 // Does `path` start with one of the ':'-separated prefixes in variable `name`?
 bool
 under_any(const char* path, const char* name)
 {
-  const char* list = getenv(name);
+  const char* list = real_getenv(name);
   while (list && *list) {
     const char* end = strchr(list, ':');
     size_t len = end ? static_cast<size_t>(end - list) : strlen(list);
@@ -54,25 +75,23 @@ ignored(const char* path)
 }
 
 // One line: "r PATH" for a path whose content was read (opened, run,
-// loaded), "s PATH" for one only looked at (stat, access): its existence.
+// loaded), "s PATH" for one only looked at (stat, access): its existence;
+// "e NAME" for an environment variable looked up and not set.
 void
-record_kind(char kind, const char* path)
+append_line(char kind, const char* text)
 {
-  if (!path || path[0] != '/' || ignored(path)) {
-    return;
-  }
-  const char* file = getenv("KILN_TRACE_FILE");
+  const char* file = real_getenv("KILN_TRACE_FILE");
   if (!file) {
     return;
   }
   char line[4200];
-  size_t len = strlen(path);
+  size_t len = strlen(text);
   if (len >= sizeof line - 3) {
     return;
   }
   line[0] = kind;
   line[1] = ' ';
-  memcpy(line + 2, path, len);
+  memcpy(line + 2, text, len);
   line[len + 2] = '\n';
   long fd = syscall(SYS_open, file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (fd >= 0) {
@@ -82,9 +101,61 @@ record_kind(char kind, const char* path)
 }
 
 void
+record_kind(char kind, const char* path)
+{
+  if (path && path[0] == '/' && !ignored(path)) {
+    append_line(kind, path);
+  }
+}
+
+void
 record(const char* path)
 {
   record_kind('r', path);
+}
+
+// Is this process the build script itself: is its program the file
+// $KILN_TRACE_ENV_OF names (a canonical path)? Asked once per process.
+bool
+is_traced_program()
+{
+  static int answer = -1;
+  if (answer < 0) {
+    const char* program = real_getenv("KILN_TRACE_ENV_OF");
+    char self[4096];
+    long len = program ? syscall(SYS_readlink, "/proc/self/exe", self, sizeof self - 1) : -1;
+    answer = len > 0 && static_cast<size_t>(len) == strlen(program) &&
+             memcmp(self, program, static_cast<size_t>(len)) == 0;
+  }
+  return answer == 1;
+}
+
+// A variable looked up and not found. A program asks for the same ones
+// again and again (Rust's standard library at each thread it starts): each
+// name is written once per process, as far as a small table of hashes
+// tells. (Not thread-safe, and need not be: a race writes a line twice.)
+void
+record_missing_variable(const char* name)
+{
+  if (!name || !*name || strncmp(name, "KILN_", 5) == 0 || strchr(name, '\n') ||
+      !is_traced_program()) {
+    return;
+  }
+  static unsigned long seen[128];
+  static unsigned count = 0;
+  unsigned long hash = 14695981039346656037ul;
+  for (const char* c = name; *c; ++c) {
+    hash = (hash ^ static_cast<unsigned char>(*c)) * 1099511628211ul;
+  }
+  for (unsigned i = 0; i < count; ++i) {
+    if (seen[i] == hash) {
+      return;
+    }
+  }
+  if (count < sizeof seen / sizeof seen[0]) {
+    seen[count++] = hash;
+  }
+  append_line('e', name);
 }
 
 void
@@ -93,14 +164,29 @@ probe(const char* path)
   record_kind('s', path);
 }
 
-template <typename F>
-F
-next(const char* name)
+} // namespace
+
+extern "C" char*
+getenv(const char* name)
 {
-  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
+  static auto real = next<char* (*)(const char*)>("getenv");
+  char* value = real(name);
+  if (!value) {
+    record_missing_variable(name);
+  }
+  return value;
 }
 
-} // namespace
+extern "C" char*
+secure_getenv(const char* name)
+{
+  static auto real = next<char* (*)(const char*)>("secure_getenv");
+  char* value = real(name);
+  if (!value) {
+    record_missing_variable(name);
+  }
+  return value;
+}
 
 #define KILN_OPEN_LIKE(name)                                                                      \
   extern "C" int name(const char* path, int flags, ...)                                           \

@@ -494,12 +494,13 @@ trace_host_reads(std::map<std::string, std::string>& env)
 }
 
 // The directives with the traced host paths added: `file_reads` (content
-// read) and `file_probes` (only looked at).
+// read) and `file_probes` (only looked at); and `env_lookups`, the variables
+// looked up that the run's environment did not hold.
 std::string
 with_traced_reads(const std::string& directives_text, const fs::path& trace)
 {
   json d = json::parse(directives_text);
-  std::set<std::string> reads, probes;
+  std::set<std::string> reads, probes, variables;
   for (const auto& f : d["file_reads"]) {
     reads.insert(f.get<std::string>());
   }
@@ -508,6 +509,10 @@ with_traced_reads(const std::string& directives_text, const fs::path& trace)
     std::istringstream lines(read_file(trace));
     for (std::string line; std::getline(lines, line);) {
       if (line.size() < 3) {
+        continue;
+      }
+      if (line[0] == 'e') {
+        variables.insert(line.substr(2));
         continue;
       }
       std::string path = fs::path(line.substr(2)).lexically_normal().string();
@@ -522,6 +527,7 @@ with_traced_reads(const std::string& directives_text, const fs::path& trace)
   }
   d["file_reads"] = reads;
   d["file_probes"] = probes;
+  d["env_lookups"] = variables;
   d["traced"] = true;
   return d.dump(1);
 }
@@ -547,6 +553,12 @@ run_build_script(const json& spec, const std::map<std::string, std::string>& val
   std::vector<std::string> argv = {substitute(spec.at("program").get<std::string>(), values)};
   announce_command(argv, spec.at("cwd"));
   std::optional<fs::path> trace = trace_host_reads(env);
+  if (trace) {
+    // The variables the script looks up are traced in its own process only.
+    std::error_code ec;
+    fs::path program = fs::canonical(argv[0], ec);
+    env["KILN_TRACE_ENV_OF"] = ec ? argv[0] : program.string();
+  }
   int status = run(argv, spec.at("cwd"), env, output);
   std::string text = read_file(output);
   if (status != 0) {

@@ -381,6 +381,69 @@ TEST_CASE("what a build script reads of the host is part of its identity: a chan
   CHECK(test::run({(proj / "target" / "kiln" / "debug" / "p").string()}).out == "foo 2.0\n");
 }
 
+TEST_CASE("a variable a build script looks up is an input, declared or not: the caller's value "
+          "reaches it, as under cargo",
+          "[cargo][config]")
+{
+  TempDir dir;
+  fs::path proj = dir / "p";
+  test::write_file(proj / "Cargo.toml",
+                   "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+  // No rerun-if-env-changed: cargo gives the script the caller's whole
+  // environment all the same.
+  test::write_file(proj / "build.rs", R"(fn main() {
+    let mode = std::env::var("P_BUILD_MODE").unwrap_or_else(|_| "unset".to_string());
+    let _ = std::env::var_os("TERM");
+    println!("cargo::rustc-env=P_MODE={mode}");
+}
+)");
+  test::write_file(proj / "src" / "main.rs", "fn main() { println!(\"{}\", env!(\"P_MODE\")); }\n");
+  std::string main_store = (dir / "store").string();
+  auto build = [&](const std::map<std::string, std::string>& env,
+                   const std::string& store) {
+    test::RunOptions options;
+    options.cwd = proj;
+    options.env = env;
+    auto r = test::kiln({"--store", store, "build"}, options);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    return r;
+  };
+  auto printed = [&] { return test::run({(proj / "target" / "kiln" / "debug" / "p").string()}).out; };
+  const std::string learned = "the build script of p 0.1.0 reads more of this machine";
+
+  // Unset for the caller as in kiln's run: the same output, nothing to run
+  // again (the store remembers the look-up).
+  auto unset = build({{"TERM", "xterm-256color"}}, main_store);
+  CHECK(unset.err.find(learned) == std::string::npos);
+  CHECK(printed() == "unset\n");
+
+  // Set by the caller: the variable is known, so its value is in the run's
+  // identity from the start: another output, made with it.
+  auto set = build({{"P_BUILD_MODE", "fast"}, {"TERM", "xterm-256color"}}, main_store);
+  CHECK(set.err.find(learned) == std::string::npos);
+  CHECK(printed() == "fast\n");
+  // A store that has not seen the script yet: its first run did not have the
+  // value, so it runs again with it.
+  auto fresh = build({{"P_BUILD_MODE", "fast"}}, (dir / "fresh-store").string());
+  CHECK_THAT(fresh.err, Catch::Contains(learned));
+  CHECK(printed() == "fast\n");
+  test::RunOptions with_cargo;
+  with_cargo.cwd = proj;
+  with_cargo.env = {{"P_BUILD_MODE", "fast"}};
+  CHECK(test::run({"cargo", "run", "-q"}, with_cargo).out == "fast\n");
+
+  // Another value: another output; and the terminal is not an input (the
+  // script looked TERM up too): changing it runs nothing again.
+  auto other = build({{"P_BUILD_MODE", "small"}, {"TERM", "dumb"}}, main_store);
+  CHECK(other.err.find(learned) == std::string::npos);
+  CHECK(printed() == "small\n");
+  auto back = build({{"P_BUILD_MODE", "fast"}, {"TERM", "vt100"}}, main_store);
+  CHECK(back.err.find("Running") == std::string::npos);
+  CHECK(back.err.find("Compiling") == std::string::npos);
+  CHECK(printed() == "fast\n");
+}
+
 TEST_CASE("rust-toolchain.toml picks the toolchain for kiln as for cargo, and --timings writes a report",
           "[cargo][config]")
 {
