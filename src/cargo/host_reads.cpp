@@ -24,21 +24,6 @@ set_by_cargo(const std::string& name)
   return names.count(name) || name.starts_with("CARGO_") || name.starts_with("DEP_");
 }
 
-// Variables of presentation a build script may look up (the terminal, the
-// locale beyond LANG, Rust's standard library's backtraces and thread
-// stacks): kiln's runs see them unset. As inputs they would part outputs by
-// terminal and shell settings, and run a script twice on every machine, for
-// output that does not change.
-bool
-presentation_only(const std::string& name)
-{
-  static const std::set<std::string> names = {
-    "TERM",     "COLORTERM",      "COLUMNS",        "LINES",
-    "NO_COLOR", "CLICOLOR",       "CLICOLOR_FORCE", "LANGUAGE",
-    "RUST_BACKTRACE", "RUST_LIB_BACKTRACE", "RUST_MIN_STACK", "RUST_LOG_STYLE"};
-  return names.count(name) || name.starts_with("LC_");
-}
-
 // The variables a run read whose values are the caller's under cargo: those
 // it declared (rerun-if-env-changed), and those it was seen looking up but
 // for what cargo sets and what is only presentation.
@@ -52,7 +37,7 @@ caller_variables_read(const json& directives)
     }
   }
   for (const auto& v : directives.value("env_lookups", json::array())) {
-    if (!set_by_cargo(v.get<std::string>()) && !presentation_only(v.get<std::string>())) {
+    if (!set_by_cargo(v.get<std::string>()) && !presentation_variable(v.get<std::string>())) {
       names.insert(v.get<std::string>());
     }
   }

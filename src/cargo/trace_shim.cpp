@@ -8,7 +8,9 @@
 // (a build script need not declare what it reads with rerun-if-env-changed).
 // The tools it runs are not traced for that: rustc, run to probe the
 // compiler, looks up a score of logging and debugging variables (and `CI`)
-// that would make every machine's outputs different.
+// that would make every machine's outputs different. Loaded into a compile,
+// it records the variables a proc-macro looks up while it expands
+// (std::env::var, which rustc's dep-info does not list), and no files.
 //
 // It only observes: every call goes on to the C library unchanged. It uses
 // no C++ runtime (it is loaded into C programs too) and nothing that could
@@ -100,6 +102,18 @@ append_line(char kind, const char* text)
   }
 }
 
+// $KILN_TRACE_FILES=0: only variables are traced (a compile's).
+bool
+files_untraced()
+{
+  static int answer = -1;
+  if (answer < 0) {
+    const char* files = real_getenv("KILN_TRACE_FILES");
+    answer = files && strcmp(files, "0") == 0;
+  }
+  return answer == 1;
+}
+
 // `p`, which the compiler may no longer assume is not null. The C library
 // declares the paths of stat, statx and the like nonnull, and GCC drops a
 // check for null in an interposer of such a function, even with
@@ -116,7 +130,7 @@ void
 record_kind(char kind, const char* maybe_path)
 {
   const char* path = maybe_null(maybe_path);
-  if (path && path[0] == '/' && !ignored(path)) {
+  if (path && path[0] == '/' && !files_untraced() && !ignored(path)) {
     append_line(kind, path);
   }
 }
@@ -143,29 +157,45 @@ is_traced_program()
   return answer == 1;
 }
 
-// A variable looked up and not found. A program asks for the same ones
-// again and again (Rust's standard library at each thread it starts): each
-// name is written once per process, as far as a small table of hashes
-// tells. (Not thread-safe, and need not be: a race writes a line twice.)
-void
-record_missing_variable(const char* name)
+// Is the code at `caller` in a file under the prefix $KILN_TRACE_ENV_FROM
+// names? In a compile, that is a proc-macro (loaded from the store; it
+// carries its own copy of Rust's standard library), not rustc, whose own
+// look-ups are not the crate's.
+bool
+is_traced_caller(const void* caller)
 {
-  if (!name || !*name || strncmp(name, "KILN_", 5) == 0 || strchr(name, '\n') ||
-      !is_traced_program()) {
+  const char* prefix = real_getenv("KILN_TRACE_ENV_FROM");
+  Dl_info info;
+  return prefix && *prefix && dladdr(caller, &info) != 0 && info.dli_fname &&
+         strncmp(info.dli_fname, prefix, strlen(prefix)) == 0;
+}
+
+// A variable looked up by code at `caller` and not found, if the trace is
+// of that code (is_traced_program, is_traced_caller). A program asks for the
+// same ones again and again (Rust's standard library at each thread it
+// starts): each name is written once per process, as far as a small table
+// of hashes tells. (Not thread-safe, and need not be: a race writes a line
+// twice.)
+void
+record_missing_variable(const char* name, const void* caller)
+{
+  if (!name || !*name || strncmp(name, "KILN_TRACE_", 11) == 0 || strchr(name, '\n') ||
+      !(is_traced_program() || is_traced_caller(caller))) {
     return;
   }
-  static unsigned long seen[128];
+  constexpr unsigned k_size = 128;
+  static unsigned long seen[k_size];
   static unsigned count = 0;
   unsigned long hash = 14695981039346656037ul;
   for (const char* c = name; *c; ++c) {
     hash = (hash ^ static_cast<unsigned char>(*c)) * 1099511628211ul;
   }
-  for (unsigned i = 0; i < count; ++i) {
+  for (unsigned i = 0; i < count && i < k_size; ++i) {
     if (seen[i] == hash) {
       return;
     }
   }
-  if (count < sizeof seen / sizeof seen[0]) {
+  if (count < k_size) {
     seen[count++] = hash;
   }
   append_line('e', name);
@@ -185,7 +215,7 @@ getenv(const char* name)
   static auto real = next<char* (*)(const char*)>("getenv");
   char* value = real(name);
   if (!value) {
-    record_missing_variable(name);
+    record_missing_variable(name, __builtin_return_address(0));
   }
   return value;
 }
@@ -196,7 +226,7 @@ secure_getenv(const char* name)
   static auto real = next<char* (*)(const char*)>("secure_getenv");
   char* value = real(name);
   if (!value) {
-    record_missing_variable(name);
+    record_missing_variable(name, __builtin_return_address(0));
   }
   return value;
 }

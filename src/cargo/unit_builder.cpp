@@ -350,6 +350,27 @@ move_products(const fs::path& from, const fs::path& to)
   }
 }
 
+// Trace the host files the build script (and what it runs) reads: preload
+// libkiln-trace.so (KILN_UNIT_TRACE) with the trace file in the build folder.
+std::optional<fs::path>
+trace_host_reads(std::map<std::string, std::string>& env)
+{
+  const char* shim = std::getenv("KILN_UNIT_TRACE");
+  const char* top = std::getenv("NIX_BUILD_TOP");
+  std::error_code ec;
+  if (!shim || !*shim || !fs::exists(shim, ec)) {
+    return std::nullopt;
+  }
+  fs::path trace = fs::path(top ? top : "/tmp") / "kiln-host-reads";
+  env["LD_PRELOAD"] = shim;
+  env["KILN_TRACE_FILE"] = trace.string();
+  const char* ignore = std::getenv("KILN_UNIT_TRACE_IGNORE");
+  env["KILN_TRACE_IGNORE"] = ignore ? ignore : "";
+  const char* keep = std::getenv("KILN_UNIT_TRACE_KEEP");
+  env["KILN_TRACE_KEEP"] = keep ? keep : "";
+  return trace;
+}
+
 // rustc's dep-info names what the crate read of the environment at compile
 // time: "# env-dep:NAME=VALUE", or "# env-dep:NAME" when unset (newlines and
 // backslashes escaped). The file leaves the output (it names the sources'
@@ -358,9 +379,14 @@ move_products(const fs::path& from, const fs::path& to)
 // k_env_reads_file, with what its libraries' records say (`argv`'s -L
 // dependency= folders): what they read is compiled into them, and so into
 // this output, which may be taken from a cache without them.
+//
+// `trace`, if set: the variables the compile's proc-macros looked up and did
+// not find (libkiln-trace.so's "e NAME" lines), which dep-info does not list
+// (std::env::var while expanding); recorded as unset, but for presentation
+// variables.
 void
 keep_environment_reads(const std::string& out, const std::map<std::string, std::string>& given,
-                       const std::vector<std::string>& argv)
+                       const std::vector<std::string>& argv, const std::optional<fs::path>& trace)
 {
   json reads = json::object();
   for (size_t i = 0; i + 1 < argv.size(); ++i) {
@@ -406,9 +432,46 @@ keep_environment_reads(const std::string& out, const std::map<std::string, std::
     }
     fs::remove(entry.path());
   }
+  std::error_code ec;
+  if (trace && fs::exists(*trace, ec)) {
+    std::istringstream lines(read_file(*trace));
+    for (std::string line; std::getline(lines, line);) {
+      if (line.starts_with("e ")) {
+        std::string name = line.substr(2);
+        if (!given.count(name) && !reads.contains(name) && !presentation_variable(name)) {
+          reads[name] = nullptr;
+        }
+      }
+    }
+  }
   if (!reads.empty()) {
     write_file_atomic(fs::path(out) / k_env_reads_file, reads.dump());
   }
+}
+
+// A compile that loads proc-macros is traced for the variables they look up
+// while they expand (libkiln-trace.so, variables only, and only those looked
+// up by code loaded from the store): cargo gives rustc, and so them, the
+// caller's whole environment, and rustc's dep-info lists only what env!,
+// option_env! and proc_macro's tracked_env read.
+std::optional<fs::path>
+trace_proc_macro_lookups(const std::vector<std::string>& argv,
+                         std::map<std::string, std::string>& env)
+{
+  bool loads_proc_macro = false;
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    loads_proc_macro |= argv[i] == "--extern" && argv[i + 1].ends_with(".so");
+  }
+  const char* store = std::getenv("NIX_STORE");
+  if (!loads_proc_macro || !store || !*store) {
+    return std::nullopt;
+  }
+  std::optional<fs::path> trace = trace_host_reads(env);
+  if (trace) {
+    env["KILN_TRACE_FILES"] = "0";
+    env["KILN_TRACE_ENV_FROM"] = std::string(store) + "/";
+  }
+  return trace;
 }
 
 int
@@ -436,6 +499,7 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
     cwd = workspace_view(cwd, spec.at("workspace_path").get<std::string>());
   }
   announce_command(argv, cwd);
+  std::optional<fs::path> trace = trace_proc_macro_lookups(argv, env);
   // An artifact written outside the output is copied into it before
   // dependents hear of it.
   auto published = [&](const std::string& artifact) {
@@ -458,7 +522,7 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
     // Nothing but the outputs may be left in the store folder.
     fs::remove(out_dir);
   }
-  keep_environment_reads(out, env, argv);
+  keep_environment_reads(out, env, argv, trace);
   // Kept with the output, so that a unit taken from the store or a cache
   // shows its warnings again, as cargo replays those of fresh units.
   if (!diagnostics.empty()) {
@@ -470,27 +534,6 @@ compile(const json& spec, const std::map<std::string, std::string>& values, cons
     fs::rename(fs::path(out) / spec["rename"]["from"].get<std::string>(), to);
   }
   return 0;
-}
-
-// Trace the host files the build script (and what it runs) reads: preload
-// libkiln-trace.so (KILN_UNIT_TRACE) with the trace file in the build folder.
-std::optional<fs::path>
-trace_host_reads(std::map<std::string, std::string>& env)
-{
-  const char* shim = std::getenv("KILN_UNIT_TRACE");
-  const char* top = std::getenv("NIX_BUILD_TOP");
-  std::error_code ec;
-  if (!shim || !*shim || !fs::exists(shim, ec)) {
-    return std::nullopt;
-  }
-  fs::path trace = fs::path(top ? top : "/tmp") / "kiln-host-reads";
-  env["LD_PRELOAD"] = shim;
-  env["KILN_TRACE_FILE"] = trace.string();
-  const char* ignore = std::getenv("KILN_UNIT_TRACE_IGNORE");
-  env["KILN_TRACE_IGNORE"] = ignore ? ignore : "";
-  const char* keep = std::getenv("KILN_UNIT_TRACE_KEEP");
-  env["KILN_TRACE_KEEP"] = keep ? keep : "";
-  return trace;
 }
 
 // The directives with the traced host paths added: `file_reads` (content

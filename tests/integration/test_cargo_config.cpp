@@ -576,3 +576,65 @@ TEST_CASE("cargo configuration: a crate that reads the caller's environment at c
   CHECK(test::output_of(test::run({(output_of_build(r) / "bin" / "envtag").string()}), "envtag") ==
         "envtag Some(\"v1\")");
 }
+
+TEST_CASE("cargo configuration: a proc-macro that looks up the caller's environment while it "
+          "expands is refused by name, unless [env] gives the value", "[cargo][config]")
+{
+  TempDir dir;
+  fs::path proj = dir / "pmenv";
+  test::write_file(proj / "Cargo.toml",
+                   "[package]\nname = \"pmenv\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"
+                   "[dependencies]\nmodemacro = { path = \"modemacro\" }\n");
+  test::write_file(proj / "src" / "main.rs",
+                   "fn main() { println!(\"{}\", modemacro::build_mode!()); }\n");
+  // std::env::var, not proc_macro's tracked_env: rustc's dep-info does not
+  // list it, and cargo gives rustc the caller's whole environment.
+  test::write_file(proj / "modemacro" / "Cargo.toml",
+                   "[package]\nname = \"modemacro\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"
+                   "[lib]\nproc-macro = true\n");
+  test::write_file(proj / "modemacro" / "src" / "lib.rs", R"(use proc_macro::TokenStream;
+#[proc_macro]
+pub fn build_mode(_: TokenStream) -> TokenStream {
+    let _ = std::env::var_os("TERM");
+    let mode = std::env::var("PM_BUILD_MODE").unwrap_or_else(|_| "unset".to_string());
+    format!("{mode:?}").parse().unwrap()
+}
+)");
+  std::string store = (dir / "store").string();
+  auto build = [&](std::map<std::string, std::string> env) {
+    return kiln_build(dir, proj, store, {"--json"}, env);
+  };
+  auto printed = [&](const test::RunResult& r) {
+    for (const auto& unit : json_lines_of(r.out)) {
+      if (unit.value("kind", "") == "bin") {
+        fs::path out = dir / "store" / "store" / fs::path(unit.at("path").get<std::string>()).filename();
+        return test::run({(out / "bin" / "pmenv").string()}).out;
+      }
+    }
+    FAIL("no bin unit in: " << r.out);
+    return std::string();
+  };
+
+  // Unset for the caller too: what cargo builds; a terminal is not an input.
+  auto r = build({{"TERM", "xterm-256color"}});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(printed(r) == "unset\n");
+
+  // Set for the caller: cargo's binary says "fast"; kiln's output is refused.
+  test::RunOptions with_cargo;
+  with_cargo.cwd = proj;
+  with_cargo.env = {{"PM_BUILD_MODE", "fast"}, {"CARGO_HOME", (dir / "home").string()}};
+  CHECK(test::run({"cargo", "run", "-q"}, with_cargo).out == "fast\n");
+  r = build({{"PM_BUILD_MODE", "fast"}});
+  CHECK(r.status == 1);
+  CHECK_THAT(r.err, Catch::Contains("pmenv 0.1.0") && Catch::Contains("PM_BUILD_MODE=fast") &&
+                      Catch::Contains("[env]"));
+
+  // Given by [env]: the macro sees it.
+  test::write_file(proj / ".cargo" / "config.toml", "[env]\nPM_BUILD_MODE = \"small\"\n");
+  r = build({});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(printed(r) == "small\n");
+}

@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kiln::cargo {
@@ -30,10 +31,30 @@ inline constexpr const char* k_directives_file = "kiln-build-script.json";
 // diagnostics, one JSON object a line, as rustc wrote them.
 inline constexpr const char* k_diagnostics_file = "kiln-diagnostics.jsonl";
 // What a compile read of the environment it was not given (env!,
-// option_env!, from rustc's dep-info): {"NAME": value as seen, or null when
-// unset}, kept in the output when not empty. cargo compiles with the
+// option_env!, from rustc's dep-info; a proc-macro's look-ups, traced):
+// {"NAME": value as seen, or null when unset}, kept in the output when not
+// empty. cargo compiles with the
 // caller's whole environment, kiln with a fixed one: the frontend compares.
 inline constexpr const char* k_env_reads_file = "kiln-env-reads.json";
+
+// Variables of presentation a build script or a proc-macro may look up
+// (the terminal, the locale beyond LANG, Rust's standard library's
+// backtraces and thread stacks): not inputs, though cargo would pass the
+// caller's values. kiln's runs see them unset; as inputs they would part
+// outputs by terminal and shell settings, for output that does not change.
+// (What a crate reads with env! or option_env! is an input whatever its name.)
+inline bool
+presentation_variable(std::string_view name)
+{
+  for (std::string_view known :
+       {"TERM", "COLORTERM", "COLUMNS", "LINES", "NO_COLOR", "CLICOLOR", "CLICOLOR_FORCE",
+        "LANGUAGE", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE", "RUST_MIN_STACK", "RUST_LOG_STYLE"}) {
+    if (name == known) {
+      return true;
+    }
+  }
+  return name.starts_with("LC_");
+}
 
 // A library a unit uses: `--extern NAME=<output>/<file>`.
 struct ExternInput
