@@ -139,7 +139,9 @@ rust_unit_step(const LocalStore& store, const Toolchain& toolchain, unsigned job
   spec.env["KILN_UNIT_CLIPPY_DRIVER"] = (toolchain.sysroot / "bin" / "clippy-driver").string();
   spec.env["KILN_UNIT_RUST_LIB"] = (toolchain.sysroot / "lib" / "rustlib" / toolchain.host / "lib").string();
   // Build scripts run with libkiln-trace.so preloaded, to learn the host
-  // files they read; what is kiln's or the toolchain's is not the host's.
+  // files and the variables they read; what is kiln's or the toolchain's is
+  // not the host's. Compiles that load a proc-macro run with it too, to learn
+  // the variables the proc-macros look up.
   fs::path program = helper.empty() ? self : helper;
   fs::path shim = program.parent_path() / "libkiln-trace.so";
   std::error_code shim_ec;
