@@ -209,27 +209,19 @@ probe(const char* path)
 
 } // namespace
 
-extern "C" char*
-getenv(const char* name)
-{
-  static auto real = next<char* (*)(const char*)>("getenv");
-  char* value = real(name);
-  if (!value) {
-    record_missing_variable(name, __builtin_return_address(0));
+// getenv and secure_getenv: a variable not found is recorded.
+#define KILN_GETENV_LIKE(name)                                                                    \
+  extern "C" char* name(const char* variable)                                                     \
+  {                                                                                                \
+    static auto real = next<char* (*)(const char*)>(#name);                                       \
+    char* value = real(variable);                                                                  \
+    if (!value) {                                                                                  \
+      record_missing_variable(variable, __builtin_return_address(0));                              \
+    }                                                                                              \
+    return value;                                                                                  \
   }
-  return value;
-}
-
-extern "C" char*
-secure_getenv(const char* name)
-{
-  static auto real = next<char* (*)(const char*)>("secure_getenv");
-  char* value = real(name);
-  if (!value) {
-    record_missing_variable(name, __builtin_return_address(0));
-  }
-  return value;
-}
+KILN_GETENV_LIKE(getenv)
+KILN_GETENV_LIKE(secure_getenv)
 
 #define KILN_OPEN_LIKE(name)                                                                      \
   extern "C" int name(const char* path, int flags, ...)                                           \

@@ -108,6 +108,20 @@ kiln_build(const TempDir& dir, const fs::path& proj, const std::string& store,
   return test::kiln(argv, options);
 }
 
+// The store folder (under the store at `store`) of the bin unit a `--json`
+// build printed.
+fs::path
+bin_output(const fs::path& store, const test::RunResult& r)
+{
+  for (const auto& unit : json_lines_of(r.out)) {
+    if (unit.value("kind", "") == "bin") {
+      return store / "store" / fs::path(unit.at("path").get<std::string>()).filename();
+    }
+  }
+  FAIL("no bin unit in: " << r.out);
+  return fs::path();
+}
+
 } // namespace
 
 TEST_CASE("cargo configuration: rustflags, [env], profiles and cfg-gated dependencies as cargo reads them",
@@ -526,15 +540,7 @@ TEST_CASE("cargo configuration: a crate that reads the caller's environment at c
   auto build = [&](std::map<std::string, std::string> env) {
     return kiln_build(dir, proj, store, {"--json"}, env);
   };
-  auto output_of_build = [&](const test::RunResult& r) {
-    for (const auto& unit : json_lines_of(r.out)) {
-      if (unit.value("kind", "") == "bin") {
-        return dir / "store" / "store" / fs::path(unit.at("path").get<std::string>()).filename();
-      }
-    }
-    FAIL("no bin unit in: " << r.out);
-    return fs::path();
-  };
+  auto output_of_build = [&](const test::RunResult& r) { return bin_output(dir / "store", r); };
 
   // Unset for the caller too: what cargo builds. The output keeps what was
   // read beyond what cargo sets, its library's reads too, and no dep-info
@@ -605,14 +611,7 @@ pub fn build_mode(_: TokenStream) -> TokenStream {
     return kiln_build(dir, proj, store, {"--json"}, env);
   };
   auto printed = [&](const test::RunResult& r) {
-    for (const auto& unit : json_lines_of(r.out)) {
-      if (unit.value("kind", "") == "bin") {
-        fs::path out = dir / "store" / "store" / fs::path(unit.at("path").get<std::string>()).filename();
-        return test::run({(out / "bin" / "pmenv").string()}).out;
-      }
-    }
-    FAIL("no bin unit in: " << r.out);
-    return std::string();
+    return test::run({(bin_output(dir / "store", r) / "bin" / "pmenv").string()}).out;
   };
 
   // Unset for the caller too: what cargo builds; a terminal is not an input.
