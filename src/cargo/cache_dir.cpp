@@ -54,6 +54,7 @@ upkeep_cache_folder(const fs::path& cache_dir)
   std::error_code ec;
   fs::remove(cache_dir / "source-digests.json", ec);
   fs::remove(cache_dir / "toolchain-digests.json", ec);
+  fs::remove(cache_dir / "toolchain.json", ec); // (now toolchain-<key>.json, a file per key)
 
   time_t now = ::time(nullptr);
   fs::path stamp = cache_dir / "last-trim";

@@ -808,13 +808,15 @@ TEST_CASE("cargo frontend: a fresh store reuses what the cache folder learned, a
   auto calls = [&] { return cargo.calls(); };
 
   // What kiln before 2026-12 kept in one file a kind (every tree ever seen,
-  // read whole by each build) is removed.
-  test::write_file(dir / "cache" / "cargo" / "source-digests.json", "{}");
-  test::write_file(dir / "cache" / "cargo" / "toolchain-digests.json", "{}");
+  // read whole by each build; the one toolchain found) is removed.
+  for (const char* legacy : {"source-digests.json", "toolchain-digests.json", "toolchain.json"}) {
+    test::write_file(dir / "cache" / "cargo" / legacy, "{}");
+  }
   std::string first = plan("store-a");
   CHECK_THAT(calls(), Catch::Contains("metadata") && Catch::Contains("--unit-graph"));
-  CHECK(!fs::exists(dir / "cache" / "cargo" / "source-digests.json"));
-  CHECK(!fs::exists(dir / "cache" / "cargo" / "toolchain-digests.json"));
+  for (const char* legacy : {"source-digests.json", "toolchain-digests.json", "toolchain.json"}) {
+    CHECK(!fs::exists(dir / "cache" / "cargo" / legacy));
+  }
   // What was learned lives in the cache folder, not in the store: the
   // digests of the toolchain's parts, a file each.
   auto count = [](const fs::path& folder, const std::string& prefix) {

@@ -26,7 +26,8 @@ std::string read_cache_file(const std::filesystem::path& path);
 // k_cache_max_unused (last use: the later of the access and modification
 // times), and temporary files a crashed write left a day ago. Also deletes
 // the files in which kiln before 2026-12 kept all digests of a kind
-// (source-digests.json, toolchain-digests.json). Errors are ignored: it is
+// (source-digests.json, toolchain-digests.json) and the one toolchain it
+// remembered (toolchain.json). Errors are ignored: it is
 // only a cache. Returns how many files were deleted.
 size_t upkeep_cache_folder(const std::filesystem::path& cache_dir);
 
