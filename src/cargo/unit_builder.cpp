@@ -350,8 +350,10 @@ move_products(const fs::path& from, const fs::path& to)
   }
 }
 
-// Trace the host files the build script (and what it runs) reads: preload
-// libkiln-trace.so (KILN_UNIT_TRACE) with the trace file in the build folder.
+// Trace what a step reads of the host (a build script: the files it and
+// what it runs read, the variables it looks up; a compile: the variables its
+// proc-macros look up): preload libkiln-trace.so (KILN_UNIT_TRACE) with the
+// trace file in the build folder.
 std::optional<fs::path>
 trace_host_reads(std::map<std::string, std::string>& env)
 {

@@ -33,8 +33,8 @@ inline constexpr const char* k_diagnostics_file = "kiln-diagnostics.jsonl";
 // What a compile read of the environment it was not given (env!,
 // option_env!, from rustc's dep-info; a proc-macro's look-ups, traced):
 // {"NAME": value as seen, or null when unset}, kept in the output when not
-// empty. cargo compiles with the
-// caller's whole environment, kiln with a fixed one: the frontend compares.
+// empty. cargo compiles with the caller's whole environment, kiln with a
+// fixed one: the frontend compares.
 inline constexpr const char* k_env_reads_file = "kiln-env-reads.json";
 
 // Variables of presentation a build script or a proc-macro may look up
