@@ -444,7 +444,8 @@ build_once(LocalStore& store, const CargoProject& project, const BuildOptions& o
 }
 
 // cargo compiles with the caller's whole environment, kiln in a fixed one:
-// a crate that read a variable at compile time (env!, option_env!) whose
+// a crate that read a variable at compile time (env!, option_env!, its
+// proc-macros' look-ups) whose
 // value there differs from the caller's is not what cargo would have built.
 // Its output (built here or taken from a cache) is refused, by name.
 void
@@ -477,7 +478,8 @@ check_environment_reads(LocalStore& store, const CargoProject& project, const Ca
       }
       problems.push_back(unit.inputs.package + " " + unit.inputs.version + " (" +
                          unit.inputs.target + ") reads " + name +
-                         " at compile time (env!, option_env!): cargo would compile it with " +
+                         " at compile time (env!, option_env!, or a proc-macro while it expands): cargo would "
+                         "compile it with " +
                          (yours ? name + "=" + *yours : name + " unset") +
                          ", and kiln's output was compiled with " +
                          (theirs ? name + "=" + *theirs : name + " unset"));

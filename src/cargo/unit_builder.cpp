@@ -373,6 +373,44 @@ trace_host_reads(std::map<std::string, std::string>& env)
   return trace;
 }
 
+// What libkiln-trace.so wrote to a trace file: host paths whose content was
+// read ("r PATH"), paths only looked at ("s PATH", those also read left
+// out), and variables looked up and not found ("e NAME"). Empty if there is
+// no such file (nothing was recorded).
+struct HostTrace
+{
+  std::set<std::string> reads, probes, variables;
+};
+
+HostTrace
+read_trace(const fs::path& trace)
+{
+  HostTrace t;
+  std::error_code ec;
+  if (!fs::exists(trace, ec)) {
+    return t;
+  }
+  std::istringstream lines(read_file(trace));
+  for (std::string line; std::getline(lines, line);) {
+    if (line.size() < 3) {
+      continue;
+    }
+    if (line[0] == 'e') {
+      t.variables.insert(line.substr(2));
+      continue;
+    }
+    std::string path = fs::path(line.substr(2)).lexically_normal().string();
+    while (path.size() > 1 && path.back() == '/') {
+      path.pop_back();
+    }
+    (line[0] == 'r' ? t.reads : t.probes).insert(path);
+  }
+  for (const auto& r : t.reads) {
+    t.probes.erase(r);
+  }
+  return t;
+}
+
 // rustc's dep-info names what the crate read of the environment at compile
 // time: "# env-dep:NAME=VALUE", or "# env-dep:NAME" when unset (newlines and
 // backslashes escaped). The file leaves the output (it names the sources'
@@ -434,15 +472,10 @@ keep_environment_reads(const std::string& out, const std::map<std::string, std::
     }
     fs::remove(entry.path());
   }
-  std::error_code ec;
-  if (trace && fs::exists(*trace, ec)) {
-    std::istringstream lines(read_file(*trace));
-    for (std::string line; std::getline(lines, line);) {
-      if (line.starts_with("e ")) {
-        std::string name = line.substr(2);
-        if (!given.count(name) && !reads.contains(name) && !presentation_variable(name)) {
-          reads[name] = nullptr;
-        }
+  if (trace) {
+    for (const auto& name : read_trace(*trace).variables) {
+      if (!given.count(name) && !reads.contains(name) && !presentation_variable(name)) {
+        reads[name] = nullptr;
       }
     }
   }
@@ -545,34 +578,14 @@ std::string
 with_traced_reads(const std::string& directives_text, const fs::path& trace)
 {
   json d = json::parse(directives_text);
-  std::set<std::string> reads, probes, variables;
-  for (const auto& f : d["file_reads"]) {
-    reads.insert(f.get<std::string>());
+  HostTrace traced = read_trace(trace);
+  for (const auto& f : d["file_reads"]) { // declared with rerun-if-changed
+    traced.reads.insert(f.get<std::string>());
+    traced.probes.erase(f.get<std::string>());
   }
-  std::error_code ec;
-  if (fs::exists(trace, ec)) {
-    std::istringstream lines(read_file(trace));
-    for (std::string line; std::getline(lines, line);) {
-      if (line.size() < 3) {
-        continue;
-      }
-      if (line[0] == 'e') {
-        variables.insert(line.substr(2));
-        continue;
-      }
-      std::string path = fs::path(line.substr(2)).lexically_normal().string();
-      while (path.size() > 1 && path.back() == '/') {
-        path.pop_back();
-      }
-      (line[0] == 'r' ? reads : probes).insert(path);
-    }
-  }
-  for (const auto& r : reads) {
-    probes.erase(r);
-  }
-  d["file_reads"] = reads;
-  d["file_probes"] = probes;
-  d["env_lookups"] = variables;
+  d["file_reads"] = traced.reads;
+  d["file_probes"] = traced.probes;
+  d["env_lookups"] = traced.variables;
   d["traced"] = true;
   return d.dump(1);
 }
